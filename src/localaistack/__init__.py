@@ -1,0 +1,3 @@
+"""LocalAIStack runtime."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""``python -m localaistack`` is ``las``."""
+
+from localaistack.cli.main import main
+
+main()

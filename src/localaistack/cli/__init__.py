@@ -1,0 +1,1 @@
+"""The ``las`` command line: parse, call control and runtime, format output."""

@@ -1,0 +1,356 @@
+"""Lifecycle commands: run, start, stop, restart, rm, ps, inspect, logs, events."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from localaistack.cli.main import build_plan, cli, plan_options
+from localaistack.errors import StartFailed, UsageError
+
+
+def _runtime() -> Any:
+    from localaistack.runtime.manager import Runtime
+    from localaistack.store.paths import las_home
+
+    return Runtime(las_home())
+
+
+def _ts(value: float | None) -> str:
+    if value is None:
+        return ""
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+def _ago(value: float | None) -> str:
+    if value is None:
+        return ""
+    secs = max(0.0, time.time() - value)
+    if secs < 60:
+        return f"{secs:.0f}s ago"
+    if secs < 3600:
+        return f"{secs / 60:.0f}m ago"
+    if secs < 86400:
+        return f"{secs / 3600:.0f}h ago"
+    return f"{secs / 86400:.0f}d ago"
+
+
+def _report_start(rt: Any, result: Any) -> None:
+    if result.state == "failed":
+        raise StartFailed(
+            f"{result.name}: run {result.run_id} failed: {result.reason}",
+            hint=f"`las logs {result.name}` shows its output ({result.log_path})",
+        )
+    plan = rt.plan_of(result.name)
+    ports = ", ".join(f"{b.name}: {b.host_ip}:{b.host_port}" for b in plan.ports)
+    click.echo(f"{result.name}  run {result.run_id}  {result.state}  pid {result.pid}"
+               + (f"  {ports}" if ports else ""))  # fmt: skip
+
+
+@cli.command()
+@click.argument("module")
+@plan_options
+@click.option("--name", help="Instance name (default: the module's name).")
+def run(
+    module: str,
+    mode: str | None,
+    sets: tuple[str, ...],
+    hardware_file: Path | None,
+    policy_file: Path | None,
+    name: str | None,
+) -> None:
+    """Plan MODULE (catalog name or manifest path) and start it as an instance.
+
+    Returns once the workload is running, or has failed (non-zero exit, with the reason).
+    """
+    from localaistack.control.admission import admit_new
+    from localaistack.control.catalog import resolve_module
+    from localaistack.control.manifest import check_name
+    from localaistack.store.paths import las_home
+
+    if hardware_file is not None:
+        raise UsageError("--hardware plans for another machine; `las run` runs on this one",
+                         hint="use `las plan --hardware FILE` to see such a plan")  # fmt: skip
+    if name is not None:
+        try:
+            check_name(name, "instance name")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    instance = name or resolve_module(module, las_home()).manifest.name
+    rt = _runtime()
+    try:
+        admit_new(
+            rt.store,
+            instance,
+            lambda allocate: build_plan(module, mode, sets, None, policy_file, allocate),
+        )
+        result = rt.start(instance)
+        _report_start(rt, result)
+    finally:
+        rt.close()
+
+
+@cli.command()
+@click.argument("name")
+def start(name: str) -> None:
+    """Start a stopped instance again with its plan."""
+    from localaistack.control.admission import readmit
+
+    rt = _runtime()
+    try:
+        rt.reconcile()
+        readmit(rt.store, name, rt.plan_of(name))
+        _report_start(rt, rt.start(name))
+    finally:
+        rt.close()
+
+
+def _stop_line(name: str, row: Any) -> str:
+    if row is None:
+        return f"{name}: has no run"
+    return f"{name}: {row['state']} ({row['reason']})"
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--timeout", "-t", type=float, default=None,
+              help="Seconds to wait after the stop signal before SIGKILL (default: the plan's).")  # fmt: skip
+def stop(name: str, timeout: float | None) -> None:
+    """Stop an instance: its stop signal, then SIGKILL to the whole group after the timeout."""
+    if timeout is not None and timeout < 0:
+        raise UsageError("--timeout must not be negative")
+    rt = _runtime()
+    try:
+        click.echo(_stop_line(name, rt.stop(name, timeout)))
+    finally:
+        rt.close()
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--timeout", "-t", type=float, default=None, help="Stop timeout in seconds.")
+def restart(name: str, timeout: float | None) -> None:
+    """Stop an instance (if running) and start it again with its plan."""
+    from localaistack.control.admission import readmit
+
+    rt = _runtime()
+    try:
+        rt.stop(name, timeout)
+        readmit(rt.store, name, rt.plan_of(name))
+        _report_start(rt, rt.start(name))
+    finally:
+        rt.close()
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("--purge", is_flag=True, help="Also delete the instance's log files.")
+@click.option("--force", "-f", is_flag=True, help="Stop the instance first if it is running.")
+def rm(names: tuple[str, ...], purge: bool, force: bool) -> None:
+    """Forget stopped instances (logs are kept unless --purge)."""
+    rt = _runtime()
+    try:
+        for name in names:
+            rt.remove(name, purge=purge, force=force)
+            click.echo(name)
+    finally:
+        rt.close()
+
+
+@cli.command()
+@click.option("--all", "-a", "all_", is_flag=True, help="Include stopped and failed instances.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def ps(all_: bool, as_json: bool) -> None:
+    """List instances (running ones; --all for every instance)."""
+    from localaistack.cli.tables import table
+
+    rt = _runtime()
+    try:
+        items = rt.ps(all_)
+    finally:
+        rt.close()
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    rows = []
+    for it in items:
+        when = _ago(it["started_at"]) if it["state"] in ("running", "stopping") else _ago(
+            it["finished_at"]
+        )
+        rows.append([it["name"], it["module"], it["mode"], it["state"], it["health"],
+                     str(it["pid"] or ""), ", ".join(it["ports"]), when,
+                     (it["reason"] or "") if it["state"] == "failed" else ""])  # fmt: skip
+    click.echo(table(["name", "module", "mode", "state", "health", "pid", "ports", "since",
+                      "reason"], rows))  # fmt: skip
+
+
+def _run_dict(row: Any) -> dict[str, Any]:
+    return {
+        "run_id": row["run_id"],
+        "attempt": row["attempt"],
+        "state": row["state"],
+        "exit_code": row["exit_code"],
+        "signal": row["signal"],
+        "reason": row["reason"],
+        "pid": row["pid"],
+        "started_at": _ts(row["started_at"]) or None,
+        "finished_at": _ts(row["finished_at"]) or None,
+        "log_path": row["log_path"],
+        "lines_dropped": row["lines_dropped"],
+    }
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def inspect(name: str, as_json: bool) -> None:
+    """Show an instance: state, reason, plan, every run, limits, and the last log lines."""
+    from localaistack.cli.render import masked_plan_dict, plan_lines
+    from localaistack.runtime.logfile import format_record, tail_records
+
+    rt = _runtime()
+    try:
+        rt.reconcile()
+        inst = rt.require_instance(name)
+        plan = rt.plan_of(name)
+        runs = rt.run_rows(name)
+        transitions = {r["run_id"]: rt.store.transitions_of(r["run_id"]) for r in runs}
+        limits = rt.limits(plan)
+    finally:
+        rt.close()
+    current = next((r for r in runs if r["run_id"] == inst["current_run"]), None)
+    last_lines: list[str] = []
+    if current is not None and current["state"] == "failed":
+        last_lines = [
+            format_record(rec, False).decode("utf-8", "replace").rstrip("\n")
+            for rec in tail_records(Path(current["log_path"]), 20)
+        ]
+    data = {
+        "name": name,
+        "module": inst["module"],
+        "mode": inst["mode"],
+        "state": current["state"] if current else "created",
+        "reason": current["reason"] if current else None,
+        "health": current["health"] if current else "unknown",
+        "created_at": _ts(inst["created_at"]),
+        "plan": masked_plan_dict(plan),
+        "runs": [
+            {**_run_dict(r), "transitions": [
+                {"from": t["from_state"], "to": t["to_state"], "at": _ts(t["at"]),
+                 "reason": t["reason"]} for t in transitions[r["run_id"]]]}
+            for r in runs
+        ],
+        "limits": limits,
+        "last_log_lines": last_lines,
+    }  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"Instance {name} ({inst['module']}, {inst['mode']}): {data['state']}")
+    if data["reason"]:
+        click.echo(f"  reason: {data['reason']}")
+    click.echo(f"  health: {data['health']}")
+    click.echo("Runs:")
+    for r in data["runs"]:
+        exit_ = f"exit {r['exit_code']}" if r["exit_code"] is not None else (
+            f"signal {r['signal']}" if r["signal"] else ""
+        )
+        click.echo(f"  {r['run_id']}  #{r['attempt']}  {r['state']:<8} {exit_:<10} "
+                   f"{r['started_at'] or '-'} .. {r['finished_at'] or '-'}")  # fmt: skip
+        if r["reason"]:
+            click.echo(f"      {r['reason']}")
+        if r["lines_dropped"]:
+            click.echo(f"      {r['lines_dropped']} log line(s) could not be written")
+        click.echo(f"      log: {r['log_path']}")
+    click.echo("Limits:")
+    for k, v in limits.items():
+        click.echo(f"  {k}: {v}")
+    click.echo("")
+    click.echo("\n".join(plan_lines(plan)))
+    if last_lines:
+        click.echo("")
+        click.echo(f"Last {len(last_lines)} log lines:")
+        for line in last_lines:
+            click.echo(f"  {line}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run ends.")
+@click.option("--tail", "-n", type=int, default=None, help="Only the last N lines.")
+@click.option("--run", "run_id", help="Show this run (id or unique prefix), not the current one.")
+@click.option("--timestamps", "-t", is_flag=True, help="Show each line's time and stream.")
+def logs(name: str, follow: bool, tail: int | None, run_id: str | None, timestamps: bool) -> None:
+    """Show an instance's output, as the workload wrote it (current run by default)."""
+    from localaistack.runtime.logfile import (
+        follow_records,
+        format_record,
+        iter_records,
+        tail_records,
+    )
+
+    if tail is not None and tail < 0:
+        raise UsageError("--tail must not be negative")
+    rt = _runtime()
+    try:
+        rt.reconcile()
+        row = rt.find_run(name, run_id)
+        path = Path(row["log_path"])
+        out = sys.stdout.buffer
+        if follow:
+            current = str(row["run_id"])
+            records = follow_records(path, stop=lambda: not rt.is_active(current), tail=tail)
+        elif tail is not None:
+            records = iter(tail_records(path, tail))
+        else:
+            records = iter_records(path)
+        try:
+            for rec in records:
+                out.write(format_record(rec, timestamps))
+                if follow:
+                    out.flush()
+        except BrokenPipeError:
+            pass
+        out.flush()
+    finally:
+        rt.close()
+
+
+@cli.command()
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--tail", "-n", type=int, default=None, help="Only the last N events.")
+def events(follow: bool, as_json: bool, tail: int | None) -> None:
+    """Show the event log (state changes, creations, removals)."""
+    rt = _runtime()
+    try:
+        rt.reconcile()
+        last = 0
+        rows = rt.store.events(0, tail)
+        while True:
+            for ev in rows:
+                last = ev["id"]
+                if as_json:
+                    click.echo(json.dumps({
+                        "id": ev["id"], "at": _ts(ev["at"]), "instance": ev["instance"],
+                        "run_id": ev["run_id"], "type": ev["type"], "message": ev["message"],
+                    }))  # fmt: skip
+                else:
+                    click.echo(f"{_ts(ev['at'])}  {ev['instance'] or '-':<16} {ev['type']:<10} "
+                               f"{ev['message']}")  # fmt: skip
+            if not follow:
+                break
+            sys.stdout.flush()
+            time.sleep(0.2)
+            rt.reconcile()
+            rows = rt.store.events(last)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rt.close()

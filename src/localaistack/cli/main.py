@@ -1,0 +1,222 @@
+"""``las``: the LocalAIStack runtime's command line.
+
+Commands parse their arguments, call the control layer (to plan) and the runtime (to
+execute), and format what comes back. Heavy modules are imported inside commands so that
+``las ps`` and ``las run`` start fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from localaistack.errors import LasError, UsageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(err: LasError) -> NoReturn:
+    click.echo(f"error: {err.message}", err=True)
+    for problem in getattr(err, "problems", []) or []:
+        if problem != err.message:
+            click.echo(f"  {problem}", err=True)
+    if err.hint:
+        click.echo(f"hint: {err.hint}", err=True)
+    sys.exit(err.exit_code)
+
+
+class LasGroup(click.Group):
+    """Maps every LasError to its message, hint and exit code; no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LasError as err:
+            fail(err)
+
+
+def parse_sets(values: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values:
+        if "=" not in item:
+            raise UsageError(f"--set {item!r} is not NAME=VALUE", hint="e.g. --set model=/m.gguf")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise UsageError(f"--set {item!r} has an empty name")
+        out[key] = value
+    return out
+
+
+def plan_options(f: F) -> F:
+    f = click.option("--policy", "policy_file", type=click.Path(path_type=Path),
+                     help="Policy file (default: $LAS_HOME/policy.yaml, else built-in).")(f)  # fmt: skip
+    f = click.option("--hardware", "hardware_file", type=click.Path(path_type=Path),
+                     help="Plan for the machine described by this saved `las hw --save` file.")(f)  # fmt: skip
+    f = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
+                     help="Set a module parameter (repeatable).")(f)  # fmt: skip
+    f = click.option("--mode", type=click.Choice(["native", "container"]),
+                     help="Ask for an execution mode; an error if hardware or policy rule it out.")(f)  # fmt: skip
+    return f
+
+
+@click.group(cls=LasGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="localaistack", prog_name="las")
+def cli() -> None:
+    """LocalAIStack runtime: plan and run AI modules natively or in containers.
+
+    State, logs, user modules and policy live in $LAS_HOME (default: /var/lib/localaistack
+    for root, ~/.local/state/localaistack otherwise).
+    """
+
+
+# --- control: hardware, modules, validate, plan ------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
+@click.option("--save", type=click.Path(path_type=Path), help="Save the profile to FILE.")
+def hw(as_json: bool, save: Path | None) -> None:
+    """Show this machine's hardware profile (CPU, RAM, GPUs, engines, cgroups)."""
+    from localaistack.control import hardware
+
+    profile = hardware.detect_hardware()
+    if save:
+        hardware.save_profile(profile, save)
+    if as_json:
+        click.echo(profile.model_dump_json(indent=2))
+    else:
+        for line in hardware.render_lines(profile):
+            click.echo(line)
+        if save:
+            click.echo(f"saved to {save}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def modules(as_json: bool) -> None:
+    """List the modules in the catalog (built-in and $LAS_HOME/modules)."""
+    import json
+
+    from localaistack.cli.tables import table
+    from localaistack.control.catalog import catalog_entries
+    from localaistack.store.paths import las_home
+
+    entries = catalog_entries(las_home())
+    rows, data = [], []
+    for e in entries:
+        if e.loaded:
+            m = e.loaded.manifest
+            modes = ", ".join(m.runtime.executable_modes) or (
+                "not executable (" + ", ".join(m.runtime.install_variants) + ")"
+            )
+            rows.append([m.name, m.version, m.category, modes, e.source, m.description])
+            data.append({"name": m.name, "version": m.version, "category": m.category,
+                         "modes": list(m.runtime.executable_modes),
+                         "install_variants": list(m.runtime.install_variants),
+                         "source": e.source, "path": str(e.path),
+                         "description": m.description})  # fmt: skip
+        else:
+            rows.append([e.path.stem, "-", "-", "invalid manifest", e.source, str(e.path)])
+            data.append({"name": e.path.stem, "source": e.source, "path": str(e.path),
+                         "error": e.error.message if e.error else ""})  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(table(["name", "version", "category", "modes", "source", "description"], rows))
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def validate(files: tuple[Path, ...]) -> None:
+    """Check manifest files; list every problem with file, line and field."""
+    from localaistack.control.manifest import load_manifest_file
+    from localaistack.errors import ManifestError
+
+    bad = 0
+    for path in files:
+        try:
+            loaded = load_manifest_file(path)
+        except ManifestError as err:
+            bad += 1
+            for problem in err.problems or [err.message]:
+                click.echo(f"error: {problem}", err=True)
+            continue
+        for warning in loaded.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        click.echo(f"{path}: ok ({loaded.manifest.name} {loaded.manifest.version})")
+    if bad:
+        click.echo(f"{bad} of {len(files)} manifest(s) invalid", err=True)
+        sys.exit(1)
+
+
+def build_plan(
+    module: str,
+    mode: str | None,
+    sets: tuple[str, ...],
+    hardware_file: Path | None,
+    policy_file: Path | None,
+    allocate: Callable[[str, str], int] | None = None,
+) -> Any:
+    """Plan ``module`` as `las plan` does (shared by plan and run)."""
+    from localaistack.control import hardware
+    from localaistack.control.catalog import resolve_module
+    from localaistack.control.planner import PlanRequest, make_plan
+    from localaistack.control.policy import load_policy
+    from localaistack.control.ports import free_port
+    from localaistack.store.paths import las_home
+
+    home = las_home()
+    loaded = resolve_module(module, home)
+    if hardware_file:
+        profile = hardware.load_profile(hardware_file)
+    else:
+        # Asking the engines costs a few hundred ms: only when a container plan is possible.
+        wants_engine = "container" in loaded.manifest.runtime.modes and mode != "native"
+        profile = hardware.detect_hardware(probe_engines=wants_engine)
+    policy = load_policy(policy_file, home)
+    request = PlanRequest(mode=mode, sets=parse_sets(sets))
+    return make_plan(loaded, profile, policy, request,
+                     allocate or (lambda host, _name: free_port(host)))  # fmt: skip
+
+
+@cli.command()
+@click.argument("module")
+@plan_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(
+    module: str,
+    mode: str | None,
+    sets: tuple[str, ...],
+    hardware_file: Path | None,
+    policy_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Show how MODULE (catalog name or manifest path) would run, and why.
+
+    Ports shown are free now; `las run` allocates them again when it starts.
+    """
+    from localaistack.cli.render import plan_json, plan_lines
+
+    p = build_plan(module, mode, sets, hardware_file, policy_file)
+    if as_json:
+        click.echo(plan_json(p))
+    else:
+        click.echo("\n".join(plan_lines(p)))
+
+
+def main() -> None:
+    from localaistack.cli import lifecycle  # noqa: F401  (registers the runtime commands)
+
+    try:
+        cli.main(prog_name="las")
+    except LasError as err:  # raised outside a command, e.g. in a callback
+        fail(err)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Human output for plans and tables. Formatting only: no decisions are made here."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Sequence
+from typing import Any
+
+from localaistack.plan import EnvVar, ExecutionPlan
+from localaistack.units import format_duration, format_size
+
+MASK = "***"
+
+
+def masked_plan_dict(plan: ExecutionPlan) -> dict[str, Any]:
+    """The plan as JSON data with every secret value replaced by ``***``."""
+    data: dict[str, Any] = plan.model_dump(mode="json")
+    secrets = {p.value for p in plan.parameters if p.secret and p.value}
+    for section in ("native", "container"):
+        if data.get(section):
+            for var in data[section]["env"]:
+                if var["secret"]:
+                    secrets.add(var["value"])
+                    var["value"] = MASK
+    for p in data["parameters"]:
+        if p["secret"] and p["value"]:
+            p["value"] = MASK
+    return _mask_strings(data, {s for s in secrets if s})  # type: ignore[no-any-return]
+
+
+def _mask_strings(obj: Any, secrets: set[str]) -> Any:
+    if not secrets:
+        return obj
+    if isinstance(obj, str):
+        for s in secrets:
+            obj = obj.replace(s, MASK)
+        return obj
+    if isinstance(obj, list):
+        return [_mask_strings(x, secrets) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _mask_strings(v, secrets) for k, v in obj.items()}
+    return obj
+
+
+def plan_json(plan: ExecutionPlan) -> str:
+    data = masked_plan_dict(plan)
+    data["plan_id"] = plan.plan_id
+    return json.dumps(data, indent=2)
+
+
+def _env_line(env: Sequence[EnvVar]) -> str:
+    shown = [f"{v.name}={MASK if v.secret else v.value}" for v in env]
+    return " ".join(shlex.quote(s) for s in shown) or "(none)"
+
+
+def plan_lines(plan: ExecutionPlan) -> list[str]:
+    """A short explanation of a plan, one decision per line, then what will run."""
+    data = masked_plan_dict(plan)
+    m = plan.module
+    out = [f"Plan {plan.plan_id} for {m.name} {m.version} ({m.source}): mode {plan.mode}", ""]
+    out.append("Decisions:")
+    width = max((len(d.topic) for d in plan.decisions), default=8)
+    for d in data["decisions"]:
+        out.append(f"  {d['topic']:<{width}}  {d['choice']}")
+        out.append(f"  {'':<{width}}    because {d['reason']}")
+        for r in d["rejected"]:
+            out.append(f"  {'':<{width}}    not {r['option']}: {r['reason']}")
+    out.append("")
+    out.append("Execution:")
+    if data.get("native"):
+        n = data["native"]
+        out.append(f"  argv     {shlex.join(n['argv'])}")
+        out.append(f"  env      {_env_line([EnvVar(**v) for v in n['env']])}")
+        if n["workdir"]:
+            out.append(f"  workdir  {n['workdir']}")
+    if data.get("container"):
+        c = data["container"]
+        out.append(f"  engine   {c['engine']}")
+        out.append(f"  image    {c['image']}")
+        out.append(f"  argv     {shlex.join(c['argv']) or '(image default)'}")
+        if c["env"]:
+            out.append(f"  env      {_env_line([EnvVar(**v) for v in c['env']])}")
+        for v in c["volumes"]:
+            out.append(f"  volume   {v['source']} -> {v['target']}"
+                       f"{' (read-only)' if v['read_only'] else ''}")  # fmt: skip
+    for b in plan.ports:
+        inside = f" -> container {b.container_port}" if plan.mode == "container" else ""
+        out.append(f"  port     {b.name}: {b.host_ip}:{b.host_port}/{b.protocol}{inside}")
+    h = plan.health
+    if h:
+        what = {"http": f"GET {h.path} on port {h.port}", "tcp": f"connect to port {h.port}",
+                "command": shlex.join(h.command)}[h.kind]  # fmt: skip
+        out.append(f"  health   {h.kind}: {what}; start within {format_duration(h.start_timeout)}, "
+                   f"every {format_duration(h.interval)}, timeout {format_duration(h.timeout)}, "
+                   f"unhealthy after {h.failure_threshold} failures")  # fmt: skip
+    else:
+        out.append("  health   none declared (health is 'unknown')")
+    r = plan.resources
+    mem = format_size(r.memory) if r.memory else "no limit"
+    out.append(f"  limits   memory {mem}; cpus {r.cpus or 'no limit'}")
+    gpus = ", ".join(f"{g.vendor} GPU {g.index} ({g.uuid})" for g in plan.gpus) or "none"
+    out.append(f"  gpus     {gpus}")
+    rs = plan.restart
+    out.append(f"  restart  {rs.policy}" + (f" (at most {rs.max_restarts}, backoff "
+               f"{format_duration(rs.backoff)})" if rs.policy != "never" else ""))  # fmt: skip
+    out.append(f"  stop     {plan.stop.signal}, then SIGKILL after "
+               f"{format_duration(plan.stop.timeout)}")  # fmt: skip
+    out.append(f"  logs     rotate at {format_size(plan.logs.max_size)}, keep {plan.logs.keep}")
+    return out

@@ -1,0 +1,1 @@
+"""The control layer: manifests, catalog, hardware profile, policy, planner, admission."""

@@ -1,0 +1,559 @@
+"""Module manifests, format v1: models, loading, and validation with every error listed.
+
+A manifest is YAML. Everything the runtime needs lives under ``runtime:``; the rest
+(``hardware``, ``dependencies``, ``interfaces``, ``integrity``) describes the module.
+
+Manifests written for the original LocalAIStack are accepted: their ``runtime.modes`` name
+install variants (``binary``, ``source``, ``cpu``...), which las records as
+``install_variants`` and reports as not executable; such a module validates, is listed by
+``las modules``, and ``las plan`` refuses it with that reason. Keys las does not know at the
+top level of such a manifest are kept and reported as warnings, never silently dropped.
+A mode that is neither executable nor a known install variant is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from localaistack.errors import ManifestError
+from localaistack.units import parse_duration, parse_size
+
+EXECUTABLE_MODES = ("native", "container")
+# Install variants used by the original LocalAIStack manifests: accepted, not executable.
+LEGACY_INSTALL_VARIANTS = frozenset(
+    {"binary", "source", "cpu", "gpu", "cuda", "rocm", "metal", "pip", "script", "package"}
+)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+PORT_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+PARAM_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+# ${name} or ${ports.name}; $$ is a literal dollar sign.
+TEMPLATE_RE = re.compile(r"\$\$|\$\{([^}]*)\}")
+KNOWN_TOP_LEVEL = frozenset(
+    {
+        "name", "category", "version", "description", "license", "hardware", "dependencies",
+        "runtime", "interfaces", "integrity", "parameters", "format",
+    }
+)  # fmt: skip
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """Validate a module or instance name: it becomes a file name, so it may not escape."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty string")
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain NUL")
+    if "/" in value or "\\" in value:
+        raise ValueError(f"{what} {value!r} must not contain '/' or '\\'")
+    if ".." in value:
+        raise ValueError(f"{what} {value!r} must not contain '..'")
+    if len(value) > 63:
+        raise ValueError(f"{what} is {len(value)} characters long; at most 63 are allowed")
+    if not NAME_RE.match(value):
+        raise ValueError(
+            f"{what} {value!r} may use only letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit (no spaces)"
+        )
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _size(v: object) -> int:
+    return parse_size(v)
+
+
+def _duration(v: object) -> float:
+    return parse_duration(v)
+
+
+class CpuReq(_Strict):
+    cores_min: int = Field(default=0, ge=0)
+
+
+class MemoryReq(_Strict):
+    ram_min: int = 0
+    ram_min_gb: float | None = Field(default=None, ge=0)  # original LocalAIStack spelling
+
+    _ram = field_validator("ram_min", mode="before")(_size)
+
+    @property
+    def required(self) -> int:
+        if self.ram_min_gb is not None:
+            return max(self.ram_min, int(self.ram_min_gb * (1 << 30)))
+        return self.ram_min
+
+
+class GpuReq(_Strict):
+    vram_min: int = 0
+    vram_min_gb: float | None = Field(default=None, ge=0)
+    multi_gpu: bool = False
+    optional: bool = False
+    count_min: int = Field(default=0, ge=0)
+
+    _vram = field_validator("vram_min", mode="before")(_size)
+
+    @property
+    def required_vram(self) -> int:
+        if self.vram_min_gb is not None:
+            return max(self.vram_min, int(self.vram_min_gb * (1 << 30)))
+        return self.vram_min
+
+
+class Hardware(_Strict):
+    cpu: CpuReq = CpuReq()
+    memory: MemoryReq = MemoryReq()
+    gpu: GpuReq = GpuReq()
+
+
+class Integrity(_Strict):
+    checksum: str | None = None
+    signature: str | None = None
+
+
+class NativeSection(_Strict):
+    command: list[str] = Field(min_length=1)
+    env: dict[str, str] = {}
+    workdir: str | None = None
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_strings(cls, v: Any) -> Any:
+        return _stringify_env(v)
+
+
+class VolumeSpec(_Strict):
+    source: str
+    target: str
+    read_only: bool = True
+
+
+class ContainerSection(_Strict):
+    image: str = Field(min_length=1)
+    command: list[str] = []
+    env: dict[str, str] = {}
+    workdir: str | None = None
+    volumes: list[VolumeSpec] = []
+    user: str | None = None
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_strings(cls, v: Any) -> Any:
+        return _stringify_env(v)
+
+
+def _stringify_env(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: (str(x).lower() if isinstance(x, bool) else str(x)) for k, x in v.items()}
+    return v
+
+
+class PortSpec(_Strict):
+    name: str
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not PORT_NAME_RE.match(v):
+            raise ValueError(f"port name {v!r} must match [a-z][a-z0-9_-]*")
+        return v
+
+
+class HttpProbe(_Strict):
+    port: str
+    path: str = "/"
+
+
+class TcpProbe(_Strict):
+    port: str
+
+
+class HealthSection(_Strict):
+    http: HttpProbe | None = None
+    tcp: TcpProbe | None = None
+    command: list[str] | None = None
+    start_timeout: float = 60.0
+    interval: float = 10.0
+    timeout: float = 2.0
+    failure_threshold: int = Field(default=3, ge=1)
+
+    _durations = field_validator("start_timeout", "interval", "timeout", mode="before")(
+        _duration
+    )
+
+    @model_validator(mode="after")
+    def _one_probe(self) -> HealthSection:
+        kinds = [k for k in ("http", "tcp", "command") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                "health needs exactly one of http, tcp or command"
+                + (f" (found {', '.join(kinds)})" if kinds else "")
+            )
+        return self
+
+
+class ResourcesSection(_Strict):
+    memory: int | None = None
+    cpus: float | None = Field(default=None, gt=0)
+    gpus: int = Field(default=0, ge=0)
+    vram: int = 0
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, v: object) -> int | None:
+        return None if v is None else parse_size(v)
+
+    _vram = field_validator("vram", mode="before")(_size)
+
+
+class RestartSection(_Strict):
+    policy: Literal["never", "on-failure"] = "never"
+    max_restarts: int = Field(default=3, ge=0)
+    backoff: float = 1.0
+    on_unhealthy: bool = False
+
+    _backoff = field_validator("backoff", mode="before")(_duration)
+
+
+SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL")
+
+
+class StopSection(_Strict):
+    signal: str = "SIGTERM"
+    timeout: float = 10.0
+
+    _timeout = field_validator("timeout", mode="before")(_duration)
+
+    @field_validator("signal")
+    @classmethod
+    def _signal(cls, v: str) -> str:
+        name = v.upper() if v.upper().startswith("SIG") else "SIG" + v.upper()
+        if name not in SIGNALS:
+            raise ValueError(f"unknown stop signal {v!r}; use one of {', '.join(SIGNALS)}")
+        return name
+
+
+class LogsSection(_Strict):
+    max_size: int = 50 * 1024 * 1024
+    keep: int = Field(default=5, ge=1)
+
+    _max = field_validator("max_size", mode="before")(_size)
+
+    @field_validator("max_size")
+    @classmethod
+    def _min_size(cls, v: int) -> int:
+        if v < 4096:
+            raise ValueError("logs.max_size must be at least 4KiB")
+        return v
+
+
+class RuntimeSection(_Strict):
+    modes: list[str] = Field(min_length=1)
+    preferred: str | None = None
+    native: NativeSection | None = None
+    container: ContainerSection | None = None
+    ports: list[PortSpec] = []
+    health: HealthSection | None = None
+    resources: ResourcesSection = ResourcesSection()
+    restart: RestartSection = RestartSection()
+    stop: StopSection = StopSection()
+    logs: LogsSection = LogsSection()
+
+    @field_validator("modes")
+    @classmethod
+    def _modes(cls, v: list[str]) -> list[str]:
+        for m in v:
+            if m not in EXECUTABLE_MODES and m not in LEGACY_INSTALL_VARIANTS:
+                raise ValueError(
+                    f"unknown mode {m!r}: las executes 'native' and 'container' "
+                    f"(install variants of original LocalAIStack manifests such as "
+                    f"{', '.join(sorted(LEGACY_INSTALL_VARIANTS)[:4])}... are accepted "
+                    "but not executed)"
+                )
+        if len(set(v)) != len(v):
+            raise ValueError("modes lists a mode twice")
+        return v
+
+    @model_validator(mode="after")
+    def _sections(self) -> RuntimeSection:
+        if self.preferred is not None and self.preferred not in self.modes:
+            raise ValueError(f"preferred mode {self.preferred!r} is not in modes {self.modes}")
+        if "native" in self.modes and self.native is None:
+            raise ValueError("mode 'native' is declared but runtime.native.command is missing")
+        if "container" in self.modes and self.container is None:
+            raise ValueError(
+                "mode 'container' is declared but runtime.container.image is missing"
+            )
+        names = [p.name for p in self.ports]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate port name(s): {', '.join(dupes)}")
+        if self.health is not None:
+            ref = self.health.http.port if self.health.http else (
+                self.health.tcp.port if self.health.tcp else None
+            )
+            if ref is not None and ref not in names:
+                raise ValueError(
+                    f"health probe refers to port {ref!r}, which runtime.ports does not declare"
+                    + (f" (declared: {', '.join(names)})" if names else "")
+                )
+        return self
+
+    @property
+    def executable_modes(self) -> tuple[str, ...]:
+        return tuple(m for m in self.modes if m in EXECUTABLE_MODES)
+
+    @property
+    def install_variants(self) -> tuple[str, ...]:
+        return tuple(m for m in self.modes if m in LEGACY_INSTALL_VARIANTS)
+
+
+class ParameterSpec(_Strict):
+    required: bool = False
+    type: Literal["string", "path", "int", "float", "bool"] = "string"
+    default: str | int | float | bool | None = None
+    description: str = ""
+    secret: bool = False
+    choices: list[str] | None = None
+
+
+class Manifest(BaseModel):
+    """A module manifest, format v1."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+    category: str = "service"
+    version: str = "0.0.0"
+    description: str = ""
+    license: str | None = None
+    hardware: Hardware = Hardware()
+    dependencies: Any = None
+    runtime: RuntimeSection
+    interfaces: Any = None
+    integrity: Integrity = Integrity()
+    parameters: dict[str, ParameterSpec] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "module name")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int | float) else v
+
+    @field_validator("parameters")
+    @classmethod
+    def _param_names(cls, v: dict[str, ParameterSpec]) -> dict[str, ParameterSpec]:
+        for name in v:
+            if not PARAM_NAME_RE.match(name) or name in ("host", "ports"):
+                raise ValueError(
+                    f"parameter name {name!r} must match [a-z_][a-z0-9_]* and not be "
+                    "'host' or 'ports' (those are reserved)"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _templates(self) -> Manifest:
+        port_names = {p.name for p in self.runtime.ports}
+        for where, text in self.template_strings():
+            for ref in template_refs(text):
+                if ref == "host":
+                    continue
+                if ref.startswith("ports."):
+                    if ref[6:] not in port_names:
+                        raise ValueError(
+                            f"{where}: ${{{ref}}} refers to port {ref[6:]!r}, which "
+                            "runtime.ports does not declare"
+                        )
+                    continue
+                if ref not in self.parameters:
+                    raise ValueError(
+                        f"{where}: ${{{ref}}} refers to parameter {ref!r}, which "
+                        "parameters does not declare"
+                    )
+        return self
+
+    def template_strings(self) -> list[tuple[str, str]]:
+        """Every string in the manifest that may hold ``${...}`` references, with its place."""
+        out: list[tuple[str, str]] = []
+        rt = self.runtime
+        if rt.native:
+            out += [(f"runtime.native.command[{i}]", s) for i, s in enumerate(rt.native.command)]
+            out += [(f"runtime.native.env.{k}", s) for k, s in rt.native.env.items()]
+            if rt.native.workdir:
+                out.append(("runtime.native.workdir", rt.native.workdir))
+        if rt.container:
+            c = rt.container
+            out += [(f"runtime.container.command[{i}]", s) for i, s in enumerate(c.command)]
+            out += [(f"runtime.container.env.{k}", s) for k, s in c.env.items()]
+            out += [(f"runtime.container.volumes[{i}].source", v.source)
+                    for i, v in enumerate(c.volumes)]  # fmt: skip
+        if rt.health and rt.health.command:
+            out += [(f"runtime.health.command[{i}]", s) for i, s in enumerate(rt.health.command)]
+        return out
+
+    @property
+    def legacy_keys(self) -> list[str]:
+        return sorted((self.model_extra or {}).keys())
+
+
+def template_refs(text: str) -> list[str]:
+    """Names referenced as ``${name}`` in a string (``$$`` is a literal ``$``)."""
+    return [m.group(1).strip() for m in TEMPLATE_RE.finditer(text) if m.group(0) != "$$"]
+
+
+@dataclass(frozen=True)
+class LoadedManifest:
+    """A manifest with where it came from."""
+
+    manifest: Manifest
+    path: Path
+    source: str  # 'builtin', 'user' or 'file'
+    digest: str
+    warnings: tuple[str, ...] = field(default=())
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A SafeLoader that remembers the line of every mapping key and sequence item."""
+
+
+def _compose_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map field paths to 1-based line numbers by walking the YAML node tree."""
+    lines: dict[tuple[str | int, ...], int] = {}
+    try:
+        root = yaml.compose(text, Loader=_LineLoader)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = k.value if isinstance(k, yaml.ScalarNode) else str(k)
+                lines[(*path, key)] = k.start_mark.line + 1
+                walk(v, (*path, key))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*path, i))
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _line_for(lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> int | None:
+    path = tuple(loc)
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return lines.get(())
+
+
+def _fmt_loc(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _clean_pydantic_msg(msg: str) -> str:
+    return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+def parse_manifest(text: str, path: Path, source: str = "file") -> LoadedManifest:
+    """Parse and validate manifest text.
+
+    Raises:
+        ManifestError: listing every problem as ``FILE:LINE: FIELD: message``.
+    """
+    where = str(path)
+    if not text.strip():
+        raise ManifestError(
+            f"{where}: the file is empty",
+            hint="a manifest needs at least name and runtime.modes",
+            problems=[f"{where}: (top level): the file is empty; expected a mapping"],
+        )
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        msg = f"{where}{line}: YAML syntax error: {problem}"
+        raise ManifestError(msg, hint="fix the YAML syntax", problems=[msg]) from exc
+    if not isinstance(data, dict):
+        kind = type(data).__name__ if data is not None else "nothing"
+        kind = {"list": "a list", "str": "a string", "int": "a number"}.get(kind, kind)
+        msg = f"{where}:1: (top level): expected a mapping of manifest fields, found {kind}"
+        raise ManifestError(msg, hint="a manifest is a YAML mapping (name:, runtime:, ...)",
+                            problems=[msg])  # fmt: skip
+    lines = _compose_lines(text)
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+            line = _line_for(lines, loc)
+            at = f"{where}:{line}" if line else where
+            problems.append(f"{at}: {_fmt_loc(loc)}: {_clean_pydantic_msg(err['msg'])}")
+        raise ManifestError(
+            f"{where}: {len(problems)} problem(s) in manifest",
+            hint="fix the fields named above; `las validate FILE` lists them all",
+            problems=problems,
+        ) from exc
+    warnings = []
+    for key in manifest.legacy_keys:
+        line = lines.get((key,))
+        at = f"{where}:{line}" if line else where
+        warnings.append(f"{at}: {key}: not a manifest v1 field; kept, ignored by las")
+    if not manifest.runtime.executable_modes:
+        warnings.append(
+            f"{where}: runtime.modes: only install variants "
+            f"({', '.join(manifest.runtime.install_variants)}); las cannot execute this module"
+        )
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return LoadedManifest(manifest, path, source, digest, tuple(warnings))
+
+
+def load_manifest_file(path: Path, source: str = "file") -> LoadedManifest:
+    """Read and validate a manifest file.
+
+    Raises:
+        ManifestError: when the file cannot be read or is invalid.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{path}: no such file", hint="check the path") from exc
+    except IsADirectoryError as exc:
+        raise ManifestError(f"{path}: is a directory, not a manifest file") from exc
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            f"{path}: not UTF-8 text", problems=[f"{path}: (top level): not UTF-8 text"]
+        ) from exc
+    return parse_manifest(text, path, source)

@@ -1,0 +1,544 @@
+"""The planner: manifest -> hardware capability -> policy -> user preference -> ExecutionPlan.
+
+The planner is a pure function of its inputs (the manifest, a hardware profile, a policy,
+the user's choices, and two injected look-ups: free ports and executables on PATH). Every
+choice it makes is recorded as a :class:`~localaistack.plan.Decision` with its reason and
+the alternatives it rejected. It never falls back silently: a ``--mode`` that hardware or
+policy rules out is an error naming the rule.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from localaistack.control.hardware import GpuInfo, HardwareProfile
+from localaistack.control.manifest import TEMPLATE_RE, LoadedManifest, Manifest
+from localaistack.control.policy import Policy, Tier
+from localaistack.errors import (
+    NoCompatibleMode,
+    PlanningError,
+    PolicyViolation,
+    RequirementUnmet,
+    UsageError,
+)
+from localaistack.plan import (
+    MODES,
+    ContainerSpec,
+    Decision,
+    EnvVar,
+    ExecutionPlan,
+    GpuAssignment,
+    HealthSpec,
+    LogSpec,
+    ModuleRef,
+    NativeSpec,
+    Parameter,
+    PortBinding,
+    Rejected,
+    Resources,
+    RestartSpec,
+    StopSpec,
+    Volume,
+)
+from localaistack.units import format_size
+
+PortAllocator = Callable[[str, str], int]
+"""``(host_ip, port_name) -> host port``: chooses a free port for a named port."""
+
+# Passed from the caller's environment to native workloads; everything else must be
+# declared by the manifest, so that the plan shows the workload's whole environment.
+PASSTHROUGH_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+GPU_ENV_VARS = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
+SECRET_MARKERS = ("_KEY", "_TOKEN", "PASSWORD", "SECRET")
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What the user asked for."""
+
+    mode: str | None = None
+    sets: Mapping[str, str] | None = None
+
+
+@dataclass
+class _ModeCheck:
+    mode: str
+    ok: bool
+    reason: str
+    rule: str = ""  # which rule rejected it, for error messages
+
+
+def looks_secret(name: str) -> bool:
+    upper = name.upper()
+    return any(m in upper for m in SECRET_MARKERS)
+
+
+def _check_requirements(m: Manifest, hw: HardwareProfile) -> list[str]:
+    """Unmet hardware requirements, each as a sentence naming the requirement."""
+    unmet = []
+    req = m.hardware
+    if req.cpu.cores_min and hw.cpu.cores < req.cpu.cores_min:
+        unmet.append(f"hardware.cpu.cores_min is {req.cpu.cores_min}; this machine has "
+                     f"{hw.cpu.cores} core(s)")  # fmt: skip
+    ram = req.memory.required
+    if ram and hw.memory.total < ram:
+        unmet.append(f"hardware.memory.ram_min is {format_size(ram)}; this machine has "
+                     f"{format_size(hw.memory.total)}")  # fmt: skip
+    vram = req.gpu.required_vram
+    needs_gpu = (vram > 0 or req.gpu.count_min > 0 or m.runtime.resources.gpus > 0) and not (
+        req.gpu.optional
+    )
+    if needs_gpu:
+        if not hw.gpus:
+            unmet.append(
+                "this module requires a GPU"
+                + (f" with {format_size(vram)} of VRAM" if vram else "")
+                + "; this machine has none"
+            )
+        else:
+            best = max(g.memory_total for g in hw.gpus)
+            total = sum(g.memory_total for g in hw.gpus)
+            usable = total if req.gpu.multi_gpu else best
+            if vram and usable < vram:
+                unmet.append(
+                    f"hardware.gpu.vram_min is {format_size(vram)}; the "
+                    + ("GPUs together have" if req.gpu.multi_gpu else "largest GPU has")
+                    + f" {format_size(usable)}"
+                    + ("" if req.gpu.multi_gpu else " (multi_gpu is false)")
+                )
+            wanted = max(req.gpu.count_min, m.runtime.resources.gpus)
+            if wanted > len(hw.gpus):
+                unmet.append(f"the module needs {wanted} GPU(s); this machine has {len(hw.gpus)}")
+            if wanted > 1 and not req.gpu.multi_gpu:
+                unmet.append(f"the module asks for {wanted} GPUs but hardware.gpu.multi_gpu "
+                             "is false")  # fmt: skip
+    return unmet
+
+
+def _engine_choice(hw: HardwareProfile, policy: Policy) -> tuple[str | None, str, list[Rejected]]:
+    """The container engine to use, why, and the engines rejected."""
+    rejected: list[Rejected] = []
+    wanted = ("podman", "docker") if policy.container_engine == "auto" else (
+        policy.container_engine,
+    )
+    for name in ("podman", "docker"):
+        info = hw.engine(name)
+        if name not in wanted:
+            rejected.append(Rejected(option=name, reason=f"policy container_engine is "
+                                     f"{policy.container_engine!r}"))  # fmt: skip
+            continue
+        if info is None or not info.installed:
+            rejected.append(Rejected(option=name, reason="not installed"))
+            continue
+        if not info.usable:
+            rejected.append(Rejected(option=name, reason=f"not usable: {info.reason}"))
+            continue
+        how = "first usable engine (policy container_engine: auto)" if (
+            policy.container_engine == "auto"
+        ) else "policy container_engine"
+        return name, f"{name} {info.version or ''}".strip() + f": {how}", rejected
+    return None, "", rejected
+
+
+def _check_modes(
+    m: Manifest, hw: HardwareProfile, policy: Policy, tier: Tier | None
+) -> tuple[dict[str, _ModeCheck], tuple[str | None, str, list[Rejected]]]:
+    engine = _engine_choice(hw, policy)
+    checks: dict[str, _ModeCheck] = {}
+    for mode in m.runtime.executable_modes:
+        if mode not in policy.allowed_modes:
+            checks[mode] = _ModeCheck(mode, False, f"policy allowed_modes is "
+                                      f"{policy.allowed_modes}", "allowed_modes")  # fmt: skip
+        elif tier is not None and tier.allow.runtimes is not None and (
+            mode not in tier.allow.runtimes
+        ):
+            checks[mode] = _ModeCheck(mode, False, f"policy tier {tier.name!r} allows runtimes "
+                                      f"{tier.allow.runtimes}", "tier")  # fmt: skip
+        elif mode == "native" and policy.trust_for(m.name) is None:
+            checks[mode] = _ModeCheck(
+                mode, False,
+                f"module {m.name!r} is not in policy trusted_native ({policy.source})",
+                "trusted_native",
+            )  # fmt: skip
+        elif mode == "container" and engine[0] is None:
+            why = "; ".join(f"{r.option}: {r.reason}" for r in engine[2])
+            checks[mode] = _ModeCheck(mode, False, f"no usable container engine ({why})",
+                                      "hardware")  # fmt: skip
+        else:
+            checks[mode] = _ModeCheck(mode, True, "")
+    return checks, engine
+
+
+def _select_mode(
+    m: Manifest, policy: Policy, checks: dict[str, _ModeCheck], requested: str | None
+) -> Decision:
+    rejected = tuple(Rejected(option=c.mode, reason=c.reason) for c in checks.values() if not c.ok)
+    if requested is not None:
+        if requested not in MODES:
+            raise UsageError(f"unknown mode {requested!r}", hint="use --mode native or container")
+        if requested not in checks:
+            declared = ", ".join(m.runtime.executable_modes)
+            raise NoCompatibleMode(
+                f"module {m.name!r} does not declare mode {requested!r} (declared: {declared})",
+                hint="choose a declared mode or leave --mode out",
+            )
+        check = checks[requested]
+        if not check.ok:
+            err = PolicyViolation if check.rule in ("allowed_modes", "tier", "trusted_native") \
+                else NoCompatibleMode  # fmt: skip
+            hint = {
+                "trusted_native": f"add {m.name} to trusted_native in your policy "
+                "(`las trust` prints the entry), or run it in a container",
+                "allowed_modes": "allow the mode in the policy's allowed_modes",
+                "tier": "the hardware tier of the policy decides; choose another mode",
+                "hardware": "install and start Podman or Docker, or use --mode native",
+            }[check.rule]
+            raise err(f"--mode {requested} is not possible: {check.reason}", hint=hint)
+        others = tuple(r for r in rejected if r.option != requested)
+        alt = tuple(Rejected(option=c.mode, reason="not requested") for c in checks.values()
+                    if c.ok and c.mode != requested)  # fmt: skip
+        return Decision(topic="mode", choice=requested, reason="requested with --mode",
+                        rejected=others + alt)  # fmt: skip
+    order: list[str] = []
+    if m.runtime.preferred in checks:
+        order.append(m.runtime.preferred)
+    if policy.default_mode in checks and policy.default_mode not in order:
+        order.append(policy.default_mode)
+    order += [mode for mode in m.runtime.executable_modes if mode not in order]
+    for mode in order:
+        if checks[mode].ok:
+            if mode == m.runtime.preferred:
+                reason = "the manifest's preferred mode"
+            elif m.runtime.preferred and not checks[m.runtime.preferred].ok:
+                reason = (f"the manifest prefers {m.runtime.preferred}, which is unavailable "
+                          f"({checks[m.runtime.preferred].reason}); {mode} is declared and "
+                          "allowed")  # fmt: skip
+            elif mode == policy.default_mode:
+                reason = f"the policy's default mode ({policy.source})"
+            else:
+                reason = f"the only usable declared mode (policy default {policy.default_mode} " \
+                         f"is unavailable: {checks.get(policy.default_mode, _ModeCheck('', False, 'not declared by the manifest')).reason})"  # noqa: E501  # fmt: skip
+            alt = tuple(Rejected(option=c.mode, reason="lower in preference")
+                        for c in checks.values() if c.ok and c.mode != mode)  # fmt: skip
+            return Decision(topic="mode", choice=mode, reason=reason, rejected=rejected + alt)
+    detail = "; ".join(f"{c.mode}: {c.reason}" for c in checks.values())
+    raise NoCompatibleMode(
+        f"module {m.name!r} cannot run here: {detail}",
+        hint="change the policy, install a container engine, or trust the module for native "
+        "execution",
+    )
+
+
+def _resolve_parameters(m: Manifest, sets: Mapping[str, str]) -> tuple[Parameter, ...]:
+    unknown = sorted(set(sets) - set(m.parameters))
+    if unknown:
+        known = ", ".join(sorted(m.parameters)) or "none"
+        raise UsageError(
+            f"unknown parameter(s) for {m.name}: {', '.join(unknown)}",
+            hint=f"parameters of {m.name}: {known}",
+        )
+    out = []
+    for name, spec in m.parameters.items():
+        secret = spec.secret or looks_secret(name)
+        if name in sets:
+            raw: str | None = sets[name]
+            source = "set"
+        elif spec.default is not None:
+            d = spec.default
+            raw = str(d).lower() if isinstance(d, bool) else str(d)
+            source = "default"
+        else:
+            if spec.required:
+                raise UsageError(
+                    f"missing required parameter {name!r} for {m.name}"
+                    + (f" ({spec.description})" if spec.description else ""),
+                    hint=f"pass --set {name}=VALUE",
+                )
+            out.append(Parameter(name=name, value=None, source="unset", secret=secret))
+            continue
+        assert raw is not None
+        value = _coerce(name, spec.type, raw, spec.choices)
+        out.append(Parameter(name=name, value=value, source=source, secret=secret))  # type: ignore[arg-type]
+    return tuple(out)
+
+
+def _coerce(name: str, kind: str, raw: str, choices: list[str] | None) -> str:
+    if "\x00" in raw:
+        raise UsageError(f"parameter {name!r} contains a NUL byte")
+    if choices is not None and raw not in choices:
+        raise UsageError(f"parameter {name!r} must be one of {', '.join(choices)}; got {raw!r}")
+    try:
+        if kind == "int":
+            return str(int(raw))
+        if kind == "float":
+            return repr(float(raw))
+        if kind == "bool":
+            low = raw.lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return "true" if low in ("true", "1", "yes") else "false"
+    except ValueError as exc:
+        raise UsageError(f"parameter {name!r} must be {kind}; got {raw!r}") from exc
+    if kind == "path":
+        return str(Path(raw).expanduser().absolute())
+    return raw
+
+
+def _substitute(text: str, values: Mapping[str, str]) -> str:
+    """Replace ``${name}`` by its value in one pass (values are never re-scanned)."""
+
+    def repl(match: object) -> str:
+        import re
+
+        assert isinstance(match, re.Match)
+        if match.group(0) == "$$":
+            return "$"
+        return values[match.group(1).strip()]
+
+    return TEMPLATE_RE.sub(repl, text)
+
+
+def _pick_gpus(m: Manifest, hw: HardwareProfile) -> tuple[tuple[GpuAssignment, ...], Decision]:
+    wanted = max(m.runtime.resources.gpus, m.hardware.gpu.count_min)
+    vram_need = max(m.runtime.resources.vram, m.hardware.gpu.required_vram)
+    if wanted == 0 and vram_need == 0:
+        return (), Decision(topic="gpus", choice="none",
+                            reason="the manifest asks for no GPU; GPU variables are set empty so "
+                            "the workload cannot reach one")  # fmt: skip
+    if not hw.gpus:
+        return (), Decision(topic="gpus", choice="none", reason="this machine has no GPU "
+                            "(hardware.gpu.optional allows running without one)")  # fmt: skip
+    count = max(wanted, 1)
+    per_gpu = vram_need // count if m.hardware.gpu.multi_gpu and count > 1 else vram_need
+    fits = [g for g in hw.gpus if g.memory_free >= per_gpu]
+    # Best fit: the GPUs with the least free memory that still fits, so large ones stay free.
+    fits.sort(key=lambda g: (g.memory_free, g.index))
+    if len(fits) < count:
+        if m.hardware.gpu.optional:
+            return (), Decision(topic="gpus", choice="none",
+                                reason=f"no GPU has {format_size(per_gpu)} free; the module "
+                                "runs without one (hardware.gpu.optional)")  # fmt: skip
+        free = ", ".join(f"GPU {g.index}: {format_size(g.memory_free)} free" for g in hw.gpus)
+        raise RequirementUnmet(
+            f"{m.name} needs {count} GPU(s) with {format_size(per_gpu)} free each; {free}",
+            hint="stop what holds GPU memory, or plan for another machine with --hardware",
+        )
+    chosen: list[GpuInfo] = fits[:count]
+    rejected = tuple(
+        Rejected(option=f"GPU {g.index} ({g.name})",
+                 reason=f"{format_size(g.memory_free)} free"
+                 + (" is less than needed" if g.memory_free < per_gpu else ", a larger fit"))
+        for g in hw.gpus if g not in chosen
+    )  # fmt: skip
+    assignment = tuple(
+        GpuAssignment(index=g.index, uuid=g.uuid, vendor=g.vendor, vram=per_gpu) for g in chosen
+    )
+    names = ", ".join(f"GPU {g.index} ({g.name}, {format_size(g.memory_free)} free)"
+                      for g in chosen)  # fmt: skip
+    return assignment, Decision(topic="gpus", choice=names,
+                                reason=f"best fit for {format_size(per_gpu)} of VRAM per GPU",
+                                rejected=rejected)  # fmt: skip
+
+
+def _gpu_env(gpus: tuple[GpuAssignment, ...]) -> list[EnvVar]:
+    nvidia = ",".join(g.uuid for g in gpus if g.vendor == "nvidia")
+    amd = ",".join(str(g.index) for g in gpus if g.vendor == "amd")
+    return [
+        EnvVar(name="CUDA_VISIBLE_DEVICES", value=nvidia),
+        EnvVar(name="HIP_VISIBLE_DEVICES", value=amd),
+        EnvVar(name="ROCR_VISIBLE_DEVICES", value=amd),
+    ]
+
+
+def _resolve_executable(
+    argv0: str, path_env: str | None, which: Callable[[str, str | None], str | None]
+) -> tuple[str, str]:
+    if "/" in argv0:
+        p = Path(argv0).expanduser().absolute()
+        if not p.exists():
+            raise PlanningError(f"executable {argv0} does not exist",
+                                hint="check the module's runtime.native.command")  # fmt: skip
+        if p.is_dir() or not os.access(p, os.X_OK):
+            raise PlanningError(f"{argv0} is not an executable file",
+                                hint=f"make it executable (chmod +x {argv0})")  # fmt: skip
+        return str(p), "given as a path"
+    found = which(argv0, path_env)
+    if not found:
+        raise PlanningError(
+            f"executable {argv0!r} not found on PATH",
+            hint=f"install {argv0} or put its directory on PATH",
+        )
+    return str(Path(found).absolute()), f"found {argv0!r} on PATH"
+
+
+def _default_which(cmd: str, path: str | None) -> str | None:
+    return shutil.which(cmd, path=path)
+
+
+def make_plan(
+    loaded: LoadedManifest,
+    hw: HardwareProfile,
+    policy: Policy,
+    request: PlanRequest,
+    allocate_port: PortAllocator,
+    *,
+    environ: Mapping[str, str] | None = None,
+    which: Callable[[str, str | None], str | None] = _default_which,
+) -> ExecutionPlan:
+    """Decide how to run a module and return the explained plan.
+
+    Raises:
+        NoCompatibleMode, PolicyViolation, RequirementUnmet, PlanningError, UsageError:
+            each naming the rule or input that stops the plan.
+    """
+    m = loaded.manifest
+    environ = os.environ if environ is None else environ
+    decisions: list[Decision] = []
+
+    if not m.runtime.executable_modes:
+        raise NoCompatibleMode(
+            f"module {m.name!r} declares only install variants "
+            f"({', '.join(m.runtime.install_variants)}), which las does not execute",
+            hint="add a runtime.native or runtime.container section (manifest format v1)",
+        )
+    tier = policy.tier_for(hw) if policy.policies else None
+    if policy.policies:
+        if tier is None:
+            raise PolicyViolation(
+                "no policy tier matches this hardware",
+                hint=f"add a tier without conditions to {policy.source}",
+            )
+        decisions.append(Decision(topic="policy tier", choice=tier.name,
+                                  reason="the first tier whose conditions hold for this "
+                                  "hardware"))  # fmt: skip
+        if m.name in tier.deny:
+            raise PolicyViolation(f"policy tier {tier.name!r} denies module {m.name!r}",
+                                  hint=f"see the tier's deny list in {policy.source}")  # fmt: skip
+
+    unmet = _check_requirements(m, hw)
+    if unmet:
+        raise RequirementUnmet(
+            f"{m.name} cannot run on {hw.hostname}: " + "; ".join(unmet),
+            hint="plan for another machine with --hardware FILE, or change the manifest",
+        )
+    decisions.append(Decision(topic="requirements", choice="met",
+                              reason=f"{hw.cpu.cores} cores, {format_size(hw.memory.total)} RAM, "
+                              f"{len(hw.gpus)} GPU(s) on {hw.hostname} ({hw.source})"))  # fmt: skip
+
+    checks, (engine, engine_reason, engine_rejected) = _check_modes(m, hw, policy, tier)
+    mode_decision = _select_mode(m, policy, checks, request.mode)
+    decisions.append(mode_decision)
+    mode = mode_decision.choice
+
+    params = _resolve_parameters(m, request.sets or {})
+    if params:
+        decisions.append(Decision(
+            topic="parameters",
+            choice=", ".join(f"{p.name}={'***' if p.secret and p.value else p.value}"
+                             for p in params),
+            reason="from --set, else the manifest's defaults",
+        ))  # fmt: skip
+
+    host, host_reason = policy.host_for(m.name)
+    decisions.append(Decision(topic="host address", choice=host, reason=host_reason))
+    ports = []
+    for spec in m.runtime.ports:
+        host_port = allocate_port(host, spec.name)
+        ports.append(PortBinding(name=spec.name, container_port=spec.port, host_ip=host,
+                                 host_port=host_port, protocol=spec.protocol))  # fmt: skip
+        inside = f" (container port {spec.port})" if mode == "container" else ""
+        decisions.append(Decision(topic=f"port {spec.name}", choice=f"{host}:{host_port}{inside}",
+                                  reason="a free port on the host address"))  # fmt: skip
+
+    values: dict[str, str] = {"host": host if mode == "native" else "0.0.0.0"}
+    for p in params:
+        values[p.name] = p.value or ""
+    for b in ports:
+        values[f"ports.{b.name}"] = str(b.host_port if mode == "native" else b.container_port)
+
+    gpus, gpu_decision = _pick_gpus(m, hw)
+    decisions.append(gpu_decision)
+
+    rt = m.runtime
+    native_spec = container_spec = None
+    if mode == "native":
+        assert rt.native is not None
+        argv = [_substitute(a, values) for a in rt.native.command]
+        env: dict[str, EnvVar] = {}
+        for name in PASSTHROUGH_ENV:
+            if name in environ:
+                env[name] = EnvVar(name=name, value=environ[name])
+        for k, v in rt.native.env.items():
+            env[k] = EnvVar(name=k, value=_substitute(v, values), secret=looks_secret(k))
+        for var in _gpu_env(gpus):
+            env[var.name] = var
+        path_env = env["PATH"].value if "PATH" in env else None
+        argv[0], how = _resolve_executable(argv[0], path_env, which)
+        decisions.append(Decision(topic="executable", choice=argv[0], reason=how))
+        workdir = _substitute(rt.native.workdir, values) if rt.native.workdir else None
+        if workdir is not None and not Path(workdir).is_dir():
+            raise PlanningError(f"workdir {workdir} does not exist or is not a directory",
+                                hint="create it or fix runtime.native.workdir")  # fmt: skip
+        native_spec = NativeSpec(argv=tuple(argv), env=tuple(env.values()), workdir=workdir)
+    else:
+        assert rt.container is not None and engine is not None
+        decisions.append(Decision(topic="container engine", choice=engine, reason=engine_reason,
+                                  rejected=tuple(engine_rejected)))  # fmt: skip
+        c = rt.container
+        cenv = [EnvVar(name=k, value=_substitute(v, values), secret=looks_secret(k))
+                for k, v in c.env.items()]  # fmt: skip
+        volumes = tuple(
+            Volume(source=_substitute(v.source, values), target=v.target, read_only=v.read_only)
+            for v in c.volumes
+        )
+        container_spec = ContainerSpec(
+            engine=engine,  # type: ignore[arg-type]
+            image=c.image,
+            argv=tuple(_substitute(a, values) for a in c.command),
+            env=tuple(cenv),
+            workdir=c.workdir,
+            volumes=volumes,
+            user=c.user,
+        )
+
+    health = None
+    if rt.health is not None:
+        h = rt.health
+        kind = "http" if h.http else "tcp" if h.tcp else "command"
+        port_name = h.http.port if h.http else h.tcp.port if h.tcp else None
+        health = HealthSpec(
+            kind=kind,  # type: ignore[arg-type]
+            port=port_name,
+            host_port=next((b.host_port for b in ports if b.name == port_name), None),
+            path=h.http.path if h.http else "/",
+            command=tuple(_substitute(a, values) for a in (h.command or [])),
+            start_timeout=h.start_timeout,
+            interval=h.interval,
+            timeout=h.timeout,
+            failure_threshold=h.failure_threshold,
+        )
+
+    res = rt.resources
+    return ExecutionPlan(
+        module=ModuleRef(name=m.name, version=m.version, category=m.category,
+                         source=loaded.source if loaded.source != "file" else str(loaded.path),
+                         digest=loaded.digest),  # fmt: skip
+        mode=mode,  # type: ignore[arg-type]
+        native=native_spec,
+        container=container_spec,
+        parameters=params,
+        ports=tuple(ports),
+        health=health,
+        resources=Resources(memory=res.memory, cpus=res.cpus, gpus=len(gpus),
+                            vram=max(res.vram, m.hardware.gpu.required_vram) if gpus else 0),
+        gpus=gpus,
+        restart=RestartSpec(policy=rt.restart.policy, max_restarts=rt.restart.max_restarts,
+                            backoff=rt.restart.backoff, on_unhealthy=rt.restart.on_unhealthy),
+        stop=StopSpec(signal=rt.stop.signal, timeout=rt.stop.timeout),
+        logs=LogSpec(max_size=rt.logs.max_size, keep=rt.logs.keep),
+        decisions=tuple(decisions),
+    )  # fmt: skip

@@ -1,0 +1,242 @@
+"""Policy: what las may do on this machine.
+
+Two formats are read:
+
+* las's own (the built-in default is shown below);
+* LocalAIStack's tiered format: a ``policies:`` list of tiers, each with ``conditions`` on
+  the hardware and ``allow``/``deny`` lists. The first tier whose conditions all hold for
+  the hardware profile applies; its ``allow.runtimes`` narrows the allowed modes and its
+  ``deny`` list refuses modules by name. A tiered file may also carry any of las's own keys
+  at the top level (``trusted_native``, ``network``...), which apply in every tier.
+
+::
+
+    allowed_modes: [container, native]
+    default_mode: container
+    container_engine: auto            # auto | podman | docker
+    trusted_native: [llama.cpp, {module: vllm, sha256: "..."}]
+    network: {host: 127.0.0.1, expose: {open-webui: 0.0.0.0}}
+    overcommit: deny                  # deny | allow
+    reserve: {memory: 2GiB, vram: 512MiB}
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from localaistack.errors import PolicyError
+from localaistack.units import parse_size
+
+if TYPE_CHECKING:
+    from localaistack.control.hardware import HardwareProfile
+
+ModeName = Literal["native", "container"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrustEntry(_Strict):
+    module: str
+    sha256: str | None = None
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) != 64 or any(c not in "0123456789abcdef" for c in v.lower())):
+            raise ValueError("sha256 must be 64 hexadecimal characters")
+        return v.lower() if v else v
+
+
+def _check_address(v: str) -> str:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError as exc:
+        raise ValueError(f"{v!r} is not an IP address") from exc
+    return v
+
+
+class NetworkPolicy(_Strict):
+    host: str = "127.0.0.1"
+    expose: dict[str, str] = {}
+
+    _host = field_validator("host")(_check_address)
+
+    @field_validator("expose")
+    @classmethod
+    def _expose(cls, v: dict[str, str]) -> dict[str, str]:
+        for addr in v.values():
+            _check_address(addr)
+        return v
+
+
+class Reserve(_Strict):
+    memory: int = 0
+    vram: int = 0
+
+    @field_validator("memory", "vram", mode="before")
+    @classmethod
+    def _size(cls, v: object) -> int:
+        return parse_size(v)
+
+
+class TierConditions(_Strict):
+    gpu_vram_min: int | None = None
+    gpu_vram_max: int | None = None
+    ram_min: int | None = None
+    ram_max: int | None = None
+    gpu_count_min: int | None = None
+    nvlink: bool | None = None
+
+    @field_validator("gpu_vram_min", "gpu_vram_max", "ram_min", "ram_max", mode="before")
+    @classmethod
+    def _size(cls, v: object) -> int | None:
+        return None if v is None else parse_size(v)
+
+
+class TierAllow(_Strict):
+    runtimes: list[str] | None = None
+    max_model_size: str | None = None
+    features: list[str] = []
+
+
+class Tier(_Strict):
+    name: str
+    conditions: TierConditions = TierConditions()
+    allow: TierAllow = TierAllow()
+    deny: list[str] = []
+
+    def matches(self, hw: HardwareProfile) -> tuple[bool, str]:
+        """Whether every condition holds for ``hw``, and the first that does not."""
+        c = self.conditions
+        vram = max((g.memory_total for g in hw.gpus), default=0)
+        ram = hw.memory.total
+        checks = [
+            (c.gpu_vram_min is None or vram >= c.gpu_vram_min, "gpu_vram_min"),
+            (c.gpu_vram_max is None or vram <= c.gpu_vram_max, "gpu_vram_max"),
+            (c.ram_min is None or ram >= c.ram_min, "ram_min"),
+            (c.ram_max is None or ram <= c.ram_max, "ram_max"),
+            (c.gpu_count_min is None or len(hw.gpus) >= c.gpu_count_min, "gpu_count_min"),
+            # NVLink is not in the hardware profile: a tier that requires it never matches.
+            (c.nvlink is None or c.nvlink is False, "nvlink"),
+        ]
+        for ok, name in checks:
+            if not ok:
+                return False, name
+        return True, ""
+
+
+class Policy(_Strict):
+    """The effective policy."""
+
+    allowed_modes: list[ModeName] = ["container", "native"]
+    default_mode: ModeName = "container"
+    container_engine: Literal["auto", "podman", "docker"] = "auto"
+    trusted_native: list[TrustEntry] = []
+    network: NetworkPolicy = NetworkPolicy()
+    overcommit: Literal["deny", "allow"] = "deny"
+    reserve: Reserve = Reserve()
+    policies: list[Tier] = []
+    source: str = Field(default="built-in default", exclude=True)
+
+    @field_validator("trusted_native", mode="before")
+    @classmethod
+    def _trust(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"module": x} if isinstance(x, str) else x for x in v]
+        return v
+
+    def trust_for(self, module: str) -> TrustEntry | None:
+        return next((t for t in self.trusted_native if t.module == module), None)
+
+    def host_for(self, module: str) -> tuple[str, str]:
+        """The address a module's ports bind to, and why."""
+        if module in self.network.expose:
+            return self.network.expose[module], f"policy network.expose allows {module}"
+        return self.network.host, f"policy network.host ({self.source})"
+
+    def tier_for(self, hw: HardwareProfile) -> Tier | None:
+        for tier in self.policies:
+            ok, _ = tier.matches(hw)
+            if ok:
+                return tier
+        return None
+
+
+# The built-in default: containers by default, native allowed only for trusted modules.
+# The shipped engine modules that need native speed are trusted out of the box.
+DEFAULT_POLICY_YAML = """\
+allowed_modes: [container, native]
+default_mode: container
+container_engine: auto
+trusted_native: [echo-http, llama.cpp, vllm]
+network: {host: 127.0.0.1, expose: {}}
+overcommit: deny
+reserve: {memory: 1GiB, vram: 512MiB}
+"""
+
+
+def default_policy() -> Policy:
+    return parse_policy(DEFAULT_POLICY_YAML, "built-in default")
+
+
+def parse_policy(text: str, source: str) -> Policy:
+    """Parse policy text.
+
+    Raises:
+        PolicyError: naming the file and each invalid field.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise PolicyError(
+            f"{source}{line}: YAML syntax error: {getattr(exc, 'problem', exc)}",
+            hint="fix the policy file's YAML",
+        ) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: a policy is a YAML mapping, found {type(data).__name__}")
+    try:
+        policy = Policy.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise PolicyError(f"{source}: invalid policy: {problems}",
+                          hint="see docs/policy.md for the format") from exc  # fmt: skip
+    if policy.default_mode not in policy.allowed_modes:
+        raise PolicyError(
+            f"{source}: default_mode {policy.default_mode!r} is not in allowed_modes "
+            f"{policy.allowed_modes}"
+        )
+    return policy
+
+
+def load_policy(path: Path | None, home: Path) -> Policy:
+    """The effective policy: ``path`` if given, else ``$LAS_HOME/policy.yaml``, else default.
+
+    Raises:
+        PolicyError: when the file cannot be read or is invalid.
+    """
+    if path is None:
+        candidate = home / "policy.yaml"
+        if not candidate.exists():
+            return default_policy()
+        path = candidate
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise PolicyError(f"policy file {path}: no such file", hint="check --policy") from exc
+    except OSError as exc:
+        raise PolicyError(f"policy file {path}: cannot read: {exc.strerror}") from exc
+    return parse_policy(text, str(path))

@@ -1,0 +1,259 @@
+"""The runtime's entry point for the CLI: lifecycle of instances and their runs.
+
+Every public method first reconciles (cheaply: one query and a few /proc reads), so the
+state shown is the truth: a run whose supervisor died is recorded as such before anything
+else is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from localaistack.errors import InstanceConflict, InstanceNotFound, NotSupported, UsageError
+from localaistack.runtime import procs
+from localaistack.runtime.native import NativeBackend
+from localaistack.store.db import ACTIVE_STATES, Store, add_event, set_run_state
+from localaistack.store.paths import ensure_home
+
+if TYPE_CHECKING:
+    from localaistack.plan import ExecutionPlan
+
+
+@dataclass(frozen=True)
+class StartResult:
+    name: str
+    run_id: str
+    state: str
+    pid: int | None
+    reason: str | None
+    log_path: str
+
+
+class Runtime:
+    """Executes plans for named instances. Holds one store connection."""
+
+    def __init__(self, home: Path, store: Store | None = None) -> None:
+        self.home = ensure_home(home)
+        self.store = store or Store(self.home / "state.db")
+        self.native = NativeBackend(self.store, self.home)
+        self._boot = procs.boot_id()
+
+    def __repr__(self) -> str:
+        return f"<Runtime home={self.home}>"
+
+    def close(self) -> None:
+        self.store.close()
+
+    # --- reconcile -----------------------------------------------------------------------
+
+    def reconcile(self) -> int:
+        """Record runs whose supervisor is gone; returns how many were found."""
+        suspects = [r for r in self.store.active_runs() if not self._alive(r)]
+        if not suspects:
+            return 0
+        found = 0
+        with self.store.transaction() as c:
+            for r in suspects:
+                row = c.execute("SELECT * FROM runs WHERE run_id=?", (r["run_id"],)).fetchone()
+                if row is None or row["state"] not in ACTIVE_STATES or self._alive(row):
+                    continue  # it ended properly, or came alive, since the first look
+                self.native.mark_lost(c, row, self._boot)
+                found += 1
+        return found
+
+    def _alive(self, run: sqlite3.Row) -> bool:
+        if run["backend"] == "native":
+            return self.native.is_alive(run, self._boot)
+        raise NotSupported(f"unknown backend {run['backend']!r} for run {run['run_id']}")
+
+    # --- lookups -------------------------------------------------------------------------
+
+    def require_instance(self, name: str) -> sqlite3.Row:
+        row = self.store.instance(name)
+        if row is None:
+            known = [r["name"] for r in self.store.instances()]
+            raise InstanceNotFound(
+                f"no instance named {name!r}",
+                hint=("instances: " + ", ".join(known)) if known else "see `las ps --all`",
+            )
+        return row
+
+    def current_run(self, name: str) -> sqlite3.Row | None:
+        inst = self.require_instance(name)
+        return self.store.run(inst["current_run"]) if inst["current_run"] else None
+
+    def plan_of(self, name: str) -> ExecutionPlan:
+        from localaistack.plan import ExecutionPlan  # pydantic: slow to import, not for ps
+
+        return ExecutionPlan.from_json(self.require_instance(name)["plan"])
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self, name: str) -> StartResult:
+        """Start a new run of an existing instance; blocks until it runs or fails.
+
+        Raises:
+            InstanceNotFound: no such instance.
+            InstanceConflict: the instance has an active run (started twice concurrently,
+                or already running).
+            NotSupported: the plan's mode has no backend yet.
+        """
+        self.reconcile()
+        mode = self.require_instance(name)["mode"]
+        if mode != "native":
+            raise NotSupported(f"mode {mode!r} cannot be executed by this las yet",
+                               hint="use --mode native")  # fmt: skip
+        run_id = uuid.uuid4().hex[:12]
+        log_path = self.home / "logs" / name / f"{run_id}.log"
+        log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        now = time.time()
+        with self.store.transaction() as c:
+            inst = c.execute("SELECT * FROM instances WHERE name=?", (name,)).fetchone()
+            if inst is None:
+                raise InstanceNotFound(f"no instance named {name!r}")
+            if inst["current_run"]:
+                cur = c.execute("SELECT state FROM runs WHERE run_id=?",
+                                (inst["current_run"],)).fetchone()  # fmt: skip
+                if cur is not None and cur["state"] in ACTIVE_STATES:
+                    raise InstanceConflict(
+                        f"instance {name!r} is already {cur['state']}",
+                        hint=f"`las stop {name}` first, or `las restart {name}`",
+                    )
+            attempt = c.execute("SELECT COALESCE(MAX(attempt), 0) + 1 FROM runs WHERE instance=?",
+                                (name,)).fetchone()[0]  # fmt: skip
+            me = os.getpid()
+            c.execute(
+                """INSERT INTO runs (run_id, instance, attempt, backend, state, boot_id,
+                   log_path, owner_pid, owner_start, created_at)
+                   VALUES (?,?,?,?,?,?,?,?,?,?)""",
+                (run_id, name, attempt, "native", "starting", self._boot, str(log_path),
+                 me, procs.start_time(me), now),
+            )  # fmt: skip
+            c.execute("UPDATE instances SET current_run=? WHERE name=?", (run_id, name))
+            c.execute(
+                "INSERT INTO transitions (run_id, from_state, to_state, at, reason) "
+                "VALUES (?,?,?,?,?)",
+                (run_id, None, "starting", now, f"attempt {attempt}"),
+            )
+            add_event(c, "starting", f"starting run {run_id} (attempt {attempt})",
+                      instance=name, run_id=run_id, at=now)  # fmt: skip
+        run = self.store.run(run_id)
+        assert run is not None
+        message = self.native.start(run)
+        final = self.store.run(run_id)
+        assert final is not None
+        return StartResult(name, run_id, str(message.get("state", final["state"])),
+                           message.get("pid"), message.get("reason") or final["reason"],
+                           str(log_path))  # fmt: skip
+
+    def stop(self, name: str, timeout: float | None = None) -> sqlite3.Row | None:
+        """Stop the instance's active run; returns the run as recorded at the end.
+
+        Idempotent: an instance that is not running is left as it is.
+        """
+        self.reconcile()
+        run = self.current_run(name)
+        if run is None or run["state"] not in ACTIVE_STATES:
+            return run
+        plan = json.loads(self.require_instance(name)["plan"])
+        self.native.stop(run, timeout, float(plan["stop"]["timeout"]))
+        self.reconcile()
+        return self.store.run(run["run_id"])
+
+    def remove(self, name: str, *, purge: bool = False, force: bool = False) -> None:
+        """Forget an instance (its logs stay unless ``purge``); refuses a running one."""
+        self.reconcile()
+        run = self.current_run(name)
+        if run is not None and run["state"] in ACTIVE_STATES:
+            if not force:
+                raise InstanceConflict(f"instance {name!r} is {run['state']}",
+                                       hint=f"`las stop {name}` first, or `las rm -f {name}`")  # fmt: skip
+            self.stop(name)
+        with self.store.transaction() as c:
+            c.execute("DELETE FROM runs WHERE instance=?", (name,))
+            c.execute("DELETE FROM instances WHERE name=?", (name,))
+            add_event(c, "removed", f"instance removed{' with its logs' if purge else ''}",
+                      instance=name)  # fmt: skip
+        if purge:
+            shutil.rmtree(self.home / "logs" / name, ignore_errors=True)
+
+    # --- views ---------------------------------------------------------------------------
+
+    def ps(self, all_: bool = False) -> list[dict[str, Any]]:
+        self.reconcile()
+        out = []
+        for row in self.store.instances_with_runs():
+            state = row["state"] or "created"
+            if not all_ and state not in ACTIVE_STATES:
+                continue
+            plan = json.loads(row["plan"])
+            out.append({
+                "name": row["name"],
+                "module": row["module"],
+                "mode": row["mode"],
+                "state": state,
+                "health": row["health"] or "unknown",
+                "pid": row["pid"] if state in ACTIVE_STATES else None,
+                "run_id": row["run_id"],
+                "started_at": row["started_at"],
+                "finished_at": row["finished_at"],
+                "reason": row["reason"],
+                "ports": [f"{p['host_ip']}:{p['host_port']}->{p['name']}"
+                          for p in plan["ports"]],
+                "gpus": [g["uuid"] for g in plan["gpus"]],
+            })  # fmt: skip
+        return out
+
+    def run_rows(self, name: str) -> list[sqlite3.Row]:
+        self.require_instance(name)
+        return self.store.runs_of(name)
+
+    def find_run(self, name: str, run_id: str | None) -> sqlite3.Row:
+        """The named run of an instance (a unique prefix is enough), or its current run."""
+        runs = self.run_rows(name)
+        if not runs:
+            raise InstanceNotFound(f"instance {name!r} has no runs yet",
+                                   hint=f"`las start {name}`")  # fmt: skip
+        if run_id is None:
+            inst = self.require_instance(name)
+            return next(r for r in runs if r["run_id"] == inst["current_run"])
+        matches = [r for r in runs if str(r["run_id"]).startswith(run_id)]
+        if len(matches) != 1:
+            ids = ", ".join(r["run_id"] for r in runs)
+            raise UsageError(f"{'no' if not matches else 'more than one'} run of {name!r} "
+                             f"matches {run_id!r}", hint=f"runs: {ids}")  # fmt: skip
+        return matches[0]
+
+    def is_active(self, run_id: str) -> bool:
+        self.reconcile()
+        row = self.store.run(run_id)
+        return row is not None and row["state"] in ACTIVE_STATES
+
+    def limits(self, plan: ExecutionPlan) -> dict[str, str]:
+        """What enforces each limit of the plan, in words."""
+        r = plan.resources
+        not_yet = "not enforced: native limits are not implemented in this version"
+        return {
+            "memory": "none requested" if r.memory is None else not_yet,
+            "cpus": "none requested" if r.cpus is None else not_yet,
+            "gpus": (
+                "CUDA_VISIBLE_DEVICES/HIP_VISIBLE_DEVICES/ROCR_VISIBLE_DEVICES set to the "
+                "assigned GPUs" + (" (empty: none assigned)" if not plan.gpus else "")
+            ),
+        }
+
+    def record_event(self, name: str, type_: str, message: str) -> None:
+        with self.store.transaction() as c:
+            add_event(c, type_, message, instance=name)
+
+    def fail_run(self, run_id: str, reason: str) -> None:
+        with self.store.transaction() as c:
+            set_run_state(c, run_id, "failed", reason)

@@ -1,0 +1,224 @@
+"""The native backend: a workload as a host process under a supervisor of its own.
+
+The persisted handle of a native run is its row in ``runs``: the supervisor's pid and start
+time, the workload's pid (= its process group and session id) and start time, and the boot
+id. Liveness is always checked against all three, never against a pid alone.
+
+What happens when the supervisor dies (SIGKILL, OOM killer): the workload was started with
+``PR_SET_PDEATHSIG=SIGKILL`` and dies with it, so no server keeps holding memory unseen. The
+next ``las`` command notices the dead supervisor (``reconcile``), kills whatever is left of
+the workload's process group, and records the run as ``failed`` with the reason ("lost:
+the supervisor died..."). Re-adopting is not offered: the workload's output pipes died with
+the supervisor, so a re-adopted workload could not be logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from localaistack.errors import StartFailed
+from localaistack.runtime import procs
+from localaistack.store.db import Store, add_event, set_run_state
+
+READY_TIMEOUT = 30.0
+STOP_GRACE_EXTRA = 10.0  # how much longer than the stop timeout we wait for the supervisor
+ORPHAN_START_GRACE = 10.0  # a 'starting' run without supervisor, whose las is gone, is lost
+
+
+def _tail_text(path: Path, limit: int = 2000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            return f.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+class NativeBackend:
+    """Starts, stops and watches native runs through their supervisors."""
+
+    name = "native"
+
+    def __init__(self, store: Store, home: Path) -> None:
+        self.store = store
+        self.home = home
+
+    def __repr__(self) -> str:
+        return f"<NativeBackend home={self.home}>"
+
+    # --- start -------------------------------------------------------------------------
+
+    def start(self, run: sqlite3.Row, *, ready_timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+        """Spawn the supervisor for ``run`` and wait until the workload runs or fails.
+
+        Blocks until the supervisor reports on its ready pipe (at most ``ready_timeout``).
+        Returns the supervisor's message: ``{"state": "running", "pid": N}`` or
+        ``{"state": "failed", "reason": ...}``.
+
+        Raises:
+            StartFailed: when the supervisor itself cannot be started or dies before
+                reporting; the run is recorded as failed first.
+        """
+        run_id = str(run["run_id"])
+        run_dir = self.home / "runs" / run_id
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        sup_log = run_dir / "supervisor.log"
+        rfd, wfd = os.pipe()
+        os.set_inheritable(wfd, True)
+        log_fd = os.open(sup_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        argv = [sys.executable, "-m", "localaistack.runtime.supervisor",
+                "--db", str(self.store.path), "--run", run_id, "--ready-fd", str(wfd)]  # fmt: skip
+        try:
+            pid = os.posix_spawn(
+                sys.executable,
+                argv,
+                dict(os.environ),
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                ],
+                setsid=True,
+            )
+        except OSError as exc:
+            os.close(rfd)
+            reason = f"could not start the supervisor: {exc.strerror}"
+            with self.store.transaction() as c:
+                set_run_state(c, run_id, "failed", reason)
+            raise StartFailed(reason, hint="check that las is installed correctly") from exc
+        finally:
+            os.close(wfd)
+            os.close(log_fd)
+        sup_start = procs.start_time(pid)
+        with self.store.transaction() as c:
+            c.execute(
+                "UPDATE runs SET sup_pid=?, sup_start=? WHERE run_id=? AND sup_pid IS NULL",
+                (pid, sup_start, run_id),
+            )
+        try:
+            message = self._read_ready(rfd, ready_timeout)
+        finally:
+            os.close(rfd)
+        if message is None:
+            self._reap_child(pid)
+            detail = _tail_text(sup_log).splitlines()
+            reason = "the supervisor exited before reporting" + (
+                f": {detail[-1]}" if detail else ""
+            )
+            with self.store.transaction() as c:
+                set_run_state(c, run_id, "failed", f"lost: {reason}")
+            procs.kill_group(pid, signal.SIGKILL, sup_start)
+            raise StartFailed(reason, hint=f"see {sup_log}")
+        return message
+
+    @staticmethod
+    def _read_ready(fd: int, timeout: float) -> dict[str, Any] | None:
+        buf = b""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return None
+            buf += chunk
+        result: dict[str, Any] = json.loads(buf.split(b"\n", 1)[0])
+        return result
+
+    @staticmethod
+    def _reap_child(pid: int) -> None:
+        """Reap a supervisor this process spawned, if it has exited (no zombie left)."""
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+    # --- stop --------------------------------------------------------------------------
+
+    def stop(self, run: sqlite3.Row, timeout: float | None, plan_timeout: float) -> None:
+        """Ask the supervisor to stop the workload and wait until the run has ended.
+
+        Blocks for at most the stop timeout plus a margin. Idempotent: stopping an ended
+        run does nothing. If the supervisor is gone, the run is reconciled instead.
+        """
+        run_id = str(run["run_id"])
+        with self.store.transaction() as c:
+            c.execute(
+                "UPDATE runs SET stop_requested=?, stop_timeout=? WHERE run_id=?",
+                (time.time(), timeout, run_id),
+            )
+        sup_pid, sup_start = run["sup_pid"], run["sup_start"]
+        if sup_pid is None:
+            # Still starting: the supervisor has not been recorded yet; wait briefly for it.
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                row = self.store.run(run_id)
+                if row is None or row["sup_pid"] is not None:
+                    break
+                time.sleep(0.02)
+            row = self.store.run(run_id)
+            if row is None or row["sup_pid"] is None:
+                return
+            sup_pid, sup_start = row["sup_pid"], row["sup_start"]
+        if not procs.is_same_process(sup_pid, sup_start):
+            return
+        try:
+            pidfd = os.pidfd_open(sup_pid)
+        except ProcessLookupError:
+            return
+        try:
+            if not procs.is_same_process(sup_pid, sup_start):
+                return
+            os.kill(sup_pid, signal.SIGTERM)
+            wait = (timeout if timeout is not None else plan_timeout) + STOP_GRACE_EXTRA
+            select.select([pidfd], [], [], wait)
+        finally:
+            os.close(pidfd)
+        self._reap_child(sup_pid)
+
+    # --- reconcile -----------------------------------------------------------------------
+
+    def is_alive(self, run: sqlite3.Row, boot: str) -> bool:
+        """Whether the run is still watched by a live supervisor (cheap: /proc reads)."""
+        if run["boot_id"] != boot:
+            return False
+        if run["sup_pid"] is not None:
+            return procs.is_same_process(run["sup_pid"], run["sup_start"])
+        if procs.is_same_process(run["owner_pid"], run["owner_start"]):
+            return True
+        return bool(time.time() - float(run["created_at"]) < ORPHAN_START_GRACE)
+
+    def mark_lost(self, c: sqlite3.Connection, run: sqlite3.Row, boot: str) -> None:
+        """Record a run whose supervisor is gone, ending whatever is left of its workload."""
+        run_id = str(run["run_id"])
+        if run["boot_id"] != boot:
+            reason = "lost: the machine rebooted (boot id changed) while the run was active"
+            set_run_state(c, run_id, "failed", reason)
+            return
+        killed = 0
+        if run["pid"] is not None:
+            killed = procs.kill_group(int(run["pid"]), signal.SIGKILL, run["pid_start"])
+        if run["sup_pid"] is None:
+            reason = "lost: las exited before the supervisor was started"
+        else:
+            what = (
+                f"{killed} process(es) of the workload were still running and were killed "
+                "with SIGKILL" if killed else "the workload died with it"
+            )
+            reason = f"lost: the supervisor (pid {run['sup_pid']}) died unexpectedly; {what}"
+        set_run_state(c, run_id, "failed", reason)
+        add_event(c, "reconciled", reason, instance=str(run["instance"]), run_id=run_id)

@@ -1,0 +1,108 @@
+"""Process identity on Linux, from /proc. Standard library only.
+
+A process is identified by its pid *and* its start time (clock ticks since boot, field 22
+of ``/proc/PID/stat``) *and* the boot id: a pid alone is reused, a start time alone
+repeats after a reboot.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+_BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> str:
+    return _BOOT_ID_PATH.read_text().strip()
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    pid: int
+    state: str
+    ppid: int
+    pgid: int
+    sid: int
+    start: int
+
+
+def stat(pid: int) -> ProcStat | None:
+    """The parsed ``/proc/PID/stat``, or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    rest = raw[raw.rindex(b")") + 2 :].split()
+    return ProcStat(
+        pid=pid,
+        state=rest[0].decode(),
+        ppid=int(rest[1]),
+        pgid=int(rest[2]),
+        sid=int(rest[3]),
+        start=int(rest[19]),
+    )
+
+
+def start_time(pid: int) -> int | None:
+    st = stat(pid)
+    return st.start if st else None
+
+
+def is_same_process(pid: int | None, start: int | None) -> bool:
+    """True when ``pid`` exists, is not a zombie, and started at ``start``."""
+    if not pid or start is None:
+        return False
+    st = stat(pid)
+    return st is not None and st.start == start and st.state != "Z"
+
+
+def all_stats() -> list[ProcStat]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = stat(int(entry))
+            if st is not None:
+                out.append(st)
+    return out
+
+
+def group_members(pgid: int, started_not_before: int | None = None) -> list[ProcStat]:
+    """Live processes in process group ``pgid`` (optionally started no earlier than a time).
+
+    The start-time bound guards against a recycled group id: a process that started before
+    the workload cannot belong to it.
+    """
+    return [
+        s
+        for s in all_stats()
+        if s.pgid == pgid
+        and s.state != "Z"
+        and (started_not_before is None or s.start >= started_not_before)
+    ]
+
+
+def kill_group(pgid: int, sig: int, started_not_before: int | None = None) -> int:
+    """Send ``sig`` to every live member of the group; returns how many were signalled."""
+    members = group_members(pgid, started_not_before)
+    for m in members:
+        try:
+            os.kill(m.pid, sig)
+        except ProcessLookupError:
+            pass
+    return len(members)
+
+
+def children_of(pid: int) -> list[ProcStat]:
+    return [s for s in all_stats() if s.ppid == pid and s.state != "Z"]
+
+
+def signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"

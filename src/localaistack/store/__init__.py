@@ -1,0 +1,1 @@
+"""Durable state shared by control and runtime: paths and the SQLite store."""

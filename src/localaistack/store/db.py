@@ -1,0 +1,296 @@
+"""The state store: SQLite in WAL mode at ``$LAS_HOME/state.db``.
+
+Standard library only: the supervisor process imports this module and must start fast.
+
+Tables (schema version in ``meta``; migrations in ``MIGRATIONS``, applied in order):
+
+* ``instances``: one row per named instance, with the plan it runs (JSON) and its current
+  run;
+* ``runs``: one row per attempt: state, reason, exit, workload and supervisor identity
+  (pid + process start time + boot id, never pid alone), log path;
+* ``transitions``: every state change of a run, with time and reason;
+* ``events``: the append-only event log that ``las events`` shows.
+
+Every write is a short transaction. ``BEGIN IMMEDIATE`` takes the write lock up front, so
+read-check-write sequences (name taken? port promised?) are atomic across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from localaistack.errors import StoreError
+
+ACTIVE_STATES = ("starting", "running", "stopping")
+FINAL_STATES = ("stopped", "failed")
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: initial schema
+    """
+    CREATE TABLE instances (
+        name        TEXT PRIMARY KEY,
+        module      TEXT NOT NULL,
+        mode        TEXT NOT NULL,
+        plan        TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        current_run TEXT
+    );
+    CREATE TABLE runs (
+        run_id        TEXT PRIMARY KEY,
+        instance      TEXT NOT NULL,
+        attempt       INTEGER NOT NULL,
+        backend       TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        reason        TEXT,
+        exit_code     INTEGER,
+        signal        TEXT,
+        pid           INTEGER,
+        pid_start     INTEGER,
+        sup_pid       INTEGER,
+        sup_start     INTEGER,
+        owner_pid     INTEGER,
+        owner_start   INTEGER,
+        boot_id       TEXT NOT NULL,
+        handle        TEXT,
+        log_path      TEXT NOT NULL,
+        stop_requested REAL,
+        stop_timeout  REAL,
+        lines_dropped INTEGER NOT NULL DEFAULT 0,
+        health        TEXT NOT NULL DEFAULT 'unknown',
+        created_at    REAL NOT NULL,
+        started_at    REAL,
+        finished_at   REAL
+    );
+    CREATE INDEX runs_instance ON runs(instance, attempt);
+    CREATE INDEX runs_active ON runs(state) WHERE state IN ('starting','running','stopping');
+    CREATE TABLE transitions (
+        id         INTEGER PRIMARY KEY,
+        run_id     TEXT NOT NULL,
+        from_state TEXT,
+        to_state   TEXT NOT NULL,
+        at         REAL NOT NULL,
+        reason     TEXT
+    );
+    CREATE TABLE events (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        at       REAL NOT NULL,
+        instance TEXT,
+        run_id   TEXT,
+        type     TEXT NOT NULL,
+        message  TEXT NOT NULL,
+        data     TEXT
+    );
+    """,
+)
+
+
+def _connect(path: Path, timeout: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a committed state change survives a power loss, not only a crash of las.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+    return conn
+
+
+class Store:
+    """A connection to the state database. Not shared across threads or processes."""
+
+    def __init__(self, path: Path, *, timeout: float = 10.0) -> None:
+        self.path = path
+        new = not path.exists()
+        try:
+            if new:
+                fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+                os.close(fd)
+            self.conn = _connect(path, timeout)
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open state database {path}: {exc}",
+                             hint="check LAS_HOME's permissions and free disk space") from exc  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"<Store {self.path}>"
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _migrate(self) -> None:
+        with self.transaction() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > len(MIGRATIONS):
+                raise StoreError(
+                    f"state database {self.path} has schema version {version}; this las "
+                    f"knows up to {len(MIGRATIONS)}",
+                    hint="upgrade las; do not use an older las on newer state",
+                )
+            for i in range(version, len(MIGRATIONS)):
+                for stmt in MIGRATIONS[i].split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                      (str(len(MIGRATIONS)),))  # fmt: skip
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(self.path) + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error)."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"state database is busy or unusable: {exc}",
+                             hint="retry; if it persists, check for a hung las process") from exc  # fmt: skip
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    # --- reads -------------------------------------------------------------------------
+
+    def instance(self, name: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.conn.execute(
+            "SELECT * FROM instances WHERE name=?", (name,)
+        ).fetchone()
+        return row
+
+    def instances(self) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM instances ORDER BY name").fetchall()
+
+    def instances_with_runs(self) -> list[sqlite3.Row]:
+        """Each instance joined with its current run (``ps``'s single query)."""
+        return self.conn.execute(
+            """SELECT i.name, i.module, i.mode, i.plan, i.created_at, r.*
+               FROM instances i LEFT JOIN runs r ON r.run_id = i.current_run
+               ORDER BY i.name"""
+        ).fetchall()
+
+    def run(self, run_id: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.conn.execute(
+            "SELECT * FROM runs WHERE run_id=?", (run_id,)
+        ).fetchone()
+        return row
+
+    def runs_of(self, instance: str) -> list[sqlite3.Row]:
+        return self.conn.execute(
+            "SELECT * FROM runs WHERE instance=? ORDER BY attempt", (instance,)
+        ).fetchall()
+
+    def active_runs(self) -> list[sqlite3.Row]:
+        return self.conn.execute(
+            "SELECT * FROM runs WHERE state IN ('starting','running','stopping')"
+        ).fetchall()
+
+    def transitions_of(self, run_id: str) -> list[sqlite3.Row]:
+        return self.conn.execute(
+            "SELECT * FROM transitions WHERE run_id=? ORDER BY id", (run_id,)
+        ).fetchall()
+
+    def events(self, after_id: int = 0, limit: int | None = None) -> list[sqlite3.Row]:
+        """Events after ``after_id``, oldest first; with ``limit``, only the newest ones."""
+        if limit is not None:
+            return self.conn.execute(
+                "SELECT * FROM (SELECT * FROM events WHERE id > ? ORDER BY id DESC LIMIT ?) "
+                "ORDER BY id",
+                (after_id, int(limit)),
+            ).fetchall()
+        return self.conn.execute(
+            "SELECT * FROM events WHERE id > ? ORDER BY id", (after_id,)
+        ).fetchall()
+
+
+# --- writes (each called inside a transaction) -----------------------------------------
+
+
+def add_event(
+    c: sqlite3.Connection,
+    type_: str,
+    message: str,
+    *,
+    instance: str | None = None,
+    run_id: str | None = None,
+    data: dict[str, Any] | None = None,
+    at: float | None = None,
+) -> None:
+    c.execute(
+        "INSERT INTO events (at, instance, run_id, type, message, data) VALUES (?,?,?,?,?,?)",
+        (at or time.time(), instance, run_id, type_, message,
+         json.dumps(data) if data else None),
+    )  # fmt: skip
+
+
+def set_run_state(
+    c: sqlite3.Connection,
+    run_id: str,
+    state: str,
+    reason: str | None,
+    *,
+    at: float | None = None,
+    **fields: Any,
+) -> str | None:
+    """Move a run to ``state``, record the transition and an event; returns the old state.
+
+    A run already in a final state is never moved again (the first recorded end wins).
+    """
+    row = c.execute("SELECT state, instance FROM runs WHERE run_id=?", (run_id,)).fetchone()
+    if row is None:
+        return None
+    old = str(row[0])
+    if old in FINAL_STATES:
+        return old
+    now = at or time.time()
+    cols = {"state": state, "reason": reason, **fields}
+    if state in FINAL_STATES:
+        cols.setdefault("finished_at", now)
+    assignments = ", ".join(f"{k}=?" for k in cols)
+    c.execute(f"UPDATE runs SET {assignments} WHERE run_id=?", (*cols.values(), run_id))
+    if old != state:
+        c.execute(
+            "INSERT INTO transitions (run_id, from_state, to_state, at, reason) VALUES (?,?,?,?,?)",
+            (run_id, old, state, now, reason),
+        )
+        add_event(c, state, reason or state, instance=str(row[1]), run_id=run_id, at=now)
+    return old
+
+
+def insert_instance(c: sqlite3.Connection, name: str, module: str, mode: str, plan: str) -> bool:
+    """Create an instance; False when the name is already taken (nothing is changed)."""
+    try:
+        c.execute(
+            "INSERT INTO instances (name, module, mode, plan, created_at) VALUES (?,?,?,?,?)",
+            (name, module, mode, plan, time.time()),
+        )
+    except sqlite3.IntegrityError:
+        return False
+    add_event(c, "created", f"instance created from module {module} ({mode})", instance=name)
+    return True
+
+
+def promised_ports(c: sqlite3.Connection, exclude: str | None = None) -> set[tuple[str, int]]:
+    """(host, port) pairs held by instances whose current run is active."""
+    rows = c.execute(
+        """SELECT i.name, i.plan FROM instances i JOIN runs r ON r.run_id = i.current_run
+           WHERE r.state IN ('starting','running','stopping')"""
+    ).fetchall()
+    out = set()
+    for row in rows:
+        if row[0] == exclude:
+            continue
+        for p in json.loads(row[1])["ports"]:
+            out.add((p["host_ip"], int(p["host_port"])))
+    return out

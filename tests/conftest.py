@@ -1,0 +1,168 @@
+"""Shared fixtures: an isolated LAS_HOME per test, a `las` runner, deadlines, cleanup."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+PROFILES = Path(__file__).resolve().parent / "data" / "profiles"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+               message: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+class Las:
+    """Runs the real `las` CLI as a subprocess against the test's LAS_HOME."""
+
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        self.home = home
+        self.env = env
+
+    def __call__(self, *args: str, timeout: float = 60, check: bool | None = None) -> Result:
+        proc = subprocess.run(
+            [sys.executable, "-m", "localaistack", *args],
+            env=self.env, capture_output=True, text=True, timeout=timeout,
+        )
+        res = Result(proc.returncode, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr, f"traceback from las {args}:\n{proc.stderr}"
+        if check is True:
+            assert res.code == 0, f"las {' '.join(args)} failed ({res.code}):\n{res.err}"
+        return res
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "localaistack", *args],
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    def ok(self, *args: str, timeout: float = 60) -> Result:
+        return self(*args, timeout=timeout, check=True)
+
+    def ps(self) -> dict[str, dict[str, Any]]:
+        return {i["name"]: i for i in self.ok("ps", "--all", "--json").json()}
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        return self.ok("inspect", name, "--json").json()  # type: ignore[no-any-return]
+
+    def state(self, name: str) -> str:
+        return str(self.ps()[name]["state"])
+
+
+@pytest.fixture(autouse=True)
+def las_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    home = tmp_path / "home"
+    monkeypatch.setenv("LAS_HOME", str(home))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    env = dict(os.environ)
+    src = str(REPO / "src")
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _supervisors_of(home: Path) -> list[int]:
+    out = []
+    needle = str(home / "state.db").encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if b"localaistack.runtime.supervisor" in cmd and needle in cmd:
+            out.append(int(entry))
+    return out
+
+
+@pytest.fixture
+def las(tmp_path: Path, las_env: dict[str, str]) -> Iterator[Las]:
+    """The CLI, with every supervisor this test started stopped at the end."""
+    home = tmp_path / "home"
+    runner = Las(home, las_env)
+    yield runner
+    for pid in _supervisors_of(home):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    # The workloads die with their supervisors (PR_SET_PDEATHSIG); give them a moment.
+    deadline = time.monotonic() + 5
+    while _supervisors_of(home) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def module_factory(tmp_path: Path) -> Callable[..., Path]:
+    """Write a native test module manifest and trust it in the test's policy."""
+    home = tmp_path / "home"
+    trusted: list[str] = []
+
+    def make(name: str, command: list[str], **runtime: Any) -> Path:
+        runtime.setdefault("modes", ["native"])
+        native = {"command": command}
+        if "env" in runtime:
+            native["env"] = runtime.pop("env")
+        if "workdir" in runtime:
+            native["workdir"] = runtime.pop("workdir")
+        params = runtime.pop("parameters", {})
+        manifest = {"name": name, "version": "1.0.0", "category": "service",
+                    "runtime": {**runtime, "native": native}}
+        if params:
+            manifest["parameters"] = params
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(manifest))
+        trusted.append(name)
+        home.mkdir(mode=0o700, exist_ok=True)
+        (home / "policy.yaml").write_text(yaml.safe_dump({"trusted_native": trusted}))
+        return path
+
+    return make
+
+
+def workload(*flags: str) -> list[str]:
+    """argv of the test workload program with the given flags."""
+    return [sys.executable, str(PROGRAMS / "workload.py"), *flags]
