@@ -21,8 +21,12 @@ PROGRAMS = Path(__file__).resolve().parent / "programs"
 PROFILES = Path(__file__).resolve().parent / "data" / "profiles"
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
-               message: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -63,7 +67,10 @@ class Las:
     def __call__(self, *args: str, timeout: float = 60, check: bool | None = None) -> Result:
         proc = subprocess.run(
             [sys.executable, "-m", "localaistack", *args],
-            env=self.env, capture_output=True, text=True, timeout=timeout,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         res = Result(proc.returncode, proc.stdout, proc.stderr)
         assert "Traceback" not in proc.stderr, f"traceback from las {args}:\n{proc.stderr}"
@@ -74,7 +81,10 @@ class Las:
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [sys.executable, "-m", "localaistack", *args],
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     def ok(self, *args: str, timeout: float = 60) -> Result:
@@ -149,8 +159,12 @@ def module_factory(tmp_path: Path) -> Callable[..., Path]:
         if "workdir" in runtime:
             native["workdir"] = runtime.pop("workdir")
         params = runtime.pop("parameters", {})
-        manifest = {"name": name, "version": "1.0.0", "category": "service",
-                    "runtime": {**runtime, "native": native}}
+        manifest = {
+            "name": name,
+            "version": "1.0.0",
+            "category": "service",
+            "runtime": {**runtime, "native": native},
+        }
         if params:
             manifest["parameters"] = params
         path = tmp_path / f"{name}.yaml"
@@ -166,3 +180,21 @@ def module_factory(tmp_path: Path) -> Callable[..., Path]:
 def workload(*flags: str) -> list[str]:
     """argv of the test workload program with the given flags."""
     return [sys.executable, str(PROGRAMS / "workload.py"), *flags]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """With LAS_REQUIRE_ALL=1 (CI), a skipped test fails: a missing install step shows.
+
+    Only tests marked ``gpu`` may skip there: no CI machine has a GPU.
+    """
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if (
+        os.environ.get("LAS_REQUIRE_ALL") == "1"
+        and report.skipped
+        and not hasattr(report, "wasxfail")
+        and item.get_closest_marker("gpu") is None
+    ):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but LAS_REQUIRE_ALL=1 forbids skips: {report.longrepr}"

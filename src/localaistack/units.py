@@ -7,6 +7,7 @@ original project does), IEC ``8GiB``, ``512MiB``, ``512M``, ``1024K``, plain byt
 
 from __future__ import annotations
 
+import math
 import re
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?B?)?\s*$", re.IGNORECASE)
@@ -29,6 +30,8 @@ def parse_size(value: object) -> int:
             raise ValueError(f"invalid size {value}: must not be negative")
         return value
     if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"invalid size {value}: must be a finite number of bytes")
         if value < 0:
             raise ValueError(f"invalid size {value}: must not be negative")
         return int(value)
@@ -53,6 +56,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}: expected e.g. 500ms, 10s, 5m")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"invalid duration {value}: must be a finite number of seconds")
         if value < 0:
             raise ValueError(f"invalid duration {value}: must not be negative")
         return float(value)

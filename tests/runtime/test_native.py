@@ -6,14 +6,12 @@ import os
 import signal
 import socket
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from tests.conftest import Las, pid_alive, wait_until, workload
 
 ModuleFactory = Callable[..., Path]
@@ -96,14 +94,17 @@ def test_stop_reaches_every_descendant(
     las: Las, module_factory: ModuleFactory, tmp_path: Path
 ) -> None:
     pidfile = tmp_path / "pids"
-    las.ok("run", str(module_factory("tree", workload("--grandchildren", "2",
-                                                      "--pidfile", str(pidfile)))))
+    las.ok(
+        "run",
+        str(module_factory("tree", workload("--grandchildren", "2", "--pidfile", str(pidfile)))),
+    )
     wait_until(pidfile.exists, message="pidfile")
     pids = _pids(pidfile)
     assert len(pids) == 3 and all(pid_alive(p) for p in pids)
     las.ok("stop", "tree")
-    wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=5,
-               message="every descendant gone")
+    wait_until(
+        lambda: not any(pid_alive(p) for p in pids), timeout=5, message="every descendant gone"
+    )
 
 
 def test_shell_with_background_grandchild(las: Las, module_factory: ModuleFactory) -> None:
@@ -126,15 +127,16 @@ def test_shell_with_background_grandchild(las: Las, module_factory: ModuleFactor
     assert members() == []
 
 
-def test_natural_exit_kills_leftover_descendants(
-    las: Las, module_factory: ModuleFactory
-) -> None:
+def test_natural_exit_kills_leftover_descendants(las: Las, module_factory: ModuleFactory) -> None:
     # The main process exits at once; its background child must not outlive it unseen.
     las("run", str(module_factory("leaver", ["sh", "-c", "sleep 1000 & exit 0"])))
     wait_until(lambda: las.state("leaver") == "stopped", message="stopped")
     pgid = las.inspect("leaver")["runs"][0]["pid"]
-    left = [int(e) for e in os.listdir("/proc") if e.isdigit() and pid_alive(int(e))
-            and _pgid(int(e)) == pgid]
+    left = [
+        int(e)
+        for e in os.listdir("/proc")
+        if e.isdigit() and pid_alive(int(e)) and _pgid(int(e)) == pgid
+    ]
     assert left == []
     assert las.ps()["leaver"]["reason"] == "exited on its own with code 0"
 
@@ -146,9 +148,7 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
-def test_supervisor_killed_then_ps_records_lost(
-    las: Las, module_factory: ModuleFactory
-) -> None:
+def test_supervisor_killed_then_ps_records_lost(las: Las, module_factory: ModuleFactory) -> None:
     las.ok("run", str(module_factory("orphan", workload())))
     info = las.ps()["orphan"]
     pid = info["pid"]
@@ -196,19 +196,21 @@ def test_cli_killed_mid_run_leaves_consistent_state(
             if info["state"] == "running":
                 assert pid_alive(info["pid"])
             elif info["state"] == "starting":
-                wait_until(lambda: las.state("midrun") != "starting", timeout=15,
-                           message="starting to resolve")
+                wait_until(
+                    lambda: las.state("midrun") != "starting",
+                    timeout=15,
+                    message="starting to resolve",
+                )
             assert las.state("midrun") in ("running", "failed", "created")
             las.ok("rm", "-f", "midrun")
         assert "midrun" not in las.ps()
 
 
-def test_logs_rotation_keeps_every_line_in_order(
-    las: Las, module_factory: ModuleFactory
-) -> None:
+def test_logs_rotation_keeps_every_line_in_order(las: Las, module_factory: ModuleFactory) -> None:
     n = 10_000
     path = module_factory(
-        "chatty", workload("--lines", str(n), "--exit-after-lines"),
+        "chatty",
+        workload("--lines", str(n), "--exit-after-lines"),
         logs={"max_size": "64KiB", "keep": 100},
     )
     las("run", str(path))
@@ -245,7 +247,7 @@ def test_many_parallel_commands_leave_state_consistent(
     procs += [las.popen("ps", "--all") for _ in range(4)]
     for p in procs:
         p.wait(60)
-        out, err = p.communicate()
+        _out, err = p.communicate()
         assert p.returncode == 0, err
     items = las.ps()
     assert sorted(items) == ["p0", "p1", "p2", "p3"]
@@ -337,11 +339,12 @@ def test_unknown_module(las: Las) -> None:
     assert las.ps() == {}
 
 
-def test_missing_required_and_unknown_parameter(
-    las: Las, module_factory: ModuleFactory
-) -> None:
-    path = module_factory("needs", [*workload(), "--env", "${model}"],
-                          parameters={"model": {"required": True, "type": "path"}})
+def test_missing_required_and_unknown_parameter(las: Las, module_factory: ModuleFactory) -> None:
+    path = module_factory(
+        "needs",
+        [*workload(), "--env", "${model}"],
+        parameters={"model": {"required": True, "type": "path"}},
+    )
     res = las("run", str(path))
     assert res.code == 2 and "missing required parameter 'model'" in res.err
     assert "--set model=VALUE" in res.err
@@ -392,16 +395,22 @@ def test_name_already_running(las: Las, module_factory: ModuleFactory) -> None:
     assert len(las.inspect("dup")["runs"]) == 1
 
 
-def test_port_taken_between_allocation_and_bind(las: Las, tmp_path: Path,
-                                                module_factory: ModuleFactory) -> None:
+def test_port_taken_between_allocation_and_bind(
+    las: Las, tmp_path: Path, module_factory: ModuleFactory
+) -> None:
     go = tmp_path / "go"
     # The server binds only once told to, so the test can take its port in between.
-    server = [sys.executable, "-c",
-              "import os,socket,sys,time\n"
-              "while not os.path.exists(sys.argv[3]): time.sleep(0.01)\n"
-              "s=socket.socket(); s.bind((sys.argv[1], int(sys.argv[2]))); s.listen()\n"
-              "print('listening', flush=True); time.sleep(1000)",
-              "${host}", "${ports.http}", str(go)]  # fmt: skip
+    server = [
+        sys.executable,
+        "-c",
+        "import os,socket,sys,time\n"
+        "while not os.path.exists(sys.argv[3]): time.sleep(0.01)\n"
+        "s=socket.socket(); s.bind((sys.argv[1], int(sys.argv[2]))); s.listen()\n"
+        "print('listening', flush=True); time.sleep(1000)",
+        "${host}",
+        "${ports.http}",
+        str(go),
+    ]
     path = module_factory("porty", server, ports=[{"name": "http", "port": 8080}])
     las.ok("run", str(path))
     port = int(las.ps()["porty"]["ports"][0].split("->")[0].rsplit(":", 1)[1])
@@ -421,8 +430,13 @@ def test_port_taken_between_allocation_and_bind(las: Las, tmp_path: Path,
 
 
 def test_unknown_instance_for_stop_logs_inspect(las: Las) -> None:
-    for cmd in (["stop", "ghost"], ["logs", "ghost"], ["inspect", "ghost"], ["start", "ghost"],
-                ["rm", "ghost"]):
+    for cmd in (
+        ["stop", "ghost"],
+        ["logs", "ghost"],
+        ["inspect", "ghost"],
+        ["start", "ghost"],
+        ["rm", "ghost"],
+    ):
         res = las(*cmd)
         assert res.code == 4, cmd
         assert "no instance named 'ghost'" in res.err

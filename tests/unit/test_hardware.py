@@ -355,9 +355,15 @@ def _amd_card(sysfs: Path, n: int, vendor: str, total: int, used: int, **files: 
 def test_amd_sysfs(tmp_path: Path) -> None:
     sysfs = tmp_path / "sys"
     _amd_card(
-        sysfs, 0, "0x1002", 16 * GIB, 1 * GIB, product_name="AMD Radeon RX 7800 XT",
-        unique_id="a1b2c3d4e5f60718", device="0x747e",
-    )  # fmt: skip
+        sysfs,
+        0,
+        "0x1002",
+        16 * GIB,
+        1 * GIB,
+        product_name="AMD Radeon RX 7800 XT",
+        unique_id="a1b2c3d4e5f60718",
+        device="0x747e",
+    )
     _amd_card(sysfs, 1, "0x1002", 64 * GIB, 0, device="0x740f")
     _amd_card(sysfs, 2, "0x8086", 4 * GIB, 0)  # an Intel card with VRAM files: skipped
     (sysfs / "class" / "drm" / "card0-DP-1").mkdir()  # a connector: ignored
@@ -467,8 +473,9 @@ def test_detect_gpus_falls_back_to_nvidia_smi_when_nvml_fails(tmp_path: Path) ->
     profile = detect_hardware(sysfs_root=tmp_path / "sys", env={"PATH": str(bindir)})
     assert len(profile.gpus) == 2
     assert profile.total_vram == 2 * 24564 * MIB
-    assert any(line.startswith("GPU 1: nvidia NVIDIA GeForce RTX 4090, ") for line in
-               render_lines(profile))  # fmt: skip
+    assert any(
+        line.startswith("GPU 1: nvidia NVIDIA GeForce RTX 4090, ") for line in render_lines(profile)
+    )
 
 
 def test_nvidia_smi_old_driver_without_compute_cap(tmp_path: Path) -> None:
@@ -580,11 +587,16 @@ def _fake_nvml(
 def test_nvml_probe_decodes_bytes_and_shuts_down() -> None:
     nvml = _fake_nvml(
         [
-            {"name": "NVIDIA H100 80GB HBM3", "uuid": b"GPU-aaa", "total": 80 * GIB,
-             "free": 79 * GIB, "cc": (9, 0)},
+            {
+                "name": "NVIDIA H100 80GB HBM3",
+                "uuid": b"GPU-aaa",
+                "total": 80 * GIB,
+                "free": 79 * GIB,
+                "cc": (9, 0),
+            },
             {"name": "NVIDIA L4", "uuid": "GPU-bbb", "total": 24 * GIB, "free": 20 * GIB},
         ]
-    )  # fmt: skip
+    )
     gpus, note = probe_nvml(nvml)
     assert note == ProbeNote(source="nvml", ok=True, detail="2 GPU(s)")
     assert gpus[0] == GpuInfo(
@@ -648,8 +660,9 @@ def test_docker_usable(tmp_path: Path) -> None:
 
 def test_docker_host_is_passed_through(tmp_path: Path) -> None:
     bindir = tmp_path / "bin"
-    _script(bindir, "docker", 'echo "Cannot connect to the Docker daemon at $DOCKER_HOST" >&2\n'
-            "exit 1\n")  # fmt: skip
+    _script(
+        bindir, "docker", 'echo "Cannot connect to the Docker daemon at $DOCKER_HOST" >&2\nexit 1\n'
+    )
     env = {"PATH": str(bindir), "DOCKER_HOST": "tcp://10.1.2.3:2375"}
     info = detect_engine("docker", env=env)
     assert info.reason == "Cannot connect to the Docker daemon at tcp://10.1.2.3:2375"

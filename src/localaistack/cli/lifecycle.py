@@ -49,8 +49,10 @@ def _report_start(rt: Any, result: Any) -> None:
         )
     plan = rt.plan_of(result.name)
     ports = ", ".join(f"{b.name}: {b.host_ip}:{b.host_port}" for b in plan.ports)
-    click.echo(f"{result.name}  run {result.run_id}  {result.state}  pid {result.pid}"
-               + (f"  {ports}" if ports else ""))  # fmt: skip
+    click.echo(
+        f"{result.name}  run {result.run_id}  {result.state}  pid {result.pid}"
+        + (f"  {ports}" if ports else "")
+    )
 
 
 @cli.command()
@@ -75,8 +77,10 @@ def run(
     from localaistack.store.paths import las_home
 
     if hardware_file is not None:
-        raise UsageError("--hardware plans for another machine; `las run` runs on this one",
-                         hint="use `las plan --hardware FILE` to see such a plan")  # fmt: skip
+        raise UsageError(
+            "--hardware plans for another machine; `las run` runs on this one",
+            hint="use `las plan --hardware FILE` to see such a plan",
+        )
     if name is not None:
         try:
             check_name(name, "instance name")
@@ -119,8 +123,13 @@ def _stop_line(name: str, row: Any) -> str:
 
 @cli.command()
 @click.argument("name")
-@click.option("--timeout", "-t", type=float, default=None,
-              help="Seconds to wait after the stop signal before SIGKILL (default: the plan's).")  # fmt: skip
+@click.option(
+    "--timeout",
+    "-t",
+    type=float,
+    default=None,
+    help="Seconds to wait after the stop signal before SIGKILL (default: the plan's).",
+)
 def stop(name: str, timeout: float | None) -> None:
     """Stop an instance: its stop signal, then SIGKILL to the whole group after the timeout."""
     if timeout is not None and timeout < 0:
@@ -180,14 +189,29 @@ def ps(all_: bool, as_json: bool) -> None:
         return
     rows = []
     for it in items:
-        when = _ago(it["started_at"]) if it["state"] in ("running", "stopping") else _ago(
-            it["finished_at"]
+        when = (
+            _ago(it["started_at"])
+            if it["state"] in ("running", "stopping")
+            else _ago(it["finished_at"])
         )
-        rows.append([it["name"], it["module"], it["mode"], it["state"], it["health"],
-                     str(it["pid"] or ""), ", ".join(it["ports"]), when,
-                     (it["reason"] or "") if it["state"] == "failed" else ""])  # fmt: skip
-    click.echo(table(["name", "module", "mode", "state", "health", "pid", "ports", "since",
-                      "reason"], rows))  # fmt: skip
+        rows.append(
+            [
+                it["name"],
+                it["module"],
+                it["mode"],
+                it["state"],
+                it["health"],
+                str(it["pid"] or ""),
+                ", ".join(it["ports"]),
+                when,
+                (it["reason"] or "") if it["state"] == "failed" else "",
+            ]
+        )
+    click.echo(
+        table(
+            ["name", "module", "mode", "state", "health", "pid", "ports", "since", "reason"], rows
+        )
+    )
 
 
 def _run_dict(row: Any) -> dict[str, Any]:
@@ -241,14 +265,23 @@ def inspect(name: str, as_json: bool) -> None:
         "created_at": _ts(inst["created_at"]),
         "plan": masked_plan_dict(plan),
         "runs": [
-            {**_run_dict(r), "transitions": [
-                {"from": t["from_state"], "to": t["to_state"], "at": _ts(t["at"]),
-                 "reason": t["reason"]} for t in transitions[r["run_id"]]]}
+            {
+                **_run_dict(r),
+                "transitions": [
+                    {
+                        "from": t["from_state"],
+                        "to": t["to_state"],
+                        "at": _ts(t["at"]),
+                        "reason": t["reason"],
+                    }
+                    for t in transitions[r["run_id"]]
+                ],
+            }
             for r in runs
         ],
         "limits": limits,
         "last_log_lines": last_lines,
-    }  # fmt: skip
+    }
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -258,11 +291,15 @@ def inspect(name: str, as_json: bool) -> None:
     click.echo(f"  health: {data['health']}")
     click.echo("Runs:")
     for r in data["runs"]:
-        exit_ = f"exit {r['exit_code']}" if r["exit_code"] is not None else (
-            f"signal {r['signal']}" if r["signal"] else ""
+        exit_ = (
+            f"exit {r['exit_code']}"
+            if r["exit_code"] is not None
+            else (f"signal {r['signal']}" if r["signal"] else "")
         )
-        click.echo(f"  {r['run_id']}  #{r['attempt']}  {r['state']:<8} {exit_:<10} "
-                   f"{r['started_at'] or '-'} .. {r['finished_at'] or '-'}")  # fmt: skip
+        click.echo(
+            f"  {r['run_id']}  #{r['attempt']}  {r['state']:<8} {exit_:<10} "
+            f"{r['started_at'] or '-'} .. {r['finished_at'] or '-'}"
+        )
         if r["reason"]:
             click.echo(f"      {r['reason']}")
         if r["lines_dropped"]:
@@ -337,13 +374,23 @@ def events(follow: bool, as_json: bool, tail: int | None) -> None:
             for ev in rows:
                 last = ev["id"]
                 if as_json:
-                    click.echo(json.dumps({
-                        "id": ev["id"], "at": _ts(ev["at"]), "instance": ev["instance"],
-                        "run_id": ev["run_id"], "type": ev["type"], "message": ev["message"],
-                    }))  # fmt: skip
+                    click.echo(
+                        json.dumps(
+                            {
+                                "id": ev["id"],
+                                "at": _ts(ev["at"]),
+                                "instance": ev["instance"],
+                                "run_id": ev["run_id"],
+                                "type": ev["type"],
+                                "message": ev["message"],
+                            }
+                        )
+                    )
                 else:
-                    click.echo(f"{_ts(ev['at'])}  {ev['instance'] or '-':<16} {ev['type']:<10} "
-                               f"{ev['message']}")  # fmt: skip
+                    click.echo(
+                        f"{_ts(ev['at'])}  {ev['instance'] or '-':<16} {ev['type']:<10} "
+                        f"{ev['message']}"
+                    )
             if not follow:
                 break
             sys.stdout.flush()

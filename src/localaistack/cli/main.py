@@ -53,14 +53,30 @@ def parse_sets(values: tuple[str, ...]) -> dict[str, str]:
 
 
 def plan_options(f: F) -> F:
-    f = click.option("--policy", "policy_file", type=click.Path(path_type=Path),
-                     help="Policy file (default: $LAS_HOME/policy.yaml, else built-in).")(f)  # fmt: skip
-    f = click.option("--hardware", "hardware_file", type=click.Path(path_type=Path),
-                     help="Plan for the machine described by this saved `las hw --save` file.")(f)  # fmt: skip
-    f = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
-                     help="Set a module parameter (repeatable).")(f)  # fmt: skip
-    f = click.option("--mode", type=click.Choice(["native", "container"]),
-                     help="Ask for an execution mode; an error if hardware or policy rule it out.")(f)  # fmt: skip
+    f = click.option(
+        "--policy",
+        "policy_file",
+        type=click.Path(path_type=Path),
+        help="Policy file (default: $LAS_HOME/policy.yaml, else built-in).",
+    )(f)
+    f = click.option(
+        "--hardware",
+        "hardware_file",
+        type=click.Path(path_type=Path),
+        help="Plan for the machine described by this saved `las hw --save` file.",
+    )(f)
+    f = click.option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="NAME=VALUE",
+        help="Set a module parameter (repeatable).",
+    )(f)
+    f = click.option(
+        "--mode",
+        type=click.Choice(["native", "container"]),
+        help="Ask for an execution mode; an error if hardware or policy rule it out.",
+    )(f)
     return f
 
 
@@ -115,15 +131,28 @@ def modules(as_json: bool) -> None:
                 "not executable (" + ", ".join(m.runtime.install_variants) + ")"
             )
             rows.append([m.name, m.version, m.category, modes, e.source, m.description])
-            data.append({"name": m.name, "version": m.version, "category": m.category,
-                         "modes": list(m.runtime.executable_modes),
-                         "install_variants": list(m.runtime.install_variants),
-                         "source": e.source, "path": str(e.path),
-                         "description": m.description})  # fmt: skip
+            data.append(
+                {
+                    "name": m.name,
+                    "version": m.version,
+                    "category": m.category,
+                    "modes": list(m.runtime.executable_modes),
+                    "install_variants": list(m.runtime.install_variants),
+                    "source": e.source,
+                    "path": str(e.path),
+                    "description": m.description,
+                }
+            )
         else:
             rows.append([e.path.stem, "-", "-", "invalid manifest", e.source, str(e.path)])
-            data.append({"name": e.path.stem, "source": e.source, "path": str(e.path),
-                         "error": e.error.message if e.error else ""})  # fmt: skip
+            data.append(
+                {
+                    "name": e.path.stem,
+                    "source": e.source,
+                    "path": str(e.path),
+                    "error": e.error.message if e.error else "",
+                }
+            )
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
@@ -180,8 +209,9 @@ def build_plan(
         profile = hardware.detect_hardware(probe_engines=wants_engine)
     policy = load_policy(policy_file, home)
     request = PlanRequest(mode=mode, sets=parse_sets(sets))
-    return make_plan(loaded, profile, policy, request,
-                     allocate or (lambda host, _name: free_port(host)))  # fmt: skip
+    return make_plan(
+        loaded, profile, policy, request, allocate or (lambda host, _name: free_port(host))
+    )
 
 
 @cli.command()

@@ -82,18 +82,25 @@ def plan_lines(plan: ExecutionPlan) -> list[str]:
         if c["env"]:
             out.append(f"  env      {_env_line([EnvVar(**v) for v in c['env']])}")
         for v in c["volumes"]:
-            out.append(f"  volume   {v['source']} -> {v['target']}"
-                       f"{' (read-only)' if v['read_only'] else ''}")  # fmt: skip
+            out.append(
+                f"  volume   {v['source']} -> {v['target']}"
+                f"{' (read-only)' if v['read_only'] else ''}"
+            )
     for b in plan.ports:
         inside = f" -> container {b.container_port}" if plan.mode == "container" else ""
         out.append(f"  port     {b.name}: {b.host_ip}:{b.host_port}/{b.protocol}{inside}")
     h = plan.health
     if h:
-        what = {"http": f"GET {h.path} on port {h.port}", "tcp": f"connect to port {h.port}",
-                "command": shlex.join(h.command)}[h.kind]  # fmt: skip
-        out.append(f"  health   {h.kind}: {what}; start within {format_duration(h.start_timeout)}, "
-                   f"every {format_duration(h.interval)}, timeout {format_duration(h.timeout)}, "
-                   f"unhealthy after {h.failure_threshold} failures")  # fmt: skip
+        what = {
+            "http": f"GET {h.path} on port {h.port}",
+            "tcp": f"connect to port {h.port}",
+            "command": shlex.join(h.command),
+        }[h.kind]
+        out.append(
+            f"  health   {h.kind}: {what}; start within {format_duration(h.start_timeout)}, "
+            f"every {format_duration(h.interval)}, timeout {format_duration(h.timeout)}, "
+            f"unhealthy after {h.failure_threshold} failures"
+        )
     else:
         out.append("  health   none declared (health is 'unknown')")
     r = plan.resources
@@ -102,9 +109,16 @@ def plan_lines(plan: ExecutionPlan) -> list[str]:
     gpus = ", ".join(f"{g.vendor} GPU {g.index} ({g.uuid})" for g in plan.gpus) or "none"
     out.append(f"  gpus     {gpus}")
     rs = plan.restart
-    out.append(f"  restart  {rs.policy}" + (f" (at most {rs.max_restarts}, backoff "
-               f"{format_duration(rs.backoff)})" if rs.policy != "never" else ""))  # fmt: skip
-    out.append(f"  stop     {plan.stop.signal}, then SIGKILL after "
-               f"{format_duration(plan.stop.timeout)}")  # fmt: skip
+    out.append(
+        f"  restart  {rs.policy}"
+        + (
+            f" (at most {rs.max_restarts}, backoff {format_duration(rs.backoff)})"
+            if rs.policy != "never"
+            else ""
+        )
+    )
+    out.append(
+        f"  stop     {plan.stop.signal}, then SIGKILL after {format_duration(plan.stop.timeout)}"
+    )
     out.append(f"  logs     rotate at {format_size(plan.logs.max_size)}, keep {plan.logs.keep}")
     return out

@@ -55,8 +55,10 @@ def _name_taken(c: object, name: str) -> InstanceConflict:
     ).fetchone()
     state = (row[0] if row else None) or "created"
     if state in ("starting", "running", "stopping"):
-        return InstanceConflict(f"instance {name!r} is already {state}",
-                                hint=f"choose another --name, or `las stop {name}`")  # fmt: skip
+        return InstanceConflict(
+            f"instance {name!r} is already {state}",
+            hint=f"choose another --name, or `las stop {name}`",
+        )
     return InstanceConflict(
         f"instance name {name!r} is already in use (state: {state})",
         hint=f"`las start {name}` runs it again with its plan; `las rm {name}` forgets it; "

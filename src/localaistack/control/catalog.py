@@ -42,8 +42,11 @@ def catalog_entries(home: Path) -> list[CatalogEntry]:
     """All manifests: the user's first, then built-in ones that the user's do not shadow."""
     user = _scan(home / "modules", "user")
     names = {e.loaded.manifest.name for e in user if e.loaded}
-    builtin = [e for e in _scan(BUILTIN_DIR, "builtin")
-               if not (e.loaded and e.loaded.manifest.name in names)]  # fmt: skip
+    builtin = [
+        e
+        for e in _scan(BUILTIN_DIR, "builtin")
+        if not (e.loaded and e.loaded.manifest.name in names)
+    ]
     return user + builtin
 
 

@@ -56,10 +56,22 @@ _CARD_RE = re.compile(r"^card(\d+)$")
 # cgroup v1 controllers the kernel may offer; /proc/cgroups, when readable, is used instead.
 _KNOWN_V1_CONTROLLERS = frozenset(
     {
-        "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "blkio",
-        "perf_event", "net_prio", "hugetlb", "pids", "rdma", "misc",
+        "cpu",
+        "cpuacct",
+        "cpuset",
+        "memory",
+        "devices",
+        "freezer",
+        "net_cls",
+        "blkio",
+        "perf_event",
+        "net_prio",
+        "hugetlb",
+        "pids",
+        "rdma",
+        "misc",
     }
-)  # fmt: skip
+)
 # The controllers that matter most for limits first; the rest follow alphabetically.
 _CONTROLLER_ORDER = ("memory", "cpu", "pids", "cpuset", "io", "blkio", "cpuacct", "hugetlb")
 
@@ -668,10 +680,15 @@ def detect_hardware(
         cgroup = detect_cgroup(proc_root)
         gpus, notes = gpu_future.result()
         engines = tuple(f.result() for f in engine_futures) or tuple(
-            EngineInfo(name=n, installed=False, usable=False, version=None,
-                       reason="not probed: not needed for this plan")
+            EngineInfo(
+                name=n,
+                installed=False,
+                usable=False,
+                version=None,
+                reason="not probed: not needed for this plan",
+            )
             for n in ENGINE_NAMES
-        )  # fmt: skip
+        )
     return HardwareProfile(
         collected_at=datetime.now(UTC).isoformat(timespec="seconds"),
         hostname=socket.gethostname() or platform.node() or "unknown",

@@ -37,10 +37,20 @@ PARAM_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 TEMPLATE_RE = re.compile(r"\$\$|\$\{([^}]*)\}")
 KNOWN_TOP_LEVEL = frozenset(
     {
-        "name", "category", "version", "description", "license", "hardware", "dependencies",
-        "runtime", "interfaces", "integrity", "parameters", "format",
+        "name",
+        "category",
+        "version",
+        "description",
+        "license",
+        "hardware",
+        "dependencies",
+        "runtime",
+        "interfaces",
+        "integrity",
+        "parameters",
+        "format",
     }
-)  # fmt: skip
+)
 
 
 def check_name(value: str, what: str = "name") -> str:
@@ -187,9 +197,7 @@ class HealthSection(_Strict):
     timeout: float = 2.0
     failure_threshold: int = Field(default=3, ge=1)
 
-    _durations = field_validator("start_timeout", "interval", "timeout", mode="before")(
-        _duration
-    )
+    _durations = field_validator("start_timeout", "interval", "timeout", mode="before")(_duration)
 
     @model_validator(mode="after")
     def _one_probe(self) -> HealthSection:
@@ -291,16 +299,16 @@ class RuntimeSection(_Strict):
         if "native" in self.modes and self.native is None:
             raise ValueError("mode 'native' is declared but runtime.native.command is missing")
         if "container" in self.modes and self.container is None:
-            raise ValueError(
-                "mode 'container' is declared but runtime.container.image is missing"
-            )
+            raise ValueError("mode 'container' is declared but runtime.container.image is missing")
         names = [p.name for p in self.ports]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate port name(s): {', '.join(dupes)}")
         if self.health is not None:
-            ref = self.health.http.port if self.health.http else (
-                self.health.tcp.port if self.health.tcp else None
+            ref = (
+                self.health.http.port
+                if self.health.http
+                else (self.health.tcp.port if self.health.tcp else None)
             )
             if ref is not None and ref not in names:
                 raise ValueError(
@@ -399,8 +407,10 @@ class Manifest(BaseModel):
             c = rt.container
             out += [(f"runtime.container.command[{i}]", s) for i, s in enumerate(c.command)]
             out += [(f"runtime.container.env.{k}", s) for k, s in c.env.items()]
-            out += [(f"runtime.container.volumes[{i}].source", v.source)
-                    for i, v in enumerate(c.volumes)]  # fmt: skip
+            out += [
+                (f"runtime.container.volumes[{i}].source", v.source)
+                for i, v in enumerate(c.volumes)
+            ]
         if rt.health and rt.health.command:
             out += [(f"runtime.health.command[{i}]", s) for i, s in enumerate(rt.health.command)]
         return out
@@ -505,8 +515,9 @@ def parse_manifest(text: str, path: Path, source: str = "file") -> LoadedManifes
         kind = type(data).__name__ if data is not None else "nothing"
         kind = {"list": "a list", "str": "a string", "int": "a number"}.get(kind, kind)
         msg = f"{where}:1: (top level): expected a mapping of manifest fields, found {kind}"
-        raise ManifestError(msg, hint="a manifest is a YAML mapping (name:, runtime:, ...)",
-                            problems=[msg])  # fmt: skip
+        raise ManifestError(
+            msg, hint="a manifest is a YAML mapping (name:, runtime:, ...)", problems=[msg]
+        )
     lines = _compose_lines(text)
     try:
         manifest = Manifest.model_validate(data)
@@ -514,8 +525,8 @@ def parse_manifest(text: str, path: Path, source: str = "file") -> LoadedManifes
         problems = []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-            line = _line_for(lines, loc)
-            at = f"{where}:{line}" if line else where
+            lineno = _line_for(lines, loc)
+            at = f"{where}:{lineno}" if lineno else where
             problems.append(f"{at}: {_fmt_loc(loc)}: {_clean_pydantic_msg(err['msg'])}")
         raise ManifestError(
             f"{where}: {len(problems)} problem(s) in manifest",
@@ -524,8 +535,8 @@ def parse_manifest(text: str, path: Path, source: str = "file") -> LoadedManifes
         ) from exc
     warnings = []
     for key in manifest.legacy_keys:
-        line = lines.get((key,))
-        at = f"{where}:{line}" if line else where
+        lineno = lines.get((key,))
+        at = f"{where}:{lineno}" if lineno else where
         warnings.append(f"{at}: {key}: not a manifest v1 field; kept, ignored by las")
     if not manifest.runtime.executable_modes:
         warnings.append(

@@ -82,12 +82,16 @@ def _check_requirements(m: Manifest, hw: HardwareProfile) -> list[str]:
     unmet = []
     req = m.hardware
     if req.cpu.cores_min and hw.cpu.cores < req.cpu.cores_min:
-        unmet.append(f"hardware.cpu.cores_min is {req.cpu.cores_min}; this machine has "
-                     f"{hw.cpu.cores} core(s)")  # fmt: skip
+        unmet.append(
+            f"hardware.cpu.cores_min is {req.cpu.cores_min}; this machine has "
+            f"{hw.cpu.cores} core(s)"
+        )
     ram = req.memory.required
     if ram and hw.memory.total < ram:
-        unmet.append(f"hardware.memory.ram_min is {format_size(ram)}; this machine has "
-                     f"{format_size(hw.memory.total)}")  # fmt: skip
+        unmet.append(
+            f"hardware.memory.ram_min is {format_size(ram)}; this machine has "
+            f"{format_size(hw.memory.total)}"
+        )
     vram = req.gpu.required_vram
     needs_gpu = (vram > 0 or req.gpu.count_min > 0 or m.runtime.resources.gpus > 0) and not (
         req.gpu.optional
@@ -114,22 +118,26 @@ def _check_requirements(m: Manifest, hw: HardwareProfile) -> list[str]:
             if wanted > len(hw.gpus):
                 unmet.append(f"the module needs {wanted} GPU(s); this machine has {len(hw.gpus)}")
             if wanted > 1 and not req.gpu.multi_gpu:
-                unmet.append(f"the module asks for {wanted} GPUs but hardware.gpu.multi_gpu "
-                             "is false")  # fmt: skip
+                unmet.append(
+                    f"the module asks for {wanted} GPUs but hardware.gpu.multi_gpu is false"
+                )
     return unmet
 
 
 def _engine_choice(hw: HardwareProfile, policy: Policy) -> tuple[str | None, str, list[Rejected]]:
     """The container engine to use, why, and the engines rejected."""
     rejected: list[Rejected] = []
-    wanted = ("podman", "docker") if policy.container_engine == "auto" else (
-        policy.container_engine,
+    wanted = (
+        ("podman", "docker") if policy.container_engine == "auto" else (policy.container_engine,)
     )
     for name in ("podman", "docker"):
         info = hw.engine(name)
         if name not in wanted:
-            rejected.append(Rejected(option=name, reason=f"policy container_engine is "
-                                     f"{policy.container_engine!r}"))  # fmt: skip
+            rejected.append(
+                Rejected(
+                    option=name, reason=f"policy container_engine is {policy.container_engine!r}"
+                )
+            )
             continue
         if info is None or not info.installed:
             rejected.append(Rejected(option=name, reason="not installed"))
@@ -137,9 +145,11 @@ def _engine_choice(hw: HardwareProfile, policy: Policy) -> tuple[str | None, str
         if not info.usable:
             rejected.append(Rejected(option=name, reason=f"not usable: {info.reason}"))
             continue
-        how = "first usable engine (policy container_engine: auto)" if (
-            policy.container_engine == "auto"
-        ) else "policy container_engine"
+        how = (
+            "first usable engine (policy container_engine: auto)"
+            if (policy.container_engine == "auto")
+            else "policy container_engine"
+        )
         return name, f"{name} {info.version or ''}".strip() + f": {how}", rejected
     return None, "", rejected
 
@@ -151,23 +161,32 @@ def _check_modes(
     checks: dict[str, _ModeCheck] = {}
     for mode in m.runtime.executable_modes:
         if mode not in policy.allowed_modes:
-            checks[mode] = _ModeCheck(mode, False, f"policy allowed_modes is "
-                                      f"{policy.allowed_modes}", "allowed_modes")  # fmt: skip
-        elif tier is not None and tier.allow.runtimes is not None and (
-            mode not in tier.allow.runtimes
+            checks[mode] = _ModeCheck(
+                mode, False, f"policy allowed_modes is {policy.allowed_modes}", "allowed_modes"
+            )
+        elif (
+            tier is not None
+            and tier.allow.runtimes is not None
+            and (mode not in tier.allow.runtimes)
         ):
-            checks[mode] = _ModeCheck(mode, False, f"policy tier {tier.name!r} allows runtimes "
-                                      f"{tier.allow.runtimes}", "tier")  # fmt: skip
+            checks[mode] = _ModeCheck(
+                mode,
+                False,
+                f"policy tier {tier.name!r} allows runtimes {tier.allow.runtimes}",
+                "tier",
+            )
         elif mode == "native" and policy.trust_for(m.name) is None:
             checks[mode] = _ModeCheck(
-                mode, False,
+                mode,
+                False,
                 f"module {m.name!r} is not in policy trusted_native ({policy.source})",
                 "trusted_native",
-            )  # fmt: skip
+            )
         elif mode == "container" and engine[0] is None:
             why = "; ".join(f"{r.option}: {r.reason}" for r in engine[2])
-            checks[mode] = _ModeCheck(mode, False, f"no usable container engine ({why})",
-                                      "hardware")  # fmt: skip
+            checks[mode] = _ModeCheck(
+                mode, False, f"no usable container engine ({why})", "hardware"
+            )
         else:
             checks[mode] = _ModeCheck(mode, True, "")
     return checks, engine
@@ -188,8 +207,11 @@ def _select_mode(
             )
         check = checks[requested]
         if not check.ok:
-            err = PolicyViolation if check.rule in ("allowed_modes", "tier", "trusted_native") \
-                else NoCompatibleMode  # fmt: skip
+            err = (
+                PolicyViolation
+                if check.rule in ("allowed_modes", "tier", "trusted_native")
+                else NoCompatibleMode
+            )
             hint = {
                 "trusted_native": f"add {m.name} to trusted_native in your policy "
                 "(`las trust` prints the entry), or run it in a container",
@@ -199,10 +221,14 @@ def _select_mode(
             }[check.rule]
             raise err(f"--mode {requested} is not possible: {check.reason}", hint=hint)
         others = tuple(r for r in rejected if r.option != requested)
-        alt = tuple(Rejected(option=c.mode, reason="not requested") for c in checks.values()
-                    if c.ok and c.mode != requested)  # fmt: skip
-        return Decision(topic="mode", choice=requested, reason="requested with --mode",
-                        rejected=others + alt)  # fmt: skip
+        alt = tuple(
+            Rejected(option=c.mode, reason="not requested")
+            for c in checks.values()
+            if c.ok and c.mode != requested
+        )
+        return Decision(
+            topic="mode", choice=requested, reason="requested with --mode", rejected=others + alt
+        )
     order: list[str] = []
     if m.runtime.preferred in checks:
         order.append(m.runtime.preferred)
@@ -214,16 +240,24 @@ def _select_mode(
             if mode == m.runtime.preferred:
                 reason = "the manifest's preferred mode"
             elif m.runtime.preferred and not checks[m.runtime.preferred].ok:
-                reason = (f"the manifest prefers {m.runtime.preferred}, which is unavailable "
-                          f"({checks[m.runtime.preferred].reason}); {mode} is declared and "
-                          "allowed")  # fmt: skip
+                reason = (
+                    f"the manifest prefers {m.runtime.preferred}, which is unavailable "
+                    f"({checks[m.runtime.preferred].reason}); {mode} is declared and "
+                    "allowed"
+                )
             elif mode == policy.default_mode:
                 reason = f"the policy's default mode ({policy.source})"
             else:
-                reason = f"the only usable declared mode (policy default {policy.default_mode} " \
-                         f"is unavailable: {checks.get(policy.default_mode, _ModeCheck('', False, 'not declared by the manifest')).reason})"  # noqa: E501  # fmt: skip
-            alt = tuple(Rejected(option=c.mode, reason="lower in preference")
-                        for c in checks.values() if c.ok and c.mode != mode)  # fmt: skip
+                default = checks.get(policy.default_mode)
+                why = default.reason if default else "not declared by the manifest"
+                reason = (
+                    f"the only usable declared mode (policy default {policy.default_mode}: {why})"
+                )
+            alt = tuple(
+                Rejected(option=c.mode, reason="lower in preference")
+                for c in checks.values()
+                if c.ok and c.mode != mode
+            )
             return Decision(topic="mode", choice=mode, reason=reason, rejected=rejected + alt)
     detail = "; ".join(f"{c.mode}: {c.reason}" for c in checks.values())
     raise NoCompatibleMode(
@@ -262,7 +296,7 @@ def _resolve_parameters(m: Manifest, sets: Mapping[str, str]) -> tuple[Parameter
             continue
         assert raw is not None
         value = _coerce(name, spec.type, raw, spec.choices)
-        out.append(Parameter(name=name, value=value, source=source, secret=secret))  # type: ignore[arg-type]
+        out.append(Parameter(name=name, value=value, source=source, secret=secret))
     return tuple(out)
 
 
@@ -306,12 +340,18 @@ def _pick_gpus(m: Manifest, hw: HardwareProfile) -> tuple[tuple[GpuAssignment, .
     wanted = max(m.runtime.resources.gpus, m.hardware.gpu.count_min)
     vram_need = max(m.runtime.resources.vram, m.hardware.gpu.required_vram)
     if wanted == 0 and vram_need == 0:
-        return (), Decision(topic="gpus", choice="none",
-                            reason="the manifest asks for no GPU; GPU variables are set empty so "
-                            "the workload cannot reach one")  # fmt: skip
+        return (), Decision(
+            topic="gpus",
+            choice="none",
+            reason="the manifest asks for no GPU; GPU variables are set empty so "
+            "the workload cannot reach one",
+        )
     if not hw.gpus:
-        return (), Decision(topic="gpus", choice="none", reason="this machine has no GPU "
-                            "(hardware.gpu.optional allows running without one)")  # fmt: skip
+        return (), Decision(
+            topic="gpus",
+            choice="none",
+            reason="this machine has no GPU (hardware.gpu.optional allows running without one)",
+        )
     count = max(wanted, 1)
     per_gpu = vram_need // count if m.hardware.gpu.multi_gpu and count > 1 else vram_need
     fits = [g for g in hw.gpus if g.memory_free >= per_gpu]
@@ -319,9 +359,12 @@ def _pick_gpus(m: Manifest, hw: HardwareProfile) -> tuple[tuple[GpuAssignment, .
     fits.sort(key=lambda g: (g.memory_free, g.index))
     if len(fits) < count:
         if m.hardware.gpu.optional:
-            return (), Decision(topic="gpus", choice="none",
-                                reason=f"no GPU has {format_size(per_gpu)} free; the module "
-                                "runs without one (hardware.gpu.optional)")  # fmt: skip
+            return (), Decision(
+                topic="gpus",
+                choice="none",
+                reason=f"no GPU has {format_size(per_gpu)} free; the module "
+                "runs without one (hardware.gpu.optional)",
+            )
         free = ", ".join(f"GPU {g.index}: {format_size(g.memory_free)} free" for g in hw.gpus)
         raise RequirementUnmet(
             f"{m.name} needs {count} GPU(s) with {format_size(per_gpu)} free each; {free}",
@@ -329,19 +372,26 @@ def _pick_gpus(m: Manifest, hw: HardwareProfile) -> tuple[tuple[GpuAssignment, .
         )
     chosen: list[GpuInfo] = fits[:count]
     rejected = tuple(
-        Rejected(option=f"GPU {g.index} ({g.name})",
-                 reason=f"{format_size(g.memory_free)} free"
-                 + (" is less than needed" if g.memory_free < per_gpu else ", a larger fit"))
-        for g in hw.gpus if g not in chosen
-    )  # fmt: skip
+        Rejected(
+            option=f"GPU {g.index} ({g.name})",
+            reason=f"{format_size(g.memory_free)} free"
+            + (" is less than needed" if g.memory_free < per_gpu else ", a larger fit"),
+        )
+        for g in hw.gpus
+        if g not in chosen
+    )
     assignment = tuple(
         GpuAssignment(index=g.index, uuid=g.uuid, vendor=g.vendor, vram=per_gpu) for g in chosen
     )
-    names = ", ".join(f"GPU {g.index} ({g.name}, {format_size(g.memory_free)} free)"
-                      for g in chosen)  # fmt: skip
-    return assignment, Decision(topic="gpus", choice=names,
-                                reason=f"best fit for {format_size(per_gpu)} of VRAM per GPU",
-                                rejected=rejected)  # fmt: skip
+    names = ", ".join(
+        f"GPU {g.index} ({g.name}, {format_size(g.memory_free)} free)" for g in chosen
+    )
+    return assignment, Decision(
+        topic="gpus",
+        choice=names,
+        reason=f"best fit for {format_size(per_gpu)} of VRAM per GPU",
+        rejected=rejected,
+    )
 
 
 def _gpu_env(gpus: tuple[GpuAssignment, ...]) -> list[EnvVar]:
@@ -360,11 +410,14 @@ def _resolve_executable(
     if "/" in argv0:
         p = Path(argv0).expanduser().absolute()
         if not p.exists():
-            raise PlanningError(f"executable {argv0} does not exist",
-                                hint="check the module's runtime.native.command")  # fmt: skip
+            raise PlanningError(
+                f"executable {argv0} does not exist",
+                hint="check the module's runtime.native.command",
+            )
         if p.is_dir() or not os.access(p, os.X_OK):
-            raise PlanningError(f"{argv0} is not an executable file",
-                                hint=f"make it executable (chmod +x {argv0})")  # fmt: skip
+            raise PlanningError(
+                f"{argv0} is not an executable file", hint=f"make it executable (chmod +x {argv0})"
+            )
         return str(p), "given as a path"
     found = which(argv0, path_env)
     if not found:
@@ -412,12 +465,18 @@ def make_plan(
                 "no policy tier matches this hardware",
                 hint=f"add a tier without conditions to {policy.source}",
             )
-        decisions.append(Decision(topic="policy tier", choice=tier.name,
-                                  reason="the first tier whose conditions hold for this "
-                                  "hardware"))  # fmt: skip
+        decisions.append(
+            Decision(
+                topic="policy tier",
+                choice=tier.name,
+                reason="the first tier whose conditions hold for this hardware",
+            )
+        )
         if m.name in tier.deny:
-            raise PolicyViolation(f"policy tier {tier.name!r} denies module {m.name!r}",
-                                  hint=f"see the tier's deny list in {policy.source}")  # fmt: skip
+            raise PolicyViolation(
+                f"policy tier {tier.name!r} denies module {m.name!r}",
+                hint=f"see the tier's deny list in {policy.source}",
+            )
 
     unmet = _check_requirements(m, hw)
     if unmet:
@@ -425,9 +484,14 @@ def make_plan(
             f"{m.name} cannot run on {hw.hostname}: " + "; ".join(unmet),
             hint="plan for another machine with --hardware FILE, or change the manifest",
         )
-    decisions.append(Decision(topic="requirements", choice="met",
-                              reason=f"{hw.cpu.cores} cores, {format_size(hw.memory.total)} RAM, "
-                              f"{len(hw.gpus)} GPU(s) on {hw.hostname} ({hw.source})"))  # fmt: skip
+    decisions.append(
+        Decision(
+            topic="requirements",
+            choice="met",
+            reason=f"{hw.cpu.cores} cores, {format_size(hw.memory.total)} RAM, "
+            f"{len(hw.gpus)} GPU(s) on {hw.hostname} ({hw.source})",
+        )
+    )
 
     checks, (engine, engine_reason, engine_rejected) = _check_modes(m, hw, policy, tier)
     mode_decision = _select_mode(m, policy, checks, request.mode)
@@ -436,23 +500,38 @@ def make_plan(
 
     params = _resolve_parameters(m, request.sets or {})
     if params:
-        decisions.append(Decision(
-            topic="parameters",
-            choice=", ".join(f"{p.name}={'***' if p.secret and p.value else p.value}"
-                             for p in params),
-            reason="from --set, else the manifest's defaults",
-        ))  # fmt: skip
+        decisions.append(
+            Decision(
+                topic="parameters",
+                choice=", ".join(
+                    f"{p.name}={'***' if p.secret and p.value else p.value}" for p in params
+                ),
+                reason="from --set, else the manifest's defaults",
+            )
+        )
 
     host, host_reason = policy.host_for(m.name)
     decisions.append(Decision(topic="host address", choice=host, reason=host_reason))
     ports = []
     for spec in m.runtime.ports:
         host_port = allocate_port(host, spec.name)
-        ports.append(PortBinding(name=spec.name, container_port=spec.port, host_ip=host,
-                                 host_port=host_port, protocol=spec.protocol))  # fmt: skip
+        ports.append(
+            PortBinding(
+                name=spec.name,
+                container_port=spec.port,
+                host_ip=host,
+                host_port=host_port,
+                protocol=spec.protocol,
+            )
+        )
         inside = f" (container port {spec.port})" if mode == "container" else ""
-        decisions.append(Decision(topic=f"port {spec.name}", choice=f"{host}:{host_port}{inside}",
-                                  reason="a free port on the host address"))  # fmt: skip
+        decisions.append(
+            Decision(
+                topic=f"port {spec.name}",
+                choice=f"{host}:{host_port}{inside}",
+                reason="a free port on the host address",
+            )
+        )
 
     values: dict[str, str] = {"host": host if mode == "native" else "0.0.0.0"}
     for p in params:
@@ -481,22 +560,32 @@ def make_plan(
         decisions.append(Decision(topic="executable", choice=argv[0], reason=how))
         workdir = _substitute(rt.native.workdir, values) if rt.native.workdir else None
         if workdir is not None and not Path(workdir).is_dir():
-            raise PlanningError(f"workdir {workdir} does not exist or is not a directory",
-                                hint="create it or fix runtime.native.workdir")  # fmt: skip
+            raise PlanningError(
+                f"workdir {workdir} does not exist or is not a directory",
+                hint="create it or fix runtime.native.workdir",
+            )
         native_spec = NativeSpec(argv=tuple(argv), env=tuple(env.values()), workdir=workdir)
     else:
         assert rt.container is not None and engine is not None
-        decisions.append(Decision(topic="container engine", choice=engine, reason=engine_reason,
-                                  rejected=tuple(engine_rejected)))  # fmt: skip
+        decisions.append(
+            Decision(
+                topic="container engine",
+                choice=engine,
+                reason=engine_reason,
+                rejected=tuple(engine_rejected),
+            )
+        )
         c = rt.container
-        cenv = [EnvVar(name=k, value=_substitute(v, values), secret=looks_secret(k))
-                for k, v in c.env.items()]  # fmt: skip
+        cenv = [
+            EnvVar(name=k, value=_substitute(v, values), secret=looks_secret(k))
+            for k, v in c.env.items()
+        ]
         volumes = tuple(
             Volume(source=_substitute(v.source, values), target=v.target, read_only=v.read_only)
             for v in c.volumes
         )
         container_spec = ContainerSpec(
-            engine=engine,  # type: ignore[arg-type]
+            engine=engine,
             image=c.image,
             argv=tuple(_substitute(a, values) for a in c.command),
             env=tuple(cenv),
@@ -511,7 +600,7 @@ def make_plan(
         kind = "http" if h.http else "tcp" if h.tcp else "command"
         port_name = h.http.port if h.http else h.tcp.port if h.tcp else None
         health = HealthSpec(
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             port=port_name,
             host_port=next((b.host_port for b in ports if b.name == port_name), None),
             path=h.http.path if h.http else "/",
@@ -524,21 +613,33 @@ def make_plan(
 
     res = rt.resources
     return ExecutionPlan(
-        module=ModuleRef(name=m.name, version=m.version, category=m.category,
-                         source=loaded.source if loaded.source != "file" else str(loaded.path),
-                         digest=loaded.digest),  # fmt: skip
-        mode=mode,  # type: ignore[arg-type]
+        module=ModuleRef(
+            name=m.name,
+            version=m.version,
+            category=m.category,
+            source=loaded.source if loaded.source != "file" else str(loaded.path),
+            digest=loaded.digest,
+        ),
+        mode=mode,
         native=native_spec,
         container=container_spec,
         parameters=params,
         ports=tuple(ports),
         health=health,
-        resources=Resources(memory=res.memory, cpus=res.cpus, gpus=len(gpus),
-                            vram=max(res.vram, m.hardware.gpu.required_vram) if gpus else 0),
+        resources=Resources(
+            memory=res.memory,
+            cpus=res.cpus,
+            gpus=len(gpus),
+            vram=max(res.vram, m.hardware.gpu.required_vram) if gpus else 0,
+        ),
         gpus=gpus,
-        restart=RestartSpec(policy=rt.restart.policy, max_restarts=rt.restart.max_restarts,
-                            backoff=rt.restart.backoff, on_unhealthy=rt.restart.on_unhealthy),
+        restart=RestartSpec(
+            policy=rt.restart.policy,
+            max_restarts=rt.restart.max_restarts,
+            backoff=rt.restart.backoff,
+            on_unhealthy=rt.restart.on_unhealthy,
+        ),
         stop=StopSpec(signal=rt.stop.signal, timeout=rt.stop.timeout),
         logs=LogSpec(max_size=rt.logs.max_size, keep=rt.logs.keep),
         decisions=tuple(decisions),
-    )  # fmt: skip
+    )

@@ -212,8 +212,9 @@ def parse_policy(text: str, source: str) -> Policy:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
             for e in exc.errors()
         )
-        raise PolicyError(f"{source}: invalid policy: {problems}",
-                          hint="see docs/policy.md for the format") from exc  # fmt: skip
+        raise PolicyError(
+            f"{source}: invalid policy: {problems}", hint="see docs/policy.md for the format"
+        ) from exc
     if policy.default_mode not in policy.allowed_modes:
         raise PolicyError(
             f"{source}: default_mode {policy.default_mode!r} is not in allowed_modes "

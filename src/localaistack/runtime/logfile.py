@@ -146,15 +146,31 @@ class LogWriter:
             pending = self._pending.pop(code, None)
             if pending:
                 data = pending + data
+            ts = _timestamp()
+            prefix = ts + b" " + code + b" F "
+            max_line = self.max_line
+            if len(data) <= max_line:
+                # Fast path (no line can be too long): one replace builds the whole batch.
+                end = data.rfind(b"\n")
+                if end < 0:
+                    self._pending[code] = data
+                    return
+                body = data[:end]
+                rest = data[end + 1 :]
+                if rest:
+                    self._pending[code] = rest
+                self._emit(
+                    ts,
+                    b"".join((prefix, body.replace(b"\n", b"\n" + prefix), b"\n")),
+                    body.count(b"\n") + 1,
+                )
+                return
             parts = data.split(b"\n")
             rest = parts.pop()
-            ts = _timestamp()
-            max_line = self.max_line
             out = b""
             nrec = len(parts)
             if parts:
-                prefix = ts + b" " + code + b" F "
-                if len(data) <= max_line or max(map(len, parts)) <= max_line:
+                if max(map(len, parts)) <= max_line:
                     out = prefix + (b"\n" + prefix).join(parts) + b"\n"
                 else:
                     out, nrec = self._split_long(ts, code, parts)

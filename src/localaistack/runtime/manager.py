@@ -109,8 +109,9 @@ class Runtime:
         self.reconcile()
         mode = self.require_instance(name)["mode"]
         if mode != "native":
-            raise NotSupported(f"mode {mode!r} cannot be executed by this las yet",
-                               hint="use --mode native")  # fmt: skip
+            raise NotSupported(
+                f"mode {mode!r} cannot be executed by this las yet", hint="use --mode native"
+            )
         run_id = uuid.uuid4().hex[:12]
         log_path = self.home / "logs" / name / f"{run_id}.log"
         log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -120,39 +121,62 @@ class Runtime:
             if inst is None:
                 raise InstanceNotFound(f"no instance named {name!r}")
             if inst["current_run"]:
-                cur = c.execute("SELECT state FROM runs WHERE run_id=?",
-                                (inst["current_run"],)).fetchone()  # fmt: skip
+                cur = c.execute(
+                    "SELECT state FROM runs WHERE run_id=?", (inst["current_run"],)
+                ).fetchone()
                 if cur is not None and cur["state"] in ACTIVE_STATES:
                     raise InstanceConflict(
                         f"instance {name!r} is already {cur['state']}",
                         hint=f"`las stop {name}` first, or `las restart {name}`",
                     )
-            attempt = c.execute("SELECT COALESCE(MAX(attempt), 0) + 1 FROM runs WHERE instance=?",
-                                (name,)).fetchone()[0]  # fmt: skip
+            attempt = c.execute(
+                "SELECT COALESCE(MAX(attempt), 0) + 1 FROM runs WHERE instance=?", (name,)
+            ).fetchone()[0]
             me = os.getpid()
             c.execute(
                 """INSERT INTO runs (run_id, instance, attempt, backend, state, boot_id,
                    log_path, owner_pid, owner_start, created_at)
                    VALUES (?,?,?,?,?,?,?,?,?,?)""",
-                (run_id, name, attempt, "native", "starting", self._boot, str(log_path),
-                 me, procs.start_time(me), now),
-            )  # fmt: skip
+                (
+                    run_id,
+                    name,
+                    attempt,
+                    "native",
+                    "starting",
+                    self._boot,
+                    str(log_path),
+                    me,
+                    procs.start_time(me),
+                    now,
+                ),
+            )
             c.execute("UPDATE instances SET current_run=? WHERE name=?", (run_id, name))
             c.execute(
                 "INSERT INTO transitions (run_id, from_state, to_state, at, reason) "
                 "VALUES (?,?,?,?,?)",
                 (run_id, None, "starting", now, f"attempt {attempt}"),
             )
-            add_event(c, "starting", f"starting run {run_id} (attempt {attempt})",
-                      instance=name, run_id=run_id, at=now)  # fmt: skip
+            add_event(
+                c,
+                "starting",
+                f"starting run {run_id} (attempt {attempt})",
+                instance=name,
+                run_id=run_id,
+                at=now,
+            )
         run = self.store.run(run_id)
         assert run is not None
         message = self.native.start(run)
         final = self.store.run(run_id)
         assert final is not None
-        return StartResult(name, run_id, str(message.get("state", final["state"])),
-                           message.get("pid"), message.get("reason") or final["reason"],
-                           str(log_path))  # fmt: skip
+        return StartResult(
+            name,
+            run_id,
+            str(message.get("state", final["state"])),
+            message.get("pid"),
+            message.get("reason") or final["reason"],
+            str(log_path),
+        )
 
     def stop(self, name: str, timeout: float | None = None) -> sqlite3.Row | None:
         """Stop the instance's active run; returns the run as recorded at the end.
@@ -174,14 +198,17 @@ class Runtime:
         run = self.current_run(name)
         if run is not None and run["state"] in ACTIVE_STATES:
             if not force:
-                raise InstanceConflict(f"instance {name!r} is {run['state']}",
-                                       hint=f"`las stop {name}` first, or `las rm -f {name}`")  # fmt: skip
+                raise InstanceConflict(
+                    f"instance {name!r} is {run['state']}",
+                    hint=f"`las stop {name}` first, or `las rm -f {name}`",
+                )
             self.stop(name)
         with self.store.transaction() as c:
             c.execute("DELETE FROM runs WHERE instance=?", (name,))
             c.execute("DELETE FROM instances WHERE name=?", (name,))
-            add_event(c, "removed", f"instance removed{' with its logs' if purge else ''}",
-                      instance=name)  # fmt: skip
+            add_event(
+                c, "removed", f"instance removed{' with its logs' if purge else ''}", instance=name
+            )
         if purge:
             shutil.rmtree(self.home / "logs" / name, ignore_errors=True)
 
@@ -195,21 +222,24 @@ class Runtime:
             if not all_ and state not in ACTIVE_STATES:
                 continue
             plan = json.loads(row["plan"])
-            out.append({
-                "name": row["name"],
-                "module": row["module"],
-                "mode": row["mode"],
-                "state": state,
-                "health": row["health"] or "unknown",
-                "pid": row["pid"] if state in ACTIVE_STATES else None,
-                "run_id": row["run_id"],
-                "started_at": row["started_at"],
-                "finished_at": row["finished_at"],
-                "reason": row["reason"],
-                "ports": [f"{p['host_ip']}:{p['host_port']}->{p['name']}"
-                          for p in plan["ports"]],
-                "gpus": [g["uuid"] for g in plan["gpus"]],
-            })  # fmt: skip
+            out.append(
+                {
+                    "name": row["name"],
+                    "module": row["module"],
+                    "mode": row["mode"],
+                    "state": state,
+                    "health": row["health"] or "unknown",
+                    "pid": row["pid"] if state in ACTIVE_STATES else None,
+                    "run_id": row["run_id"],
+                    "started_at": row["started_at"],
+                    "finished_at": row["finished_at"],
+                    "reason": row["reason"],
+                    "ports": [
+                        f"{p['host_ip']}:{p['host_port']}->{p['name']}" for p in plan["ports"]
+                    ],
+                    "gpus": [g["uuid"] for g in plan["gpus"]],
+                }
+            )
         return out
 
     def run_rows(self, name: str) -> list[sqlite3.Row]:
@@ -220,16 +250,17 @@ class Runtime:
         """The named run of an instance (a unique prefix is enough), or its current run."""
         runs = self.run_rows(name)
         if not runs:
-            raise InstanceNotFound(f"instance {name!r} has no runs yet",
-                                   hint=f"`las start {name}`")  # fmt: skip
+            raise InstanceNotFound(f"instance {name!r} has no runs yet", hint=f"`las start {name}`")
         if run_id is None:
             inst = self.require_instance(name)
             return next(r for r in runs if r["run_id"] == inst["current_run"])
         matches = [r for r in runs if str(r["run_id"]).startswith(run_id)]
         if len(matches) != 1:
             ids = ", ".join(r["run_id"] for r in runs)
-            raise UsageError(f"{'no' if not matches else 'more than one'} run of {name!r} "
-                             f"matches {run_id!r}", hint=f"runs: {ids}")  # fmt: skip
+            raise UsageError(
+                f"{'no' if not matches else 'more than one'} run of {name!r} matches {run_id!r}",
+                hint=f"runs: {ids}",
+            )
         return matches[0]
 
     def is_active(self, run_id: str) -> bool:

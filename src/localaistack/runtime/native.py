@@ -76,8 +76,17 @@ class NativeBackend:
         rfd, wfd = os.pipe()
         os.set_inheritable(wfd, True)
         log_fd = os.open(sup_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        argv = [sys.executable, "-m", "localaistack.runtime.supervisor",
-                "--db", str(self.store.path), "--run", run_id, "--ready-fd", str(wfd)]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "localaistack.runtime.supervisor",
+            "--db",
+            str(self.store.path),
+            "--run",
+            run_id,
+            "--ready-fd",
+            str(wfd),
+        ]
         try:
             pid = os.posix_spawn(
                 sys.executable,
@@ -217,7 +226,9 @@ class NativeBackend:
         else:
             what = (
                 f"{killed} process(es) of the workload were still running and were killed "
-                "with SIGKILL" if killed else "the workload died with it"
+                "with SIGKILL"
+                if killed
+                else "the workload died with it"
             )
             reason = f"lost: the supervisor (pid {run['sup_pid']}) died unexpectedly; {what}"
         set_run_state(c, run_id, "failed", reason)

@@ -69,9 +69,9 @@ def describe_start_error(exc: OSError, argv0: str, workdir: str | None) -> str:
     return f"could not start: {argv0}: {what} ({name})"
 
 
-def exit_reason(status: int, stopping: bool, killed: bool, sig_name: str, last: str) -> tuple[
-    str, str, int | None, str | None
-]:
+def exit_reason(
+    status: int, stopping: bool, killed: bool, sig_name: str, last: str
+) -> tuple[str, str, int | None, str | None]:
     """Final state, reason, exit code and signal name for a wait status."""
     if os.WIFEXITED(status):
         code = os.WEXITSTATUS(status)
@@ -81,8 +81,13 @@ def exit_reason(status: int, stopping: bool, killed: bool, sig_name: str, last: 
         sig = procs.signal_name(os.WTERMSIG(status))
     if stopping:
         if killed:
-            return ("stopped", f"stopped: did not exit within the stop timeout after "
-                    f"{sig_name}; killed with SIGKILL", code, sig)  # fmt: skip
+            return (
+                "stopped",
+                f"stopped: did not exit within the stop timeout after "
+                f"{sig_name}; killed with SIGKILL",
+                code,
+                sig,
+            )
         if sig == sig_name:
             return "stopped", f"stopped: exited on {sig_name}", code, sig
         how = f"exited with code {code}" if code is not None else f"ended by {sig}"
@@ -142,8 +147,9 @@ class Supervisor:
     def run(self) -> int:
         native = self.plan["native"]
         logs = self.plan["logs"]
-        self.writer = LogWriter(self.run_row["log_path"], max_size=logs["max_size"],
-                                keep=logs["keep"])  # fmt: skip
+        self.writer = LogWriter(
+            self.run_row["log_path"], max_size=logs["max_size"], keep=logs["keep"]
+        )
         sel = selectors.DefaultSelector()
         rfd, wfd = os.pipe()
         os.set_blocking(wfd, False)
@@ -158,10 +164,16 @@ class Supervisor:
         me = os.getpid()
         try:
             proc = subprocess.Popen(
-                argv, env=env, cwd=native.get("workdir"), stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                preexec_fn=lambda: _child_setup(me), close_fds=True,
-            )  # fmt: skip
+                argv,
+                env=env,
+                cwd=native.get("workdir"),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=lambda: _child_setup(me),  # noqa: PLW1509 (single-threaded)
+                close_fds=True,
+            )
         except OSError as exc:
             reason = describe_start_error(exc, argv[0], native.get("workdir"))
             self.writer.note(f"las: {reason}")
@@ -176,9 +188,15 @@ class Supervisor:
         for fd in streams:
             os.set_blocking(fd, False)
             sel.register(fd, selectors.EVENT_READ, "output")
-        self.record("running", f"started pid {proc.pid}", pid=proc.pid, pid_start=self.pid_start,
-                    started_at=time.time(), sup_pid=me,
-                    sup_start=procs.start_time(me))  # fmt: skip
+        self.record(
+            "running",
+            f"started pid {proc.pid}",
+            pid=proc.pid,
+            pid_start=self.pid_start,
+            started_at=time.time(),
+            sup_pid=me,
+            sup_start=procs.start_time(me),
+        )
         self.report_ready({"state": "running", "pid": proc.pid})
 
         status: int | None = None
@@ -197,8 +215,10 @@ class Supervisor:
                     if any(b in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) for b in sigs):
                         self._begin_stop()
             status = self._reap(proc.pid)
-            if status is None and self.stop_deadline is not None and (
-                time.monotonic() >= self.stop_deadline
+            if (
+                status is None
+                and self.stop_deadline is not None
+                and (time.monotonic() >= self.stop_deadline)
             ):
                 self.killed = True
                 self.stop_deadline = None
@@ -237,8 +257,9 @@ class Supervisor:
             reason += f"; {self.writer.dropped_lines} log line(s) could not be written"
         self.writer.note(f"las: {reason}")
         self.writer.close()
-        self.record(state, reason, exit_code=code, signal=sig,
-                    lines_dropped=self.writer.dropped_lines)  # fmt: skip
+        self.record(
+            state, reason, exit_code=code, signal=sig, lines_dropped=self.writer.dropped_lines
+        )
         return 0
 
     def _read(self, fd: int, streams: dict[int, str], sel: selectors.BaseSelector) -> None:
@@ -316,8 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             sup.record("failed", reason)
             with sup.store.transaction() as c:
-                add_event(c, "supervisor-error", reason, instance=sup.instance,
-                          run_id=sup.run_id)  # fmt: skip
+                add_event(c, "supervisor-error", reason, instance=sup.instance, run_id=sup.run_id)
         finally:
             sup.report_ready({"state": "failed", "reason": reason})
         raise

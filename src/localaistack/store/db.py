@@ -114,8 +114,10 @@ class Store:
             self.conn = _connect(path, timeout)
             self._migrate()
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open state database {path}: {exc}",
-                             hint="check LAS_HOME's permissions and free disk space") from exc  # fmt: skip
+            raise StoreError(
+                f"cannot open state database {path}: {exc}",
+                hint="check LAS_HOME's permissions and free disk space",
+            ) from exc
 
     def __repr__(self) -> str:
         return f"<Store {self.path}>"
@@ -138,8 +140,9 @@ class Store:
                 for stmt in MIGRATIONS[i].split(";"):
                     if stmt.strip():
                         c.execute(stmt)
-            c.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
-                      (str(len(MIGRATIONS)),))  # fmt: skip
+            c.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(len(MIGRATIONS)),)
+            )
         for suffix in ("-wal", "-shm"):
             side = Path(str(self.path) + suffix)
             if side.exists():
@@ -151,8 +154,10 @@ class Store:
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            raise StoreError(f"state database is busy or unusable: {exc}",
-                             hint="retry; if it persists, check for a hung las process") from exc  # fmt: skip
+            raise StoreError(
+                f"state database is busy or unusable: {exc}",
+                hint="retry; if it persists, check for a hung las process",
+            ) from exc
         try:
             yield self.conn
         except BaseException:
@@ -229,9 +234,8 @@ def add_event(
 ) -> None:
     c.execute(
         "INSERT INTO events (at, instance, run_id, type, message, data) VALUES (?,?,?,?,?,?)",
-        (at or time.time(), instance, run_id, type_, message,
-         json.dumps(data) if data else None),
-    )  # fmt: skip
+        (at or time.time(), instance, run_id, type_, message, json.dumps(data) if data else None),
+    )
 
 
 def set_run_state(
