@@ -450,3 +450,24 @@ def test_bad_instance_names(las: Las, module_factory: ModuleFactory, name: str) 
     res = las("run", str(path), "--name", name)
     assert res.code == 2 and "instance name" in res.err
     assert las.ps() == {}
+
+
+def test_a_descendant_that_left_the_process_group_is_stopped_too(
+    las: Las, module_factory: ModuleFactory, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "daemon.pid"
+    # A daemon-style child: new session (so outside the workload's process group).
+    script = (
+        "import os, subprocess, sys, time\n"
+        "p = subprocess.Popen(['sleep', '1000'], start_new_session=True)\n"
+        "open(sys.argv[1], 'w').write(str(p.pid))\n"
+        "print('spawned', flush=True); time.sleep(1000)\n"
+    )
+    las.ok("run", str(module_factory("daemonish", [sys.executable, "-c", script, str(pidfile)])))
+    wait_until(lambda: pidfile.exists() and pidfile.read_text(), message="daemon pid")
+    daemon = int(pidfile.read_text())
+    assert pid_alive(daemon) and os.getpgid(daemon) != las.ps()["daemonish"]["pid"]
+    limits = las.inspect("daemonish")["limits"]
+    assert "cgroup" in limits["processes"], limits
+    las.ok("stop", "daemonish")
+    wait_until(lambda: not pid_alive(daemon), timeout=5, message="the escaped daemon gone")

@@ -245,7 +245,8 @@ def inspect(name: str, as_json: bool) -> None:
         plan = rt.plan_of(name)
         runs = rt.run_rows(name)
         transitions = {r["run_id"]: rt.store.transitions_of(r["run_id"]) for r in runs}
-        limits = rt.limits(plan)
+        current_row = next((r for r in runs if r["run_id"] == inst["current_run"]), None)
+        limits = rt.limits(plan, current_row)
     finally:
         rt.close()
     current = next((r for r in runs if r["run_id"] == inst["current_run"]), None)

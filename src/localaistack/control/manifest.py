@@ -74,7 +74,8 @@ def check_name(value: str, what: str = "name") -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: ``.inf``/``.nan`` in YAML are not sizes, counts or durations.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _size(v: object) -> int:
@@ -295,15 +296,22 @@ class RuntimeSection(_Strict):
     @model_validator(mode="after")
     def _sections(self) -> RuntimeSection:
         if self.preferred is not None and self.preferred not in self.modes:
-            raise ValueError(f"preferred mode {self.preferred!r} is not in modes {self.modes}")
+            raise ValueError(
+                f"preferred: preferred mode {self.preferred!r} is not in modes {self.modes}"
+            )
         if "native" in self.modes and self.native is None:
-            raise ValueError("mode 'native' is declared but runtime.native.command is missing")
+            raise ValueError(
+                "modes: mode 'native' is declared but runtime.native.command is missing"
+            )
         if "container" in self.modes and self.container is None:
-            raise ValueError("mode 'container' is declared but runtime.container.image is missing")
+            raise ValueError(
+                "modes: mode 'container' is declared but runtime.container.image is missing"
+            )
         names = [p.name for p in self.ports]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"duplicate port name(s): {', '.join(dupes)}")
+            second = next(i for i, n in enumerate(names) if n in names[:i])
+            raise ValueError(f"ports[{second}].name: duplicate port name(s): {', '.join(dupes)}")
         if self.health is not None:
             ref = (
                 self.health.http.port
@@ -311,8 +319,10 @@ class RuntimeSection(_Strict):
                 else (self.health.tcp.port if self.health.tcp else None)
             )
             if ref is not None and ref not in names:
+                probe = "http" if self.health.http else "tcp"
                 raise ValueError(
-                    f"health probe refers to port {ref!r}, which runtime.ports does not declare"
+                    f"health.{probe}.port: health probe refers to port {ref!r}, "
+                    "which runtime.ports does not declare"
                     + (f" (declared: {', '.join(names)})" if names else "")
                 )
         return self
@@ -490,6 +500,22 @@ def _clean_pydantic_msg(msg: str) -> str:
     return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
+# A cross-field check names the field it is about first, relative to the model it runs on:
+# "ports[1].name: duplicate ...". That path is moved into the error's location.
+_MSG_PATH_RE = re.compile(r"^([a-z_][a-z0-9_]*(?:\.[A-Za-z0-9_-]+|\[\d+\])*): (.+)$", re.DOTALL)
+_PATH_PART_RE = re.compile(r"\.?([A-Za-z0-9_-]+)|\[(\d+)\]")
+
+
+def _split_msg_path(loc: tuple[str | int, ...], msg: str) -> tuple[tuple[str | int, ...], str]:
+    m = _MSG_PATH_RE.match(msg)
+    if m is None:
+        return loc, msg
+    parts: list[str | int] = [
+        int(index) if index else name for name, index in _PATH_PART_RE.findall(m.group(1))
+    ]
+    return (*loc, *parts), m.group(2)
+
+
 def parse_manifest(text: str, path: Path, source: str = "file") -> LoadedManifest:
     """Parse and validate manifest text.
 
@@ -525,9 +551,10 @@ def parse_manifest(text: str, path: Path, source: str = "file") -> LoadedManifes
         problems = []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+            loc, msg = _split_msg_path(loc, _clean_pydantic_msg(err["msg"]))
             lineno = _line_for(lines, loc)
             at = f"{where}:{lineno}" if lineno else where
-            problems.append(f"{at}: {_fmt_loc(loc)}: {_clean_pydantic_msg(err['msg'])}")
+            problems.append(f"{at}: {_fmt_loc(loc)}: {msg}")
         raise ManifestError(
             f"{where}: {len(problems)} problem(s) in manifest",
             hint="fix the fields named above; `las validate FILE` lists them all",

@@ -154,10 +154,28 @@ def _engine_choice(hw: HardwareProfile, policy: Policy) -> tuple[str | None, str
     return None, "", rejected
 
 
+def _untrusted(name: str, digest: str, policy: Policy) -> str | None:
+    """Why ``policy`` does not trust this manifest for native execution; None if it does.
+
+    An entry with ``sha256`` trusts only the manifest file with exactly that digest.
+    """
+    entries = [t for t in policy.trusted_native if t.module == name]
+    if not entries:
+        return f"module {name!r} is not in policy trusted_native ({policy.source})"
+    if any(t.sha256 is None or t.sha256 == digest for t in entries):
+        return None
+    pins = ", ".join(t.sha256[:12] + "..." for t in entries if t.sha256)
+    return (
+        f"policy trusted_native pins {name!r} to sha256 {pins}, but this manifest's sha256 "
+        f"is {digest[:12]}... ({policy.source})"
+    )
+
+
 def _check_modes(
-    m: Manifest, hw: HardwareProfile, policy: Policy, tier: Tier | None
+    m: Manifest, hw: HardwareProfile, policy: Policy, tier: Tier | None, digest: str
 ) -> tuple[dict[str, _ModeCheck], tuple[str | None, str, list[Rejected]]]:
     engine = _engine_choice(hw, policy)
+    untrusted = _untrusted(m.name, digest, policy)
     checks: dict[str, _ModeCheck] = {}
     for mode in m.runtime.executable_modes:
         if mode not in policy.allowed_modes:
@@ -175,13 +193,8 @@ def _check_modes(
                 f"policy tier {tier.name!r} allows runtimes {tier.allow.runtimes}",
                 "tier",
             )
-        elif mode == "native" and policy.trust_for(m.name) is None:
-            checks[mode] = _ModeCheck(
-                mode,
-                False,
-                f"module {m.name!r} is not in policy trusted_native ({policy.source})",
-                "trusted_native",
-            )
+        elif mode == "native" and untrusted is not None:
+            checks[mode] = _ModeCheck(mode, False, untrusted, "trusted_native")
         elif mode == "container" and engine[0] is None:
             why = "; ".join(f"{r.option}: {r.reason}" for r in engine[2])
             checks[mode] = _ModeCheck(
@@ -353,6 +366,11 @@ def _pick_gpus(m: Manifest, hw: HardwareProfile) -> tuple[tuple[GpuAssignment, .
             reason="this machine has no GPU (hardware.gpu.optional allows running without one)",
         )
     count = max(wanted, 1)
+    if m.hardware.gpu.multi_gpu and wanted == 0:
+        # No GPU count given: as few GPUs as hold the VRAM together (the requirement check
+        # accepts the GPUs' total when multi_gpu is true).
+        free = sorted((g.memory_free for g in hw.gpus), reverse=True)
+        count = next((k for k in range(1, len(free) + 1) if free[k - 1] >= vram_need // k), 1)
     per_gpu = vram_need // count if m.hardware.gpu.multi_gpu and count > 1 else vram_need
     fits = [g for g in hw.gpus if g.memory_free >= per_gpu]
     # Best fit: the GPUs with the least free memory that still fits, so large ones stay free.
@@ -493,7 +511,9 @@ def make_plan(
         )
     )
 
-    checks, (engine, engine_reason, engine_rejected) = _check_modes(m, hw, policy, tier)
+    checks, (engine, engine_reason, engine_rejected) = _check_modes(
+        m, hw, policy, tier, loaded.digest
+    )
     mode_decision = _select_mode(m, policy, checks, request.mode)
     decisions.append(mode_decision)
     mode = mode_decision.choice

@@ -268,11 +268,16 @@ class Runtime:
         row = self.store.run(run_id)
         return row is not None and row["state"] in ACTIVE_STATES
 
-    def limits(self, plan: ExecutionPlan) -> dict[str, str]:
+    def limits(self, plan: ExecutionPlan, run: sqlite3.Row | None) -> dict[str, str]:
         """What enforces each limit of the plan, in words."""
         r = plan.resources
+        handle = json.loads(run["handle"]) if run is not None and run["handle"] else {}
+        tree = "process group (session) of the workload"
+        if handle.get("cgroup_note"):
+            tree += f"; {handle['cgroup_note']}"
         not_yet = "not enforced: native limits are not implemented in this version"
         return {
+            "processes": tree,
             "memory": "none requested" if r.memory is None else not_yet,
             "cpus": "none requested" if r.cpus is None else not_yet,
             "gpus": (

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from localaistack.errors import StartFailed
-from localaistack.runtime import procs
+from localaistack.runtime import cgroups, procs
 from localaistack.store.db import Store, add_event, set_run_state
 
 READY_TIMEOUT = 30.0
@@ -221,6 +221,10 @@ class NativeBackend:
         killed = 0
         if run["pid"] is not None:
             killed = procs.kill_group(int(run["pid"]), signal.SIGKILL, run["pid_start"])
+        cgroup = cgroups.existing(run_id)
+        if cgroup is not None:
+            killed += cgroup.kill_all()
+            cgroup.remove()
         if run["sup_pid"] is None:
             reason = "lost: las exited before the supervisor was started"
         else:

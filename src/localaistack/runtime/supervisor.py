@@ -20,6 +20,7 @@ only (and the store and log file modules, which are too): it starts often and li
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import errno
 import json
@@ -32,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from localaistack.runtime import procs
+from localaistack.runtime import cgroups, procs
 from localaistack.runtime.logfile import LogWriter
 from localaistack.store.db import Store, add_event, set_run_state
 
@@ -50,11 +51,16 @@ def _prctl(option: int, arg: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def _child_setup(supervisor_pid: int) -> None:  # runs in the forked child, before exec
+def _child_setup(supervisor_pid: int, cgroup_procs: str | None) -> None:
+    """Runs in the forked child, before exec."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     # The supervisor may have died before the line above took effect: die now, not later.
     if os.getppid() != supervisor_pid:
         os._exit(127)
+    if cgroup_procs is not None:
+        # Join before exec, so that no descendant is ever outside the run's cgroup.
+        with contextlib.suppress(OSError):  # the process group still reaches descendants
+            cgroups.join(cgroup_procs)
 
 
 def describe_start_error(exc: OSError, argv0: str, workdir: str | None) -> str:
@@ -121,6 +127,7 @@ class Supervisor:
         self.killed = False
         self.stop_deadline: float | None = None
         self.last_lines: dict[str, bytes] = {}
+        self.cgroup: cgroups.RunCgroup | None = None
 
     def __repr__(self) -> str:
         return f"<Supervisor run={self.run_id} pid={self.pid} stopping={self.stopping}>"
@@ -162,6 +169,8 @@ class Supervisor:
         env = {v["name"]: v["value"] for v in native["env"]}
         argv = list(native["argv"])
         me = os.getpid()
+        self.cgroup, cgroup_note = cgroups.create(self.run_id)
+        procs_file = str(self.cgroup.procs_file) if self.cgroup else None
         try:
             proc = subprocess.Popen(
                 argv,
@@ -171,7 +180,7 @@ class Supervisor:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=lambda: _child_setup(me),  # noqa: PLW1509 (single-threaded)
+                preexec_fn=lambda: _child_setup(me, procs_file),  # noqa: PLW1509 (single-threaded)
                 close_fds=True,
             )
         except OSError as exc:
@@ -180,6 +189,8 @@ class Supervisor:
             self.writer.close()
             self.record("failed", reason, lines_dropped=self.writer.dropped_lines)
             self.report_ready({"state": "failed", "reason": reason})
+            if self.cgroup:
+                self.cgroup.remove()
             return 0
         self.pid = proc.pid
         self.pid_start = procs.start_time(proc.pid)
@@ -196,6 +207,12 @@ class Supervisor:
             started_at=time.time(),
             sup_pid=me,
             sup_start=procs.start_time(me),
+            handle=json.dumps(
+                {
+                    "cgroup": str(self.cgroup.path) if self.cgroup else None,
+                    "cgroup_note": cgroup_note,
+                }
+            ),
         )
         self.report_ready({"state": "running", "pid": proc.pid})
 
@@ -223,17 +240,12 @@ class Supervisor:
                 self.killed = True
                 self.stop_deadline = None
                 self.writer.note("las: stop timeout passed; sending SIGKILL to the process group")
-                procs.kill_group(proc.pid, signal.SIGKILL)
+                self._kill_all(proc.pid)
         proc.returncode = status  # we reaped it ourselves
 
         # The workload is gone: end what is left of its group and any orphan that came back
         # to us as subreaper, then read what they wrote until the pipes close.
-        procs.kill_group(proc.pid, signal.SIGKILL, self.pid_start)
-        for child in procs.children_of(os.getpid()):
-            try:
-                os.kill(child.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self._kill_all(proc.pid)
         deadline = time.monotonic() + DRAIN_AFTER_EXIT
         while streams and time.monotonic() < deadline:
             for key, _ in sel.select(max(0.0, deadline - time.monotonic())):
@@ -249,6 +261,8 @@ class Supervisor:
             self.writer.flush_partial(stream)
             sel.unregister(fd)
         self._reap_orphans()
+        if self.cgroup:
+            self.cgroup.remove()
 
         last = self._last_line()
         sig_name = self.plan["stop"]["signal"]
@@ -261,6 +275,15 @@ class Supervisor:
             state, reason, exit_code=code, signal=sig, lines_dropped=self.writer.dropped_lines
         )
         return 0
+
+    def _kill_all(self, pid: int) -> None:
+        """SIGKILL the workload's group, its cgroup, and orphans that came back to us."""
+        procs.kill_group(pid, signal.SIGKILL, self.pid_start)
+        if self.cgroup:
+            self.cgroup.kill_all()
+        for child in procs.children_of(os.getpid()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGKILL)
 
     def _read(self, fd: int, streams: dict[int, str], sel: selectors.BaseSelector) -> None:
         try:
@@ -294,7 +317,11 @@ class Supervisor:
         sig_name = self.plan["stop"]["signal"]
         self.record("stopping", f"stop requested: sending {sig_name}, SIGKILL after {timeout:g}s")
         self.writer.note(f"las: stop requested: sending {sig_name} to the process group")
-        procs.kill_group(self.pid, getattr(signal, sig_name), self.pid_start)
+        sig = getattr(signal, sig_name)
+        procs.kill_group(self.pid, sig, self.pid_start)
+        for pid in self.cgroup.pids() if self.cgroup else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)  # descendants that left the process group
         self.stop_deadline = time.monotonic() + timeout
 
     def _reap(self, pid: int) -> int | None:
@@ -332,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         # A bug in the supervisor: leave nothing running and record why, then re-raise so
         # the traceback lands in the supervisor's own log file.
         if sup.pid is not None:
-            procs.kill_group(sup.pid, signal.SIGKILL, sup.pid_start)
+            sup._kill_all(sup.pid)
         reason = f"lost: the supervisor failed: {type(exc).__name__}: {exc}"
         try:
             sup.record("failed", reason)
