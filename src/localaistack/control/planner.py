@@ -252,7 +252,7 @@ def _select_mode(
         if checks[mode].ok:
             if mode == m.runtime.preferred:
                 reason = "the manifest's preferred mode"
-            elif m.runtime.preferred and not checks[m.runtime.preferred].ok:
+            elif m.runtime.preferred in checks and not checks[m.runtime.preferred].ok:
                 reason = (
                     f"the manifest prefers {m.runtime.preferred}, which is unavailable "
                     f"({checks[m.runtime.preferred].reason}); {mode} is declared and "
@@ -369,8 +369,8 @@ def _pick_gpus(m: Manifest, hw: HardwareProfile) -> tuple[tuple[GpuAssignment, .
     if m.hardware.gpu.multi_gpu and wanted == 0:
         # No GPU count given: as few GPUs as hold the VRAM together (the requirement check
         # accepts the GPUs' total when multi_gpu is true).
-        free = sorted((g.memory_free for g in hw.gpus), reverse=True)
-        count = next((k for k in range(1, len(free) + 1) if free[k - 1] >= vram_need // k), 1)
+        frees = sorted((g.memory_free for g in hw.gpus), reverse=True)
+        count = next((k for k in range(1, len(frees) + 1) if frees[k - 1] >= vram_need // k), 1)
     per_gpu = vram_need // count if m.hardware.gpu.multi_gpu and count > 1 else vram_need
     fits = [g for g in hw.gpus if g.memory_free >= per_gpu]
     # Best fit: the GPUs with the least free memory that still fits, so large ones stay free.

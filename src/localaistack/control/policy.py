@@ -186,8 +186,8 @@ def default_policy() -> Policy:
     return parse_policy(DEFAULT_POLICY_YAML, "built-in default")
 
 
-def parse_policy(text: str, source: str) -> Policy:
-    """Parse policy text.
+def parse_policy(text: str, source: str, *, base: dict[str, Any] | None = None) -> Policy:
+    """Parse policy text; top-level keys it sets replace those of ``base``.
 
     Raises:
         PolicyError: naming the file and each invalid field.
@@ -206,7 +206,7 @@ def parse_policy(text: str, source: str) -> Policy:
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: a policy is a YAML mapping, found {type(data).__name__}")
     try:
-        policy = Policy.model_validate({**data, "source": source})
+        policy = Policy.model_validate({**(base or {}), **data, "source": source})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
@@ -240,4 +240,5 @@ def load_policy(path: Path | None, home: Path) -> Policy:
         raise PolicyError(f"policy file {path}: no such file", hint="check --policy") from exc
     except OSError as exc:
         raise PolicyError(f"policy file {path}: cannot read: {exc.strerror}") from exc
-    return parse_policy(text, str(path))
+    # A policy file states what it changes: keys it leaves out keep the built-in default.
+    return parse_policy(text, str(path), base=yaml.safe_load(DEFAULT_POLICY_YAML))

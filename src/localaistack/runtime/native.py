@@ -214,17 +214,18 @@ class NativeBackend:
     def mark_lost(self, c: sqlite3.Connection, run: sqlite3.Row, boot: str) -> None:
         """Record a run whose supervisor is gone, ending whatever is left of its workload."""
         run_id = str(run["run_id"])
-        if run["boot_id"] != boot:
-            reason = "lost: the machine rebooted (boot id changed) while the run was active"
-            set_run_state(c, run_id, "failed", reason)
-            return
+        # Only this run's processes ever join its cgroup: whatever is in it goes.
         killed = 0
-        if run["pid"] is not None:
-            killed = procs.kill_group(int(run["pid"]), signal.SIGKILL, run["pid_start"])
         cgroup = cgroups.existing(run_id)
         if cgroup is not None:
             killed += cgroup.kill_all()
             cgroup.remove()
+        if run["boot_id"] != boot:
+            reason = "lost: the machine rebooted (boot id changed) while the run was active"
+            set_run_state(c, run_id, "failed", reason)
+            return
+        if run["pid"] is not None:
+            killed += procs.kill_group(int(run["pid"]), signal.SIGKILL, run["pid_start"])
         if run["sup_pid"] is None:
             reason = "lost: las exited before the supervisor was started"
         else:

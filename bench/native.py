@@ -1,0 +1,354 @@
+"""Native-runtime benchmarks: las against supervisord, measured side by side in one run.
+
+    python -m bench.native [--quick]
+
+1. start: `las run` of a trivial native module until `running` (CLI process included) vs
+   `supervisorctl start` of the same program (startsecs=0);
+2. failure noticed: workload SIGKILLed until its end is committed to the store (polled
+   every 0.2 ms from another connection) vs supervisord's state via XML-RPC;
+3. log capture: a workload writing lines to stdout under las / under supervisord vs the
+   same workload writing to a file directly (the workload times itself); every line counted;
+4. idle overhead per supervised module: PSS and CPU seconds over a quiet period;
+5. `las ps` latency with N running instances.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import xmlrpc.client
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.harness import Row, alternate, machine, save, table
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    total, out_path = int(sys.argv[1]), sys.argv[2]
+    line = b"x" * 99 + b"\\n"
+    chunk = line * 80
+    n = total // len(chunk)
+    out = sys.stdout.buffer
+    t0 = time.perf_counter()
+    for _ in range(n):
+        out.write(chunk)
+    out.flush()
+    took = time.perf_counter() - t0
+    open(out_path, "w").write(f"{took} {n * 80}")
+    """
+)
+
+
+def las_cmd() -> list[str]:
+    script = Path(sys.executable).parent / "las"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "localaistack"]
+
+
+class LasBench:
+    def __init__(self, root: Path) -> None:
+        self.home = root / "las-home"
+        self.home.mkdir(mode=0o700)
+        self.env = {**os.environ, "LAS_HOME": str(self.home)}
+        self.cmd = las_cmd()
+        self.modules = root / "modules"
+        self.modules.mkdir()
+        self.trusted: list[str] = []
+
+    def module(self, name: str, argv: list[str]) -> Path:
+        path = self.modules / f"{name}.yaml"
+        quoted = ", ".join(repr(a) for a in argv)
+        path.write_text(f"name: {name}\nruntime:\n  modes: [native]\n  native:\n"
+                        f"    command: [{quoted}]\n  stop: {{timeout: 2s}}\n")  # fmt: skip
+        self.trusted.append(name)
+        (self.home / "policy.yaml").write_text(f"trusted_native: {self.trusted}\n")
+        return path
+
+    def las(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.cmd, *args], env=self.env, capture_output=True, text=True,
+                              check=check)  # fmt: skip
+
+    def db(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.home / "state.db", isolation_level=None)
+
+    def run_row(self, name: str) -> sqlite3.Row:
+        with self.db() as c:
+            c.row_factory = sqlite3.Row
+            row: sqlite3.Row = c.execute(
+                "SELECT r.* FROM runs r JOIN instances i ON r.run_id=i.current_run WHERE i.name=?",
+                (name,),
+            ).fetchone()
+        return row
+
+
+class SupervisordBench:
+    def __init__(self, root: Path, programs: dict[str, str]) -> None:
+        self.dir = root / "supervisord"
+        self.dir.mkdir()
+        self.sock = self.dir / "sock"
+        conf = [
+            "[unix_http_server]", f"file={self.sock}",
+            "[supervisord]", f"logfile={self.dir}/supervisord.log", f"pidfile={self.dir}/pid",
+            "nodaemon=true", "loglevel=warn",
+            "[rpcinterface:supervisor]",
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+            "[supervisorctl]", f"serverurl=unix://{self.sock}",
+        ]  # fmt: skip
+        for name, command in programs.items():
+            conf += [f"[program:{name}]", f"command={command}", "autostart=false",
+                     "autorestart=false", "startsecs=0", "stopwaitsecs=2",
+                     f"stdout_logfile={self.dir}/{name}.out", "stdout_logfile_maxbytes=0",
+                     f"stderr_logfile={self.dir}/{name}.err", "stderr_logfile_maxbytes=0"]  # fmt: skip
+        self.conf = self.dir / "supervisord.conf"
+        self.conf.write_text("\n".join(conf) + "\n")
+        bindir = Path(sys.executable).parent
+        self.proc = subprocess.Popen([str(bindir / "supervisord"), "-c", str(self.conf)])
+        self.ctl = [str(bindir / "supervisorctl"), "-c", str(self.conf)]
+        deadline = time.monotonic() + 10
+        while not self.sock.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("supervisord did not start")
+            time.sleep(0.01)
+        from supervisor.xmlrpc import SupervisorTransport
+
+        transport = SupervisorTransport(None, None, f"unix://{self.sock}")
+        self.rpc = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+    def info(self, name: str) -> dict[str, object]:
+        result: dict[str, object] = self.rpc.supervisor.getProcessInfo(name)  # type: ignore[assignment]
+        return result
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def bench_start(las: LasBench, sup: SupervisordBench, reps: int) -> Row:
+    path = las.module("sleeper", ["sleep", "1000"])
+
+    def a(i: int) -> float:
+        t0 = time.perf_counter()
+        las.las("run", str(path), "--name", f"start{i}")
+        took = time.perf_counter() - t0
+        las.las("rm", "-f", f"start{i}")
+        return took
+
+    def b(_i: int) -> float:
+        t0 = time.perf_counter()
+        subprocess.run([*sup.ctl, "start", "sleeper"], check=True, capture_output=True)
+        took = time.perf_counter() - t0
+        subprocess.run([*sup.ctl, "stop", "sleeper"], check=True, capture_output=True)
+        return took
+
+    xs, ys = alternate(a, b, reps)
+    ratio = sorted(xs)[len(xs) // 2] / sorted(ys)[len(ys) // 2]
+    return Row("start until running (CLI included)", "s", xs, "supervisorctl start", ys,
+               "<= 1.0x supervisorctl", ratio <= 1.0)  # fmt: skip
+
+
+def bench_failure(las: LasBench, sup: SupervisordBench, reps: int) -> Row:
+    path = las.module("victim", ["sleep", "1000"])
+
+    def a(i: int) -> float:
+        las.las("run", str(path), "--name", f"victim{i}")
+        row = las.run_row(f"victim{i}")
+        c = las.db()
+        t0 = time.perf_counter()
+        os.kill(row["pid"], signal.SIGKILL)
+        while c.execute("SELECT state FROM runs WHERE run_id=?",
+                        (row["run_id"],)).fetchone()[0] != "failed":  # fmt: skip
+            time.sleep(0.0002)
+        took = time.perf_counter() - t0
+        c.close()
+        las.las("rm", "-f", f"victim{i}")
+        return took
+
+    def b(_i: int) -> float:
+        subprocess.run([*sup.ctl, "start", "sleeper"], check=True, capture_output=True)
+        pid = int(str(sup.info("sleeper")["pid"]))
+        t0 = time.perf_counter()
+        os.kill(pid, signal.SIGKILL)
+        while sup.info("sleeper")["statename"] == "RUNNING":
+            time.sleep(0.0002)
+        return time.perf_counter() - t0
+
+    xs, ys = alternate(a, b, reps)
+    return Row("failure noticed and recorded", "s", xs, "supervisord (in memory)", ys,
+               "<= 10 ms (durable)", sorted(xs)[len(xs) // 2] <= 0.010,
+               note="las: committed to SQLite (synchronous=FULL), read back by another "
+               "connection; supervisord: in memory, read over XML-RPC")  # fmt: skip
+
+
+def bench_logs(las: LasBench, sup: SupervisordBench, root: Path, mb: int, reps: int) -> list[Row]:
+    total = mb * 1_000_000
+    writer = root / "writer.py"
+    writer.write_text(WRITER)
+    timing = root / "timing"
+    path = las.module("writer", [sys.executable, str(writer), str(total), str(timing)])
+    expected = (total // 8000) * 80
+
+    def direct(_i: int) -> float:
+        with open(root / "direct.out", "wb") as out:
+            subprocess.run([sys.executable, str(writer), str(total), str(timing)], stdout=out,
+                           check=True)  # fmt: skip
+        took, n = timing.read_text().split()
+        assert int(n) == expected
+        return total / float(took) / 1e6
+
+    def under_las(i: int) -> float:
+        timing.unlink(missing_ok=True)
+        las.las("run", str(path), "--name", f"writer{i}")
+        deadline = time.monotonic() + 300
+        while las.run_row(f"writer{i}")["state"] != "stopped":
+            if time.monotonic() > deadline:
+                raise RuntimeError("writer did not finish")
+            time.sleep(0.05)
+        took, _ = timing.read_text().split()
+        from localaistack.runtime.logfile import iter_records
+
+        log = las.run_row(f"writer{i}")["log_path"]
+        count = sum(1 for r in iter_records(log) if r.stream == "O" and not r.partial
+                    and len(r.payload) == 99)  # fmt: skip
+        if count != expected:
+            raise RuntimeError(f"las kept {count} of {expected} lines")
+        las.las("rm", "--purge", f"writer{i}")
+        return total / float(took) / 1e6
+
+    def under_supervisord(_i: int) -> float:
+        out = sup.dir / "writer.out"
+        out.write_bytes(b"")
+        timing.unlink(missing_ok=True)
+        subprocess.run([*sup.ctl, "start", "writer"], check=True, capture_output=True)
+        deadline = time.monotonic() + 300
+        while not timing.exists() or sup.info("writer")["statename"] == "RUNNING":
+            if time.monotonic() > deadline:
+                raise RuntimeError("writer did not finish under supervisord")
+            time.sleep(0.05)
+        took, _ = timing.read_text().split()
+        with open(out, "rb") as f:
+            count = sum(1 for line in f if len(line) == 100)
+        if count != expected:
+            raise RuntimeError(f"supervisord kept {count} of {expected} lines")
+        return total / float(took) / 1e6
+
+    direct_xs, las_xs = alternate(direct, under_las, reps)
+    _, sup_xs = alternate(direct, under_supervisord, reps, warmup=0)
+    ratio = sorted(las_xs)[len(las_xs) // 2] / sorted(direct_xs)[len(direct_xs) // 2]
+    return [
+        Row(f"log capture, {mb} MB of lines (workload speed)", "MB/s", las_xs,
+            "writing to a file directly", direct_xs, ">= 0.8x direct", ratio >= 0.8,
+            note=f"every run: all {expected} lines present once, none split"),
+        Row(f"log capture under supervisord, {mb} MB", "MB/s", sup_xs,
+            "writing to a file directly", direct_xs),
+    ]  # fmt: skip
+
+
+def _pss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_idle(las: LasBench, sup: SupervisordBench, k: int, seconds: float) -> list[Row]:
+    path = las.module("idler", ["sleep", "100000"])
+    names = [f"idle{i}" for i in range(k)]
+    for n in names:
+        las.las("run", str(path), "--name", n)
+    sup_pids = [int(las.run_row(n)["sup_pid"]) for n in names]
+    for i in range(k):
+        subprocess.run([*sup.ctl, "start", f"idle{i}"], check=True, capture_output=True)
+    cpu0 = [_cpu_s(p) for p in sup_pids]
+    sup_cpu0 = _cpu_s(sup.proc.pid)
+    time.sleep(seconds)  # the quiet period being measured
+    las_cpu = [_cpu_s(p) - c for p, c in zip(sup_pids, cpu0, strict=True)]
+    sup_cpu = (_cpu_s(sup.proc.pid) - sup_cpu0) / k
+    las_pss = [_pss_kb(p) / 1024 for p in sup_pids]
+    sup_pss = _pss_kb(sup.proc.pid) / 1024 / k
+    for n in names:
+        las.las("rm", "-f", n)
+    for i in range(k):
+        subprocess.run([*sup.ctl, "stop", f"idle{i}"], check=True, capture_output=True)
+    return [
+        Row(f"idle PSS per module ({k} modules)", "MB", las_pss, "supervisord / modules",
+            [sup_pss], "<= 10 MB", sorted(las_pss)[len(las_pss) // 2] <= 10,
+            note="las: one supervisor process per module; supervisord: one process for all"),
+        Row(f"idle CPU per module over {seconds:g}s", "s", las_cpu, "supervisord / modules",
+            [sup_cpu], "~0 (no polling)", max(las_cpu) <= 0.02),
+    ]  # fmt: skip
+
+
+def bench_ps(las: LasBench, counts: list[int], reps: int) -> list[Row]:
+    path = las.module("psmod", ["sleep", "100000"])
+    rows = []
+    started = 0
+    for n in counts:
+        while started < n:
+            las.las("run", str(path), "--name", f"ps{started}")
+            started += 1
+        xs = []
+        for _ in range(reps + 1):
+            t0 = time.perf_counter()
+            las.las("ps")
+            xs.append(time.perf_counter() - t0)
+        xs = xs[1:]
+        goal = "<= 150 ms" if n == 100 else ""
+        rows.append(Row(f"las ps, {n} running instances", "s", xs, goal=goal,
+                        meets=(sorted(xs)[len(xs) // 2] <= 0.150) if n == 100 else None))  # fmt: skip
+    for i in range(started):
+        las.las("rm", "-f", f"ps{i}", check=False)
+    return rows
+
+
+@contextmanager
+def workspace() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="las-bench-"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, few repetitions")
+    args = parser.parse_args()
+    reps = 2 if args.quick else 7
+    with workspace() as root:
+        las = LasBench(root)
+        writer = root / "writer.py"
+        mb = 5 if args.quick else 200
+        idle_k = 2 if args.quick else 10
+        programs = {"sleeper": "sleep 1000",
+                    "writer": f"{sys.executable} {writer} {mb * 1_000_000} {root / 'timing'}"}
+        programs.update({f"idle{i}": "sleep 100000" for i in range(idle_k)})  # fmt: skip
+        sup = SupervisordBench(root, programs)
+        try:
+            rows = [bench_start(las, sup, reps), bench_failure(las, sup, reps)]
+            rows += bench_logs(las, sup, root, mb, 2 if args.quick else 5)
+            rows += bench_idle(las, sup, idle_k, 3 if args.quick else 60)
+            rows += bench_ps(las, [10] if args.quick else [10, 100], 3 if args.quick else 7)
+        finally:
+            sup.close()
+    print(f"machine: {machine()}")
+    print(table(rows))
+    print(f"raw numbers: {save('native', rows, {'quick': args.quick})}")
+
+
+if __name__ == "__main__":
+    main()
