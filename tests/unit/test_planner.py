@@ -278,30 +278,47 @@ def test_container_engine_policy() -> None:
     assert [r.option for r in engine.rejected] == ["podman"]
 
 
-# --- trust pinned to a manifest digest -------------------------------------------------------
+# --- trust pinned to the resolved executable's sha256 --------------------------------------
 
 
-def test_trust_pinned_to_the_manifest_digest() -> None:
+def _executable(tmp_path: Path, body: bytes = b"#!/bin/sh\nexit 0\n") -> tuple[str, str]:
+    import hashlib
+
+    exe = tmp_path / "svc-server"
+    exe.write_bytes(body)
+    exe.chmod(0o755)
+    return str(exe), hashlib.sha256(body).hexdigest()
+
+
+def test_trust_pinned_to_the_executable_hash(tmp_path: Path) -> None:
+    exe, digest = _executable(tmp_path)
     loaded = manifest("svc", ("native", "container"), "native")
-    pinned = policy(trusted_native=[{"module": "svc", "sha256": loaded.digest}])
-    assert plan(loaded, "cpu-only", pinned).mode == "native"
+    pinned = policy(trusted_native=[{"module": "svc", "sha256": digest}])
+    p = plan(loaded, "cpu-only", pinned, which=lambda cmd, path: exe)
+    assert p.mode == "native"
+    assert decision(p, "trust").choice == f"sha256 {digest}"
 
 
-def test_trust_pinned_to_another_digest_is_not_trust() -> None:
+def test_pinned_hash_mismatch_refuses_and_names_both_hashes(tmp_path: Path) -> None:
+    exe, digest = _executable(tmp_path)
     loaded = manifest("svc", ("native", "container"), "native")
     pinned = policy(trusted_native=[{"module": "svc", "sha256": "0" * 64}])
-    p = plan(loaded, "cpu-only", pinned)
-    assert p.mode == "container"
-    assert "pins 'svc' to sha256 000000000000..." in decision(p, "mode").reason
-    with pytest.raises(PolicyViolation, match="trusted_native pins"):
-        plan(loaded, "cpu-only", pinned, mode="native")
+    # No silent fallback to the container: a replaced executable is refused outright.
+    with pytest.raises(PolicyViolation) as exc:
+        plan(loaded, "cpu-only", pinned, which=lambda cmd, path: exe)
+    assert "0" * 64 in exc.value.message and digest in exc.value.message
     either = policy(
-        trusted_native=[
-            {"module": "svc", "sha256": "0" * 64},
-            {"module": "svc", "sha256": loaded.digest},
-        ]
+        trusted_native=[{"module": "svc", "sha256": "0" * 64}, {"module": "svc", "sha256": digest}]
     )
-    assert plan(loaded, "cpu-only", either).mode == "native"
+    assert plan(loaded, "cpu-only", either, which=lambda cmd, path: exe).mode == "native"
+
+
+def test_unreadable_pinned_executable_is_a_planning_error(tmp_path: Path) -> None:
+    loaded = manifest("svc", ("native",), "native")
+    pinned = policy(trusted_native=[{"module": "svc", "sha256": "0" * 64}])
+    missing = str(tmp_path / "gone")
+    with pytest.raises(PlanningError, match="cannot verify the pinned sha256"):
+        plan(loaded, "cpu-only", pinned, which=lambda cmd, path: missing)
 
 
 # --- policy tiers ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ policy rules out is an error naming the rule.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Callable, Mapping
@@ -154,28 +155,60 @@ def _engine_choice(hw: HardwareProfile, policy: Policy) -> tuple[str | None, str
     return None, "", rejected
 
 
-def _untrusted(name: str, digest: str, policy: Policy) -> str | None:
-    """Why ``policy`` does not trust this manifest for native execution; None if it does.
+def _untrusted(name: str, policy: Policy) -> str | None:
+    """Why ``policy`` does not trust this module for native execution; None if it does.
 
-    An entry with ``sha256`` trusts only the manifest file with exactly that digest.
+    A pinned entry (``sha256``) trusts the module too; the pin is checked against the
+    resolved executable once the plan knows it (see ``_check_pin``).
+    """
+    if any(t.module == name for t in policy.trusted_native):
+        return None
+    return f"module {name!r} is not in policy trusted_native ({policy.source})"
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise PlanningError(
+            f"cannot verify the pinned sha256 of {path}: {exc.strerror}",
+            hint="the policy pins this module's executable; it must be readable",
+        ) from exc
+    return digest.hexdigest()
+
+
+def _check_pin(name: str, executable: str, policy: Policy) -> Decision | None:
+    """Verify a ``trusted_native`` sha256 pin against the resolved executable.
+
+    Raises:
+        PolicyViolation: the executable's hash matches no pin (naming both hashes).
     """
     entries = [t for t in policy.trusted_native if t.module == name]
-    if not entries:
-        return f"module {name!r} is not in policy trusted_native ({policy.source})"
-    if any(t.sha256 is None or t.sha256 == digest for t in entries):
+    if not entries or any(t.sha256 is None for t in entries):
         return None
-    pins = ", ".join(t.sha256[:12] + "..." for t in entries if t.sha256)
-    return (
-        f"policy trusted_native pins {name!r} to sha256 {pins}, but this manifest's sha256 "
-        f"is {digest[:12]}... ({policy.source})"
+    pins = [t.sha256 for t in entries if t.sha256]
+    actual = _sha256_file(executable)
+    if actual not in pins:
+        raise PolicyViolation(
+            f"policy trusted_native pins {name!r} to sha256 {', '.join(pins)}, but "
+            f"{executable} has sha256 {actual} ({policy.source})",
+            hint="if the executable was replaced on purpose, update the pin in the policy",
+        )
+    return Decision(
+        topic="trust",
+        choice=f"sha256 {actual}",
+        reason=f"matches the pin in policy trusted_native ({policy.source})",
     )
 
 
 def _check_modes(
-    m: Manifest, hw: HardwareProfile, policy: Policy, tier: Tier | None, digest: str
+    m: Manifest, hw: HardwareProfile, policy: Policy, tier: Tier | None
 ) -> tuple[dict[str, _ModeCheck], tuple[str | None, str, list[Rejected]]]:
     engine = _engine_choice(hw, policy)
-    untrusted = _untrusted(m.name, digest, policy)
+    untrusted = _untrusted(m.name, policy)
     checks: dict[str, _ModeCheck] = {}
     for mode in m.runtime.executable_modes:
         if mode not in policy.allowed_modes:
@@ -511,9 +544,7 @@ def make_plan(
         )
     )
 
-    checks, (engine, engine_reason, engine_rejected) = _check_modes(
-        m, hw, policy, tier, loaded.digest
-    )
+    checks, (engine, engine_reason, engine_rejected) = _check_modes(m, hw, policy, tier)
     mode_decision = _select_mode(m, policy, checks, request.mode)
     decisions.append(mode_decision)
     mode = mode_decision.choice
@@ -578,6 +609,9 @@ def make_plan(
         path_env = env["PATH"].value if "PATH" in env else None
         argv[0], how = _resolve_executable(argv[0], path_env, which)
         decisions.append(Decision(topic="executable", choice=argv[0], reason=how))
+        pin = _check_pin(m.name, argv[0], policy)
+        if pin is not None:
+            decisions.append(pin)
         workdir = _substitute(rt.native.workdir, values) if rt.native.workdir else None
         if workdir is not None and not Path(workdir).is_dir():
             raise PlanningError(
