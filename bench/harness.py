@@ -111,15 +111,17 @@ def table(rows: list[Row]) -> str:
             verdict += " (noisy)"
         lines.append(
             "| "
-            + " | ".join([
-                r.metric,
-                f"{fmt(r.med(r.las), r.unit)} {spread(r.las, r.unit)}",
-                r.peer_name or "-",
-                f"{fmt(r.med(r.peer), r.unit)} {spread(r.peer, r.unit)}" if r.peer else "-",
-                f"{ratio:.2f}x" if ratio is not None else "-",
-                r.goal or "-",
-                verdict,
-            ])
+            + " | ".join(
+                [
+                    r.metric,
+                    f"{fmt(r.med(r.las), r.unit)} {spread(r.las, r.unit)}",
+                    r.peer_name or "-",
+                    f"{fmt(r.med(r.peer), r.unit)} {spread(r.peer, r.unit)}" if r.peer else "-",
+                    f"{ratio:.2f}x" if ratio is not None else "-",
+                    r.goal or "-",
+                    verdict,
+                ]
+            )
             + " |"
         )
     notes = [f"- {r.metric}: {r.note}" for r in rows if r.note]

@@ -334,8 +334,10 @@ def main() -> None:
         writer = root / "writer.py"
         mb = 5 if args.quick else 200
         idle_k = 2 if args.quick else 10
-        programs = {"sleeper": "sleep 1000",
-                    "writer": f"{sys.executable} {writer} {mb * 1_000_000} {root / 'timing'}"}
+        programs = {
+            "sleeper": "sleep 1000",
+            "writer": f"{sys.executable} {writer} {mb * 1_000_000} {root / 'timing'}",
+        }
         programs.update({f"idle{i}": "sleep 100000" for i in range(idle_k)})  # fmt: skip
         sup = SupervisordBench(root, programs)
         try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 
 _BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
@@ -19,14 +18,22 @@ def boot_id() -> str:
     return _BOOT_ID_PATH.read_text().strip()
 
 
-@dataclass(frozen=True)
 class ProcStat:
-    pid: int
-    state: str
-    ppid: int
-    pgid: int
-    sid: int
-    start: int
+    """The fields of ``/proc/PID/stat`` that las uses (a plain class: no dataclasses import
+    in the long-lived supervisor)."""
+
+    __slots__ = ("pgid", "pid", "ppid", "sid", "start", "state")
+
+    def __init__(self, pid: int, state: str, ppid: int, pgid: int, sid: int, start: int) -> None:
+        self.pid = pid
+        self.state = state
+        self.ppid = ppid
+        self.pgid = pgid
+        self.sid = sid
+        self.start = start
+
+    def __repr__(self) -> str:
+        return f"<ProcStat pid={self.pid} state={self.state} pgid={self.pgid} start={self.start}>"
 
 
 def stat(pid: int) -> ProcStat | None:

@@ -19,7 +19,6 @@ only (and the store and log file modules, which are too): it starts often and li
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import errno
@@ -346,13 +345,23 @@ class Supervisor:
                 return
 
 
+USAGE = "usage: python -m localaistack.runtime.supervisor --db DB --run RUN_ID [--ready-fd FD]"
+
+
+def _parse_args(argv: list[str]) -> dict[str, str]:
+    """``--name value`` pairs (no argparse: it costs the long-lived supervisor memory)."""
+    if len(argv) % 2 or not all(a.startswith("--") for a in argv[::2]):
+        raise SystemExit(USAGE)
+    args = {k[2:]: v for k, v in zip(argv[::2], argv[1::2], strict=True)}
+    if not {"db", "run"} <= set(args) or not set(args) <= {"db", "run", "ready-fd"}:
+        raise SystemExit(USAGE)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="las-supervisor")
-    parser.add_argument("--db", required=True, type=Path)
-    parser.add_argument("--run", required=True)
-    parser.add_argument("--ready-fd", type=int)
-    args = parser.parse_args(argv)
-    sup = Supervisor(args.db, args.run, args.ready_fd)
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    ready = args.get("ready-fd")
+    sup = Supervisor(Path(args["db"]), args["run"], int(ready) if ready else None)
     try:
         return sup.run()
     except BaseException as exc:
