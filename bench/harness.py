@@ -101,8 +101,15 @@ def machine() -> dict[str, object]:
 
 
 def table(rows: list[Row]) -> str:
-    head = ["metric", "las (median [min .. max])", "peer", "peer (median [min .. max])",
-            "ratio", "goal", "verdict"]  # fmt: skip
+    head = [
+        "metric",
+        "las (median [min .. max])",
+        "peer",
+        "peer (median [min .. max])",
+        "ratio",
+        "goal",
+        "verdict",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ratio = r.ratio()
@@ -125,7 +132,7 @@ def table(rows: list[Row]) -> str:
             + " |"
         )
     notes = [f"- {r.metric}: {r.note}" for r in rows if r.note]
-    return "\n".join(lines + ([""] + notes if notes else []))
+    return "\n".join(lines + (["", *notes] if notes else []))
 
 
 def save(name: str, rows: list[Row], extra: dict[str, object]) -> Path:

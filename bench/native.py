@@ -67,15 +67,18 @@ class LasBench:
     def module(self, name: str, argv: list[str]) -> Path:
         path = self.modules / f"{name}.yaml"
         quoted = ", ".join(repr(a) for a in argv)
-        path.write_text(f"name: {name}\nruntime:\n  modes: [native]\n  native:\n"
-                        f"    command: [{quoted}]\n  stop: {{timeout: 2s}}\n")  # fmt: skip
+        path.write_text(
+            f"name: {name}\nruntime:\n  modes: [native]\n  native:\n"
+            f"    command: [{quoted}]\n  stop: {{timeout: 2s}}\n"
+        )
         self.trusted.append(name)
         (self.home / "policy.yaml").write_text(f"trusted_native: {self.trusted}\n")
         return path
 
     def las(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.cmd, *args], env=self.env, capture_output=True, text=True,
-                              check=check)  # fmt: skip
+        return subprocess.run(
+            [*self.cmd, *args], env=self.env, capture_output=True, text=True, check=check
+        )
 
     def db(self) -> sqlite3.Connection:
         return sqlite3.connect(self.home / "state.db", isolation_level=None)
@@ -96,18 +99,31 @@ class SupervisordBench:
         self.dir.mkdir()
         self.sock = self.dir / "sock"
         conf = [
-            "[unix_http_server]", f"file={self.sock}",
-            "[supervisord]", f"logfile={self.dir}/supervisord.log", f"pidfile={self.dir}/pid",
-            "nodaemon=true", "loglevel=warn",
+            "[unix_http_server]",
+            f"file={self.sock}",
+            "[supervisord]",
+            f"logfile={self.dir}/supervisord.log",
+            f"pidfile={self.dir}/pid",
+            "nodaemon=true",
+            "loglevel=warn",
             "[rpcinterface:supervisor]",
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
-            "[supervisorctl]", f"serverurl=unix://{self.sock}",
-        ]  # fmt: skip
+            "[supervisorctl]",
+            f"serverurl=unix://{self.sock}",
+        ]
         for name, command in programs.items():
-            conf += [f"[program:{name}]", f"command={command}", "autostart=false",
-                     "autorestart=false", "startsecs=0", "stopwaitsecs=2",
-                     f"stdout_logfile={self.dir}/{name}.out", "stdout_logfile_maxbytes=0",
-                     f"stderr_logfile={self.dir}/{name}.err", "stderr_logfile_maxbytes=0"]  # fmt: skip
+            conf += [
+                f"[program:{name}]",
+                f"command={command}",
+                "autostart=false",
+                "autorestart=false",
+                "startsecs=0",
+                "stopwaitsecs=2",
+                f"stdout_logfile={self.dir}/{name}.out",
+                "stdout_logfile_maxbytes=0",
+                f"stderr_logfile={self.dir}/{name}.err",
+                "stderr_logfile_maxbytes=0",
+            ]
         self.conf = self.dir / "supervisord.conf"
         self.conf.write_text("\n".join(conf) + "\n")
         bindir = Path(sys.executable).parent
@@ -151,8 +167,15 @@ def bench_start(las: LasBench, sup: SupervisordBench, reps: int) -> Row:
 
     xs, ys = alternate(a, b, reps)
     ratio = sorted(xs)[len(xs) // 2] / sorted(ys)[len(ys) // 2]
-    return Row("start until running (CLI included)", "s", xs, "supervisorctl start", ys,
-               "<= 1.0x supervisorctl", ratio <= 1.0)  # fmt: skip
+    return Row(
+        "start until running (CLI included)",
+        "s",
+        xs,
+        "supervisorctl start",
+        ys,
+        "<= 1.0x supervisorctl",
+        ratio <= 1.0,
+    )
 
 
 def bench_failure(las: LasBench, sup: SupervisordBench, reps: int) -> Row:
@@ -164,8 +187,10 @@ def bench_failure(las: LasBench, sup: SupervisordBench, reps: int) -> Row:
         c = las.db()
         t0 = time.perf_counter()
         os.kill(row["pid"], signal.SIGKILL)
-        while c.execute("SELECT state FROM runs WHERE run_id=?",
-                        (row["run_id"],)).fetchone()[0] != "failed":  # fmt: skip
+        while (
+            c.execute("SELECT state FROM runs WHERE run_id=?", (row["run_id"],)).fetchone()[0]
+            != "failed"
+        ):
             time.sleep(0.0002)
         took = time.perf_counter() - t0
         c.close()
@@ -182,10 +207,17 @@ def bench_failure(las: LasBench, sup: SupervisordBench, reps: int) -> Row:
         return time.perf_counter() - t0
 
     xs, ys = alternate(a, b, reps)
-    return Row("failure noticed and recorded", "s", xs, "supervisord (in memory)", ys,
-               "<= 10 ms (durable)", sorted(xs)[len(xs) // 2] <= 0.010,
-               note="las: committed to SQLite (synchronous=FULL), read back by another "
-               "connection; supervisord: in memory, read over XML-RPC")  # fmt: skip
+    return Row(
+        "failure noticed and recorded",
+        "s",
+        xs,
+        "supervisord (in memory)",
+        ys,
+        "<= 10 ms (durable)",
+        sorted(xs)[len(xs) // 2] <= 0.010,
+        note="las: committed to SQLite (synchronous=FULL), read back by another "
+        "connection; supervisord: in memory, read over XML-RPC",
+    )
 
 
 def bench_logs(las: LasBench, sup: SupervisordBench, root: Path, mb: int, reps: int) -> list[Row]:
@@ -198,8 +230,9 @@ def bench_logs(las: LasBench, sup: SupervisordBench, root: Path, mb: int, reps: 
 
     def direct(_i: int) -> float:
         with open(root / "direct.out", "wb") as out:
-            subprocess.run([sys.executable, str(writer), str(total), str(timing)], stdout=out,
-                           check=True)  # fmt: skip
+            subprocess.run(
+                [sys.executable, str(writer), str(total), str(timing)], stdout=out, check=True
+            )
         took, n = timing.read_text().split()
         assert int(n) == expected
         return total / float(took) / 1e6
@@ -216,8 +249,11 @@ def bench_logs(las: LasBench, sup: SupervisordBench, root: Path, mb: int, reps: 
         from localaistack.runtime.logfile import iter_records
 
         log = las.run_row(f"writer{i}")["log_path"]
-        count = sum(1 for r in iter_records(log) if r.stream == "O" and not r.partial
-                    and len(r.payload) == 99)  # fmt: skip
+        count = sum(
+            1
+            for r in iter_records(log)
+            if r.stream == "O" and not r.partial and len(r.payload) == 99
+        )
         if count != expected:
             raise RuntimeError(f"las kept {count} of {expected} lines")
         las.las("rm", "--purge", f"writer{i}")
@@ -244,12 +280,24 @@ def bench_logs(las: LasBench, sup: SupervisordBench, root: Path, mb: int, reps: 
     _, sup_xs = alternate(direct, under_supervisord, reps, warmup=0)
     ratio = sorted(las_xs)[len(las_xs) // 2] / sorted(direct_xs)[len(direct_xs) // 2]
     return [
-        Row(f"log capture, {mb} MB of lines (workload speed)", "MB/s", las_xs,
-            "writing to a file directly", direct_xs, ">= 0.8x direct", ratio >= 0.8,
-            note=f"every run: all {expected} lines present once, none split"),
-        Row(f"log capture under supervisord, {mb} MB", "MB/s", sup_xs,
-            "writing to a file directly", direct_xs),
-    ]  # fmt: skip
+        Row(
+            f"log capture, {mb} MB of lines (workload speed)",
+            "MB/s",
+            las_xs,
+            "writing to a file directly",
+            direct_xs,
+            ">= 0.8x direct",
+            ratio >= 0.8,
+            note=f"every run: all {expected} lines present once, none split",
+        ),
+        Row(
+            f"log capture under supervisord, {mb} MB",
+            "MB/s",
+            sup_xs,
+            "writing to a file directly",
+            direct_xs,
+        ),
+    ]
 
 
 def _pss_kb(pid: int) -> int:
@@ -284,12 +332,26 @@ def bench_idle(las: LasBench, sup: SupervisordBench, k: int, seconds: float) -> 
     for i in range(k):
         subprocess.run([*sup.ctl, "stop", f"idle{i}"], check=True, capture_output=True)
     return [
-        Row(f"idle PSS per module ({k} modules)", "MB", las_pss, "supervisord / modules",
-            [sup_pss], "<= 10 MB", sorted(las_pss)[len(las_pss) // 2] <= 10,
-            note="las: one supervisor process per module; supervisord: one process for all"),
-        Row(f"idle CPU per module over {seconds:g}s", "s", las_cpu, "supervisord / modules",
-            [sup_cpu], "~0 (no polling)", max(las_cpu) <= 0.02),
-    ]  # fmt: skip
+        Row(
+            f"idle PSS per module ({k} modules)",
+            "MB",
+            las_pss,
+            "supervisord / modules",
+            [sup_pss],
+            "<= 10 MB",
+            sorted(las_pss)[len(las_pss) // 2] <= 10,
+            note="las: one supervisor process per module; supervisord: one process for all",
+        ),
+        Row(
+            f"idle CPU per module over {seconds:g}s",
+            "s",
+            las_cpu,
+            "supervisord / modules",
+            [sup_cpu],
+            "~0 (no polling)",
+            max(las_cpu) <= 0.02,
+        ),
+    ]
 
 
 def bench_ps(las: LasBench, counts: list[int], reps: int) -> list[Row]:
@@ -307,8 +369,15 @@ def bench_ps(las: LasBench, counts: list[int], reps: int) -> list[Row]:
             xs.append(time.perf_counter() - t0)
         xs = xs[1:]
         goal = "<= 150 ms" if n == 100 else ""
-        rows.append(Row(f"las ps, {n} running instances", "s", xs, goal=goal,
-                        meets=(sorted(xs)[len(xs) // 2] <= 0.150) if n == 100 else None))  # fmt: skip
+        rows.append(
+            Row(
+                f"las ps, {n} running instances",
+                "s",
+                xs,
+                goal=goal,
+                meets=(sorted(xs)[len(xs) // 2] <= 0.150) if n == 100 else None,
+            )
+        )
     for i in range(started):
         las.las("rm", "-f", f"ps{i}", check=False)
     return rows
@@ -324,8 +393,9 @@ def workspace() -> Iterator[Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, few repetitions")
     args = parser.parse_args()
     reps = 2 if args.quick else 7
@@ -338,7 +408,7 @@ def main() -> None:
             "sleeper": "sleep 1000",
             "writer": f"{sys.executable} {writer} {mb * 1_000_000} {root / 'timing'}",
         }
-        programs.update({f"idle{i}": "sleep 100000" for i in range(idle_k)})  # fmt: skip
+        programs.update({f"idle{i}": "sleep 100000" for i in range(idle_k)})
         sup = SupervisordBench(root, programs)
         try:
             rows = [bench_start(las, sup, reps), bench_failure(las, sup, reps)]
