@@ -1,0 +1,45 @@
+"""The benchmark harness must not rot: its quick mode runs in the test suite.
+
+This checks that every benchmark runs and reports; the figures themselves are judged in
+docs/benchmarks.md from full runs, never by a timed test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.conftest import REPO
+
+
+@pytest.mark.slow
+def test_native_bench_quick_runs_and_reports(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.native", "--quick"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for metric in (
+        "start until running",
+        "failure noticed",
+        "log capture",
+        "idle PSS",
+        "idle CPU",
+        "las ps",
+    ):
+        assert metric in out, out
+    raw = Path(out.strip().splitlines()[-1].split("raw numbers: ", 1)[1])
+    data = json.loads(raw.read_text())
+    raw.unlink()
+    assert data["quick"] is True and len(data["rows"]) >= 7
+    assert all(row["las"] for row in data["rows"])
