@@ -6,9 +6,10 @@ import os
 import signal
 import socket
 import sqlite3
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -471,3 +472,38 @@ def test_a_descendant_that_left_the_process_group_is_stopped_too(
     assert "cgroup" in limits["processes"], limits
     las.ok("stop", "daemonish")
     wait_until(lambda: not pid_alive(daemon), timeout=5, message="the escaped daemon gone")
+
+
+@pytest.fixture
+def tiny_logs_fs(las: Las) -> Iterator[Path]:
+    """The instance's log directory on a 256 KiB tmpfs (needs root to mount)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    logs = las.home / "logs" / "flood"
+    logs.mkdir(parents=True, mode=0o700)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs",
+                              str(logs)], capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield logs
+    finally:
+        subprocess.run(["umount", "-l", str(logs)], check=False)
+
+
+def test_full_disk_drops_lines_but_never_blocks_the_workload(
+    las: Las, module_factory: ModuleFactory, tiny_logs_fs: Path
+) -> None:
+    n = 20_000  # about 1 MB of lines into 256 KiB
+    path = module_factory("flood", workload("--lines", str(n), "--exit-after-lines"))
+    las("run", str(path))
+    wait_until(lambda: las.state("flood") == "stopped", timeout=30, message="producer done")
+    data = las.inspect("flood")
+    run = data["runs"][0]
+    assert run["exit_code"] == 0
+    assert run["lines_dropped"] > 0
+    assert f"{run['lines_dropped']} log line(s) could not be written" in run["reason"]
+    kept = [x for x in las.ok("logs", "flood").out.splitlines() if x.startswith("line ")]
+    assert 0 < len(kept) < n
+    assert len(kept) + run["lines_dropped"] >= n  # every line written or counted
+    assert "could not be written" in las.ok("inspect", "flood").out

@@ -185,7 +185,15 @@ def ps(all_: bool, as_json: bool) -> None:
     finally:
         rt.close()
     if as_json:
-        click.echo(json.dumps(items, indent=2))
+        shown = [
+            {
+                **it,
+                "started_at": _ts(it["started_at"]) or None,
+                "finished_at": _ts(it["finished_at"]) or None,
+            }
+            for it in items
+        ]
+        click.echo(json.dumps(shown, indent=2))
         return
     rows = []
     for it in items:

@@ -26,12 +26,14 @@ import json
 import os
 import selectors
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from localaistack.errors import StoreError
 from localaistack.runtime import cgroups, procs
 from localaistack.runtime.logfile import LogWriter
 from localaistack.store.db import Store, add_event, set_run_state
@@ -145,8 +147,26 @@ class Supervisor:
             self.ready_fd = None
 
     def record(self, state: str, reason: str | None, **fields: Any) -> None:
-        with self.store.transaction() as c:
-            set_run_state(c, self.run_id, state, reason, **fields)
+        """Record a state change; a store that cannot be written never stops supervision.
+
+        Retries for a few seconds (the database may be locked, or the disk briefly full);
+        then says so in the run's log and in the supervisor's own log and carries on. The
+        next `las` command's reconciliation records what the store missed.
+        """
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                with self.store.transaction() as c:
+                    set_run_state(c, self.run_id, state, reason, **fields)
+                return
+            except (sqlite3.Error, StoreError) as exc:
+                if time.monotonic() > deadline:
+                    msg = f"las: could not record state {state!r} ({reason}): {exc}"
+                    print(msg, file=sys.stderr, flush=True)
+                    with contextlib.suppress(Exception):
+                        self.writer.note(msg)
+                    return
+                time.sleep(0.1)
 
     # --- main --------------------------------------------------------------------------
 
@@ -266,12 +286,13 @@ class Supervisor:
         last = self._last_line()
         sig_name = self.plan["stop"]["signal"]
         state, reason, code, sig = exit_reason(status, self.stopping, self.killed, sig_name, last)
-        if self.writer.dropped_lines:
-            reason += f"; {self.writer.dropped_lines} log line(s) could not be written"
+        dropped = self.writer.dropped_lines  # the workload's lines (not our final note)
+        if dropped:
+            reason += f"; {dropped} log line(s) could not be written"
         self.writer.note(f"las: {reason}")
         self.writer.close()
         self.record(
-            state, reason, exit_code=code, signal=sig, lines_dropped=self.writer.dropped_lines
+            state, reason, exit_code=code, signal=sig, lines_dropped=dropped
         )
         return 0
 
