@@ -133,10 +133,18 @@ class Resources(_Frozen):
 
 
 class RestartSpec(_Frozen):
+    """When the supervisor starts a failed workload again (never, unless asked for).
+
+    At most ``max_restarts`` within ``window`` seconds, waiting ``backoff`` * 2^n (with
+    jitter) before each; ``reset_after`` seconds of stable health give a fresh budget.
+    """
+
     policy: Literal["never", "on-failure"] = "never"
     max_restarts: int = 3
     backoff: float = 1.0
     on_unhealthy: bool = False
+    window: float = 600.0
+    reset_after: float = 300.0
 
 
 class StopSpec(_Frozen):

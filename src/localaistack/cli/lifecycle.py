@@ -41,10 +41,13 @@ def _ago(value: float | None) -> str:
     return f"{secs / 86400:.0f}d ago"
 
 
+DETACH_HELP = "Return once the workload runs, without waiting for its health probe."
+
+
 def _report_start(rt: Any, result: Any) -> None:
-    if result.state == "failed":
+    if result.state in ("failed", "stopped"):
         raise StartFailed(
-            f"{result.name}: run {result.run_id} failed: {result.reason}",
+            f"{result.name}: run {result.run_id} {result.state}: {result.reason}",
             hint=f"`las logs {result.name}` shows its output ({result.log_path})",
         )
     plan = rt.plan_of(result.name)
@@ -59,6 +62,7 @@ def _report_start(rt: Any, result: Any) -> None:
 @click.argument("module")
 @plan_options
 @click.option("--name", help="Instance name (default: the module's name).")
+@click.option("--detach", "-d", is_flag=True, help=DETACH_HELP)
 def run(
     module: str,
     mode: str | None,
@@ -66,10 +70,12 @@ def run(
     hardware_file: Path | None,
     policy_file: Path | None,
     name: str | None,
+    detach: bool,
 ) -> None:
     """Plan MODULE (catalog name or manifest path) and start it as an instance.
 
-    Returns once the workload is running, or has failed (non-zero exit, with the reason).
+    Waits until the workload is healthy (when it declares a health probe; running
+    otherwise) or has failed (non-zero exit, with the reason). --detach returns at running.
     """
     from localaistack.control.admission import admit_new
     from localaistack.control.catalog import resolve_module
@@ -94,7 +100,7 @@ def run(
             instance,
             lambda allocate: build_plan(module, mode, sets, None, policy_file, allocate),
         )
-        result = rt.start(instance)
+        result = rt.start(instance, wait_healthy=not detach)
         _report_start(rt, result)
     finally:
         rt.close()
@@ -102,15 +108,16 @@ def run(
 
 @cli.command()
 @click.argument("name")
-def start(name: str) -> None:
-    """Start a stopped instance again with its plan."""
+@click.option("--detach", "-d", is_flag=True, help=DETACH_HELP)
+def start(name: str, detach: bool) -> None:
+    """Start a stopped instance again with its plan (a new run; a fresh restart budget)."""
     from localaistack.control.admission import readmit
 
     rt = _runtime()
     try:
         rt.reconcile()
         readmit(rt.store, name, rt.plan_of(name))
-        _report_start(rt, rt.start(name))
+        _report_start(rt, rt.start(name, wait_healthy=not detach))
     finally:
         rt.close()
 
@@ -144,15 +151,16 @@ def stop(name: str, timeout: float | None) -> None:
 @cli.command()
 @click.argument("name")
 @click.option("--timeout", "-t", type=float, default=None, help="Stop timeout in seconds.")
-def restart(name: str, timeout: float | None) -> None:
-    """Stop an instance (if running) and start it again with its plan."""
+@click.option("--detach", "-d", is_flag=True, help=DETACH_HELP)
+def restart(name: str, timeout: float | None, detach: bool) -> None:
+    """Stop an instance (if running) and start it again (a fresh restart budget)."""
     from localaistack.control.admission import readmit
 
     rt = _runtime()
     try:
         rt.stop(name, timeout)
         readmit(rt.store, name, rt.plan_of(name))
-        _report_start(rt, rt.start(name))
+        _report_start(rt, rt.start(name, wait_healthy=not detach))
     finally:
         rt.close()
 
@@ -271,6 +279,10 @@ def inspect(name: str, as_json: bool) -> None:
         "state": current["state"] if current else "created",
         "reason": current["reason"] if current else None,
         "health": current["health"] if current else "unknown",
+        "probes": [
+            {**pr, "at": _ts(pr["at"])}
+            for pr in (json.loads(current["probes"]) if current and current["probes"] else [])
+        ],
         "created_at": _ts(inst["created_at"]),
         "plan": masked_plan_dict(plan),
         "runs": [
@@ -298,6 +310,9 @@ def inspect(name: str, as_json: bool) -> None:
     if data["reason"]:
         click.echo(f"  reason: {data['reason']}")
     click.echo(f"  health: {data['health']}")
+    for pr in data["probes"][-5:]:
+        latency = f"{pr['latency_ms']:.1f} ms"
+        click.echo(f"    {pr['at']}  {pr['outcome']:<8} {latency:>10}  {pr['message']}")
     click.echo("Runs:")
     for r in data["runs"]:
         exit_ = (

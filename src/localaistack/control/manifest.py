@@ -230,8 +230,10 @@ class RestartSection(_Strict):
     max_restarts: int = Field(default=3, ge=0)
     backoff: float = 1.0
     on_unhealthy: bool = False
+    window: float = 600.0
+    reset_after: float = 300.0
 
-    _backoff = field_validator("backoff", mode="before")(_duration)
+    _durations = field_validator("backoff", "window", "reset_after", mode="before")(_duration)
 
 
 SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL")

@@ -665,6 +665,35 @@ def make_plan(
             failure_threshold=h.failure_threshold,
         )
 
+    restart = RestartSpec(
+        policy=rt.restart.policy,
+        max_restarts=rt.restart.max_restarts,
+        backoff=rt.restart.backoff,
+        on_unhealthy=rt.restart.on_unhealthy,
+        window=rt.restart.window,
+        reset_after=rt.restart.reset_after,
+    )
+    wants_restart = rt.restart.policy != "never" or rt.restart.on_unhealthy
+    if wants_restart and policy.restarts == "deny":
+        restart = RestartSpec(policy="never", on_unhealthy=False)
+        decisions.append(
+            Decision(
+                topic="restart",
+                choice="never",
+                reason=f"policy restarts: deny ({policy.source}); failures are reported only",
+                rejected=(Rejected(option=rt.restart.policy, reason="asked for by the manifest"),),
+            )
+        )
+    elif wants_restart:
+        what = rt.restart.policy + (" and on unhealthy" if rt.restart.on_unhealthy else "")
+        decisions.append(
+            Decision(
+                topic="restart",
+                choice=what,
+                reason=f"asked for by the manifest: at most "
+                f"{rt.restart.max_restarts} within {rt.restart.window:g}s",
+            )
+        )
     res = rt.resources
     return ExecutionPlan(
         module=ModuleRef(
@@ -687,12 +716,7 @@ def make_plan(
             vram=max(res.vram, m.hardware.gpu.required_vram) if gpus else 0,
         ),
         gpus=gpus,
-        restart=RestartSpec(
-            policy=rt.restart.policy,
-            max_restarts=rt.restart.max_restarts,
-            backoff=rt.restart.backoff,
-            on_unhealthy=rt.restart.on_unhealthy,
-        ),
+        restart=restart,
         stop=StopSpec(signal=rt.stop.signal, timeout=rt.stop.timeout),
         logs=LogSpec(max_size=rt.logs.max_size, keep=rt.logs.keep),
         decisions=tuple(decisions),

@@ -17,6 +17,7 @@ Two formats are read:
     trusted_native: [llama.cpp, {module: vllm, sha256: "..."}]
     network: {host: 127.0.0.1, expose: {open-webui: 0.0.0.0}}
     overcommit: deny                  # deny | allow
+    restarts: allow                   # allow | deny: may manifests ask for restarts?
     reserve: {memory: 2GiB, vram: 512MiB}
 """
 
@@ -141,6 +142,7 @@ class Policy(_Strict):
     trusted_native: list[TrustEntry] = []
     network: NetworkPolicy = NetworkPolicy()
     overcommit: Literal["deny", "allow"] = "deny"
+    restarts: Literal["allow", "deny"] = "allow"
     reserve: Reserve = Reserve()
     policies: list[Tier] = []
     source: str = Field(default="built-in default", exclude=True)
@@ -178,6 +180,7 @@ container_engine: auto
 trusted_native: [echo-http, llama.cpp, vllm]
 network: {host: 127.0.0.1, expose: {}}
 overcommit: deny
+restarts: allow
 reserve: {memory: 1GiB, vram: 512MiB}
 """
 

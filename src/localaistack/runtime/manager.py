@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import sqlite3
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from localaistack.errors import InstanceConflict, InstanceNotFound, NotSupported, UsageError
 from localaistack.runtime import procs
 from localaistack.runtime.native import NativeBackend
-from localaistack.store.db import ACTIVE_STATES, Store, add_event, set_run_state
+from localaistack.store.db import ACTIVE_STATES, Store, add_event, create_run, set_run_state
 from localaistack.store.paths import ensure_home
 
 if TYPE_CHECKING:
@@ -97,8 +96,10 @@ class Runtime:
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    def start(self, name: str) -> StartResult:
+    def start(self, name: str, *, wait_healthy: bool = False) -> StartResult:
         """Start a new run of an existing instance; blocks until it runs or fails.
+
+        With ``wait_healthy`` it blocks until the health probe succeeds or the run fails.
 
         Raises:
             InstanceNotFound: no such instance.
@@ -115,7 +116,6 @@ class Runtime:
         run_id = uuid.uuid4().hex[:12]
         log_path = self.home / "logs" / name / f"{run_id}.log"
         log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        now = time.time()
         with self.store.transaction() as c:
             inst = c.execute("SELECT * FROM instances WHERE name=?", (name,)).fetchone()
             if inst is None:
@@ -129,49 +129,20 @@ class Runtime:
                         f"instance {name!r} is already {cur['state']}",
                         hint=f"`las stop {name}` first, or `las restart {name}`",
                     )
-            attempt = c.execute(
-                "SELECT COALESCE(MAX(attempt), 0) + 1 FROM runs WHERE instance=?", (name,)
-            ).fetchone()[0]
             me = os.getpid()
-            c.execute(
-                """INSERT INTO runs (run_id, instance, attempt, backend, state, boot_id,
-                   log_path, owner_pid, owner_start, created_at)
-                   VALUES (?,?,?,?,?,?,?,?,?,?)""",
-                (
-                    run_id,
-                    name,
-                    attempt,
-                    "native",
-                    "starting",
-                    self._boot,
-                    str(log_path),
-                    me,
-                    procs.start_time(me),
-                    now,
-                ),
-            )
-            c.execute("UPDATE instances SET current_run=? WHERE name=?", (run_id, name))
-            c.execute(
-                "INSERT INTO transitions (run_id, from_state, to_state, at, reason) "
-                "VALUES (?,?,?,?,?)",
-                (run_id, None, "starting", now, f"attempt {attempt}"),
-            )
-            add_event(
-                c,
-                "starting",
-                f"starting run {run_id} (attempt {attempt})",
-                instance=name,
-                run_id=run_id,
-                at=now,
-            )
+            create_run(c, run_id=run_id, instance=name, backend="native", boot_id=self._boot,
+                       log_path=str(log_path), reason="requested", owner_pid=me,
+                       owner_start=procs.start_time(me))  # fmt: skip
         run = self.store.run(run_id)
         assert run is not None
-        message = self.native.start(run)
-        final = self.store.run(run_id)
+        has_health = json.loads(self.require_instance(name)["plan"]).get("health") is not None
+        message = self.native.start(run, wait_healthy=wait_healthy and has_health)
+        current = self.require_instance(name)["current_run"] or run_id  # restarts move it
+        final = self.store.run(current)
         assert final is not None
         return StartResult(
             name,
-            run_id,
+            current,
             str(message.get("state", final["state"])),
             message.get("pid"),
             message.get("reason") or final["reason"],

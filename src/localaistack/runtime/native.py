@@ -44,6 +44,32 @@ def _tail_text(path: Path, limit: int = 2000) -> str:
         return ""
 
 
+class _Lines:
+    """JSON messages, one per line, from the supervisor's ready pipe."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+
+    def next(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next message; None on timeout or when the pipe closes."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if not ready:
+                return None
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+
 class NativeBackend:
     """Starts, stops and watches native runs through their supervisors."""
 
@@ -58,12 +84,17 @@ class NativeBackend:
 
     # --- start -------------------------------------------------------------------------
 
-    def start(self, run: sqlite3.Row, *, ready_timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+    def start(
+        self, run: sqlite3.Row, *, wait_healthy: bool = False, ready_timeout: float = READY_TIMEOUT
+    ) -> dict[str, Any]:
         """Spawn the supervisor for ``run`` and wait until the workload runs or fails.
 
         Blocks until the supervisor reports on its ready pipe (at most ``ready_timeout``).
         Returns the supervisor's message: ``{"state": "running", "pid": N}`` or
-        ``{"state": "failed", "reason": ...}``.
+        ``{"state": "failed", "reason": ...}``. With ``wait_healthy`` (for a plan with a
+        health probe) it goes on blocking until the supervisor reports ``healthy`` or a
+        final ``failed``/``stopped`` (the supervisor enforces the start timeout; the pipe
+        closing means the supervisor is gone), and returns that message with ``pid``.
 
         Raises:
             StartFailed: when the supervisor itself cannot be started or dies before
@@ -114,8 +145,17 @@ class NativeBackend:
                 "UPDATE runs SET sup_pid=?, sup_start=? WHERE run_id=? AND sup_pid IS NULL",
                 (pid, sup_start, run_id),
             )
+        reader = _Lines(rfd)
         try:
-            message = self._read_ready(rfd, ready_timeout)
+            message = reader.next(ready_timeout)
+            if message is not None and message.get("state") == "running" and wait_healthy:
+                final = reader.next(None)
+                while final is not None and final.get("state") == "running":
+                    final = reader.next(None)
+                if final is None:
+                    final = {"state": "failed", "reason": "the supervisor exited before "
+                             "reporting health"}  # fmt: skip
+                message = {**final, "pid": message.get("pid")}
         finally:
             os.close(rfd)
         if message is None:
@@ -129,24 +169,6 @@ class NativeBackend:
             procs.kill_group(pid, signal.SIGKILL, sup_start)
             raise StartFailed(reason, hint=f"see {sup_log}")
         return message
-
-    @staticmethod
-    def _read_ready(fd: int, timeout: float) -> dict[str, Any] | None:
-        buf = b""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                return None
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                return None
-            buf += chunk
-        result: dict[str, Any] = json.loads(buf.split(b"\n", 1)[0])
-        return result
 
     @staticmethod
     def _reap_child(pid: int) -> None:

@@ -24,19 +24,21 @@ import ctypes
 import errno
 import json
 import os
+import random
 import selectors
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from localaistack.errors import StoreError
-from localaistack.runtime import cgroups, procs
+from localaistack.runtime import cgroups, probes, procs
 from localaistack.runtime.logfile import LogWriter
-from localaistack.store.db import Store, add_event, set_run_state
+from localaistack.store.db import Store, add_event, create_run, set_run_state
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -108,41 +110,79 @@ def exit_reason(
     return "failed", f"killed by signal {sig}{core}{tail}", code, sig
 
 
+class Attempt:
+    """One run (attempt) of the workload under this supervisor."""
+
+    def __init__(self, run_id: str, log_path: str) -> None:
+        self.run_id = run_id
+        self.log_path = log_path
+        self.pid: int | None = None
+        self.pid_start: int | None = None
+        self.cgroup: cgroups.RunCgroup | None = None
+        self.started = 0.0  # monotonic
+        self.healthy_since: float | None = None  # monotonic
+
+    def __repr__(self) -> str:
+        return f"<Attempt run={self.run_id} pid={self.pid}>"
+
+
 class Supervisor:
+    """Supervises one instance's runs: the first, and restarts when the plan asks for them."""
+
     def __init__(self, db: Path, run_id: str, ready_fd: int | None) -> None:
         self.db_path = db
-        self.run_id = run_id
         self.ready_fd = ready_fd
         self.store = Store(db)
         run = self.store.run(run_id)
         if run is None:
             raise SystemExit(f"supervisor: no run {run_id} in {db}")
-        self.run_row = run
         inst = self.store.instance(run["instance"])
         assert inst is not None
         self.instance = str(inst["name"])
+        self.boot_id = str(run["boot_id"])
         self.plan: dict[str, Any] = json.loads(inst["plan"])
-        self.pid: int | None = None
-        self.pid_start: int | None = None
+        self.health_spec: dict[str, Any] | None = self.plan.get("health")
+        self.restart: dict[str, Any] = self.plan["restart"]
+        self.attempt = Attempt(run_id, str(run["log_path"]))
+        self.me = os.getpid()
+        self.me_start = procs.start_time(self.me)
+        self.stop_requested = False
         self.stopping = False
         self.killed = False
         self.stop_deadline: float | None = None
         self.last_lines: dict[str, bytes] = {}
-        self.cgroup: cgroups.RunCgroup | None = None
+        self.failures: list[str] = []  # reasons of the failed attempts, in order
+        self.restart_times: list[float] = []  # monotonic times of restarts in the window
+        self.health = Health(self.health_spec)
+        self.probe: probes.Probe | None = None
+        self.probe_fd = -1
+        self.next_probe: float | None = None
+        self.health_failure: str | None = None  # why we stopped it (start timeout, unhealthy)
+        self.sel = selectors.DefaultSelector()
+        self.reported_running = False
 
     def __repr__(self) -> str:
-        return f"<Supervisor run={self.run_id} pid={self.pid} stopping={self.stopping}>"
+        return f"<Supervisor instance={self.instance} {self.attempt!r} stopping={self.stopping}>"
+
+    @property
+    def run_id(self) -> str:
+        return self.attempt.run_id
+
+    @property
+    def pid(self) -> int | None:
+        return self.attempt.pid
 
     # --- reporting ---------------------------------------------------------------------
 
-    def report_ready(self, message: dict[str, Any]) -> None:
+    def report_ready(self, message: dict[str, Any], *, close: bool = True) -> None:
+        """Tell the waiting `las run` (if any) how the start went."""
         if self.ready_fd is None:
             return
         try:
             os.write(self.ready_fd, (json.dumps(message) + "\n").encode())
         except OSError:
-            pass  # las went away (killed mid-run): nobody waits, the state says it all
-        finally:
+            close = True  # las went away (killed, or --detach): nobody waits any more
+        if close:
             os.close(self.ready_fd)
             self.ready_fd = None
 
@@ -153,15 +193,19 @@ class Supervisor:
         then says so in the run's log and in the supervisor's own log and carries on. The
         next `las` command's reconciliation records what the store missed.
         """
+        self._write(lambda c: set_run_state(c, self.run_id, state, reason, **fields),
+                    f"state {state!r} ({reason})")  # fmt: skip
+
+    def _write(self, action: Any, what: str) -> None:
         deadline = time.monotonic() + 5.0
         while True:
             try:
                 with self.store.transaction() as c:
-                    set_run_state(c, self.run_id, state, reason, **fields)
+                    action(c)
                 return
             except (sqlite3.Error, StoreError) as exc:
                 if time.monotonic() > deadline:
-                    msg = f"las: could not record state {state!r} ({reason}): {exc}"
+                    msg = f"las: could not record {what}: {exc}"
                     print(msg, file=sys.stderr, flush=True)
                     with contextlib.suppress(Exception):
                         self.writer.note(msg)
@@ -171,25 +215,45 @@ class Supervisor:
     # --- main --------------------------------------------------------------------------
 
     def run(self) -> int:
-        native = self.plan["native"]
-        logs = self.plan["logs"]
-        self.writer = LogWriter(
-            self.run_row["log_path"], max_size=logs["max_size"], keep=logs["keep"]
-        )
-        sel = selectors.DefaultSelector()
         rfd, wfd = os.pipe()
         os.set_blocking(wfd, False)
+        os.set_blocking(rfd, False)
         signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(s, lambda *_: None)
-        sel.register(rfd, selectors.EVENT_READ, "signal")
+        self.sigfd = rfd
+        self.sel.register(rfd, selectors.EVENT_READ, "signal")
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        while True:
+            failure = self.run_attempt()
+            if failure is None:
+                return 0
+            delay = self.restart_delay(failure)
+            if delay is None:
+                return 0
+            if not self.wait_to_restart(delay, failure):
+                return 0
 
+    def run_attempt(self) -> str | None:
+        """Start the workload, supervise it until it ends, record the end.
+
+        Returns the failure's reason when the plan's restart policy asks for a restart,
+        else None (the end is final).
+        """
+        native = self.plan["native"]
+        logs = self.plan["logs"]
+        self.writer = LogWriter(self.attempt.log_path, max_size=logs["max_size"],
+                                keep=logs["keep"])  # fmt: skip
         env = {v["name"]: v["value"] for v in native["env"]}
         argv = list(native["argv"])
-        me = os.getpid()
-        self.cgroup, cgroup_note = cgroups.create(self.run_id)
-        procs_file = str(self.cgroup.procs_file) if self.cgroup else None
+        me = self.me
+        self.attempt.cgroup, cgroup_note = cgroups.create(self.run_id)
+        cg = self.attempt.cgroup
+        procs_file = str(cg.procs_file) if cg else None
+        self.stopping = self.killed = False
+        self.stop_deadline = None
+        self.health_failure = None
+        self.last_lines = {}
         try:
             proc = subprocess.Popen(
                 argv,
@@ -206,106 +270,291 @@ class Supervisor:
             reason = describe_start_error(exc, argv[0], native.get("workdir"))
             self.writer.note(f"las: {reason}")
             self.writer.close()
-            self.record("failed", reason, lines_dropped=self.writer.dropped_lines)
+            self.record("failed", reason, lines_dropped=self.writer.dropped_lines,
+                        sup_pid=me, sup_start=self.me_start)  # fmt: skip
             self.report_ready({"state": "failed", "reason": reason})
-            if self.cgroup:
-                self.cgroup.remove()
-            return 0
-        self.pid = proc.pid
-        self.pid_start = procs.start_time(proc.pid)
+            if cg:
+                cg.remove()
+            return None  # a workload that cannot start is not restarted
+        self.attempt.pid = proc.pid
+        self.attempt.pid_start = procs.start_time(proc.pid)
+        self.attempt.started = time.monotonic()
         assert proc.stdout is not None and proc.stderr is not None
         streams = {proc.stdout.fileno(): "O", proc.stderr.fileno(): "E"}
         for fd in streams:
             os.set_blocking(fd, False)
-            sel.register(fd, selectors.EVENT_READ, "output")
+            self.sel.register(fd, selectors.EVENT_READ, "output")
+        self.health.reset()
+        fields: dict[str, Any] = {"health": self.health.state}
         self.record(
             "running",
             f"started pid {proc.pid}",
             pid=proc.pid,
-            pid_start=self.pid_start,
+            pid_start=self.attempt.pid_start,
             started_at=time.time(),
             sup_pid=me,
-            sup_start=procs.start_time(me),
-            handle=json.dumps(
-                {
-                    "cgroup": str(self.cgroup.path) if self.cgroup else None,
-                    "cgroup_note": cgroup_note,
-                }
-            ),
+            sup_start=self.me_start,
+            handle=json.dumps({"cgroup": str(cg.path) if cg else None, "cgroup_note": cgroup_note}),
+            **fields,
         )
-        self.report_ready({"state": "running", "pid": proc.pid})
+        if not self.reported_running:
+            self.reported_running = True
+            waits_for_health = self.health_spec is not None
+            self.report_ready({"state": "running", "pid": proc.pid}, close=not waits_for_health)
+        if self.stop_requested:
+            self._begin_stop()
+        elif self.health_spec is not None:
+            self.next_probe = time.monotonic()
 
-        status: int | None = None
-        while status is None:
-            timeout = None
-            if self.stop_deadline is not None:
-                timeout = max(0.0, self.stop_deadline - time.monotonic())
-            for key, _ in sel.select(timeout):
-                if key.data == "output":
-                    self._read(key.fd, streams, sel)
-                else:
-                    try:
-                        sigs = os.read(rfd, 512)
-                    except BlockingIOError:
-                        sigs = b""
-                    if any(b in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) for b in sigs):
-                        self._begin_stop()
-            status = self._reap(proc.pid)
-            if (
-                status is None
-                and self.stop_deadline is not None
-                and (time.monotonic() >= self.stop_deadline)
-            ):
-                self.killed = True
-                self.stop_deadline = None
-                self.writer.note("las: stop timeout passed; sending SIGKILL to the process group")
-                self._kill_all(proc.pid)
+        status = self._supervise(proc.pid, streams)
         proc.returncode = status  # we reaped it ourselves
+        self._cancel_probe()
+        self.next_probe = None
 
         # The workload is gone: end what is left of its group and any orphan that came back
         # to us as subreaper, then read what they wrote until the pipes close.
         self._kill_all(proc.pid)
         deadline = time.monotonic() + DRAIN_AFTER_EXIT
         while streams and time.monotonic() < deadline:
-            for key, _ in sel.select(max(0.0, deadline - time.monotonic())):
+            for key, _ in self.sel.select(max(0.0, deadline - time.monotonic())):
                 if key.data == "output":
-                    self._read(key.fd, streams, sel)
-                else:
-                    try:
-                        os.read(rfd, 512)
-                    except BlockingIOError:
-                        pass
+                    self._read(key.fd, streams)
+                elif key.data == "signal":
+                    self._signals()
             self._reap_orphans()
         for fd, stream in list(streams.items()):
             self.writer.flush_partial(stream)
-            sel.unregister(fd)
+            self.sel.unregister(fd)
         self._reap_orphans()
-        if self.cgroup:
-            self.cgroup.remove()
+        if cg:
+            cg.remove()
 
         last = self._last_line()
         sig_name = self.plan["stop"]["signal"]
-        state, reason, code, sig = exit_reason(status, self.stopping, self.killed, sig_name, last)
+        by_request = self.stopping and self.health_failure is None
+        state, reason, code, sig = exit_reason(status, by_request, self.killed, sig_name, last)
+        if self.health_failure is not None:
+            state, reason = "failed", self.health_failure
         dropped = self.writer.dropped_lines  # the workload's lines (not our final note)
         if dropped:
             reason += f"; {dropped} log line(s) could not be written"
+        restart = (
+            state == "failed"
+            and not self.stop_requested
+            and (
+                self.restart["policy"] == "on-failure"
+                or (self.health_failure is not None and self.restart.get("on_unhealthy"))
+            )
+        )
+        if restart:
+            self.writer.note(f"las: {reason}")
+            self.writer.close()
+            self.record(state, reason, exit_code=code, signal=sig, lines_dropped=dropped,
+                        health=self.health.state)  # fmt: skip
+            return reason
         self.writer.note(f"las: {reason}")
         self.writer.close()
-        self.record(
-            state, reason, exit_code=code, signal=sig, lines_dropped=dropped
+        self.record(state, reason, exit_code=code, signal=sig, lines_dropped=dropped,
+                    health=self.health.state)  # fmt: skip
+        self.report_ready({"state": state, "reason": reason})
+        return None
+
+    def _supervise(self, pid: int, streams: dict[int, str]) -> int:
+        """The event loop while the workload runs; returns its wait status."""
+        while True:
+            now = time.monotonic()
+            timers = [t for t in (self.stop_deadline, self.next_probe,
+                                  self.probe.deadline if self.probe else None,
+                                  self.start_deadline()) if t is not None]  # fmt: skip
+            timeout = max(0.0, min(timers) - now) if timers else None
+            for key, _ in self.sel.select(timeout):
+                if key.data == "output":
+                    self._read(key.fd, streams)
+                elif key.data == "signal":
+                    self._signals()
+                elif key.data == "probe" and self.probe is not None:
+                    result = self.probe.on_ready()
+                    if result is not None:
+                        self._probe_done(result)
+                    elif self.probe is not None:
+                        self.sel.modify(self.probe_fd, self.probe.events, "probe")
+            status = self._reap(pid)
+            if status is not None:
+                return status
+            now = time.monotonic()
+            if self.stop_deadline is not None and now >= self.stop_deadline:
+                self.killed = True
+                self.stop_deadline = None
+                self.writer.note("las: stop timeout passed; sending SIGKILL to the process group")
+                self._kill_all(pid)
+            if self.probe is not None and now >= self.probe.deadline:
+                self._probe_done(self._cancel_probe(expire=True))
+            deadline = self.start_deadline()
+            if deadline is not None and now >= deadline and not self.stopping:
+                last = self.health.last_message()
+                limit = float(self.health_spec["start_timeout"])  # type: ignore[index]
+                self._unhealthy_stop(
+                    f"did not become healthy within {limit:g}s (last probe: {last})"
+                )
+            if self.next_probe is not None and now >= self.next_probe and self.probe is None:
+                self._start_probe()
+
+    def start_deadline(self) -> float | None:
+        if self.health_spec is None or self.health.state != "starting" or self.stopping:
+            return None
+        return self.attempt.started + float(self.health_spec["start_timeout"])
+
+    # --- health ------------------------------------------------------------------------
+
+    def _start_probe(self) -> None:
+        assert self.health_spec is not None
+        self.next_probe = None
+        host = next((p["host_ip"] for p in self.plan["ports"]
+                     if p["name"] == self.health_spec.get("port")), "127.0.0.1")  # fmt: skip
+        env = {v["name"]: v["value"] for v in self.plan["native"]["env"]}
+        probe = probes.make_probe(self.health_spec, host, env)
+        result = probe.start()
+        if result is not None:
+            self._probe_done(result)
+            return
+        self.probe = probe
+        self.probe_fd = probe.fileno()
+        self.sel.register(self.probe_fd, probe.events, "probe")
+
+    def _cancel_probe(self, expire: bool = False) -> probes.ProbeResult:
+        probe, self.probe = self.probe, None
+        if probe is None:
+            return probes.ProbeResult(False, "cancelled", 0.0)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(self.probe_fd)
+        if expire:
+            return probe.expire()
+        probe.close()
+        return probes.ProbeResult(False, "cancelled", 0.0)
+
+    def _probe_done(self, result: probes.ProbeResult) -> None:
+        if self.probe is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(self.probe_fd)
+            self.probe = None
+        if self.stopping:
+            return
+        old, new = self.health.observe(result)
+        if new != old or self.health.phase_changed:
+            self.health.phase_changed = False
+            if new == "healthy":
+                self.attempt.healthy_since = time.monotonic()
+            elif new == "unhealthy":
+                self.attempt.healthy_since = None
+            self._record_health(old, new, result)
+            if new == "healthy" and old == "starting":
+                self.report_ready({"state": "healthy"})
+        elif self.health.should_persist():
+            self._record_health(old, new, result)
+        if new == "unhealthy" and self.restart.get("on_unhealthy"):
+            self._unhealthy_stop(f"unhealthy: {result.message}")
+            return
+        self.next_probe = time.monotonic() + self.health.next_delay(
+            time.monotonic() - self.attempt.started
         )
-        return 0
+
+    def _record_health(self, old: str, new: str, result: probes.ProbeResult) -> None:
+        history = json.dumps([r.as_dict() for r in self.health.history])
+        message = f"{new}: {result.message} ({result.latency * 1000:.1f} ms)"
+
+        def write(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE runs SET health=?, probes=? WHERE run_id=?",
+                      (new, history, self.run_id))  # fmt: skip
+            if new == "healthy" and old != "healthy":
+                c.execute("UPDATE runs SET healthy_at=? WHERE run_id=?", (time.time(), self.run_id))
+            if new != old:
+                add_event(c, "health", message, instance=self.instance, run_id=self.run_id)
+
+        self._write(write, f"health {new}")
+        if new != old:
+            self.writer.note(f"las: health {message}")
+
+    def _unhealthy_stop(self, reason: str) -> None:
+        self.health_failure = reason
+        self.writer.note(f"las: {reason}; stopping")
+        self._begin_stop(reason_text=f"{reason}; stopping")
+
+    # --- restarts ----------------------------------------------------------------------
+
+    def restart_delay(self, failure: str) -> float | None:
+        """Seconds to wait before the next attempt, or None when the budget is spent."""
+        now = time.monotonic()
+        self.failures.append(failure)
+        window = float(self.restart.get("window", 600.0))
+        reset_after = float(self.restart.get("reset_after", 300.0))
+        since = self.attempt.healthy_since
+        if since is None and self.health_spec is None:
+            since = self.attempt.started  # no probe: running counts as healthy
+        if since is not None and now - since >= reset_after:
+            self.restart_times.clear()  # it was stable long enough: a fresh budget
+            self.failures = [failure]
+        self.restart_times = [t for t in self.restart_times if now - t < window]
+        if len(self.restart_times) >= int(self.restart["max_restarts"]):
+            attempts = len(self.restart_times) + 1
+            reason = (f"restart budget exhausted after {attempts} attempts (first failure: "
+                      f"{self.failures[0]}; last: {self.failures[-1]})")  # fmt: skip
+            self._write(lambda c: c.execute("UPDATE runs SET reason=? WHERE run_id=?",
+                                            (reason, self.run_id)), "budget")  # fmt: skip
+            self._write(lambda c: add_event(c, "failed", reason, instance=self.instance,
+                                            run_id=self.run_id), "budget event")  # fmt: skip
+            self.report_ready({"state": "failed", "reason": reason})
+            return None
+        n = len(self.restart_times)
+        base = float(self.restart["backoff"]) * (2**n)
+        return float(min(base, 300.0) * random.uniform(0.8, 1.2))
+
+    def wait_to_restart(self, delay: float, failure: str) -> bool:
+        """Create the next run, wait the backoff, and return True to start it (False: stop)."""
+        run_id = uuid.uuid4().hex[:12]
+        log_path = str(Path(self.attempt.log_path).parent / f"{run_id}.log")
+        n = len(self.restart_times) + 1
+        reason = (f"restart {n} of at most {self.restart['max_restarts']} in {delay:.2f}s "
+                  f"after: {failure}")  # fmt: skip
+        self._write(lambda c: create_run(c, run_id=run_id, instance=self.instance,
+                                         backend="native", boot_id=self.boot_id,
+                                         log_path=log_path, reason=reason, sup_pid=self.me,
+                                         sup_start=self.me_start), "restart")  # fmt: skip
+        self.attempt = Attempt(run_id, log_path)
+        self.restart_times.append(time.monotonic())
+        deadline = time.monotonic() + delay
+        while not self.stop_requested:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            for key, _ in self.sel.select(left):
+                if key.data == "signal":
+                    self._signals()
+            self._reap_orphans()
+        self.record("stopped", "stopped while waiting to restart")
+        self.report_ready({"state": "stopped", "reason": "stopped while waiting to restart"})
+        return False
+
+    # --- stopping and reaping ------------------------------------------------------------
+
+    def _signals(self) -> None:
+        try:
+            sigs = os.read(self.sigfd, 512)
+        except BlockingIOError:
+            return
+        if any(b in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) for b in sigs):
+            self.stop_requested = True
+            self._begin_stop()
 
     def _kill_all(self, pid: int) -> None:
         """SIGKILL the workload's group, its cgroup, and orphans that came back to us."""
-        procs.kill_group(pid, signal.SIGKILL, self.pid_start)
-        if self.cgroup:
-            self.cgroup.kill_all()
+        procs.kill_group(pid, signal.SIGKILL, self.attempt.pid_start)
+        if self.attempt.cgroup:
+            self.attempt.cgroup.kill_all()
         for child in procs.children_of(os.getpid()):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signal.SIGKILL)
 
-    def _read(self, fd: int, streams: dict[int, str], sel: selectors.BaseSelector) -> None:
+    def _read(self, fd: int, streams: dict[int, str]) -> None:
         try:
             data = os.read(fd, READ_SIZE)
         except BlockingIOError:
@@ -313,7 +562,7 @@ class Supervisor:
         stream = streams[fd]
         if not data:
             self.writer.flush_partial(stream)
-            sel.unregister(fd)
+            self.sel.unregister(fd)
             del streams[fd]
             return
         self.writer.feed(stream, data)
@@ -326,20 +575,23 @@ class Supervisor:
         text = raw.decode("utf-8", "replace").strip()
         return text[:300]
 
-    def _begin_stop(self) -> None:
+    def _begin_stop(self, reason_text: str | None = None) -> None:
         if self.stopping or self.pid is None:
             return
         self.stopping = True
+        self._cancel_probe()
+        self.next_probe = None
         row = self.store.run(self.run_id)
         timeout = float(self.plan["stop"]["timeout"])
         if row is not None and row["stop_timeout"] is not None:
             timeout = float(row["stop_timeout"])
         sig_name = self.plan["stop"]["signal"]
-        self.record("stopping", f"stop requested: sending {sig_name}, SIGKILL after {timeout:g}s")
-        self.writer.note(f"las: stop requested: sending {sig_name} to the process group")
+        what = reason_text or "stop requested"
+        self.record("stopping", f"{what}: sending {sig_name}, SIGKILL after {timeout:g}s")
+        self.writer.note(f"las: {what}: sending {sig_name} to the process group")
         sig = getattr(signal, sig_name)
-        procs.kill_group(self.pid, sig, self.pid_start)
-        for pid in self.cgroup.pids() if self.cgroup else []:
+        procs.kill_group(self.pid, sig, self.attempt.pid_start)
+        for pid in self.attempt.cgroup.pids() if self.attempt.cgroup else []:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)  # descendants that left the process group
         self.stop_deadline = time.monotonic() + timeout
@@ -364,6 +616,67 @@ class Supervisor:
                 return
             if got == 0:
                 return
+
+
+class Health:
+    """The health state machine of one attempt (no I/O: the supervisor does that).
+
+    ``unknown`` when no probe is declared. Otherwise ``starting`` until the first success
+    (probing every 50 ms, backing off to 100 ms for the first 10 s, then up to
+    min(interval, 1 s)), then ``healthy``; in the liveness phase a probe runs every
+    ``interval``, ``failure_threshold`` consecutive failures make it ``unhealthy`` and one
+    success makes it ``healthy`` again.
+    """
+
+    HISTORY = 10
+
+    def __init__(self, spec: dict[str, Any] | None) -> None:
+        self.spec = spec
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = "unknown" if self.spec is None else "starting"
+        self.failures = 0
+        self.startup_probes = 0
+        self.history: list[probes.ProbeResult] = []
+        self.phase_changed = False
+        self._persisted_at = 0.0
+
+    def observe(self, result: probes.ProbeResult) -> tuple[str, str]:
+        assert self.spec is not None
+        old = self.state
+        self.history = [*self.history[-(self.HISTORY - 1) :], result]
+        if result.ok:
+            self.failures = 0
+            self.state = "healthy"
+        elif self.state == "starting":
+            self.startup_probes += 1
+        else:
+            self.failures += 1
+            if self.failures >= int(self.spec["failure_threshold"]):
+                self.state = "unhealthy"
+        return old, self.state
+
+    def should_persist(self) -> bool:
+        """Liveness probes are saved at most once per interval (startup ones never)."""
+        if self.state == "starting" or self.spec is None:
+            return False
+        now = time.monotonic()
+        if now - self._persisted_at >= float(self.spec["interval"]) * 0.9:
+            self._persisted_at = now
+            return True
+        return False
+
+    def next_delay(self, since_start: float) -> float:
+        assert self.spec is not None
+        interval = float(self.spec["interval"])
+        if self.state == "starting":
+            cap = 0.1 if since_start < 10 else min(interval, 1.0)
+            return float(min(0.05 * (1.5 ** min(self.startup_probes, 20)), cap))
+        return interval
+
+    def last_message(self) -> str:
+        return self.history[-1].message if self.history else "no probe completed"
 
 
 USAGE = "usage: python -m localaistack.runtime.supervisor --db DB --run RUN_ID [--ready-fd FD]"

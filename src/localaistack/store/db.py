@@ -88,6 +88,11 @@ MIGRATIONS: tuple[str, ...] = (
         data     TEXT
     );
     """,
+    # 2: health probes
+    """
+    ALTER TABLE runs ADD COLUMN probes TEXT;
+    ALTER TABLE runs ADD COLUMN healthy_at REAL;
+    """,
 )
 
 
@@ -298,3 +303,44 @@ def promised_ports(c: sqlite3.Connection, exclude: str | None = None) -> set[tup
         for p in json.loads(row[1])["ports"]:
             out.add((p["host_ip"], int(p["host_port"])))
     return out
+
+
+def create_run(
+    c: sqlite3.Connection,
+    *,
+    run_id: str,
+    instance: str,
+    backend: str,
+    boot_id: str,
+    log_path: str,
+    reason: str,
+    owner_pid: int | None = None,
+    owner_start: int | None = None,
+    sup_pid: int | None = None,
+    sup_start: int | None = None,
+) -> int:
+    """Insert the next attempt of ``instance`` as ``starting`` and make it current.
+
+    Returns the attempt number.
+    """
+    now = time.time()
+    attempt = int(
+        c.execute(
+            "SELECT COALESCE(MAX(attempt), 0) + 1 FROM runs WHERE instance=?", (instance,)
+        ).fetchone()[0]
+    )
+    c.execute(
+        """INSERT INTO runs (run_id, instance, attempt, backend, state, reason, boot_id,
+           log_path, owner_pid, owner_start, sup_pid, sup_start, created_at)
+           VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+        (run_id, instance, attempt, backend, "starting", reason, boot_id, log_path,
+         owner_pid, owner_start, sup_pid, sup_start, now),
+    )  # fmt: skip
+    c.execute("UPDATE instances SET current_run=? WHERE name=?", (run_id, instance))
+    c.execute(
+        "INSERT INTO transitions (run_id, from_state, to_state, at, reason) VALUES (?,?,?,?,?)",
+        (run_id, None, "starting", now, reason),
+    )
+    add_event(c, "starting", f"run {run_id} (attempt {attempt}): {reason}", instance=instance,
+              run_id=run_id, at=now)  # fmt: skip
+    return attempt
