@@ -9,7 +9,10 @@
 3. log capture: a workload writing lines to stdout under las / under supervisord vs the
    same workload writing to a file directly (the workload times itself); every line counted;
 4. idle overhead per supervised module: PSS and CPU seconds over a quiet period;
-5. `las ps` latency with N running instances.
+5. `las ps` latency with N running instances;
+6. readiness noticed: time from the workload's port answering (the server notes when it
+   starts listening) until `healthy` is recorded;
+7. CPU cost of probing a healthy module (HTTP probe every second), per hour.
 """
 
 from __future__ import annotations
@@ -300,6 +303,85 @@ def bench_logs(las: LasBench, sup: SupervisordBench, root: Path, mb: int, reps: 
     ]
 
 
+READY_SERVER = textwrap.dedent(
+    """
+    import http.server, sys, time
+    host, port, note = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    time.sleep(0.3)  # "loading": the port is closed
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+        def log_message(self, *a):
+            pass
+    server = http.server.HTTPServer((host, port), H)  # bound and listening from here
+    open(note, "w").write(repr(time.time()))
+    server.serve_forever()
+    """
+)
+
+
+def bench_readiness(las: LasBench, root: Path, reps: int) -> Row:
+    script = root / "ready.py"
+    script.write_text(READY_SERVER)
+    note = root / "listening-at"
+    path = las.modules / "ready.yaml"
+    path.write_text(
+        "name: ready\nruntime:\n  modes: [native]\n  native:\n"
+        f"    command: [{sys.executable!r}, {str(script)!r}, '${{host}}', '${{ports.http}}',"
+        f" {str(note)!r}]\n"
+        "  ports: [{name: http, port: 8080}]\n"
+        "  health: {http: {port: http, path: /}, interval: 10s, start_timeout: 30s}\n"
+    )
+    las.trusted.append("ready")
+    (las.home / "policy.yaml").write_text(f"trusted_native: {las.trusted}\n")
+    xs = []
+    for i in range(reps + 1):
+        note.unlink(missing_ok=True)
+        las.las("run", str(path), "--name", f"ready{i}")  # returns once healthy
+        row = las.run_row(f"ready{i}")
+        listening = float(note.read_text())
+        if i:
+            xs.append(float(row["healthy_at"]) - listening)
+        las.las("rm", "-f", f"ready{i}")
+    return Row(
+        "readiness noticed after the port answers",
+        "s",
+        xs,
+        goal="<= 100 ms",
+        meets=sorted(xs)[len(xs) // 2] <= 0.100,
+        note="healthy_at (recorded by the supervisor) minus the server's own time of listen()",
+    )
+
+
+def bench_probe_cpu(las: LasBench, root: Path, seconds: float) -> Row:
+    script = root / "ready.py"
+    path = las.modules / "probed.yaml"
+    path.write_text(
+        "name: probed\nruntime:\n  modes: [native]\n  native:\n"
+        f"    command: [{sys.executable!r}, {str(script)!r}, '${{host}}', '${{ports.http}}',"
+        f" {str(root / 'probed-note')!r}]\n"
+        "  ports: [{name: http, port: 8080}]\n"
+        "  health: {http: {port: http, path: /}, interval: 1s, start_timeout: 30s}\n"
+    )
+    las.trusted.append("probed")
+    (las.home / "policy.yaml").write_text(f"trusted_native: {las.trusted}\n")
+    las.las("run", str(path), "--name", "probed")
+    sup = int(las.run_row("probed")["sup_pid"])
+    c0 = _cpu_s(sup)
+    time.sleep(seconds)  # the period being measured
+    per_hour = (_cpu_s(sup) - c0) / seconds * 3600
+    las.las("rm", "-f", "probed")
+    return Row(
+        "supervisor CPU while probing every 1 s",
+        "s/h",
+        [per_hour],
+        goal="negligible",
+        meets=per_hour < 36,
+        note="CPU seconds per hour of the supervisor (probe + bookkeeping); < 36 s/h "
+        "is < 1 % of one core",
+    )
+
+
 def _pss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
         if line.startswith("Pss:"):
@@ -415,6 +497,8 @@ def main() -> None:
             rows += bench_logs(las, sup, root, mb, 2 if args.quick else 5)
             rows += bench_idle(las, sup, idle_k, 3 if args.quick else 60)
             rows += bench_ps(las, [10] if args.quick else [10, 100], 3 if args.quick else 7)
+            rows.append(bench_readiness(las, root, reps))
+            rows.append(bench_probe_cpu(las, root, 3 if args.quick else 60))
         finally:
             sup.close()
     print(f"machine: {machine()}")
