@@ -24,21 +24,22 @@ import ctypes
 import errno
 import json
 import os
-import random
 import selectors
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localaistack.errors import StoreError
-from localaistack.runtime import cgroups, probes, procs
+from localaistack.runtime import cgroups, procs
 from localaistack.runtime.logfile import LogWriter
 from localaistack.store.db import Store, add_event, create_run, set_run_state
+
+if TYPE_CHECKING:
+    from localaistack.runtime import probes
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -412,6 +413,8 @@ class Supervisor:
         host = next((p["host_ip"] for p in self.plan["ports"]
                      if p["name"] == self.health_spec.get("port")), "127.0.0.1")  # fmt: skip
         env = {v["name"]: v["value"] for v in self.plan["native"]["env"]}
+        from localaistack.runtime import probes  # only supervisors with a probe pay for it
+
         probe = probes.make_probe(self.health_spec, host, env)
         result = probe.start()
         if result is not None:
@@ -422,15 +425,17 @@ class Supervisor:
         self.sel.register(self.probe_fd, probe.events, "probe")
 
     def _cancel_probe(self, expire: bool = False) -> probes.ProbeResult:
+        from localaistack.runtime.probes import ProbeResult
+
         probe, self.probe = self.probe, None
         if probe is None:
-            return probes.ProbeResult(False, "cancelled", 0.0)
+            return ProbeResult(False, "cancelled", 0.0)
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(self.probe_fd)
         if expire:
             return probe.expire()
         probe.close()
-        return probes.ProbeResult(False, "cancelled", 0.0)
+        return ProbeResult(False, "cancelled", 0.0)
 
     def _probe_done(self, result: probes.ProbeResult) -> None:
         if self.probe is not None:
@@ -506,11 +511,12 @@ class Supervisor:
             return None
         n = len(self.restart_times)
         base = float(self.restart["backoff"]) * (2**n)
-        return float(min(base, 300.0) * random.uniform(0.8, 1.2))
+        jitter = 0.8 + 0.4 * int.from_bytes(os.urandom(2), "big") / 0xFFFF  # no `random` import
+        return float(min(base, 300.0) * jitter)
 
     def wait_to_restart(self, delay: float, failure: str) -> bool:
         """Create the next run, wait the backoff, and return True to start it (False: stop)."""
-        run_id = uuid.uuid4().hex[:12]
+        run_id = os.urandom(6).hex()  # the same form as las's uuid4().hex[:12]
         log_path = str(Path(self.attempt.log_path).parent / f"{run_id}.log")
         n = len(self.restart_times) + 1
         reason = (f"restart {n} of at most {self.restart['max_restarts']} in {delay:.2f}s "
