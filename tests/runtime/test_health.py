@@ -259,3 +259,20 @@ def test_policy_can_forbid_restarts(las: Las, module_factory: ModuleFactory) -> 
     las("run", str(path))
     wait_until(lambda: las.state("nope") == "failed", message="failed")
     assert len(las.inspect("nope")["runs"]) == 1
+
+
+def test_stop_while_waiting_to_restart(las: Las, module_factory: ModuleFactory) -> None:
+    path = module_factory(
+        "waiting", workload("--exit", "2"),
+        restart={"policy": "on-failure", "max_restarts": 3, "backoff": "30s"},
+    )  # fmt: skip
+    las("run", str(path))
+    wait_until(lambda: len(las.inspect("waiting")["runs"]) == 2, message="restart scheduled")
+    assert las.ps()["waiting"]["state"] == "starting"
+    t0 = time.monotonic()
+    las.ok("stop", "waiting")
+    assert time.monotonic() - t0 < 5  # not the 30 s backoff
+    runs = las.inspect("waiting")["runs"]
+    assert runs[0]["state"] == "failed" and runs[1]["state"] == "stopped"
+    assert runs[1]["reason"] == "stopped while waiting to restart"
+    assert las.ok("ps", "--json").json() == []
