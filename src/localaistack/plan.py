@@ -92,6 +92,12 @@ class ContainerSpec(_Frozen):
     workdir: str | None = None
     volumes: tuple[Volume, ...] = ()
     user: str | None = None
+    cap_add: tuple[str, ...] = ()
+    read_only_root: bool = True
+    pids_limit: int = 1024
+    engine_args: tuple[str, ...] = Field(
+        default=(), description="global options for the engine CLI, e.g. --runtime runc"
+    )
 
 
 class PortBinding(_Frozen):

@@ -154,11 +154,30 @@ class ContainerSection(_Strict):
     workdir: str | None = None
     volumes: list[VolumeSpec] = []
     user: str | None = None
+    cap_add: list[str] = []
+    writable_root: bool = False
 
     @field_validator("env", mode="before")
     @classmethod
     def _env_strings(cls, v: Any) -> Any:
         return _stringify_env(v)
+
+    @field_validator("cap_add")
+    @classmethod
+    def _caps(cls, v: list[str]) -> list[str]:
+        out = []
+        for cap in v:
+            name = cap.upper().removeprefix("CAP_")
+            if not re.fullmatch(r"[A-Z_]{2,32}", name) or name == "ALL":
+                raise ValueError(
+                    f"cap_add: {cap!r} is not a capability name (e.g. NET_BIND_SERVICE)"
+                )
+            out.append(name)
+        return out
+
+    @property
+    def wants_root(self) -> bool:
+        return self.user is not None and self.user.split(":")[0] in ("0", "root")
 
 
 def _stringify_env(v: Any) -> Any:

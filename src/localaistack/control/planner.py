@@ -204,6 +204,24 @@ def _check_pin(name: str, executable: str, policy: Policy) -> Decision | None:
     )
 
 
+def _container_refusal(m: Manifest, policy: Policy) -> str | None:
+    """Why the policy refuses what the manifest's container asks beyond the defaults."""
+    c = m.runtime.container
+    if c is None:
+        return None
+    cp = policy.containers
+    if c.wants_root and m.name not in cp.allow_root:
+        return f"the container asks to run as {c.user}; policy containers.allow_root lacks {m.name}"
+    if c.writable_root and m.name not in cp.allow_writable_root:
+        return (f"the container asks for a writable root filesystem; policy "
+                f"containers.allow_writable_root lacks {m.name}")  # fmt: skip
+    extra = sorted(set(c.cap_add) - set(cp.allow_capabilities.get(m.name, [])))
+    if extra:
+        return (f"the container asks for capabilities {', '.join(extra)}; policy "
+                f"containers.allow_capabilities does not grant them to {m.name}")  # fmt: skip
+    return None
+
+
 def _check_modes(
     m: Manifest, hw: HardwareProfile, policy: Policy, tier: Tier | None
 ) -> tuple[dict[str, _ModeCheck], tuple[str | None, str, list[Rejected]]]:
@@ -228,6 +246,9 @@ def _check_modes(
             )
         elif mode == "native" and untrusted is not None:
             checks[mode] = _ModeCheck(mode, False, untrusted, "trusted_native")
+        elif mode == "container" and _container_refusal(m, policy) is not None:
+            checks[mode] = _ModeCheck(mode, False, _container_refusal(m, policy) or "",
+                                      "container_privileges")  # fmt: skip
         elif mode == "container" and engine[0] is None:
             why = "; ".join(f"{r.option}: {r.reason}" for r in engine[2])
             checks[mode] = _ModeCheck(
@@ -255,7 +276,7 @@ def _select_mode(
         if not check.ok:
             err = (
                 PolicyViolation
-                if check.rule in ("allowed_modes", "tier", "trusted_native")
+                if check.rule in ("allowed_modes", "tier", "trusted_native", "container_privileges")
                 else NoCompatibleMode
             )
             hint = {
@@ -264,6 +285,8 @@ def _select_mode(
                 "allowed_modes": "allow the mode in the policy's allowed_modes",
                 "tier": "the hardware tier of the policy decides; choose another mode",
                 "hardware": "install and start Podman or Docker, or use --mode native",
+                "container_privileges": "allow it in the policy's containers section, or "
+                "change the manifest",
             }[check.rule]
             raise err(f"--mode {requested} is not possible: {check.reason}", hint=hint)
         others = tuple(r for r in rejected if r.option != requested)
@@ -638,6 +661,20 @@ def make_plan(
             Volume(source=_substitute(v.source, values), target=v.target, read_only=v.read_only)
             for v in c.volumes
         )
+        user = c.user or "65534:65534"
+        decisions.append(Decision(
+            topic="container user", choice=user,
+            reason="asked for by the manifest" + (", allowed by policy containers.allow_root"
+                                                  if c.wants_root else "")
+            if c.user else "a non-root user by default (nobody)",
+        ))  # fmt: skip
+        engine_args: tuple[str, ...] = ()
+        if engine == "podman" and hw.cgroup.version == "hybrid":
+            engine_args = ("--runtime", "runc")
+            decisions.append(Decision(
+                topic="podman runtime", choice="runc",
+                reason="this machine mixes cgroup v1 and v2 (hybrid), which crun refuses",
+            ))  # fmt: skip
         container_spec = ContainerSpec(
             engine=engine,
             image=c.image,
@@ -645,7 +682,10 @@ def make_plan(
             env=tuple(cenv),
             workdir=c.workdir,
             volumes=volumes,
-            user=c.user,
+            user=user,
+            cap_add=tuple(c.cap_add),
+            read_only_root=not c.writable_root,
+            engine_args=engine_args,
         )
 
     health = None

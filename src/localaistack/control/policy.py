@@ -18,6 +18,10 @@ Two formats are read:
     network: {host: 127.0.0.1, expose: {open-webui: 0.0.0.0}}
     overcommit: deny                  # deny | allow
     restarts: allow                   # allow | deny: may manifests ask for restarts?
+    containers:                       # beyond the secure defaults, per module
+      allow_root: []
+      allow_writable_root: []
+      allow_capabilities: {}          # {module: [NET_BIND_SERVICE]}
     reserve: {memory: 2GiB, vram: 512MiB}
 """
 
@@ -75,6 +79,19 @@ class NetworkPolicy(_Strict):
         for addr in v.values():
             _check_address(addr)
         return v
+
+
+class ContainerPolicy(_Strict):
+    """What a container may ask for beyond the secure defaults, per module."""
+
+    allow_root: list[str] = []
+    allow_writable_root: list[str] = []
+    allow_capabilities: dict[str, list[str]] = {}
+
+    @field_validator("allow_capabilities")
+    @classmethod
+    def _caps(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {k: [c.upper().removeprefix("CAP_") for c in caps] for k, caps in v.items()}
 
 
 class Reserve(_Strict):
@@ -143,6 +160,7 @@ class Policy(_Strict):
     network: NetworkPolicy = NetworkPolicy()
     overcommit: Literal["deny", "allow"] = "deny"
     restarts: Literal["allow", "deny"] = "allow"
+    containers: ContainerPolicy = ContainerPolicy()
     reserve: Reserve = Reserve()
     policies: list[Tier] = []
     source: str = Field(default="built-in default", exclude=True)
