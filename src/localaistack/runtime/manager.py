@@ -7,12 +7,15 @@ else is read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sqlite3
+import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +23,39 @@ from localaistack.errors import InstanceConflict, InstanceNotFound, NotSupported
 from localaistack.runtime import procs
 from localaistack.runtime.native import NativeBackend
 from localaistack.store.db import ACTIVE_STATES, Store, add_event, create_run, set_run_state
-from localaistack.store.paths import ensure_home
+from localaistack.store.paths import ensure_home, home_label
 
 if TYPE_CHECKING:
     from localaistack.plan import ExecutionPlan
+
+
+ORPHAN_GRACE = 60.0  # seconds before an unclaimed labelled container is removed
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _last_log_time(path: str) -> str | None:
+    """The time of the last line las captured for a run (where re-adoption resumes)."""
+    from localaistack.runtime.logfile import tail_records
+
+    records = [r for r in tail_records(path, 1) if r.ts]
+    return records[-1].ts if records else None
+
+
+def _age(started: str) -> float | None:
+    """Seconds since an engine timestamp (RFC 3339, any fraction), or None if unreadable."""
+    try:
+        text = started.replace("Z", "+00:00")
+        if "." in text:  # engines give nanoseconds; Python takes microseconds
+            head, rest = text.split(".", 1)
+            digits = "".join(ch for ch in rest if ch.isdigit())
+            zone = rest[len(digits) :]
+            text = f"{head}.{digits[:6]}{zone}"
+        return time.time() - datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -54,24 +86,102 @@ class Runtime:
     # --- reconcile -----------------------------------------------------------------------
 
     def reconcile(self) -> int:
-        """Record runs whose supervisor is gone; returns how many were found."""
+        """Record runs whose supervisor is gone; returns how many were found.
+
+        A native run whose supervisor died is over (its workload died with it). A container
+        outlives its supervisor: a running one is re-adopted by a new supervisor, an exited
+        one is recorded with its exit code, a vanished one ends ``failed: lost``.
+        """
         suspects = [r for r in self.store.active_runs() if not self._alive(r)]
         if not suspects:
             return 0
         found = 0
+        containers = []
         with self.store.transaction() as c:
             for r in suspects:
                 row = c.execute("SELECT * FROM runs WHERE run_id=?", (r["run_id"],)).fetchone()
                 if row is None or row["state"] not in ACTIVE_STATES or self._alive(row):
                     continue  # it ended properly, or came alive, since the first look
-                self.native.mark_lost(c, row, self._boot)
                 found += 1
+                if row["backend"] != "native" and row["handle"] and row["boot_id"] == self._boot:
+                    containers.append(row)
+                else:
+                    self.native.mark_lost(c, row, self._boot)
+        for row in containers:
+            self._reconcile_container(row)
         return found
 
+    def _reconcile_container(self, run: sqlite3.Row) -> None:
+        from localaistack.runtime import engines
+
+        handle = json.loads(run["handle"])
+        cid = handle["container"]
+        plan = json.loads(self.require_instance(run["instance"])["plan"])
+        engine = engines.Engine(run["backend"], global_args=plan["container"]["engine_args"])
+        try:
+            state = engine.inspect(cid)
+        except engines.EngineError as exc:
+            self.fail_run(run["run_id"], f"lost: its supervisor died and {engine.name} cannot "
+                          f"be asked about container {cid[:12]}: {exc.message}")  # fmt: skip
+            return
+        if state is not None and state.running:
+            since = _last_log_time(run["log_path"]) or _iso(float(run["started_at"] or time.time()))
+            self.record_event(run["instance"], "re-adopted", f"container {cid[:12]} still runs; "
+                              f"a new supervisor follows it (logs since {since})")  # fmt: skip
+            self.native.start(run, extra_args=("--adopt", cid, "--since", since))
+            return
+        if state is None:
+            self.fail_run(run["run_id"], f"lost: its supervisor died and container {cid[:12]} "
+                          "is gone")  # fmt: skip
+            return
+        with contextlib.suppress(engines.EngineError):
+            engine.remove(cid)
+        code = state.exit_code
+        ok = code == 0
+        reason = (f"exited with code {code} while its supervisor was gone (output after the "
+                  "supervisor died is not in the log)")  # fmt: skip
+        with self.store.transaction() as c:
+            set_run_state(c, run["run_id"], "stopped" if ok else "failed", reason, exit_code=code)
+
     def _alive(self, run: sqlite3.Row) -> bool:
-        if run["backend"] == "native":
-            return self.native.is_alive(run, self._boot)
+        if run["backend"] in ("native", "podman", "docker"):
+            return self.native.is_alive(run, self._boot)  # every run has a supervisor
         raise NotSupported(f"unknown backend {run['backend']!r} for run {run['run_id']}")
+
+    def sweep_orphans(self, grace: float = ORPHAN_GRACE) -> list[str]:
+        """Containers labelled for this LAS_HOME that no active run points to.
+
+        Each is reported (an event); one older than ``grace`` seconds is removed. Only
+        engines this LAS_HOME has used are asked (asking costs a few hundred ms).
+        """
+        from localaistack.runtime import engines
+
+        used = [r[0] for r in self.store.conn.execute(
+            "SELECT DISTINCT backend FROM runs WHERE backend != 'native'")]  # fmt: skip
+        if not used:
+            return []
+        active = {r["run_id"] for r in self.store.active_runs()}
+        label = home_label(self.store.path)
+        notes = []
+        for name in used:
+            engine = engines.Engine(name)
+            try:
+                found = engine.list_labelled("las.home", label)
+            except engines.EngineError:
+                continue
+            for st in found:
+                if st.labels.get("las.run") in active:
+                    continue
+                age = _age(st.started_at or "")
+                what = f"{name} container {st.name} ({st.id[:12]}) has no active run"
+                if age is not None and age < grace:
+                    notes.append(f"{what}; removed after {grace:g}s")
+                    continue
+                with contextlib.suppress(engines.EngineError):
+                    engine.remove(st.id)
+                notes.append(f"{what}; removed")
+                self.record_event(st.labels.get("las.instance", "-"), "orphan", f"{what}; removed")
+        return notes
 
     # --- lookups -------------------------------------------------------------------------
 
@@ -108,11 +218,8 @@ class Runtime:
             NotSupported: the plan's mode has no backend yet.
         """
         self.reconcile()
-        mode = self.require_instance(name)["mode"]
-        if mode != "native":
-            raise NotSupported(
-                f"mode {mode!r} cannot be executed by this las yet", hint="use --mode native"
-            )
+        plan_data = json.loads(self.require_instance(name)["plan"])
+        backend = "native" if plan_data["mode"] == "native" else plan_data["container"]["engine"]
         run_id = uuid.uuid4().hex[:12]
         log_path = self.home / "logs" / name / f"{run_id}.log"
         log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -130,7 +237,7 @@ class Runtime:
                         hint=f"`las stop {name}` first, or `las restart {name}`",
                     )
             me = os.getpid()
-            create_run(c, run_id=run_id, instance=name, backend="native", boot_id=self._boot,
+            create_run(c, run_id=run_id, instance=name, backend=backend, boot_id=self._boot,
                        log_path=str(log_path), reason="requested", owner_pid=me,
                        owner_start=procs.start_time(me))  # fmt: skip
         run = self.store.run(run_id)
@@ -187,11 +294,13 @@ class Runtime:
 
     def ps(self, all_: bool = False) -> list[dict[str, Any]]:
         self.reconcile()
+        self.sweep_orphans()
         out = []
         for row in self.store.instances_with_runs():
             state = row["state"] or "created"
             if not all_ and state not in ACTIVE_STATES:
                 continue
+            active = state in ACTIVE_STATES
             plan = json.loads(row["plan"])
             out.append(
                 {
@@ -199,7 +308,7 @@ class Runtime:
                     "module": row["module"],
                     "mode": row["mode"],
                     "state": state,
-                    "health": row["health"] or "unknown",
+                    "health": (row["health"] or "unknown") if active else "",
                     "pid": row["pid"] if state in ACTIVE_STATES else None,
                     "run_id": row["run_id"],
                     "started_at": row["started_at"],

@@ -85,7 +85,12 @@ class NativeBackend:
     # --- start -------------------------------------------------------------------------
 
     def start(
-        self, run: sqlite3.Row, *, wait_healthy: bool = False, ready_timeout: float = READY_TIMEOUT
+        self,
+        run: sqlite3.Row,
+        *,
+        wait_healthy: bool = False,
+        ready_timeout: float = READY_TIMEOUT,
+        extra_args: tuple[str, ...] = (),
     ) -> dict[str, Any]:
         """Spawn the supervisor for ``run`` and wait until the workload runs or fails.
 
@@ -117,6 +122,7 @@ class NativeBackend:
             run_id,
             "--ready-fd",
             str(wfd),
+            *extra_args,
         ]
         try:
             pid = os.posix_spawn(

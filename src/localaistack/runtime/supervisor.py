@@ -37,6 +37,7 @@ from localaistack.errors import StoreError
 from localaistack.runtime import cgroups, procs
 from localaistack.runtime.logfile import LogWriter
 from localaistack.store.db import Store, add_event, create_run, set_run_state
+from localaistack.store.paths import home_label
 
 if TYPE_CHECKING:
     from localaistack.runtime import probes
@@ -161,6 +162,12 @@ class Supervisor:
         self.health_failure: str | None = None  # why we stopped it (start timeout, unhealthy)
         self.sel = selectors.DefaultSelector()
         self.reported_running = False
+        self.container = self.plan["mode"] == "container"
+        self.backend = str(run["backend"])
+        self.cid = ""
+        self.adopt: str | None = None  # a container id to re-adopt instead of starting one
+        self.adopt_since: str | None = None
+        self._keep: list[subprocess.Popen[bytes]] = []
 
     def __repr__(self) -> str:
         return f"<Supervisor instance={self.instance} {self.attempt!r} stopping={self.stopping}>"
@@ -241,80 +248,52 @@ class Supervisor:
         Returns the failure's reason when the plan's restart policy asks for a restart,
         else None (the end is final).
         """
-        native = self.plan["native"]
         logs = self.plan["logs"]
         self.writer = LogWriter(self.attempt.log_path, max_size=logs["max_size"],
                                 keep=logs["keep"])  # fmt: skip
-        env = {v["name"]: v["value"] for v in native["env"]}
-        argv = list(native["argv"])
-        me = self.me
-        self.attempt.cgroup, cgroup_note = cgroups.create(self.run_id)
-        cg = self.attempt.cgroup
-        procs_file = str(cg.procs_file) if cg else None
         self.stopping = self.killed = False
         self.stop_deadline = None
         self.health_failure = None
         self.last_lines = {}
-        try:
-            proc = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=native.get("workdir"),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                preexec_fn=lambda: _child_setup(me, procs_file),  # noqa: PLW1509 (single-threaded)
-                close_fds=True,
-            )
-        except OSError as exc:
-            reason = describe_start_error(exc, argv[0], native.get("workdir"))
-            self.writer.note(f"las: {reason}")
-            self.writer.close()
-            self.record("failed", reason, lines_dropped=self.writer.dropped_lines,
-                        sup_pid=me, sup_start=self.me_start)  # fmt: skip
-            self.report_ready({"state": "failed", "reason": reason})
-            if cg:
-                cg.remove()
-            return None  # a workload that cannot start is not restarted
-        self.attempt.pid = proc.pid
-        self.attempt.pid_start = procs.start_time(proc.pid)
+        launched = self._launch_container() if self.container else self._launch_native()
+        if launched is None:
+            return None  # could not start: recorded; a workload that cannot start is not restarted
+        main_pid, streams, handle = launched
+        cg = self.attempt.cgroup
         self.attempt.started = time.monotonic()
-        assert proc.stdout is not None and proc.stderr is not None
-        streams = {proc.stdout.fileno(): "O", proc.stderr.fileno(): "E"}
-        for fd in streams:
-            os.set_blocking(fd, False)
-            self.sel.register(fd, selectors.EVENT_READ, "output")
         self.health.reset()
         fields: dict[str, Any] = {"health": self.health.state}
+        what = f"container {handle['container'][:12]}" if self.container else f"pid {main_pid}"
         self.record(
             "running",
-            f"started pid {proc.pid}",
-            pid=proc.pid,
+            f"started {what}",
+            pid=self.attempt.pid,
             pid_start=self.attempt.pid_start,
             started_at=time.time(),
-            sup_pid=me,
+            sup_pid=self.me,
             sup_start=self.me_start,
-            handle=json.dumps({"cgroup": str(cg.path) if cg else None, "cgroup_note": cgroup_note}),
+            handle=json.dumps(handle),
             **fields,
         )
         if not self.reported_running:
             self.reported_running = True
             waits_for_health = self.health_spec is not None
-            self.report_ready({"state": "running", "pid": proc.pid}, close=not waits_for_health)
+            self.report_ready({"state": "running", "pid": self.attempt.pid},
+                              close=not waits_for_health)  # fmt: skip
         if self.stop_requested:
             self._begin_stop()
         elif self.health_spec is not None:
             self.next_probe = time.monotonic()
 
-        status = self._supervise(proc.pid, streams)
-        proc.returncode = status  # we reaped it ourselves
+        status = self._supervise(main_pid, streams)
         self._cancel_probe()
         self.next_probe = None
 
         # The workload is gone: end what is left of its group and any orphan that came back
-        # to us as subreaper, then read what they wrote until the pipes close.
-        self._kill_all(proc.pid)
+        # to us as subreaper, then read what they wrote until the pipes close. (For a
+        # container, `logs --follow` ends by itself once the container has stopped.)
+        if not self.container:
+            self._kill_all(main_pid)
         deadline = time.monotonic() + DRAIN_AFTER_EXIT
         while streams and time.monotonic() < deadline:
             for key, _ in self.sel.select(max(0.0, deadline - time.monotonic())):
@@ -326,6 +305,7 @@ class Supervisor:
         for fd, stream in list(streams.items()):
             self.writer.flush_partial(stream)
             self.sel.unregister(fd)
+        self._kill_helpers()
         self._reap_orphans()
         if cg:
             cg.remove()
@@ -333,7 +313,10 @@ class Supervisor:
         last = self._last_line()
         sig_name = self.plan["stop"]["signal"]
         by_request = self.stopping and self.health_failure is None
-        state, reason, code, sig = exit_reason(status, by_request, self.killed, sig_name, last)
+        if self.container:
+            state, reason, code, sig = self._container_end(by_request, sig_name, last)
+        else:
+            state, reason, code, sig = exit_reason(status, by_request, self.killed, sig_name, last)
         if self.health_failure is not None:
             state, reason = "failed", self.health_failure
         dropped = self.writer.dropped_lines  # the workload's lines (not our final note)
@@ -359,6 +342,166 @@ class Supervisor:
                     health=self.health.state)  # fmt: skip
         self.report_ready({"state": state, "reason": reason})
         return None
+
+    def _spawn_helper(
+        self, argv: list[str], env: dict[str, str], cwd: str, pipes: bool
+    ) -> subprocess.Popen[bytes]:
+        """A short-lived helper (engine CLI) that dies with the supervisor."""
+        me = self.me
+        out = subprocess.PIPE if pipes else subprocess.DEVNULL
+        return subprocess.Popen(
+            argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            start_new_session=True,
+            preexec_fn=lambda: _child_setup(me, None),  # noqa: PLW1509 (single-threaded)
+        )  # fmt: skip
+
+    def _launch_native(self) -> tuple[int, dict[int, str], dict[str, Any]] | None:
+        native = self.plan["native"]
+        env = {v["name"]: v["value"] for v in native["env"]}
+        argv = list(native["argv"])
+        me = self.me
+        self.attempt.cgroup, cgroup_note = cgroups.create(self.run_id)
+        cg = self.attempt.cgroup
+        procs_file = str(cg.procs_file) if cg else None
+        try:
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=native.get("workdir"),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=lambda: _child_setup(me, procs_file),  # noqa: PLW1509 (single-threaded)
+                close_fds=True,
+            )
+        except OSError as exc:
+            reason = describe_start_error(exc, argv[0], native.get("workdir"))
+            self._start_failed(reason)
+            if cg:
+                cg.remove()
+            return None
+        self.attempt.pid = proc.pid
+        self.attempt.pid_start = procs.start_time(proc.pid)
+        proc.returncode = 0  # reaped by us, not by Popen
+        assert proc.stdout is not None and proc.stderr is not None
+        streams = {proc.stdout.fileno(): "O", proc.stderr.fileno(): "E"}
+        self._watch(streams)
+        self._keep = [proc]
+        return proc.pid, streams, {"cgroup": str(cg.path) if cg else None,
+                                   "cgroup_note": cgroup_note}  # fmt: skip
+
+    def _launch_container(self) -> tuple[int, dict[int, str], dict[str, Any]] | None:
+        from localaistack.runtime import engines
+
+        c = self.plan["container"]
+        engine = engines.Engine(c["engine"], global_args=c["engine_args"])
+        self.engine = engine
+        res = self.plan["resources"]
+        name = f"las-{self.instance}-{self.run_id}"
+        try:
+            spec = engines.ContainerRunSpec(
+                name=name,
+                image=c["image"],
+                argv=c["argv"],
+                env=[(v["name"], v["value"]) for v in c["env"]],
+                workdir=c.get("workdir"),
+                user=c.get("user"),
+                volumes=[engines.VolumeMount(v["source"], v["target"], v["read_only"])
+                         for v in c["volumes"]],
+                ports=[engines.PublishedPort(p["host_ip"], p["host_port"], p["container_port"],
+                                             p["protocol"]) for p in self.plan["ports"]],
+                memory=res.get("memory"),
+                cpus=res.get("cpus"),
+                pids_limit=int(c.get("pids_limit", 1024)),
+                gpus=[(g["vendor"], g["uuid"]) for g in self.plan["gpus"]],
+                cap_add=c.get("cap_add", ()),
+                read_only_root=bool(c.get("read_only_root", True)),
+                labels={"las.instance": self.instance, "las.run": self.run_id,
+                        "las.home": home_label(self.db_path)},
+                ulimits=engines.suggested_ulimits() if engine.name == "podman" else (),
+                stop_signal=self.plan["stop"]["signal"],
+            )  # fmt: skip
+            cid = self.adopt or engine.run(spec)
+            self.adopt = None
+            env, cwd = engine.subprocess_env(), engine.cwd
+            follow = engine.logs_args(cid, follow=True, since=self.adopt_since)
+            logs = self._spawn_helper(follow, env, cwd, True)
+            self.adopt_since = None
+            waiter = self._spawn_helper([*engine.base_args(), "wait", cid], env, cwd, False)
+        except engines.EngineError as exc:
+            self._start_failed(f"could not start: {exc.message}" + (
+                f" ({exc.hint})" if exc.hint else ""))  # fmt: skip
+            return None
+        self.cid = cid
+        try:  # the container's init as seen from the host: what `las ps` shows as its pid
+            st = engine.inspect(cid)
+        except engines.EngineError:
+            st = None
+        self.attempt.pid = st.pid if st is not None and st.pid else None
+        self.attempt.pid_start = procs.start_time(self.attempt.pid) if self.attempt.pid else None
+        assert logs.stdout is not None and logs.stderr is not None
+        streams = {logs.stdout.fileno(): "O", logs.stderr.fileno(): "E"}
+        self._watch(streams)
+        self._keep = [logs, waiter]
+        for p in self._keep:
+            p.returncode = 0  # reaped by us, not by Popen
+        return waiter.pid, streams, {"container": cid, "container_name": name,
+                                     "engine": engine.name}  # fmt: skip
+
+    def _watch(self, streams: dict[int, str]) -> None:
+        for fd in streams:
+            os.set_blocking(fd, False)
+            self.sel.register(fd, selectors.EVENT_READ, "output")
+
+    def _start_failed(self, reason: str) -> None:
+        self.writer.note(f"las: {reason}")
+        self.writer.close()
+        self.record("failed", reason, lines_dropped=self.writer.dropped_lines,
+                    sup_pid=self.me, sup_start=self.me_start)  # fmt: skip
+        self.report_ready({"state": "failed", "reason": reason})
+
+    def _container_end(
+        self, by_request: bool, sig_name: str, last: str
+    ) -> tuple[str, str, int | None, str | None]:
+        """Final state of the container: exit code, out-of-memory; then remove it."""
+        from localaistack.runtime import engines
+
+        engine, cid = self.engine, self.cid
+        try:
+            st = engine.final_state(cid)
+        except engines.EngineError as exc:
+            st = None
+            last = f"{last}; inspect failed: {exc.message}" if last else exc.message
+        with contextlib.suppress(engines.EngineError):
+            engine.remove(cid)
+        if st is None or st.exit_code is None:
+            return "failed", f"lost: the container {cid[:12]} is gone ({last})", None, None
+        code = st.exit_code
+        sig = procs.signal_name(code - 128) if code > 128 else None
+        limit = self.plan["resources"].get("memory")
+        oom, how = engine.oom_detected(st, limit)
+        if oom and not by_request:
+            size = engines.format_bytes(limit or st.memory_limit)
+            return "failed", f"out of memory (limit {size}; {how})", code, sig
+        tail = f"; last output: {last}" if last else ""
+        if by_request:
+            if sig == sig_name:
+                return "stopped", f"stopped: exited on {sig_name}", code, sig
+            if code == 137:
+                return ("stopped", f"stopped: did not exit within the stop timeout after "
+                        f"{sig_name}; killed with SIGKILL", code, sig)  # fmt: skip
+            return "stopped", f"stopped: exited with code {code} after {sig_name}", code, sig
+        if code == 0:
+            return "stopped", "exited on its own with code 0", code, sig
+        named = f" ({sig})" if sig else ""
+        return "failed", f"exited with code {code}{named}{tail}", code, sig
+
+    def _kill_helpers(self) -> None:
+        for p in getattr(self, "_keep", []):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+        self._keep = []
 
     def _supervise(self, pid: int, streams: dict[int, str]) -> int:
         """The event loop while the workload runs; returns its wait status."""
@@ -412,10 +555,16 @@ class Supervisor:
         self.next_probe = None
         host = next((p["host_ip"] for p in self.plan["ports"]
                      if p["name"] == self.health_spec.get("port")), "127.0.0.1")  # fmt: skip
-        env = {v["name"]: v["value"] for v in self.plan["native"]["env"]}
         from localaistack.runtime import probes  # only supervisors with a probe pay for it
 
-        probe = probes.make_probe(self.health_spec, host, env)
+        if self.container:
+            spec = dict(self.health_spec)
+            if spec["kind"] == "command":
+                spec["command"] = self.engine.exec_args(self.cid, spec["command"])
+            probe = probes.make_probe(spec, host, self.engine.subprocess_env())
+        else:
+            env = {v["name"]: v["value"] for v in self.plan["native"]["env"]}
+            probe = probes.make_probe(self.health_spec, host, env)
         result = probe.start()
         if result is not None:
             self._probe_done(result)
@@ -522,7 +671,7 @@ class Supervisor:
         reason = (f"restart {n} of at most {self.restart['max_restarts']} in {delay:.2f}s "
                   f"after: {failure}")  # fmt: skip
         self._write(lambda c: create_run(c, run_id=run_id, instance=self.instance,
-                                         backend="native", boot_id=self.boot_id,
+                                         backend=self.backend, boot_id=self.boot_id,
                                          log_path=log_path, reason=reason, sup_pid=self.me,
                                          sup_start=self.me_start), "restart")  # fmt: skip
         self.attempt = Attempt(run_id, log_path)
@@ -553,6 +702,12 @@ class Supervisor:
 
     def _kill_all(self, pid: int) -> None:
         """SIGKILL the workload's group, its cgroup, and orphans that came back to us."""
+        if self.container and self.cid:
+            from localaistack.runtime import engines
+
+            with contextlib.suppress(engines.EngineError):
+                self.engine.kill(self.cid)
+            return
         procs.kill_group(pid, signal.SIGKILL, self.attempt.pid_start)
         if self.attempt.cgroup:
             self.attempt.cgroup.kill_all()
@@ -582,7 +737,7 @@ class Supervisor:
         return text[:300]
 
     def _begin_stop(self, reason_text: str | None = None) -> None:
-        if self.stopping or self.pid is None:
+        if self.stopping or (self.pid is None and not self.cid):
             return
         self.stopping = True
         self._cancel_probe()
@@ -595,7 +750,18 @@ class Supervisor:
         what = reason_text or "stop requested"
         self.record("stopping", f"{what}: sending {sig_name}, SIGKILL after {timeout:g}s")
         self.writer.note(f"las: {what}: sending {sig_name} to the process group")
+        if self.container:
+            # `ENGINE stop` sends the stop signal set at `run` and SIGKILLs after the timeout;
+            # run it as a helper so the loop keeps reading logs meanwhile.
+            engine = self.engine
+            self._keep.append(self._spawn_helper(
+                [*engine.base_args(), "stop", "-t", str(max(0, round(timeout))), self.cid],
+                engine.subprocess_env(), engine.cwd, False))  # fmt: skip
+            self._keep[-1].returncode = 0
+            self.stop_deadline = time.monotonic() + timeout + 15.0  # then kill it ourselves
+            return
         sig = getattr(signal, sig_name)
+        assert self.pid is not None
         procs.kill_group(self.pid, sig, self.attempt.pid_start)
         for pid in self.attempt.cgroup.pids() if self.attempt.cgroup else []:
             with contextlib.suppress(ProcessLookupError):
@@ -685,7 +851,10 @@ class Health:
         return self.history[-1].message if self.history else "no probe completed"
 
 
-USAGE = "usage: python -m localaistack.runtime.supervisor --db DB --run RUN_ID [--ready-fd FD]"
+USAGE = (
+    "usage: python -m localaistack.runtime.supervisor --db DB --run RUN_ID [--ready-fd FD] "
+    "[--adopt CONTAINER_ID --since TIME]"
+)
 
 
 def _parse_args(argv: list[str]) -> dict[str, str]:
@@ -693,7 +862,13 @@ def _parse_args(argv: list[str]) -> dict[str, str]:
     if len(argv) % 2 or not all(a.startswith("--") for a in argv[::2]):
         raise SystemExit(USAGE)
     args = {k[2:]: v for k, v in zip(argv[::2], argv[1::2], strict=True)}
-    if not {"db", "run"} <= set(args) or not set(args) <= {"db", "run", "ready-fd"}:
+    if not {"db", "run"} <= set(args) or not set(args) <= {
+        "db",
+        "run",
+        "ready-fd",
+        "adopt",
+        "since",
+    }:
         raise SystemExit(USAGE)
     return args
 
@@ -702,6 +877,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     ready = args.get("ready-fd")
     sup = Supervisor(Path(args["db"]), args["run"], int(ready) if ready else None)
+    sup.adopt, sup.adopt_since = args.get("adopt"), args.get("since")
     try:
         return sup.run()
     except BaseException as exc:
