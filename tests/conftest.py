@@ -19,6 +19,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 PROFILES = Path(__file__).resolve().parent / "data" / "profiles"
+CI_DOCKER_SOCK = "/run/las-ci/docker.sock"
+TEST_IMAGE = "localhost/las-busybox:latest"
 
 
 def wait_until(
@@ -106,6 +108,8 @@ def las_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     monkeypatch.setenv("LAS_HOME", str(home))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    if "DOCKER_HOST" not in os.environ and os.path.exists(CI_DOCKER_SOCK):
+        monkeypatch.setenv("DOCKER_HOST", f"unix://{CI_DOCKER_SOCK}")  # scripts/ci-containers-up
     env = dict(os.environ)
     src = str(REPO / "src")
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

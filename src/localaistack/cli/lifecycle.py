@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from localaistack.cli.main import build_plan, cli, plan_options
+from localaistack.cli.main import cli, plan_options, planner_for
 from localaistack.errors import StartFailed, UsageError
 
 
@@ -95,11 +95,10 @@ def run(
     instance = name or resolve_module(module, las_home()).manifest.name
     rt = _runtime()
     try:
-        admit_new(
-            rt.store,
-            instance,
-            lambda allocate: build_plan(module, mode, sets, None, policy_file, allocate),
-        )
+        plan = planner_for(module, mode, sets, None, policy_file)
+        # Checks that need the engine (image present...) come before anything is created.
+        rt.preflight(plan(None))
+        admit_new(rt.store, instance, plan)
         result = rt.start(instance, wait_healthy=not detach)
         _report_start(rt, result)
     finally:
@@ -263,6 +262,7 @@ def inspect(name: str, as_json: bool) -> None:
         transitions = {r["run_id"]: rt.store.transitions_of(r["run_id"]) for r in runs}
         current_row = next((r for r in runs if r["run_id"] == inst["current_run"]), None)
         limits = rt.limits(plan, current_row)
+        security = rt.security(plan)
     finally:
         rt.close()
     current = next((r for r in runs if r["run_id"] == inst["current_run"]), None)
@@ -301,6 +301,7 @@ def inspect(name: str, as_json: bool) -> None:
             for r in runs
         ],
         "limits": limits,
+        "security": security,
         "last_log_lines": last_lines,
     }
     if as_json:
@@ -331,6 +332,9 @@ def inspect(name: str, as_json: bool) -> None:
         click.echo(f"      log: {r['log_path']}")
     click.echo("Limits:")
     for k, v in limits.items():
+        click.echo(f"  {k}: {v}")
+    click.echo("Security:")
+    for k, v in security.items():
         click.echo(f"  {k}: {v}")
     click.echo("")
     click.echo("\n".join(plan_lines(plan)))

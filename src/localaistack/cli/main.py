@@ -183,15 +183,17 @@ def validate(files: tuple[Path, ...]) -> None:
         sys.exit(1)
 
 
-def build_plan(
+def planner_for(
     module: str,
     mode: str | None,
     sets: tuple[str, ...],
     hardware_file: Path | None,
     policy_file: Path | None,
-    allocate: Callable[[str, str], int] | None = None,
-) -> Any:
-    """Plan ``module`` as `las plan` does (shared by plan and run)."""
+) -> Callable[[Callable[[str, str], int] | None], Any]:
+    """Read the planning inputs once; return ``plan(allocate)`` (shared by plan and run).
+
+    ``allocate`` chooses host ports; None takes ports that are free now.
+    """
     from localaistack.control import hardware
     from localaistack.control.catalog import resolve_module
     from localaistack.control.planner import PlanRequest, make_plan
@@ -209,9 +211,13 @@ def build_plan(
         profile = hardware.detect_hardware(probe_engines=wants_engine)
     policy = load_policy(policy_file, home)
     request = PlanRequest(mode=mode, sets=parse_sets(sets))
-    return make_plan(
-        loaded, profile, policy, request, allocate or (lambda host, _name: free_port(host))
-    )
+
+    def plan(allocate: Callable[[str, str], int] | None) -> Any:
+        return make_plan(
+            loaded, profile, policy, request, allocate or (lambda host, _name: free_port(host))
+        )
+
+    return plan
 
 
 @cli.command()
@@ -232,7 +238,7 @@ def plan(
     """
     from localaistack.cli.render import plan_json, plan_lines
 
-    p = build_plan(module, mode, sets, hardware_file, policy_file)
+    p = planner_for(module, mode, sets, hardware_file, policy_file)(None)
     if as_json:
         click.echo(plan_json(p))
     else:

@@ -19,7 +19,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from localaistack.errors import InstanceConflict, InstanceNotFound, NotSupported, UsageError
+from localaistack.errors import (
+    InstanceConflict,
+    InstanceNotFound,
+    NotSupported,
+    StartFailed,
+    UsageError,
+)
 from localaistack.runtime import procs
 from localaistack.runtime.native import NativeBackend
 from localaistack.store.db import ACTIVE_STATES, Store, add_event, create_run, set_run_state
@@ -148,7 +154,7 @@ class Runtime:
             return self.native.is_alive(run, self._boot)  # every run has a supervisor
         raise NotSupported(f"unknown backend {run['backend']!r} for run {run['run_id']}")
 
-    def sweep_orphans(self, grace: float = ORPHAN_GRACE) -> list[str]:
+    def sweep_orphans(self, grace: float | None = None) -> list[str]:
         """Containers labelled for this LAS_HOME that no active run points to.
 
         Each is reported (an event); one older than ``grace`` seconds is removed. Only
@@ -156,6 +162,8 @@ class Runtime:
         """
         from localaistack.runtime import engines
 
+        if grace is None:
+            grace = float(os.environ.get("LAS_ORPHAN_GRACE", ORPHAN_GRACE))
         used = [r[0] for r in self.store.conn.execute(
             "SELECT DISTINCT backend FROM runs WHERE backend != 'native'")]  # fmt: skip
         if not used:
@@ -351,6 +359,17 @@ class Runtime:
     def limits(self, plan: ExecutionPlan, run: sqlite3.Row | None) -> dict[str, str]:
         """What enforces each limit of the plan, in words."""
         r = plan.resources
+        if plan.container is not None:
+            engine = plan.container.engine
+            return {
+                "processes": f"the container ({engine}), --init as PID 1, --pids-limit "
+                f"{plan.container.pids_limit}",
+                "memory": "none requested" if r.memory is None else
+                f"{engine} --memory {r.memory} (swap not allowed beyond it)",
+                "cpus": "none requested" if r.cpus is None else f"{engine} --cpus {r.cpus}",
+                "gpus": "none: no device is passed to the container" if not plan.gpus else
+                f"{engine} device requests for exactly the assigned GPUs",
+            }  # fmt: skip
         handle = json.loads(run["handle"]) if run is not None and run["handle"] else {}
         tree = "process group (session) of the workload"
         if handle.get("cgroup_note"):
@@ -365,6 +384,56 @@ class Runtime:
                 "assigned GPUs" + (" (empty: none assigned)" if not plan.gpus else "")
             ),
         }
+
+    @staticmethod
+    def security(plan: ExecutionPlan) -> dict[str, Any]:
+        """The isolation a run gets, as `las inspect` shows it (engine inspect agrees)."""
+        c = plan.container
+        if c is None:
+            return {"mode": "native: a host process, its own session, process group and cgroup"}
+        published = [f"{b.host_ip}:{b.host_port}->{b.container_port}/{b.protocol}"
+                     for b in plan.ports]  # fmt: skip
+        return {
+            "engine": c.engine,
+            "capabilities": {"drop": ["ALL"], "add": list(c.cap_add)},
+            "no_new_privileges": True,
+            "read_only_root": c.read_only_root,
+            "tmpfs": ["/tmp"] if c.read_only_root else [],
+            "user": c.user,
+            "network": "bridge, published: " + ", ".join(published) if published else "none",
+            "pids_limit": c.pids_limit,
+            "init": True,
+            "privileged": False,
+            "pull": "never",
+            "engine_socket_mounted": False,
+        }
+
+    def preflight(self, plan: ExecutionPlan) -> None:
+        """Checks that need the engine, before anything is created.
+
+        Raises:
+            StartFailed: the image is missing, the engine is unusable, or a volume source
+                does not exist.
+        """
+        c = plan.container
+        if c is None:
+            return
+        from localaistack.runtime import engines
+
+        for v in c.volumes:
+            if not os.path.exists(v.source):
+                raise StartFailed(f"volume source {v.source} does not exist",
+                                  hint="create it, or fix the parameter that names it")  # fmt: skip
+        engine = engines.Engine(c.engine, global_args=c.engine_args)
+        try:
+            present = engine.image_exists(c.image)
+        except engines.EngineError as exc:
+            raise StartFailed(exc.message, hint=exc.hint) from exc
+        if not present:
+            raise StartFailed(
+                f"image {c.image} is not present in {c.engine}; las never pulls at run time",
+                hint=f"get it with `{c.engine} pull {c.image}` (or build/import it), then retry",
+            )
 
     def record_event(self, name: str, type_: str, message: str) -> None:
         with self.store.transaction() as c:
