@@ -285,6 +285,269 @@ def test_note_multiline_and_closed_writer(tmp_path: Path) -> None:
         LogWriter(tmp_path / "b.log", max_size=BIG, keep=0).feed("X", b"x\n")
 
 
+TS = b"2026-11-26T18:27:23.123456Z"
+
+
+def lines_of(lines: list[bytes]) -> bytes:
+    return b"".join(line + b"\n" for line in lines)
+
+
+def block_spans(raw: bytes) -> list[tuple[int, int, int]]:
+    """(header start, body start, body end) of each block, by the documented format alone."""
+    spans = []
+    pos = 0
+    while pos < len(raw):
+        nl = raw.find(b"\n", pos)
+        if nl < 0:
+            break
+        line = raw[pos:nl]
+        if len(line) > 32 and line[27:32] in (b" O B ", b" E B ") and line[32:].isdigit():
+            body = nl + 1
+            spans.append((pos, body, body + int(line[32:])))
+            pos = body + int(line[32:])
+        else:
+            pos = nl + 1
+    return spans
+
+
+def test_block_record_format(tmp_path: Path) -> None:
+    p = tmp_path / "run.log"
+    lines = numbered(100, width=80)  # about 5 KB: stored as one block
+    data = lines_of(lines)
+    assert len(data) > 4096
+    with LogWriter(p, max_size=BIG, keep=0) as w:
+        w.feed("O", b"head of ")
+        w.feed("O", data + b"tail")
+        w.feed("E", b"e\n")
+        assert w.written_lines == 2  # a block and a line record
+    raw = p.read_bytes()
+    header, rest = raw.split(b"\n", 1)
+    body = b"head of " + data
+    ts = header[:27].decode()
+    assert ts[4] == "-" and ts[10] == "T" and ts[19] == "." and ts.endswith("Z")
+    assert header[27:] == b" O B %d" % len(body)
+    assert rest[: len(body)] == body
+    after = rest[len(body) :].split(b"\n")
+    assert [line[27:] for line in after] == [b" E F e", b" O P tail", b""]
+    assert block_spans(raw) == [(0, len(header) + 1, len(header) + 1 + len(body))]
+    recs = list(iter_records(p))
+    assert recs[:100] == [Record(ts, "O", False, b"head of " + lines[0])] + [
+        Record(ts, "O", False, line) for line in lines[1:]
+    ]
+    assert [(r.stream, r.partial, r.payload) for r in recs[100:]] == [
+        ("E", False, b"e"),
+        ("O", True, b"tail"),
+    ]
+
+
+def test_block_larger_than_max_size_goes_whole_into_a_fresh_file(tmp_path: Path) -> None:
+    p = tmp_path / "run.log"
+    big = numbered(300, width=50)
+    with LogWriter(p, max_size=4096, keep=5) as w:
+        w.feed("O", b"a\n")
+        w.feed("O", lines_of(big))
+        w.feed("O", b"b\n")
+    assert log_files(tmp_path) == ["run.log", "run.log.1", "run.log.2"]
+    block = (tmp_path / "run.log.1").read_bytes()
+    assert len(block) > 4096
+    assert block_spans(block) == [(0, block.index(b"\n") + 1, len(block))]
+    assert payloads(p) == [b"a", *big, b"b"]
+
+
+def test_long_lines_in_big_chunks(tmp_path: Path) -> None:
+    rng = random.Random(5)
+
+    def some(n: int, lengths: list[int]) -> list[bytes]:
+        return [bytes(rng.choice(b"abcdef ") for _ in range(rng.choice(lengths))) for _ in range(n)]
+
+    short = [0, 5, 99, 100]
+    lines = some(400, short) + some(200, [*short, 101, 250, 1000]) + some(400, short)
+    data = lines_of(lines)
+    p = tmp_path / "run.log"
+    with LogWriter(p, max_size=BIG, keep=0, max_line=100) as w:
+        pos = 0
+        while pos < len(data):
+            n = rng.randint(3000, 9000)
+            w.feed("O", data[pos : pos + n])
+            pos += n
+    recs = list(iter_records(p))
+    assert all(len(r.payload) <= 100 for r in recs)
+    assert b"".join(format_records(recs, False)) == data
+    assert block_spans(p.read_bytes())  # some chunks without long lines were blocks
+
+
+def test_forged_records_from_the_workload_come_back_verbatim(tmp_path: Path) -> None:
+    forged = [
+        TS + b" O B 5",
+        TS + b" E B 0",
+        TS + b" O B 999999999",
+        TS + b" O B 12345678901234567890",
+        TS + b" O F hello",
+        TS + b" E P piece",
+        TS + b" L F las: 7 lines could not be written (No space left on device)",
+        TS + b" O B 40",
+        b"",
+        b"B",
+        b" B ",
+        b"Z O B ",
+    ]
+    rng = random.Random(6)
+    streams = {
+        s: [
+            rng.choice(forged)
+            if rng.random() < 0.4
+            else b"%s %05d %s" % (s.encode(), i, b"q" * (i % 70))
+            for i in range(3000)
+        ]
+        for s in ("O", "E")
+    }
+    data = {s: lines_of(v) for s, v in streams.items()}
+    p = tmp_path / "logs" / "run.log"
+    done = threading.Event()
+    follower, followed = run_follower(p, done.is_set)
+    with LogWriter(p, max_size=16384, keep=10_000) as w:
+        pos = dict.fromkeys(data, 0)
+        while any(pos[s] < len(data[s]) for s in data):
+            s = rng.choice([s for s in data if pos[s] < len(data[s])])
+            end = pos[s] + rng.choice([rng.randint(1, 200), rng.randint(4096, 12000)])
+            if rng.random() < 0.5:  # end the chunk at a line end: the next starts with a line
+                end = data[s].find(b"\n", end) + 1 or len(data[s])
+            w.feed(s, data[s][pos[s] : end])
+            pos[s] = end
+    done.set()
+    follower.join(30)
+    assert not follower.is_alive()
+    assert any(block_spans((p.parent / name).read_bytes()) for name in log_files(p.parent))
+    recs = list(iter_records(p))
+    assert all(len(r.ts) == 27 and not r.partial for r in recs)
+    for s in ("O", "E"):
+        assert [r.payload for r in recs if r.stream == s] == streams[s]
+    assert followed == recs
+    for n in (1, 2, 5, 50, 500, 3000, len(recs), len(recs) + 5):
+        assert tail_records(p, n) == recs[-n:], n
+    for k in (1, 7, 400):
+        assert list(follow_records(p, stop=lambda: True, tail=k)) == recs[-k:], k
+    assert list(follow_records(p, stop=lambda: True)) == recs
+
+
+def test_new_writer_rotates_away_a_file_ending_inside_a_block(tmp_path: Path) -> None:
+    p = tmp_path / "run.log"
+    torn = TS + b" O F ok\n" + TS + b" O B 100\npartial line\nhal"
+    p.write_bytes(torn)
+    with LogWriter(p, max_size=BIG, keep=2) as w:
+        w.feed("O", b"next\n")
+    assert log_files(tmp_path) == ["run.log", "run.log.1"]
+    assert (tmp_path / "run.log.1").read_bytes() == torn
+    assert [(r.stream, r.partial, r.payload) for r in iter_records(p)] == [
+        ("O", False, b"ok"),
+        ("O", False, b"partial line"),
+        ("O", True, b"hal"),
+        ("O", False, b"next"),
+    ]
+    # A header line cut short would read as a header once a newline follows: the same.
+    p2 = tmp_path / "b" / "run.log"
+    p2.parent.mkdir()
+    p2.write_bytes(TS + b" O F ok\n" + TS + b" E B 10")
+    with LogWriter(p2, max_size=BIG, keep=0) as w:  # keep=0: the damaged file goes
+        w.feed("O", b"next\n")
+    assert [r.payload for r in iter_records(p2)] == [b"next"]
+
+
+def test_torn_block_at_the_end_of_a_file(tmp_path: Path) -> None:
+    p = tmp_path / "run.log"
+    ts = TS.decode()
+    (tmp_path / "run.log.3").write_bytes(TS + b" O F first\n" + TS + b" O B 30\nl1\nl2\nfra")
+    (tmp_path / "run.log.2").write_bytes(TS + b" E B 3\nok\n" + TS + b" E B 9\nl3\n")
+    (tmp_path / "run.log.1").write_bytes(TS + b" O B 8")  # a header cut short
+    p.write_bytes(TS + b" O F live\n" + TS + b" E B 100\n" + TS + b" O F inside\n")
+    want = [
+        Record(ts, "O", False, b"first"),
+        Record(ts, "O", False, b"l1"),
+        Record(ts, "O", False, b"l2"),
+        Record(ts, "O", True, b"fra"),
+        Record(ts, "E", False, b"ok"),
+        Record(ts, "E", False, b"l3"),
+        Record("", "L", False, TS + b" O B 8"),
+        Record(ts, "O", False, b"live"),
+        Record(ts, "E", False, TS + b" O F inside"),
+    ]
+    assert list(iter_records(p)) == want
+    assert list(follow_records(p, stop=lambda: True)) == want
+    for n in range(1, len(want) + 2):
+        assert tail_records(p, n) == want[-n:], n
+    for k in (0, 1, 3, 20):
+        got = list(follow_records(p, stop=lambda: True, tail=k))
+        assert got == want[len(want) - len(got) :]
+        assert len(got) >= min(k, len(want))
+    assert list(iter_records(tmp_path / "run.log.3", include_rotated=False)) == want[:4]
+
+
+def test_torn_block_in_a_rotated_file_written_by_the_writer(tmp_path: Path) -> None:
+    p = tmp_path / "run.log"
+    lines = numbered(3000, width=60)
+    with LogWriter(p, max_size=32768, keep=1000) as w:
+        feed_in_chunks(w, "O", lines_of(lines), random.Random(8), 12000)
+    f = tmp_path / "run.log.2"
+    raw = f.read_bytes()
+    _, body, end = block_spans(raw)[-1]  # cut the last block in half (and what follows)
+    cut = body + (end - body) // 2
+    if raw[cut - 1] == 0x0A:
+        cut += 1
+    os.truncate(f, cut)
+    block_lines = raw[body:end].split(b"\n")[:-1]
+    kept = raw[body:cut].split(b"\n")
+    frag = kept.pop()
+    i = lines.index(block_lines[0])
+    j = lines.index(next(iter_records(tmp_path / "run.log.1", include_rotated=False)).payload)
+    want = [(False, x) for x in lines[: i + len(kept)]]
+    want += [(True, frag)] + [(False, x) for x in lines[j:]]
+    recs = list(iter_records(p))
+    assert [(r.partial, r.payload) for r in recs] == want
+    assert list(follow_records(p, stop=lambda: True)) == recs
+    for n in (1, 100, len(lines) - j, len(lines) - j + 1, len(lines) - j + 5, len(recs)):
+        assert tail_records(p, n) == recs[-n:], n
+
+
+def test_random_damage_never_crashes_and_the_readers_agree(tmp_path: Path) -> None:
+    rng = random.Random(9)
+
+    def piece() -> bytes:
+        k = rng.randrange(8)
+        if k == 0:
+            return TS + b" O F " + bytes(rng.randrange(256) for _ in range(rng.randrange(20)))
+        if k == 1:
+            body = lines_of([b"b%d" % rng.randrange(100) for _ in range(rng.randrange(5))])
+            n = len(body) + rng.choice([0, 0, 0, -1, 1, 7, -3])
+            return TS + b" %s B %d\n" % (rng.choice([b"O", b"E", b"L"]), max(n, 0)) + body
+        if k == 2:
+            return bytes(rng.randrange(256) for _ in range(rng.randrange(60)))
+        if k == 3:
+            return TS + b" O B " + str(rng.randrange(10**6)).encode()
+        if k == 4:
+            return b"\n" * rng.randrange(3)
+        if k == 5:
+            return TS[: rng.randrange(28)]
+        if k == 6:
+            return (TS + b" E P x" + b"B" * rng.randrange(80))[: rng.randrange(120)]
+        return TS + b" O B 5\n" + b"Z O B " * rng.randrange(12)
+
+    for trial in range(150):
+        d = tmp_path / str(trial)
+        d.mkdir()
+        p = d / "run.log"
+        for i in range(rng.randrange(1, 4)):
+            raw = b"".join(piece() + rng.choice([b"\n", b"\n", b""]) for _ in range(30))
+            (d / ("run.log" if i == 0 else f"run.log.{i}")).write_bytes(raw)
+        full = list(iter_records(p))
+        assert list(follow_records(p, stop=lambda: True)) == full
+        for n in (1, 2, 3, 7, 50, 1000):
+            assert tail_records(p, n) == full[-n:], (trial, n)
+        for k in (0, 1, 5):
+            got = list(follow_records(p, stop=lambda: True, tail=k))
+            assert got == full[len(full) - len(got) :], (trial, k)
+            assert len(got) >= min(k, len(full))
+
+
 # --------------------------------------------------------------------------------------------
 # disk full, on a real tiny filesystem
 
@@ -357,6 +620,44 @@ def test_disk_full_drops_counts_and_reports(tiny_fs: Path) -> None:
     # both intact on disk and counted as dropped.
     assert len(intact) + dropped in (601, 602)
     assert w.written_lines + w.dropped_lines in (600 + 3, 600 + 4)  # + the two notes
+
+
+def test_disk_full_with_blocks_and_a_torn_block(tiny_fs: Path) -> None:
+    p = tiny_fs / "run.log"
+    lines = numbered(1400, width=90)
+    chunks = [lines_of(lines[i : i + 200]) for i in range(0, 1400, 200)]  # about 11 KB each
+    w = LogWriter(p, max_size=BIG, keep=2)
+    w.feed("O", chunks[0])
+    filler = tiny_fs / "filler"
+    fill(filler)
+    os.truncate(filler, filler.stat().st_size - 4096)  # room for part of the next block
+    w.feed("O", chunks[1])  # cut short: held, completed once there is room again
+    raw = p.read_bytes()
+    assert len(raw) > len(chunks[0]) + 4096
+    assert block_spans(raw)[-1][2] > len(raw)  # the file ends inside the second block
+    present = raw.count(b"\n") - 202  # lines of the second block wholly written
+    torn = w.dropped_lines  # its other lines count as dropped
+    assert torn == 200 - present
+    assert 0 < torn < 200
+    t0 = time.monotonic()
+    for c in chunks[2:5]:
+        w.feed("O", c)  # dropped whole; must not raise
+    assert time.monotonic() - t0 < 5
+    assert w.dropped_lines == torn + 600
+    filler.unlink()
+    for c in chunks[5:]:
+        w.feed("O", c)
+    w.feed("O", b"after\n")
+    w.close()
+    assert w.dropped_lines == torn + 600
+    assert w.written_lines == 1 + 1 + 1 + 2 + 1  # blocks 0, 1, the note, blocks 5-6, "after"
+    recs = list(iter_records(p))
+    assert all(r.ts and not r.partial for r in recs)
+    want = f"las: {torn + 600} lines could not be written (No space left on device)".encode()
+    # The cut block was completed before anything else: nothing is lost from it on disk.
+    assert [r.payload for r in recs] == [*lines[:400], want, *lines[1000:], b"after"]
+    assert recs[400].stream == "L"
+    assert tail_records(p, 1001) == recs[-1001:]
 
 
 # --------------------------------------------------------------------------------------------
@@ -536,3 +837,93 @@ def test_directory_cleanup_does_not_break_reading(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path)
     assert list(iter_records(p)) == []
     assert list(follow_records(p, stop=lambda: True, tail=3)) == []
+
+
+def test_follow_waits_for_the_rest_of_a_block(tmp_path: Path) -> None:
+    p = tmp_path / "run.log"
+    ts = TS.decode()
+    p.write_bytes(TS + b" O F before\n" + TS + b" O B 18\nhello\n")  # 6 of 18 body bytes
+    assert list(follow_records(p, stop=lambda: True)) == [
+        Record(ts, "O", False, b"before"),
+        Record(ts, "O", False, b"hello"),
+    ]
+    stop = threading.Event()
+    follower, got = run_follower(p, stop.is_set)
+    follower2, got2 = run_follower(p, stop.is_set, tail=1)
+    wait_until(lambda: len(got) == 2 and len(got2) == 2, what="the lines there")
+    with p.open("ab") as f:
+        f.write(b"wor")
+        f.flush()
+        time.sleep(0.1)
+        assert len(got) == 2  # an incomplete line of the block is waited for
+        f.write(b"ld\nagain\n" + TS + b" E F after\n")
+    wait_until(lambda: len(got) == 5 and len(got2) == 5, what="the rest")
+    stop.set()
+    follower.join(10)
+    follower2.join(10)
+    assert not follower.is_alive() and not follower2.is_alive()
+    want = [
+        Record(ts, "O", False, b"before"),
+        Record(ts, "O", False, b"hello"),
+        Record(ts, "O", False, b"world"),
+        Record(ts, "O", False, b"again"),
+        Record(ts, "E", False, b"after"),
+    ]
+    assert got == want
+    assert got2 == want
+    # Stopped while a block is incomplete: what is there.
+    p.write_bytes(TS + b" O B 18\nhello\nwor")
+    assert list(follow_records(p, stop=lambda: True)) == [
+        Record(ts, "O", False, b"hello"),
+        Record(ts, "O", True, b"wor"),
+    ]
+    assert list(follow_records(p, stop=lambda: True, tail=5)) == [
+        Record(ts, "O", False, b"hello"),
+        Record(ts, "O", True, b"wor"),
+    ]
+
+
+def test_ten_thousand_lines_in_blocks_with_rotation_tail_and_follow(tmp_path: Path) -> None:
+    p = tmp_path / "logs" / "run.log"
+    lines = numbered(10_000, width=120)
+    data = lines_of(lines)
+    done = threading.Event()
+    half = threading.Event()
+    follower, got = run_follower(p, done.is_set)
+    late: list[tuple[threading.Thread, list[Record]]] = []
+
+    def produce() -> None:
+        rng = random.Random(10)
+        with LogWriter(p, max_size=65536, keep=100_000) as w:
+            pos = 0
+            while pos < len(data):
+                n = rng.randint(1, 20000)
+                w.feed("O", data[pos : pos + n])
+                pos += n
+                if pos > len(data) // 2 and not half.is_set():
+                    half.set()
+                    late.append(run_follower(p, done.is_set, tail=50))
+                if rng.random() < 0.05:
+                    time.sleep(0.001)
+        done.set()
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    producer.join(60)
+    assert not producer.is_alive()
+    follower.join(30)
+    assert not follower.is_alive()
+    files = log_files(p.parent)
+    assert len(files) > 10
+    assert any(block_spans((p.parent / name).read_bytes()) for name in files)
+    for name in files:
+        assert (p.parent / name).stat().st_size <= 65536
+    assert [r.payload for r in got] == lines
+    assert payloads(p) == lines
+    for n in (1, 20, 999, 5000, 10_000, 10_001):
+        assert [r.payload for r in tail_records(p, n)] == lines[-n:], n
+    late[0][0].join(30)
+    assert not late[0][0].is_alive()
+    tail_followed = [r.payload for r in late[0][1]]
+    assert tail_followed == lines[-len(tail_followed) :]
+    assert 50 <= len(tail_followed) < 10_000  # it started mid-way, with the 50 before

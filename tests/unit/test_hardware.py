@@ -670,7 +670,11 @@ def test_docker_host_is_passed_through(tmp_path: Path) -> None:
 
 def test_podman_usable_and_failing(tmp_path: Path) -> None:
     good = tmp_path / "good"
-    _script(good, "podman", 'echo \'{"host": {}, "version": {"Version": "4.3.1"}}\'\n')
+    _script(
+        good,
+        "podman",
+        'case "$1" in version) echo \'{"Client": {"Version": "4.3.1"}}\';; image) exit 1;; esac\n',
+    )
     info = detect_engine("podman", env={"PATH": str(good)})
     assert info == EngineInfo(name="podman", installed=True, usable=True, version="4.3.1")
 
@@ -693,7 +697,7 @@ def test_engine_timeout(tmp_path: Path) -> None:
     info = detect_engine("podman", env={"PATH": str(bindir)}, timeout=0.5)
     assert time.monotonic() - start < 10
     assert info.installed and not info.usable
-    assert info.reason == "`podman info` timed out after 0.5s"
+    assert info.reason == "`podman version` timed out after 0.5s"
 
 
 def test_engines_not_installed_with_empty_path() -> None:

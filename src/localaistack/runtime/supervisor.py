@@ -201,8 +201,10 @@ class Supervisor:
         then says so in the run's log and in the supervisor's own log and carries on. The
         next `las` command's reconciliation records what the store missed.
         """
-        self._write(lambda c: set_run_state(c, self.run_id, state, reason, **fields),
-                    f"state {state!r} ({reason})")  # fmt: skip
+        self._write(
+            lambda c: set_run_state(c, self.run_id, state, reason, **fields),
+            f"state {state!r} ({reason})",
+        )
 
     def _write(self, action: Any, what: str) -> None:
         deadline = time.monotonic() + 5.0
@@ -249,8 +251,7 @@ class Supervisor:
         else None (the end is final).
         """
         logs = self.plan["logs"]
-        self.writer = LogWriter(self.attempt.log_path, max_size=logs["max_size"],
-                                keep=logs["keep"])  # fmt: skip
+        self.writer = LogWriter(self.attempt.log_path, max_size=logs["max_size"], keep=logs["keep"])
         self.stopping = self.killed = False
         self.stop_deadline = None
         self.health_failure = None
@@ -278,8 +279,11 @@ class Supervisor:
         if not self.reported_running:
             self.reported_running = True
             waits_for_health = self.health_spec is not None
-            self.report_ready({"state": "running", "pid": self.attempt.pid},
-                              close=not waits_for_health)  # fmt: skip
+            self.report_ready(
+                {"state": "running", "pid": self.attempt.pid}, close=not waits_for_health
+            )
+        if self.container:
+            self._record_container_pid()
         if self.stop_requested:
             self._begin_stop()
         elif self.health_spec is not None:
@@ -333,13 +337,25 @@ class Supervisor:
         if restart:
             self.writer.note(f"las: {reason}")
             self.writer.close()
-            self.record(state, reason, exit_code=code, signal=sig, lines_dropped=dropped,
-                        health=self.health.state)  # fmt: skip
+            self.record(
+                state,
+                reason,
+                exit_code=code,
+                signal=sig,
+                lines_dropped=dropped,
+                health=self.health.state,
+            )
             return reason
         self.writer.note(f"las: {reason}")
         self.writer.close()
-        self.record(state, reason, exit_code=code, signal=sig, lines_dropped=dropped,
-                    health=self.health.state)  # fmt: skip
+        self.record(
+            state,
+            reason,
+            exit_code=code,
+            signal=sig,
+            lines_dropped=dropped,
+            health=self.health.state,
+        )
         self.report_ready({"state": state, "reason": reason})
         return None
 
@@ -350,10 +366,15 @@ class Supervisor:
         me = self.me
         out = subprocess.PIPE if pipes else subprocess.DEVNULL
         return subprocess.Popen(
-            argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
             start_new_session=True,
             preexec_fn=lambda: _child_setup(me, None),  # noqa: PLW1509 (single-threaded)
-        )  # fmt: skip
+        )
 
     def _launch_native(self) -> tuple[int, dict[int, str], dict[str, Any]] | None:
         native = self.plan["native"]
@@ -388,8 +409,11 @@ class Supervisor:
         streams = {proc.stdout.fileno(): "O", proc.stderr.fileno(): "E"}
         self._watch(streams)
         self._keep = [proc]
-        return proc.pid, streams, {"cgroup": str(cg.path) if cg else None,
-                                   "cgroup_note": cgroup_note}  # fmt: skip
+        return (
+            proc.pid,
+            streams,
+            {"cgroup": str(cg.path) if cg else None, "cgroup_note": cgroup_note},
+        )
 
     def _launch_container(self) -> tuple[int, dict[int, str], dict[str, Any]] | None:
         from localaistack.runtime import engines
@@ -407,21 +431,30 @@ class Supervisor:
                 env=[(v["name"], v["value"]) for v in c["env"]],
                 workdir=c.get("workdir"),
                 user=c.get("user"),
-                volumes=[engines.VolumeMount(v["source"], v["target"], v["read_only"])
-                         for v in c["volumes"]],
-                ports=[engines.PublishedPort(p["host_ip"], p["host_port"], p["container_port"],
-                                             p["protocol"]) for p in self.plan["ports"]],
+                volumes=[
+                    engines.VolumeMount(v["source"], v["target"], v["read_only"])
+                    for v in c["volumes"]
+                ],
+                ports=[
+                    engines.PublishedPort(
+                        p["host_ip"], p["host_port"], p["container_port"], p["protocol"]
+                    )
+                    for p in self.plan["ports"]
+                ],
                 memory=res.get("memory"),
                 cpus=res.get("cpus"),
                 pids_limit=int(c.get("pids_limit", 1024)),
                 gpus=[(g["vendor"], g["uuid"]) for g in self.plan["gpus"]],
                 cap_add=c.get("cap_add", ()),
                 read_only_root=bool(c.get("read_only_root", True)),
-                labels={"las.instance": self.instance, "las.run": self.run_id,
-                        "las.home": home_label(self.db_path)},
+                labels={
+                    "las.instance": self.instance,
+                    "las.run": self.run_id,
+                    "las.home": home_label(self.db_path),
+                },
                 ulimits=engines.suggested_ulimits() if engine.name == "podman" else (),
                 stop_signal=self.plan["stop"]["signal"],
-            )  # fmt: skip
+            )
             cid = self.adopt or engine.run(spec)
             self.adopt = None
             env, cwd = engine.subprocess_env(), engine.cwd
@@ -430,24 +463,44 @@ class Supervisor:
             self.adopt_since = None
             waiter = self._spawn_helper([*engine.base_args(), "wait", cid], env, cwd, False)
         except engines.EngineError as exc:
-            self._start_failed(f"could not start: {exc.message}" + (
-                f" ({exc.hint})" if exc.hint else ""))  # fmt: skip
+            self._start_failed(
+                f"could not start: {exc.message}" + (f" ({exc.hint})" if exc.hint else "")
+            )
             return None
         self.cid = cid
-        try:  # the container's init as seen from the host: what `las ps` shows as its pid
-            st = engine.inspect(cid)
-        except engines.EngineError:
-            st = None
-        self.attempt.pid = st.pid if st is not None and st.pid else None
-        self.attempt.pid_start = procs.start_time(self.attempt.pid) if self.attempt.pid else None
         assert logs.stdout is not None and logs.stderr is not None
         streams = {logs.stdout.fileno(): "O", logs.stderr.fileno(): "E"}
         self._watch(streams)
         self._keep = [logs, waiter]
         for p in self._keep:
             p.returncode = 0  # reaped by us, not by Popen
-        return waiter.pid, streams, {"container": cid, "container_name": name,
-                                     "engine": engine.name}  # fmt: skip
+        return (
+            waiter.pid,
+            streams,
+            {"container": cid, "container_name": name, "engine": engine.name},
+        )
+
+    def _record_container_pid(self) -> None:
+        """The container's init as the host sees it: what `las ps` shows as its pid.
+
+        Asked after `las run` has been told the container runs: it costs an engine call.
+        """
+        from localaistack.runtime import engines
+
+        try:
+            st = self.engine.inspect(self.cid)
+        except engines.EngineError:
+            return
+        if st is None or not st.pid:
+            return
+        pid, start = st.pid, procs.start_time(st.pid)
+        self.attempt.pid, self.attempt.pid_start = pid, start
+        self._write(
+            lambda c: c.execute(
+                "UPDATE runs SET pid=?, pid_start=? WHERE run_id=?", (pid, start, self.run_id)
+            ),
+            "container pid",
+        )
 
     def _watch(self, streams: dict[int, str]) -> None:
         for fd in streams:
@@ -457,8 +510,13 @@ class Supervisor:
     def _start_failed(self, reason: str) -> None:
         self.writer.note(f"las: {reason}")
         self.writer.close()
-        self.record("failed", reason, lines_dropped=self.writer.dropped_lines,
-                    sup_pid=self.me, sup_start=self.me_start)  # fmt: skip
+        self.record(
+            "failed",
+            reason,
+            lines_dropped=self.writer.dropped_lines,
+            sup_pid=self.me,
+            sup_start=self.me_start,
+        )
         self.report_ready({"state": "failed", "reason": reason})
 
     def _container_end(
@@ -489,8 +547,13 @@ class Supervisor:
             if sig == sig_name:
                 return "stopped", f"stopped: exited on {sig_name}", code, sig
             if code == 137:
-                return ("stopped", f"stopped: did not exit within the stop timeout after "
-                        f"{sig_name}; killed with SIGKILL", code, sig)  # fmt: skip
+                return (
+                    "stopped",
+                    f"stopped: did not exit within the stop timeout after "
+                    f"{sig_name}; killed with SIGKILL",
+                    code,
+                    sig,
+                )
             return "stopped", f"stopped: exited with code {code} after {sig_name}", code, sig
         if code == 0:
             return "stopped", "exited on its own with code 0", code, sig
@@ -507,9 +570,16 @@ class Supervisor:
         """The event loop while the workload runs; returns its wait status."""
         while True:
             now = time.monotonic()
-            timers = [t for t in (self.stop_deadline, self.next_probe,
-                                  self.probe.deadline if self.probe else None,
-                                  self.start_deadline()) if t is not None]  # fmt: skip
+            timers = [
+                t
+                for t in (
+                    self.stop_deadline,
+                    self.next_probe,
+                    self.probe.deadline if self.probe else None,
+                    self.start_deadline(),
+                )
+                if t is not None
+            ]
             timeout = max(0.0, min(timers) - now) if timers else None
             for key, _ in self.sel.select(timeout):
                 if key.data == "output":
@@ -553,8 +623,10 @@ class Supervisor:
     def _start_probe(self) -> None:
         assert self.health_spec is not None
         self.next_probe = None
-        host = next((p["host_ip"] for p in self.plan["ports"]
-                     if p["name"] == self.health_spec.get("port")), "127.0.0.1")  # fmt: skip
+        host = next(
+            (p["host_ip"] for p in self.plan["ports"] if p["name"] == self.health_spec.get("port")),
+            "127.0.0.1",
+        )
         from localaistack.runtime import probes  # only supervisors with a probe pay for it
 
         if self.container:
@@ -617,8 +689,9 @@ class Supervisor:
         message = f"{new}: {result.message} ({result.latency * 1000:.1f} ms)"
 
         def write(c: sqlite3.Connection) -> None:
-            c.execute("UPDATE runs SET health=?, probes=? WHERE run_id=?",
-                      (new, history, self.run_id))  # fmt: skip
+            c.execute(
+                "UPDATE runs SET health=?, probes=? WHERE run_id=?", (new, history, self.run_id)
+            )
             if new == "healthy" and old != "healthy":
                 c.execute("UPDATE runs SET healthy_at=? WHERE run_id=?", (time.time(), self.run_id))
             if new != old:
@@ -650,12 +723,22 @@ class Supervisor:
         self.restart_times = [t for t in self.restart_times if now - t < window]
         if len(self.restart_times) >= int(self.restart["max_restarts"]):
             attempts = len(self.restart_times) + 1
-            reason = (f"restart budget exhausted after {attempts} attempts (first failure: "
-                      f"{self.failures[0]}; last: {self.failures[-1]})")  # fmt: skip
-            self._write(lambda c: c.execute("UPDATE runs SET reason=? WHERE run_id=?",
-                                            (reason, self.run_id)), "budget")  # fmt: skip
-            self._write(lambda c: add_event(c, "failed", reason, instance=self.instance,
-                                            run_id=self.run_id), "budget event")  # fmt: skip
+            reason = (
+                f"restart budget exhausted after {attempts} attempts (first failure: "
+                f"{self.failures[0]}; last: {self.failures[-1]})"
+            )
+            self._write(
+                lambda c: c.execute(
+                    "UPDATE runs SET reason=? WHERE run_id=?", (reason, self.run_id)
+                ),
+                "budget",
+            )
+            self._write(
+                lambda c: add_event(
+                    c, "failed", reason, instance=self.instance, run_id=self.run_id
+                ),
+                "budget event",
+            )
             self.report_ready({"state": "failed", "reason": reason})
             return None
         n = len(self.restart_times)
@@ -668,12 +751,24 @@ class Supervisor:
         run_id = os.urandom(6).hex()  # the same form as las's uuid4().hex[:12]
         log_path = str(Path(self.attempt.log_path).parent / f"{run_id}.log")
         n = len(self.restart_times) + 1
-        reason = (f"restart {n} of at most {self.restart['max_restarts']} in {delay:.2f}s "
-                  f"after: {failure}")  # fmt: skip
-        self._write(lambda c: create_run(c, run_id=run_id, instance=self.instance,
-                                         backend=self.backend, boot_id=self.boot_id,
-                                         log_path=log_path, reason=reason, sup_pid=self.me,
-                                         sup_start=self.me_start), "restart")  # fmt: skip
+        reason = (
+            f"restart {n} of at most {self.restart['max_restarts']} in {delay:.2f}s "
+            f"after: {failure}"
+        )
+        self._write(
+            lambda c: create_run(
+                c,
+                run_id=run_id,
+                instance=self.instance,
+                backend=self.backend,
+                boot_id=self.boot_id,
+                log_path=log_path,
+                reason=reason,
+                sup_pid=self.me,
+                sup_start=self.me_start,
+            ),
+            "restart",
+        )
         self.attempt = Attempt(run_id, log_path)
         self.restart_times.append(time.monotonic())
         deadline = time.monotonic() + delay
@@ -754,9 +849,14 @@ class Supervisor:
             # `ENGINE stop` sends the stop signal set at `run` and SIGKILLs after the timeout;
             # run it as a helper so the loop keeps reading logs meanwhile.
             engine = self.engine
-            self._keep.append(self._spawn_helper(
-                [*engine.base_args(), "stop", "-t", str(max(0, round(timeout))), self.cid],
-                engine.subprocess_env(), engine.cwd, False))  # fmt: skip
+            self._keep.append(
+                self._spawn_helper(
+                    [*engine.base_args(), "stop", "-t", str(max(0, round(timeout))), self.cid],
+                    engine.subprocess_env(),
+                    engine.cwd,
+                    False,
+                )
+            )
             self._keep[-1].returncode = 0
             self.stop_deadline = time.monotonic() + timeout + 15.0  # then kill it ourselves
             return

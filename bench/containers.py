@@ -1,0 +1,112 @@
+"""Container start: `las run --detach` of a container module vs the engine's own `run -d`.
+
+    python -m bench.containers [--quick]
+
+Both start the same image with the same flags (las's secure defaults: the peer runs the
+exact argv las's engine layer builds), alternating A B A B; removal is not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.harness import Row, alternate, machine, save, table
+from bench.native import las_cmd, workspace
+
+IMAGE = "localhost/las-busybox:latest"
+
+
+def bench_engine(root: Path, name: str, reps: int) -> Row | None:
+    from localaistack.runtime.engines import (
+        ContainerRunSpec,
+        Engine,
+        suggested_global_args,
+        suggested_ulimits,
+    )
+
+    engine = Engine(name, global_args=suggested_global_args(name))
+    ok, why = engine.usable()
+    if not ok or not engine.image_exists(IMAGE):
+        print(f"{name}: skipped ({why if not ok else IMAGE + ' missing'})", file=sys.stderr)
+        return None
+    home = root / f"home-{name}"
+    home.mkdir(mode=0o700)
+    (home / "policy.yaml").write_text(f"container_engine: {name}\n")
+    module = root / f"sleeper-{name}.yaml"
+    module.write_text(
+        "name: csleep\nruntime:\n  modes: [container]\n"
+        f"  container: {{image: {IMAGE}, command: [sleep, '1000']}}\n"
+        "  stop: {timeout: 1s}\n"
+    )
+    env = {**os.environ, "LAS_HOME": str(home)}
+    cmd = las_cmd()
+    spec_args = {
+        "image": IMAGE,
+        "argv": ["sleep", "1000"],
+        "pids_limit": 1024,
+        "user": "65534:65534",
+        "stop_signal": "SIGTERM",
+        "ulimits": suggested_ulimits() if name == "podman" else (),
+    }
+
+    def las_start(i: int) -> float:
+        t0 = time.perf_counter()
+        subprocess.run(
+            [*cmd, "run", "-d", str(module), "--name", f"c{i}"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        took = time.perf_counter() - t0
+        subprocess.run([*cmd, "rm", "-f", f"c{i}"], env=env, check=True, capture_output=True)
+        return took
+
+    def engine_start(i: int) -> float:
+        argv = engine.run_args(ContainerRunSpec(name=f"bench-peer-{i}", **spec_args))
+        t0 = time.perf_counter()
+        subprocess.run(
+            argv, check=True, capture_output=True, cwd=engine.cwd, env=engine.subprocess_env()
+        )
+        took = time.perf_counter() - t0
+        engine.remove(f"bench-peer-{i}")
+        return took
+
+    xs, ys = alternate(las_start, engine_start, reps)
+    ratio = sorted(xs)[len(xs) // 2] / sorted(ys)[len(ys) // 2]
+    return Row(
+        f"container start until running ({name})",
+        "s",
+        xs,
+        f"{name} run -d",
+        ys,
+        "<= 1.2x",
+        ratio <= 1.2,
+        note="same image and flags; las includes planning, admission and its supervisor",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="few repetitions")
+    args = parser.parse_args()
+    reps = 2 if args.quick else 7
+    rows = []
+    with workspace() as root:
+        for name in ("podman", "docker"):
+            row = bench_engine(root, name, reps)
+            if row is not None:
+                rows.append(row)
+    print(f"machine: {machine()}")
+    print(table(rows))
+    print(f"raw numbers: {save('containers', rows, {'quick': args.quick})}")
+
+
+if __name__ == "__main__":
+    main()
