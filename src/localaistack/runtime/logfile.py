@@ -260,6 +260,18 @@ class LogWriter:
         code = _stream_code(stream)
         if not data:
             return
+        # Keep rotation close to max_size: a chunk much larger than the file size limit is
+        # recorded as several blocks, cut at line boundaries (never at the default size).
+        limit = max(4096, self.max_size // 4)
+        if len(data) > limit:
+            pos = 0
+            while len(data) - pos > limit:
+                cut = data.rfind(b"\n", pos, pos + limit) + 1
+                if cut <= pos:
+                    break  # one very long line: the long-line rules below handle it
+                self.feed(stream, data[pos:cut])
+                pos = cut
+            data = data[pos:]
         with self._lock:
             self._check_open()
             end = data.rfind(b"\n") + 1
