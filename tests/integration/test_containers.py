@@ -55,7 +55,7 @@ def cmod(tmp_path: Path, engine: Engine, las: Las) -> Iterator[Callable[..., Pat
 
 
 def labelled(engine: Engine, las: Las) -> list[Any]:
-    from localaistack.store.paths import home_label
+    from localaistack.store.db import home_label
 
     return engine.list_labelled("las.home", home_label(las.home / "state.db"))
 
@@ -165,7 +165,7 @@ def test_orphan_containers_are_reported_then_removed(
     las: Las, engine: Engine, las_env: dict[str, str]
 ) -> None:
     from localaistack.runtime.engines import ContainerRunSpec, suggested_ulimits
-    from localaistack.store.paths import home_label
+    from localaistack.store.db import home_label
 
     las.ok("ps")  # creates LAS_HOME and its database
     db = sqlite3.connect(las.home / "state.db")

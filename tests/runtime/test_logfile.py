@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from localaistack.runtime.logfile import (
-    LogWriter,
-    Record,
+from localaistack.runtime.logfile import LogWriter, Record
+from localaistack.runtime.logread import (
     follow_records,
     format_record,
     format_records,
@@ -83,7 +82,7 @@ def test_record_format(tmp_path: Path) -> None:
     ]
     assert w.written_lines == 3
     assert w.dropped_lines == 0
-    assert w.path == p
+    assert w.path == str(p)
 
 
 def test_lines_split_across_chunks_are_reassembled(tmp_path: Path) -> None:

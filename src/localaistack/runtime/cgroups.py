@@ -18,15 +18,14 @@ import contextlib
 import os
 import signal
 import time
-from pathlib import Path
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_ROOT = "/sys/fs/cgroup"  # str paths: pathlib costs the supervisor memory
 
 
 class RunCgroup:
     """One run's cgroup directory."""
 
-    def __init__(self, path: Path, version: str) -> None:
+    def __init__(self, path: str, version: str) -> None:
         self.path = path
         self.version = version
 
@@ -34,12 +33,13 @@ class RunCgroup:
         return f"<RunCgroup {self.version} {self.path}>"
 
     @property
-    def procs_file(self) -> Path:
-        return self.path / "cgroup.procs"
+    def procs_file(self) -> str:
+        return os.path.join(self.path, "cgroup.procs")
 
     def pids(self) -> list[int]:
         try:
-            return [int(x) for x in self.procs_file.read_text().split()]
+            with open(self.procs_file) as f:
+                return [int(x) for x in f.read().split()]
         except OSError:
             return []
 
@@ -59,26 +59,27 @@ class RunCgroup:
 
     def remove(self) -> None:
         with contextlib.suppress(OSError):
-            self.path.rmdir()
+            os.rmdir(self.path)
 
 
-def _unified(root: Path) -> bool:
-    return (root / "cgroup.controllers").exists()
+def _unified(root: str) -> bool:
+    return os.path.exists(os.path.join(root, "cgroup.controllers"))
 
 
-def path_for(run_id: str, root: Path = CGROUP_ROOT) -> tuple[Path, str]:
+def path_for(run_id: str, root: str = CGROUP_ROOT) -> tuple[str, str]:
     """Where a run's cgroup lives on this machine, and the cgroup version."""
     if _unified(root):
-        return root / "las" / run_id, "v2"
-    return root / "pids" / "las" / run_id, "v1"
+        return os.path.join(root, "las", run_id), "v2"
+    return os.path.join(root, "pids", "las", run_id), "v1"
 
 
-def create(run_id: str, root: Path = CGROUP_ROOT) -> tuple[RunCgroup | None, str]:
+def create(run_id: str, root: str = CGROUP_ROOT) -> tuple[RunCgroup | None, str]:
     """Create the run's cgroup; returns it (or None) and a sentence saying what was done."""
     path, version = path_for(run_id, root)
     try:
-        path.parent.mkdir(exist_ok=True)
-        path.mkdir()
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(os.path.dirname(path))
+        os.mkdir(path)
     except FileExistsError:
         pass
     except OSError as exc:
@@ -86,10 +87,10 @@ def create(run_id: str, root: Path = CGROUP_ROOT) -> tuple[RunCgroup | None, str
     return RunCgroup(path, version), f"cgroup {version} {path}"
 
 
-def existing(run_id: str, root: Path = CGROUP_ROOT) -> RunCgroup | None:
+def existing(run_id: str, root: str = CGROUP_ROOT) -> RunCgroup | None:
     """The run's cgroup if it still exists (for cleanup after a supervisor died)."""
     path, version = path_for(run_id, root)
-    return RunCgroup(path, version) if path.is_dir() else None
+    return RunCgroup(path, version) if os.path.isdir(path) else None
 
 
 def join(procs_file: str) -> None:

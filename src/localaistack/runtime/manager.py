@@ -28,8 +28,15 @@ from localaistack.errors import (
 )
 from localaistack.runtime import procs
 from localaistack.runtime.native import NativeBackend
-from localaistack.store.db import ACTIVE_STATES, Store, add_event, create_run, set_run_state
-from localaistack.store.paths import ensure_home, home_label
+from localaistack.store.db import (
+    ACTIVE_STATES,
+    Store,
+    add_event,
+    create_run,
+    home_label,
+    set_run_state,
+)
+from localaistack.store.paths import ensure_home
 
 if TYPE_CHECKING:
     from localaistack.plan import ExecutionPlan
@@ -44,7 +51,7 @@ def _iso(ts: float) -> str:
 
 def _last_log_time(path: str) -> str | None:
     """The time of the last line las captured for a run (where re-adoption resumes)."""
-    from localaistack.runtime.logfile import tail_records
+    from localaistack.runtime.logread import tail_records
 
     records = [r for r in tail_records(path, 1) if r.ts]
     return records[-1].ts if records else None

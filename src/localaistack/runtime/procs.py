@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
-_BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+_BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
 
 def boot_id() -> str:
-    return _BOOT_ID_PATH.read_text().strip()
+    with open(_BOOT_ID_PATH) as f:
+        return f.read().strip()
 
 
 class ProcStat:

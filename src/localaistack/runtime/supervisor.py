@@ -31,14 +31,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from localaistack.errors import StoreError
 from localaistack.runtime import cgroups, procs
 from localaistack.runtime.logfile import LogWriter
-from localaistack.store.db import Store, add_event, create_run, set_run_state
-from localaistack.store.paths import home_label
+from localaistack.store.db import Store, add_event, create_run, home_label, set_run_state
 
 if TYPE_CHECKING:
     from localaistack.runtime import probes
@@ -134,7 +132,7 @@ class Attempt:
 class Supervisor:
     """Supervises one instance's runs: the first, and restarts when the plan asks for them."""
 
-    def __init__(self, db: Path, run_id: str, ready_fd: int | None) -> None:
+    def __init__(self, db: str, run_id: str, ready_fd: int | None) -> None:
         self.db_path = db
         self.ready_fd = ready_fd
         self.store = Store(db)
@@ -756,7 +754,7 @@ class Supervisor:
     def wait_to_restart(self, delay: float, failure: str) -> bool:
         """Create the next run, wait the backoff, and return True to start it (False: stop)."""
         run_id = os.urandom(6).hex()  # the same form as las's uuid4().hex[:12]
-        log_path = str(Path(self.attempt.log_path).parent / f"{run_id}.log")
+        log_path = os.path.join(os.path.dirname(self.attempt.log_path), f"{run_id}.log")
         n = len(self.restart_times) + 1
         reason = (
             f"restart {n} of at most {self.restart['max_restarts']} in {delay:.2f}s "
@@ -987,7 +985,7 @@ def _parse_args(argv: list[str]) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     ready = args.get("ready-fd")
-    sup = Supervisor(Path(args["db"]), args["run"], int(ready) if ready else None)
+    sup = Supervisor(args["db"], args["run"], int(ready) if ready else None)
     sup.adopt, sup.adopt_since = args.get("adopt"), args.get("since")
     try:
         return sup.run()

@@ -23,8 +23,10 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pathlib costs the long-lived supervisor memory
+    from pathlib import Path
 
 from localaistack.errors import StoreError
 
@@ -96,7 +98,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-def _connect(path: Path, timeout: float) -> sqlite3.Connection:
+def _connect(path: str | Path, timeout: float) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
@@ -109,9 +111,9 @@ def _connect(path: Path, timeout: float) -> sqlite3.Connection:
 class Store:
     """A connection to the state database. Not shared across threads or processes."""
 
-    def __init__(self, path: Path, *, timeout: float = 10.0) -> None:
+    def __init__(self, path: str | Path, *, timeout: float = 10.0) -> None:
         self.path = path
-        new = not path.exists()
+        new = not os.path.exists(path)
         try:
             if new:
                 fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
@@ -149,8 +151,8 @@ class Store:
                 "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(len(MIGRATIONS)),)
             )
         for suffix in ("-wal", "-shm"):
-            side = Path(str(self.path) + suffix)
-            if side.exists():
+            side = f"{self.path}{suffix}"
+            if os.path.exists(side):
                 os.chmod(side, 0o600)
 
     @contextmanager
@@ -344,3 +346,11 @@ def create_run(
     add_event(c, "starting", f"run {run_id} (attempt {attempt}): {reason}", instance=instance,
               run_id=run_id, at=now)  # fmt: skip
     return attempt
+
+
+def home_label(db: str | Path) -> str:
+    """The label value that tells containers of this LAS_HOME (given its state.db) apart."""
+    import hashlib
+
+    home = os.path.dirname(os.path.realpath(db))
+    return hashlib.sha256(home.encode()).hexdigest()[:16]

@@ -62,10 +62,3 @@ def ensure_home(home: Path | None = None) -> Path:
             hint=f"run `chmod 700 {home}` or choose another LAS_HOME",
         )
     return home
-
-
-def home_label(db: Path) -> str:
-    """The label value that tells containers of this LAS_HOME (given its state.db) apart."""
-    import hashlib
-
-    return hashlib.sha256(str(db.parent.resolve()).encode()).hexdigest()[:16]
