@@ -214,7 +214,12 @@ def planner_for(
 
     def plan(allocate: Callable[[str, str], int] | None) -> Any:
         return make_plan(
-            loaded, profile, policy, request, allocate or (lambda host, _name: free_port(host))
+            loaded,
+            profile,
+            policy,
+            request,
+            allocate or (lambda host, _name: free_port(host)),
+            resolve_executables=hardware_file is None,  # another machine's paths are unknown
         )
 
     return plan

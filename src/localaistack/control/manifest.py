@@ -35,6 +35,8 @@ PORT_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 PARAM_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 # ${name} or ${ports.name}; $$ is a literal dollar sign.
 TEMPLATE_RE = re.compile(r"\$\$|\$\{([^}]*)\}")
+# ${...} names every manifest may use besides its parameters and ${ports.NAME}.
+BUILTIN_TEMPLATE_VALUES = frozenset({"host", "gpus.count", "gpus.memory_fraction"})
 KNOWN_TOP_LEVEL = frozenset(
     {
         "name",
@@ -130,10 +132,43 @@ class Integrity(_Strict):
     signature: str | None = None
 
 
+class OptionalArgs(_Strict):
+    """Arguments included only when a parameter is set: ``{when: api_key, args: [...]}``."""
+
+    when: str
+    args: list[str] = Field(min_length=1)
+
+
+CommandItem = str | OptionalArgs
+
+
+def command_strings(command: list[CommandItem], where: str) -> list[tuple[str, str]]:
+    """Every template string of a command, with its place."""
+    out: list[tuple[str, str]] = []
+    for i, item in enumerate(command):
+        if isinstance(item, str):
+            out.append((f"{where}[{i}]", item))
+        else:
+            out += [(f"{where}[{i}].args[{j}]", a) for j, a in enumerate(item.args)]
+    return out
+
+
 class NativeSection(_Strict):
-    command: list[str] = Field(min_length=1)
+    command: list[CommandItem] = Field(min_length=1)
     env: dict[str, str] = {}
     workdir: str | None = None
+    # Where to find the executable besides PATH (argv[0] a bare name): an environment
+    # variable naming it (tried first), then a Python package function returning its path
+    # ("module:function", tried after PATH).
+    executable_env: str | None = None
+    executable_python: str | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _first_is_plain(cls, v: list[CommandItem]) -> list[CommandItem]:
+        if not isinstance(v[0], str):
+            raise ValueError("the first element of a command is the executable: a string")
+        return v
 
     @field_validator("env", mode="before")
     @classmethod
@@ -149,7 +184,7 @@ class VolumeSpec(_Strict):
 
 class ContainerSection(_Strict):
     image: str = Field(min_length=1)
-    command: list[str] = []
+    command: list[CommandItem] = []
     env: dict[str, str] = {}
     workdir: str | None = None
     volumes: list[VolumeSpec] = []
@@ -361,6 +396,7 @@ class ParameterSpec(_Strict):
     required: bool = False
     type: Literal["string", "path", "int", "float", "bool"] = "string"
     default: str | int | float | bool | None = None
+    default_with_gpu: str | int | float | bool | None = None  # the default when a GPU is assigned
     description: str = ""
     secret: bool = False
     choices: list[str] | None = None
@@ -407,9 +443,17 @@ class Manifest(BaseModel):
     @model_validator(mode="after")
     def _templates(self) -> Manifest:
         port_names = {p.name for p in self.runtime.ports}
+        rt = self.runtime
+        for section, where in ((rt.native, "runtime.native.command"),
+                               (rt.container, "runtime.container.command")):  # fmt: skip
+            for i, item in enumerate(section.command if section else []):
+                if isinstance(item, OptionalArgs) and item.when not in self.parameters:
+                    raise ValueError(
+                        f"{where}[{i}].when: {item.when!r} is not a declared parameter"
+                    )
         for where, text in self.template_strings():
             for ref in template_refs(text):
-                if ref == "host":
+                if ref in BUILTIN_TEMPLATE_VALUES:
                     continue
                 if ref.startswith("ports."):
                     if ref[6:] not in port_names:
@@ -430,13 +474,13 @@ class Manifest(BaseModel):
         out: list[tuple[str, str]] = []
         rt = self.runtime
         if rt.native:
-            out += [(f"runtime.native.command[{i}]", s) for i, s in enumerate(rt.native.command)]
+            out += command_strings(rt.native.command, "runtime.native.command")
             out += [(f"runtime.native.env.{k}", s) for k, s in rt.native.env.items()]
             if rt.native.workdir:
                 out.append(("runtime.native.workdir", rt.native.workdir))
         if rt.container:
             c = rt.container
-            out += [(f"runtime.container.command[{i}]", s) for i, s in enumerate(c.command)]
+            out += command_strings(c.command, "runtime.container.command")
             out += [(f"runtime.container.env.{k}", s) for k, s in c.env.items()]
             out += [
                 (f"runtime.container.volumes[{i}].source", v.source)

@@ -12,12 +12,18 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from localaistack.control.hardware import GpuInfo, HardwareProfile
-from localaistack.control.manifest import TEMPLATE_RE, LoadedManifest, Manifest
+from localaistack.control.manifest import (
+    TEMPLATE_RE,
+    CommandItem,
+    LoadedManifest,
+    Manifest,
+    NativeSection,
+)
 from localaistack.control.policy import Policy, Tier
 from localaistack.errors import (
     NoCompatibleMode,
@@ -336,7 +342,9 @@ def _select_mode(
     )
 
 
-def _resolve_parameters(m: Manifest, sets: Mapping[str, str]) -> tuple[Parameter, ...]:
+def _resolve_parameters(
+    m: Manifest, sets: Mapping[str, str], *, with_gpu: bool = False
+) -> tuple[Parameter, ...]:
     unknown = sorted(set(sets) - set(m.parameters))
     if unknown:
         known = ", ".join(sorted(m.parameters)) or "none"
@@ -350,6 +358,10 @@ def _resolve_parameters(m: Manifest, sets: Mapping[str, str]) -> tuple[Parameter
         if name in sets:
             raw: str | None = sets[name]
             source = "set"
+        elif with_gpu and spec.default_with_gpu is not None:
+            d = spec.default_with_gpu
+            raw = str(d).lower() if isinstance(d, bool) else str(d)
+            source = "default"
         elif spec.default is not None:
             d = spec.default
             raw = str(d).lower() if isinstance(d, bool) else str(d)
@@ -468,6 +480,30 @@ def _pick_gpus(m: Manifest, hw: HardwareProfile) -> tuple[tuple[GpuAssignment, .
     )
 
 
+def _expand_command(
+    items: Sequence[CommandItem], values: Mapping[str, str], is_set: set[str]
+) -> list[str]:
+    """argv from a manifest command: templates filled, optional arguments kept when set."""
+    argv: list[str] = []
+    for item in items:
+        if isinstance(item, str):
+            argv.append(_substitute(item, values))
+        elif item.when in is_set:
+            argv += [_substitute(a, values) for a in item.args]
+    return argv
+
+
+def _memory_fraction(gpus: tuple[GpuAssignment, ...], hw: HardwareProfile) -> str:
+    """The share of each assigned GPU's memory the reservation amounts to (for vLLM)."""
+    if not gpus:
+        return "0"
+    totals = {g.uuid: g.memory_total for g in hw.gpus}
+    fractions = [g.vram / totals[g.uuid] for g in gpus if totals.get(g.uuid)]
+    if not fractions or not any(fractions):
+        return "0.9"
+    return f"{min(0.95, max(0.05, *fractions)):.2f}"
+
+
 def _gpu_env(gpus: tuple[GpuAssignment, ...]) -> list[EnvVar]:
     nvidia = ",".join(g.uuid for g in gpus if g.vendor == "nvidia")
     amd = ",".join(str(g.index) for g in gpus if g.vendor == "amd")
@@ -479,27 +515,66 @@ def _gpu_env(gpus: tuple[GpuAssignment, ...]) -> list[EnvVar]:
 
 
 def _resolve_executable(
-    argv0: str, path_env: str | None, which: Callable[[str, str | None], str | None]
+    argv0: str,
+    path_env: str | None,
+    which: Callable[[str, str | None], str | None],
+    native: NativeSection | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> tuple[str, str]:
+    """argv[0] as an absolute path, and how it was found.
+
+    A path is checked as given. A bare name is looked for in the manifest's
+    ``executable_env`` variable, then on PATH, then through ``executable_python``.
+    """
     if "/" in argv0:
-        p = Path(argv0).expanduser().absolute()
-        if not p.exists():
-            raise PlanningError(
-                f"executable {argv0} does not exist",
-                hint="check the module's runtime.native.command",
-            )
-        if p.is_dir() or not os.access(p, os.X_OK):
-            raise PlanningError(
-                f"{argv0} is not an executable file", hint=f"make it executable (chmod +x {argv0})"
-            )
-        return str(p), "given as a path"
+        return _check_executable(argv0), "given as a path"
+    tried = []
+    if native is not None and native.executable_env:
+        var = native.executable_env
+        value = (environ or {}).get(var)
+        if value:
+            return _check_executable(value), f"${var}"
+        tried.append(f"${var} (unset)")
     found = which(argv0, path_env)
-    if not found:
-        raise PlanningError(
-            f"executable {argv0!r} not found on PATH",
-            hint=f"install {argv0} or put its directory on PATH",
-        )
-    return str(Path(found).absolute()), f"found {argv0!r} on PATH"
+    if found:
+        return str(Path(found).absolute()), f"found {argv0!r} on PATH"
+    tried.append("PATH")
+    if native is not None and native.executable_python:
+        path, why = _from_python_package(native.executable_python)
+        if path is not None:
+            return _check_executable(path), why
+        tried.append(why)
+    raise PlanningError(
+        f"executable {argv0!r} not found on PATH" + (
+            f" (tried: {'; '.join(tried)})" if len(tried) > 1 else ""),
+        hint=f"install {argv0} or put its directory on PATH",
+    )  # fmt: skip
+
+
+def _check_executable(path: str) -> str:
+    p = Path(path).expanduser().absolute()
+    if not p.exists():
+        raise PlanningError(f"executable {path} does not exist",
+                            hint="check the module's runtime.native.command")  # fmt: skip
+    if p.is_dir() or not os.access(p, os.X_OK):
+        raise PlanningError(f"{path} is not an executable file",
+                            hint=f"make it executable (chmod +x {path})")  # fmt: skip
+    return str(p)
+
+
+def _from_python_package(spec: str) -> tuple[str | None, str]:
+    """Call ``module:function`` (in this Python) for an executable's path."""
+    import importlib
+
+    module, _, func = spec.partition(":")
+    try:
+        mod = importlib.import_module(module)
+        path = getattr(mod, func)()
+    except ImportError:
+        return None, f"Python package {module} (not installed)"
+    except Exception as exc:  # a third-party function: any failure is "not found"
+        return None, f"Python package {module} ({func} failed: {exc})"
+    return str(path), f"from the Python package {module} ({spec})"
 
 
 def _default_which(cmd: str, path: str | None) -> str | None:
@@ -515,8 +590,12 @@ def make_plan(
     *,
     environ: Mapping[str, str] | None = None,
     which: Callable[[str, str | None], str | None] = _default_which,
+    resolve_executables: bool = True,
 ) -> ExecutionPlan:
     """Decide how to run a module and return the explained plan.
+
+    ``resolve_executables=False`` is for a plan for another machine (``--hardware``):
+    argv[0] stays as the manifest names it, and no sha256 pin can be checked.
 
     Raises:
         NoCompatibleMode, PolicyViolation, RequirementUnmet, PlanningError, UsageError:
@@ -572,7 +651,8 @@ def make_plan(
     decisions.append(mode_decision)
     mode = mode_decision.choice
 
-    params = _resolve_parameters(m, request.sets or {})
+    gpus, gpu_decision = _pick_gpus(m, hw)
+    params = _resolve_parameters(m, request.sets or {}, with_gpu=bool(gpus))
     if params:
         decisions.append(
             Decision(
@@ -612,15 +692,16 @@ def make_plan(
         values[p.name] = p.value or ""
     for b in ports:
         values[f"ports.{b.name}"] = str(b.host_port if mode == "native" else b.container_port)
-
-    gpus, gpu_decision = _pick_gpus(m, hw)
+    values["gpus.count"] = str(len(gpus))
+    values["gpus.memory_fraction"] = _memory_fraction(gpus, hw)
     decisions.append(gpu_decision)
+    is_set = {p.name for p in params if p.value not in (None, "")}
 
     rt = m.runtime
     native_spec = container_spec = None
     if mode == "native":
         assert rt.native is not None
-        argv = [_substitute(a, values) for a in rt.native.command]
+        argv = _expand_command(rt.native.command, values, is_set)
         env: dict[str, EnvVar] = {}
         for name in PASSTHROUGH_ENV:
             if name in environ:
@@ -630,11 +711,17 @@ def make_plan(
         for var in _gpu_env(gpus):
             env[var.name] = var
         path_env = env["PATH"].value if "PATH" in env else None
-        argv[0], how = _resolve_executable(argv[0], path_env, which)
-        decisions.append(Decision(topic="executable", choice=argv[0], reason=how))
-        pin = _check_pin(m.name, argv[0], policy)
-        if pin is not None:
-            decisions.append(pin)
+        if resolve_executables:
+            argv[0], how = _resolve_executable(argv[0], path_env, which, rt.native, environ)
+            decisions.append(Decision(topic="executable", choice=argv[0], reason=how))
+            pin = _check_pin(m.name, argv[0], policy)
+            if pin is not None:
+                decisions.append(pin)
+        else:
+            decisions.append(Decision(
+                topic="executable", choice=argv[0],
+                reason=f"not resolved: this plan is for another machine ({hw.source})",
+            ))  # fmt: skip
         workdir = _substitute(rt.native.workdir, values) if rt.native.workdir else None
         if workdir is not None and not Path(workdir).is_dir():
             raise PlanningError(
@@ -678,7 +765,7 @@ def make_plan(
         container_spec = ContainerSpec(
             engine=engine,
             image=c.image,
-            argv=tuple(_substitute(a, values) for a in c.command),
+            argv=tuple(_expand_command(c.command, values, is_set)),
             env=tuple(cenv),
             workdir=c.workdir,
             volumes=volumes,
