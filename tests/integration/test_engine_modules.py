@@ -1,0 +1,62 @@
+"""The built-in engine modules' plans: llama.cpp and vLLM, on saved profiles with GPUs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.conftest import PROFILES, Las
+
+
+def plan(las: Las, *args: str) -> dict[str, Any]:
+    return json.loads(las.ok("plan", *args, "--json").out)  # type: ignore[no-any-return]
+
+
+def env(p: dict[str, Any]) -> dict[str, str]:
+    return {v["name"]: v["value"] for v in p["native"]["env"]}
+
+
+def test_vllm_plan_and_argv_on_a_gpu_machine(las: Las) -> None:
+    p = plan(las, "vllm", "--set", "model=/models/llama-3-8b", "--set", "api_key=s3cret",
+             "--hardware", str(PROFILES / "2x24gib.json"))  # fmt: skip
+    argv = p["native"]["argv"]
+    assert argv[:3] == ["vllm", "serve", "/models/llama-3-8b"]
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "1"
+    assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.33"  # 8 GiB of 24 GiB
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv[argv.index("--api-key") + 1] == "***"  # a secret never shows
+    assert "--max-model-len" not in argv
+    assert len(p["gpus"]) == 1
+    assert env(p)["CUDA_VISIBLE_DEVICES"] == p["gpus"][0]["uuid"]
+
+
+def test_vllm_refused_on_cpu_only_hardware(las: Las) -> None:
+    res = las("plan", "vllm", "--set", "model=/m", "--hardware",
+              str(PROFILES / "cpu-only.json"))  # fmt: skip
+    assert res.code == 3
+    assert "requires a GPU" in res.err and "this machine has none" in res.err
+
+
+def test_llama_plan_uses_the_gpu_when_there_is_one(las: Las) -> None:
+    gpu = plan(las, "llama.cpp", "--set", "model=/m.gguf", "--hardware",
+               str(PROFILES / "1x8gib.json"))  # fmt: skip
+    argv = gpu["native"]["argv"]
+    assert argv[argv.index("--n-gpu-layers") + 1] == "999"
+    assert env(gpu)["CUDA_VISIBLE_DEVICES"] == gpu["gpus"][0]["uuid"]
+    cpu = plan(las, "llama.cpp", "--set", "model=/m.gguf", "--hardware",
+               str(PROFILES / "cpu-only.json"))  # fmt: skip
+    argv = cpu["native"]["argv"]
+    assert argv[argv.index("--n-gpu-layers") + 1] == "0"
+    assert env(cpu)["CUDA_VISIBLE_DEVICES"] == ""
+    assert cpu["gpus"] == []
+
+
+def test_llama_container_alternative(las: Las) -> None:
+    p = plan(las, "llama.cpp", "--mode", "container", "--set", "model=/srv/m.gguf",
+             "--hardware", str(PROFILES / "cpu-only.json"))  # fmt: skip
+    c = p["container"]
+    assert c["image"] == "ghcr.io/ggml-org/llama.cpp:server"
+    assert c["volumes"] == [{"source": "/srv/m.gguf", "target": "/models/model.gguf",
+                             "read_only": True}]  # fmt: skip
+    assert c["argv"][c["argv"].index("--port") + 1] == "8080"
+    assert p["ports"][0]["container_port"] == 8080 and p["ports"][0]["host_ip"] == "127.0.0.1"
