@@ -250,6 +250,73 @@ def plan(
         click.echo("\n".join(plan_lines(p)))
 
 
+@cli.command()
+@click.argument("module")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Module parameters, as for `las run` (some modules need them to plan).",
+)
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(path_type=Path),
+    help="Policy file (default: $LAS_HOME/policy.yaml, else built-in).",
+)
+def trust(module: str, sets: tuple[str, ...], policy_file: Path | None) -> None:
+    """Print the trusted_native entry that pins MODULE's executable (edits nothing).
+
+    Resolves the executable a native plan would run and prints its sha256, as the line to
+    add to trusted_native in your policy. las never edits the policy for you.
+    """
+    import hashlib
+
+    from localaistack.control import hardware
+    from localaistack.control.catalog import resolve_module
+    from localaistack.control.planner import PlanRequest, make_plan
+    from localaistack.control.policy import TrustEntry, load_policy
+    from localaistack.control.ports import free_port
+    from localaistack.store.paths import las_home
+
+    home = las_home()
+    loaded = resolve_module(module, home)
+    if "native" not in loaded.manifest.runtime.modes:
+        raise UsageError(f"module {loaded.manifest.name!r} has no native mode: nothing to trust")
+    policy = load_policy(policy_file, home)
+    name = loaded.manifest.name
+    # Plan as if trusted (without a pin), only to learn which executable would run.
+    probe = policy.model_copy(
+        update={
+            "trusted_native": [
+                *[t for t in policy.trusted_native if t.module != name],
+                TrustEntry(module=name),
+            ],
+            "allowed_modes": ["native", "container"],
+        }
+    )
+    plan = make_plan(
+        loaded,
+        hardware.detect_hardware(probe_engines=False),
+        probe,
+        PlanRequest(mode="native", sets=parse_sets(sets)),
+        lambda host, _n: free_port(host),
+    )
+    assert plan.native is not None
+    exe = plan.native.argv[0]
+    digest = hashlib.sha256(Path(exe).read_bytes()).hexdigest()
+    current = policy.trust_for(name)
+    click.echo(f"# {name}: native executable {exe}")
+    if current is not None:
+        state = "pinned to " + current.sha256 if current.sha256 else "trusted without a pin"
+        click.echo(f"# {policy.source}: {name} is {state}")
+    else:
+        click.echo(f"# {policy.source}: {name} is not trusted for native execution")
+    click.echo("# add (or replace) this entry under trusted_native in your policy file:")
+    click.echo(f"  - {{module: {name}, sha256: {digest}}}")
+
+
 def main() -> None:
     from localaistack.cli import lifecycle  # noqa: F401  (registers the runtime commands)
 
