@@ -507,3 +507,38 @@ def test_full_disk_drops_lines_but_never_blocks_the_workload(
     assert 0 < len(kept) < n
     assert len(kept) + run["lines_dropped"] >= n  # every line written or counted
     assert "could not be written" in las.ok("inspect", "flood").out
+
+
+HOG = [
+    sys.executable,
+    "-c",
+    "import time\nx = []\nwhile True:\n    x.append(bytearray(8 << 20)); time.sleep(0.01)",
+]
+
+
+def test_memory_limit_enforced_by_the_cgroup(las: Las, module_factory: ModuleFactory) -> None:
+    path = module_factory("hog", HOG, resources={"memory": "64MiB", "cpus": 0.5})
+    las("run", str(path))
+    wait_until(lambda: las.state("hog") == "failed", timeout=30, message="killed for memory")
+    info = las.ps()["hog"]
+    assert info["reason"].startswith("out of memory (limit 64MiB; ")
+    limits = las.inspect("hog")["limits"]
+    if os.geteuid() == 0:  # root can create the cgroup: the kernel enforces the limit
+        assert limits["memory"] == "cgroup v1 memory.limit_in_bytes = 67108864 (swap capped too)"
+        assert limits["cpus"].startswith("cgroup v1 cpu.cfs_quota_us 50000")
+        assert "cgroup's OOM kill counter" in info["reason"]
+
+
+def test_memory_limit_sampled_without_a_cgroup(
+    las: Las, module_factory: ModuleFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where no cgroup can be created, the supervisor samples the tree's RSS instead.
+    path = module_factory("hog2", HOG, resources={"memory": "64MiB"})
+    las.env["LAS_CGROUP_ROOT"] = "/nonexistent"
+    las("run", str(path))
+    wait_until(lambda: las.state("hog2") == "failed", timeout=30, message="killed for memory")
+    reason = las.ps()["hog2"]["reason"]
+    assert reason.startswith("out of memory (limit 64MiB; the process tree used ")
+    assert "sampled every 0.5s" in reason
+    memory = las.inspect("hog2")["limits"]["memory"]
+    assert memory.startswith("not enforced") and "samples the process tree's RSS" in memory

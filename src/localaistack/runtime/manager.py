@@ -378,14 +378,17 @@ class Runtime:
                 f"{engine} device requests for exactly the assigned GPUs",
             }  # fmt: skip
         handle = json.loads(run["handle"]) if run is not None and run["handle"] else {}
+        notes = handle.get("limits", {})
         tree = "process group (session) of the workload"
-        if handle.get("cgroup_note"):
-            tree += f"; {handle['cgroup_note']}"
-        not_yet = "not enforced: native limits are not implemented in this version"
+        if notes.get("processes"):
+            tree += f"; {notes['processes']}"
+        memory = notes.get("memory") or ("none requested" if r.memory is None else "not started")
+        if memory.startswith("not enforced"):
+            memory += "; the supervisor samples the process tree's RSS every 0.5s instead"
         return {
             "processes": tree,
-            "memory": "none requested" if r.memory is None else not_yet,
-            "cpus": "none requested" if r.cpus is None else not_yet,
+            "memory": memory,
+            "cpus": notes.get("cpus") or ("none requested" if r.cpus is None else "not started"),
             "gpus": (
                 "CUDA_VISIBLE_DEVICES/HIP_VISIBLE_DEVICES/ROCR_VISIBLE_DEVICES set to the "
                 "assigned GPUs" + (" (empty: none assigned)" if not plan.gpus else "")

@@ -46,6 +46,7 @@ PR_SET_CHILD_SUBREAPER = 36
 DRAIN_AFTER_EXIT = 1.0  # seconds to read what descendants still hold open after the exit
 READ_SIZE = 1 << 18  # measured best with a 1 MiB pipe (bench/native.py log capture)
 PIPE_SIZE = 1 << 20  # the default /proc/sys/fs/pipe-max-size
+SAMPLE_EVERY = 0.5  # seconds between RSS samples, only where no cgroup enforces a limit
 F_SETPIPE_SZ = 1031
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -57,7 +58,7 @@ def _prctl(option: int, arg: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def _child_setup(supervisor_pid: int, cgroup_procs: str | None) -> None:
+def _child_setup(supervisor_pid: int, cgroup_procs: list[str] | None) -> None:
     """Runs in the forked child, before exec."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     # The supervisor may have died before the line above took effect: die now, not later.
@@ -67,6 +68,13 @@ def _child_setup(supervisor_pid: int, cgroup_procs: str | None) -> None:
         # Join before exec, so that no descendant is ever outside the run's cgroup.
         with contextlib.suppress(OSError):  # the process group still reaches descendants
             cgroups.join(cgroup_procs)
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):g}{unit}"
+    return f"{n}B"
 
 
 def describe_start_error(exc: OSError, argv0: str, workdir: str | None) -> str:
@@ -256,6 +264,9 @@ class Supervisor:
         self.stopping = self.killed = False
         self.stop_deadline = None
         self.health_failure = None
+        self.sampled_oom: str | None = None
+        self.sample_memory: int | None = None
+        self.next_sample: float | None = None
         self.last_lines = {}
         launched = self._launch_container() if self.container else self._launch_native()
         if launched is None:
@@ -285,6 +296,8 @@ class Supervisor:
             )
         if self.container:
             self._record_container_pid()
+        elif self.sample_memory:
+            self.next_sample = time.monotonic()
         if self.stop_requested:
             self._begin_stop()
         elif self.health_spec is not None:
@@ -312,18 +325,21 @@ class Supervisor:
             self.sel.unregister(fd)
         self._kill_helpers()
         self._reap_orphans()
+        oom = self._memory_verdict(cg)
         if cg:
             cg.remove()
 
         last = self._last_line()
         sig_name = self.plan["stop"]["signal"]
-        by_request = self.stopping and self.health_failure is None
+        by_request = self.stopping and self.health_failure is None and self.sampled_oom is None
         if self.container:
             state, reason, code, sig = self._container_end(by_request, sig_name, last)
         else:
             state, reason, code, sig = exit_reason(status, by_request, self.killed, sig_name, last)
         if self.health_failure is not None:
             state, reason = "failed", self.health_failure
+        elif oom is not None and not by_request:
+            state, reason = "failed", oom
         dropped = self.writer.dropped_lines  # the workload's lines (not our final note)
         if dropped:
             reason += f"; {dropped} log line(s) could not be written"
@@ -382,9 +398,15 @@ class Supervisor:
         env = {v["name"]: v["value"] for v in native["env"]}
         argv = list(native["argv"])
         me = self.me
-        self.attempt.cgroup, cgroup_note = cgroups.create(self.run_id)
+        res = self.plan["resources"]
+        self.attempt.cgroup, limit_notes = cgroups.create(
+            self.run_id, memory=res.get("memory"), cpus=res.get("cpus")
+        )
         cg = self.attempt.cgroup
-        procs_file = str(cg.procs_file) if cg else None
+        procs_file = list(cg.procs_files) if cg else None
+        self.sample_memory = (
+            res.get("memory") if not (limit_notes.get("memory", "").startswith("cgroup")) else None
+        )  # no cgroup enforces it: the supervisor samples the tree's RSS
         try:
             proc = subprocess.Popen(
                 argv,
@@ -413,7 +435,7 @@ class Supervisor:
         return (
             proc.pid,
             streams,
-            {"cgroup": str(cg.path) if cg else None, "cgroup_note": cgroup_note},
+            {"cgroup": cg.paths if cg else None, "limits": limit_notes},
         )
 
     def _launch_container(self) -> tuple[int, dict[int, str], dict[str, Any]] | None:
@@ -578,6 +600,7 @@ class Supervisor:
             timers = [
                 t
                 for t in (
+                    self.next_sample,
                     self.stop_deadline,
                     self.next_probe,
                     self.probe.deadline if self.probe else None,
@@ -617,6 +640,45 @@ class Supervisor:
                 )
             if self.next_probe is not None and now >= self.next_probe and self.probe is None:
                 self._start_probe()
+            if self.next_sample is not None and now >= self.next_sample:
+                self._sample_memory(pid)
+
+    def _sample_memory(self, pid: int) -> None:
+        """The fallback when no cgroup enforces the memory limit: RSS of the whole tree."""
+        limit = self.sample_memory
+        assert limit is not None
+        cg = self.attempt.cgroup
+        members = cg.pids() if cg else [p.pid for p in procs.group_members(pid)]
+        rss = cgroups.tree_rss(members)
+        if rss > limit and not self.stopping:
+            self.sampled_oom = (
+                f"out of memory (limit {_size(limit)}; the process tree used "
+                f"{_size(rss)}, sampled every {SAMPLE_EVERY:g}s)"
+            )
+            self.writer.note(f"las: {self.sampled_oom}; killing it")
+            self.stopping = True
+            self._kill_all(pid)
+            self.next_sample = None
+            return
+        self.next_sample = time.monotonic() + SAMPLE_EVERY
+
+    def _memory_verdict(self, cg: cgroups.RunCgroup | None) -> str | None:
+        """Whether the attempt was killed for memory, and how that is known."""
+        if self.sampled_oom:
+            return self.sampled_oom
+        limit = self.plan["resources"].get("memory")
+        if cg is None or not limit or self.container:
+            return None
+        if cg.has_oom_counter():
+            if cg.oom_kills() > 0:
+                return f"out of memory (limit {_size(limit)}; from the cgroup's OOM kill counter)"
+            return None
+        if cg.hit_limit():
+            return (
+                f"out of memory (limit {_size(limit)}; the cgroup's memory use reached its "
+                "limit: this kernel has no OOM kill counter)"
+            )
+        return None
 
     def start_deadline(self) -> float | None:
         if self.health_spec is None or self.health.state != "starting" or self.stopping:
