@@ -75,7 +75,9 @@ def test_real_completion_end_to_end(llama: Las, model: Path) -> None:
     pid = info["pid"]
     llama.ok("stop", "llm")
     assert not pid_alive(pid)
-    assert llama.ps()["llm"]["reason"] == "stopped: exited on SIGTERM"
+    after = llama.ps()["llm"]
+    # llama-server exits 0 on SIGTERM when idle, 1 when interrupted mid-way: both a stop.
+    assert after["state"] == "stopped" and after["reason"].endswith("after SIGTERM")
 
 
 def _expect_failure(llama: Las, model: Path | str, needle: str) -> None:
@@ -83,7 +85,7 @@ def _expect_failure(llama: Las, model: Path | str, needle: str) -> None:
     assert code == 4, err
     info = llama.ps()["llm"]
     assert info["state"] == "failed"
-    assert info["reason"].startswith("exited with code 1; last output: ")
+    assert info["reason"].startswith("exited with code 1; error: ")
     assert needle in info["reason"], info["reason"]  # llama-server's own error line
     assert needle in llama.ok("logs", "llm").out  # the log is kept
 
@@ -104,7 +106,7 @@ def test_truncated_gguf(llama: Las, model: Path, tmp_path: Path) -> None:
     code, _out, err = run_llama(llama, cut)
     assert code == 4, err
     reason = llama.ps()["llm"]["reason"]
-    assert reason.startswith("exited with code 1; last output: "), reason
+    assert reason.startswith("exited with code 1; error: "), reason
 
 
 def test_port_taken_between_admission_and_bind(llama: Las, model: Path) -> None:

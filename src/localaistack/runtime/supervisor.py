@@ -25,6 +25,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import selectors
 import signal
 import sqlite3
@@ -46,6 +47,11 @@ PR_SET_CHILD_SUBREAPER = 36
 DRAIN_AFTER_EXIT = 1.0  # seconds to read what descendants still hold open after the exit
 READ_SIZE = 1 << 18  # measured best with a 1 MiB pipe (bench/native.py log capture)
 PIPE_SIZE = 1 << 20  # the default /proc/sys/fs/pipe-max-size
+TAIL_BYTES = 8192  # of each stream, kept to quote in a failure's reason
+# A line that reports an error: a log level E/ERROR/FATAL, or the words people use.
+ERROR_LINE = re.compile(
+    r"(^|\s)(E|ERROR|FATAL|CRITICAL)(\s|:)|(?i:\b(error|failed|cannot|couldn't|invalid|fatal)\b)"
+)
 SAMPLE_EVERY = 0.5  # seconds between RSS samples, only where no cgroup enforces a limit
 F_SETPIPE_SZ = 1031
 
@@ -112,7 +118,7 @@ def exit_reason(
             return "stopped", f"stopped: exited on {sig_name}", code, sig
         how = f"exited with code {code}" if code is not None else f"ended by {sig}"
         return "stopped", f"stopped: {how} after {sig_name}", code, sig
-    tail = f"; last output: {last}" if last else ""
+    tail = f"; {last}" if last else ""
     if code == 0:
         return "stopped", "exited on its own with code 0", code, sig
     if code is not None:
@@ -569,7 +575,7 @@ class Supervisor:
         if oom and not by_request:
             size = engines.format_bytes(limit or st.memory_limit)
             return "failed", f"out of memory (limit {size}; {how})", code, sig
-        tail = f"; last output: {last}" if last else ""
+        tail = f"; {last}" if last else ""
         if by_request:
             if sig == sig_name:
                 return "stopped", f"stopped: exited on {sig_name}", code, sig
@@ -889,18 +895,22 @@ class Supervisor:
             del streams[fd]
             return
         self.writer.feed(stream, data)
-        # Remember the last line for the failure reason, without copying the chunk.
-        end = len(data)
-        while end and data[end - 1] == 10:
-            end -= 1
-        if end:
-            start = max(data.rfind(b"\n", 0, end) + 1, end - 300)
-            self.last_lines[stream] = data[start:end]
+        # Keep the end of each stream (bounded, a small copy) for the failure reason.
+        tail = self.last_lines.get(stream, b"") + data[-TAIL_BYTES:]
+        self.last_lines[stream] = tail[-TAIL_BYTES:]
 
     def _last_line(self) -> str:
+        """What to quote from the workload's last output: its first error among the last
+        lines (a crash's cause usually precedes its epilogue), else its last line."""
         raw = self.last_lines.get("E") or self.last_lines.get("O") or b""
-        text = raw.decode("utf-8", "replace").strip()
-        return text[:300]
+        lines = [x.strip() for x in raw.decode("utf-8", "replace").splitlines() if x.strip()]
+        if not lines:
+            return ""
+        recent = lines[-20:]
+        for line in recent[:-1]:
+            if ERROR_LINE.search(line):
+                return f"error: {line[:300]}"
+        return f"last output: {recent[-1][:300]}"
 
     def _begin_stop(self, reason_text: str | None = None) -> None:
         if self.stopping or (self.pid is None and not self.cid):
