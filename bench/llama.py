@@ -122,11 +122,13 @@ def main() -> None:
             port = free_port()
             hand = [*argv]
             hand[port_at] = str(port)
+            log = open(root / "by-hand.log", "ab")  # noqa: SIM115 (closed below)
             t0 = time.time()
+            # By hand, as a user keeps its output: appended to a file.
             proc = subprocess.Popen(
                 hand,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
                 env={v["name"]: v["value"] for v in plan["native"]["env"]},
             )
             delay, n = 0.05, 0
