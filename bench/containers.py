@@ -90,19 +90,25 @@ def bench_engine(root: Path, name: str, reps: int) -> Row | None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="few repetitions")
-    args = parser.parse_args()
-    reps = 2 if args.quick else 7
+def collect(quick: bool) -> list[Row]:
+    """Container start for each usable engine."""
+    reps = 2 if quick else 7
     rows = []
     with workspace() as root:
         for name in ("podman", "docker"):
             row = bench_engine(root, name, reps)
             if row is not None:
                 rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="few repetitions")
+    args = parser.parse_args()
+    rows = collect(args.quick)
     print(f"machine: {machine()}")
     print(table(rows))
     print(f"raw numbers: {save('containers', rows, {'quick': args.quick})}")

@@ -72,13 +72,9 @@ def tokens_per_second(port: int, n: int = 3) -> float:
     return statistics.median(speeds)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="few repetitions")
-    args = parser.parse_args()
-    reps = 1 if args.quick else 5
+def collect(quick: bool) -> list[Row]:
+    """llama.cpp under las vs by hand."""
+    reps = 1 if quick else 5
     model = model_path()
     with workspace() as root:
         home = root / "home"
@@ -171,9 +167,19 @@ def main() -> None:
                 note=f"median difference {overhead * 1000:+.1f} ms",
             ),
         ]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="few repetitions")
+    args = parser.parse_args()
+    rows = collect(args.quick)
     print(f"machine: {machine()}")
     print(table(rows))
-    print(f"raw numbers: {save('llama', rows, {'quick': args.quick, 'argv': argv})}")
+    print(f"raw numbers: {save('llama', rows, {'quick': args.quick})}")
 
 
 if __name__ == "__main__":

@@ -474,18 +474,14 @@ def workspace() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, few repetitions")
-    args = parser.parse_args()
-    reps = 2 if args.quick else 7
+def collect(quick: bool) -> list[Row]:
+    """Every native benchmark, las and peer side by side."""
+    reps = 2 if quick else 7
     with workspace() as root:
         las = LasBench(root)
         writer = root / "writer.py"
-        mb = 5 if args.quick else 200
-        idle_k = 2 if args.quick else 10
+        mb = 5 if quick else 200
+        idle_k = 2 if quick else 10
         programs = {
             "sleeper": "sleep 1000",
             "writer": f"{sys.executable} {writer} {mb * 1_000_000} {root / 'timing'}",
@@ -494,13 +490,23 @@ def main() -> None:
         sup = SupervisordBench(root, programs)
         try:
             rows = [bench_start(las, sup, reps), bench_failure(las, sup, reps)]
-            rows += bench_logs(las, sup, root, mb, 2 if args.quick else 5)
-            rows += bench_idle(las, sup, idle_k, 3 if args.quick else 60)
-            rows += bench_ps(las, [10] if args.quick else [10, 100], 3 if args.quick else 7)
+            rows += bench_logs(las, sup, root, mb, 2 if quick else 5)
+            rows += bench_idle(las, sup, idle_k, 3 if quick else 60)
+            rows += bench_ps(las, [10] if quick else [10, 100], 3 if quick else 7)
             rows.append(bench_readiness(las, root, reps))
-            rows.append(bench_probe_cpu(las, root, 3 if args.quick else 60))
+            rows.append(bench_probe_cpu(las, root, 3 if quick else 60))
         finally:
             sup.close()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, few repetitions")
+    args = parser.parse_args()
+    rows = collect(args.quick)
     print(f"machine: {machine()}")
     print(table(rows))
     print(f"raw numbers: {save('native', rows, {'quick': args.quick})}")
