@@ -542,3 +542,13 @@ def test_memory_limit_sampled_without_a_cgroup(
     assert "sampled every 0.5s" in reason
     memory = las.inspect("hog2")["limits"]["memory"]
     assert memory.startswith("not enforced") and "samples the process tree's RSS" in memory
+
+
+def test_admission_refuses_more_memory_than_the_machine_has(
+    las: Las, module_factory: ModuleFactory
+) -> None:
+    path = module_factory("greedy", workload(), resources={"memory": "4TiB"})
+    res = las("run", str(path))
+    assert res.code == 3
+    assert "greedy asks for 4.0TiB of RAM" in res.err and "is free" in res.err
+    assert las.ps() == {} and _no_supervisors(las)

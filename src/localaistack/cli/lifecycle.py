@@ -77,7 +77,7 @@ def run(
     Waits until the workload is healthy (when it declares a health probe; running
     otherwise) or has failed (non-zero exit, with the reason). --detach returns at running.
     """
-    from localaistack.control.admission import admit_new
+    from localaistack.control.admission import admit_new, live_usage
     from localaistack.control.catalog import resolve_module
     from localaistack.control.manifest import check_name
     from localaistack.store.paths import las_home
@@ -98,11 +98,72 @@ def run(
         plan = planner_for(module, mode, sets, None, policy_file)
         # Checks that need the engine (image present...) come before anything is created.
         rt.preflight(plan(None))
-        admit_new(rt.store, instance, plan)
-        result = rt.start(instance, wait_healthy=not detach)
+        rt.reconcile()  # a run that died holds no reservation any more
+        notes: list[str] = []
+        profile, policy = plan.profile, plan.policy  # type: ignore[attr-defined]
+        admit_new(
+            rt.store,
+            instance,
+            plan,
+            hardware=profile,
+            policy=policy,
+            live=live_usage(profile, store=rt.store),
+            notes=notes,
+        )
+        _warn(notes)
+        try:
+            result = rt.start(instance, wait_healthy=not detach)
+        except BaseException:
+            _clear_admission(rt, instance)
+            raise
         _report_start(rt, result)
     finally:
         rt.close()
+
+
+def _warn(notes: list[str]) -> None:
+    for note in notes:
+        click.echo(f"warning: {note}", err=True)
+
+
+def _clear_admission(rt: Any, name: str) -> None:
+    """Release an admission whose run never started (else it is held for a while)."""
+    from localaistack.store.db import clear_admission
+
+    with rt.store.transaction() as c:
+        clear_admission(c, name)
+
+
+def _readmit(rt: Any, name: str) -> None:
+    """Admission for a new run of an existing instance, once what it used is released."""
+    from localaistack.control import hardware
+    from localaistack.control.admission import (
+        live_usage,
+        readmit,
+        release_targets,
+        wait_gpu_release,
+    )
+    from localaistack.control.policy import load_policy
+    from localaistack.store.paths import las_home
+
+    plan = rt.plan_of(name)
+    policy = load_policy(None, las_home())
+    if plan.gpus:  # the driver frees VRAM after the process is gone: wait for it (bounded)
+        ok, message = wait_gpu_release([g.uuid for g in plan.gpus], release_targets(plan, policy))
+        if not ok:
+            _warn([message])
+    profile = hardware.detect_hardware(probe_engines=False)
+    notes: list[str] = []
+    readmit(
+        rt.store,
+        name,
+        plan,
+        hardware=profile,
+        policy=policy,
+        live=live_usage(profile, store=rt.store),
+        notes=notes,
+    )
+    _warn(notes)
 
 
 @cli.command()
@@ -110,12 +171,10 @@ def run(
 @click.option("--detach", "-d", is_flag=True, help=DETACH_HELP)
 def start(name: str, detach: bool) -> None:
     """Start a stopped instance again with its plan (a new run; a fresh restart budget)."""
-    from localaistack.control.admission import readmit
-
     rt = _runtime()
     try:
         rt.reconcile()
-        readmit(rt.store, name, rt.plan_of(name))
+        _readmit(rt, name)
         _report_start(rt, rt.start(name, wait_healthy=not detach))
     finally:
         rt.close()
@@ -153,12 +212,10 @@ def stop(name: str, timeout: float | None) -> None:
 @click.option("--detach", "-d", is_flag=True, help=DETACH_HELP)
 def restart(name: str, timeout: float | None, detach: bool) -> None:
     """Stop an instance (if running) and start it again (a fresh restart budget)."""
-    from localaistack.control.admission import readmit
-
     rt = _runtime()
     try:
         rt.stop(name, timeout)
-        readmit(rt.store, name, rt.plan_of(name))
+        _readmit(rt, name)
         _report_start(rt, rt.start(name, wait_healthy=not detach))
     finally:
         rt.close()

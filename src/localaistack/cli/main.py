@@ -222,6 +222,8 @@ def planner_for(
             resolve_executables=hardware_file is None,  # another machine's paths are unknown
         )
 
+    plan.profile = profile  # type: ignore[attr-defined]  # admission needs both
+    plan.policy = policy  # type: ignore[attr-defined]
     return plan
 
 

@@ -23,7 +23,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:  # pathlib costs the long-lived supervisor memory
     from pathlib import Path
@@ -94,6 +94,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE runs ADD COLUMN probes TEXT;
     ALTER TABLE runs ADD COLUMN healthy_at REAL;
+    """,
+    # 3: admission holds (the reservation between admission and the run's creation)
+    """
+    ALTER TABLE instances ADD COLUMN admitted_at REAL;
+    ALTER TABLE instances ADD COLUMN admitted_over TEXT;
     """,
 )
 
@@ -354,3 +359,99 @@ def home_label(db: str | Path) -> str:
 
     home = os.path.dirname(os.path.realpath(db))
     return hashlib.sha256(home.encode()).hexdigest()[:16]
+
+
+# --- the reservation ledger ------------------------------------------------------------
+#
+# Derived, never stored twice: an instance holds its plan's resources while its current run
+# is active (starting, running, stopping), so a run that ends releases them in the same
+# write that records its end and the ledger cannot drift from the runs. The one window the
+# runs do not cover is between admission and the creation of the run (two transactions,
+# `las run` then the runtime's start): ``mark_admitted`` records it on the instance
+# (``admitted_at``, and ``admitted_over``: the run that was current then), and the hold
+# lasts until a new run is created or ``ADMISSION_HOLD`` seconds pass (a `las run` killed
+# in between does not hold memory for ever).
+
+ADMISSION_HOLD = 120.0
+
+
+class Reservation(NamedTuple):
+    """What one instance holds: its plan's resources."""
+
+    instance: str
+    memory: int | None  # bytes of RAM; None: nothing reserved
+    cpus: float | None
+    gpus: dict[str, int]  # GPU uuid -> bytes of VRAM
+    state: str  # the current run's state, or "admitted" (its run is not created yet)
+
+
+def reservations(
+    c: sqlite3.Connection,
+    *,
+    exclude: str | None = None,
+    now: float | None = None,
+    hold: float = ADMISSION_HOLD,
+) -> list[Reservation]:
+    """The ledger: every instance whose current run is active or that was just admitted."""
+    since = (time.time() if now is None else now) - hold
+    rows = c.execute(
+        """SELECT i.name, i.plan, r.state FROM instances i
+           LEFT JOIN runs r ON r.run_id = i.current_run
+           WHERE r.state IN ('starting','running','stopping')
+              OR (i.admitted_at > ? AND i.current_run IS i.admitted_over)
+           ORDER BY i.name""",
+        (since,),
+    ).fetchall()
+    out = []
+    for name, plan_json, state in rows:
+        if name == exclude:
+            continue
+        plan = json.loads(plan_json)
+        res = plan.get("resources") or {}
+        gpus: dict[str, int] = {}
+        for g in plan.get("gpus") or ():
+            gpus[str(g["uuid"])] = gpus.get(str(g["uuid"]), 0) + int(g.get("vram") or 0)
+        memory = res.get("memory")
+        cpus = res.get("cpus")
+        out.append(
+            Reservation(
+                instance=str(name),
+                memory=None if memory is None else int(memory),
+                cpus=None if cpus is None else float(cpus),
+                gpus=gpus,
+                state=str(state) if state in ACTIVE_STATES else "admitted",
+            )
+        )
+    return out
+
+
+def mark_admitted(c: sqlite3.Connection, name: str, at: float | None = None) -> None:
+    """Hold ``name``'s reservation until its next run is created (or ``ADMISSION_HOLD``)."""
+    c.execute(
+        "UPDATE instances SET admitted_at=?, admitted_over=current_run WHERE name=?",
+        (time.time() if at is None else at, name),
+    )
+
+
+def clear_admission(c: sqlite3.Connection, name: str) -> None:
+    """Drop an admission hold at once (the start it was for failed before creating a run)."""
+    c.execute("UPDATE instances SET admitted_at=NULL, admitted_over=NULL WHERE name=?", (name,))
+
+
+def managed_processes(c: sqlite3.Connection) -> tuple[set[int], set[str]]:
+    """Pids (workload and supervisor) and container ids of the active runs: what las runs."""
+    pids: set[int] = set()
+    containers: set[str] = set()
+    rows = c.execute(
+        "SELECT pid, sup_pid, handle FROM runs WHERE state IN ('starting','running','stopping')"
+    ).fetchall()
+    for pid, sup_pid, handle in rows:
+        pids.update(p for p in (pid, sup_pid) if p)
+        if handle:
+            try:
+                cid = json.loads(handle).get("container")
+            except (ValueError, AttributeError):
+                cid = None
+            if cid:
+                containers.add(str(cid))
+    return pids, containers
