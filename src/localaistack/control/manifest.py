@@ -265,11 +265,20 @@ class HealthSection(_Strict):
         return self
 
 
+class VramFromGguf(_Strict):
+    """Which parameters name the GGUF model and its settings, to estimate its VRAM."""
+
+    model: str
+    ctx_size: str | None = None
+    gpu_layers: str | None = None
+
+
 class ResourcesSection(_Strict):
     memory: int | None = None
     cpus: float | None = Field(default=None, gt=0)
     gpus: int = Field(default=0, ge=0)
     vram: int = 0
+    vram_from_gguf: VramFromGguf | None = None
 
     @field_validator("memory", mode="before")
     @classmethod
@@ -443,6 +452,14 @@ class Manifest(BaseModel):
     @model_validator(mode="after")
     def _templates(self) -> Manifest:
         port_names = {p.name for p in self.runtime.ports}
+        vfg = self.runtime.resources.vram_from_gguf
+        for field_name in ("model", "ctx_size", "gpu_layers"):
+            ref = getattr(vfg, field_name) if vfg else None
+            if ref is not None and ref not in self.parameters:
+                raise ValueError(
+                    f"runtime.resources.vram_from_gguf.{field_name}: {ref!r} is not a declared "
+                    "parameter"
+                )
         rt = self.runtime
         for section, where in ((rt.native, "runtime.native.command"),
                                (rt.container, "runtime.container.command")):  # fmt: skip

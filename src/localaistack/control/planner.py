@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from localaistack.control.hardware import GpuInfo, HardwareProfile
 from localaistack.control.manifest import (
@@ -219,12 +220,16 @@ def _container_refusal(m: Manifest, policy: Policy) -> str | None:
     if c.wants_root and m.name not in cp.allow_root:
         return f"the container asks to run as {c.user}; policy containers.allow_root lacks {m.name}"
     if c.writable_root and m.name not in cp.allow_writable_root:
-        return (f"the container asks for a writable root filesystem; policy "
-                f"containers.allow_writable_root lacks {m.name}")  # fmt: skip
+        return (
+            f"the container asks for a writable root filesystem; policy "
+            f"containers.allow_writable_root lacks {m.name}"
+        )
     extra = sorted(set(c.cap_add) - set(cp.allow_capabilities.get(m.name, [])))
     if extra:
-        return (f"the container asks for capabilities {', '.join(extra)}; policy "
-                f"containers.allow_capabilities does not grant them to {m.name}")  # fmt: skip
+        return (
+            f"the container asks for capabilities {', '.join(extra)}; policy "
+            f"containers.allow_capabilities does not grant them to {m.name}"
+        )
     return None
 
 
@@ -253,8 +258,9 @@ def _check_modes(
         elif mode == "native" and untrusted is not None:
             checks[mode] = _ModeCheck(mode, False, untrusted, "trusted_native")
         elif mode == "container" and _container_refusal(m, policy) is not None:
-            checks[mode] = _ModeCheck(mode, False, _container_refusal(m, policy) or "",
-                                      "container_privileges")  # fmt: skip
+            checks[mode] = _ModeCheck(
+                mode, False, _container_refusal(m, policy) or "", "container_privileges"
+            )
         elif mode == "container" and engine[0] is None:
             why = "; ".join(f"{r.option}: {r.reason}" for r in engine[2])
             checks[mode] = _ModeCheck(
@@ -417,9 +423,11 @@ def _substitute(text: str, values: Mapping[str, str]) -> str:
     return TEMPLATE_RE.sub(repl, text)
 
 
-def _pick_gpus(m: Manifest, hw: HardwareProfile) -> tuple[tuple[GpuAssignment, ...], Decision]:
+def _pick_gpus(
+    m: Manifest, hw: HardwareProfile, estimated: int = 0
+) -> tuple[tuple[GpuAssignment, ...], Decision]:
     wanted = max(m.runtime.resources.gpus, m.hardware.gpu.count_min)
-    vram_need = max(m.runtime.resources.vram, m.hardware.gpu.required_vram)
+    vram_need = max(m.runtime.resources.vram, m.hardware.gpu.required_vram, estimated)
     if wanted == 0 and vram_need == 0:
         return (), Decision(
             topic="gpus",
@@ -504,6 +512,53 @@ def _memory_fraction(gpus: tuple[GpuAssignment, ...], hw: HardwareProfile) -> st
     return f"{min(0.95, max(0.05, *fractions)):.2f}"
 
 
+def _estimate_vram(
+    m: Manifest,
+    hw: HardwareProfile,
+    sets: Mapping[str, str],
+    estimator: Callable[..., Any] | None,
+    decisions: list[Decision],
+) -> int:
+    """VRAM the GGUF model needs, from its metadata (0 when not estimated, and why).
+
+    Only when a GPU could be assigned: reading a GGUF's metadata takes seconds.
+    """
+    vfg = m.runtime.resources.vram_from_gguf
+    if vfg is None:
+        return 0
+    wants = max(m.runtime.resources.gpus, m.hardware.gpu.count_min) > 0
+    if not hw.gpus or not wants:
+        return 0
+    params = _resolve_parameters(m, sets, with_gpu=True)
+    values = {p.name: p.value for p in params}
+    model = values.get(vfg.model)
+    if not model:
+        return 0
+    if estimator is None:
+        from localaistack.control.gguf_estimate import estimate
+
+        estimator = estimate
+    ctx = values.get(vfg.ctx_size) if vfg.ctx_size else None
+    layers = sets.get(vfg.gpu_layers) if vfg.gpu_layers else None
+    try:
+        est = estimator(
+            model, ctx_size=int(ctx) if ctx else None, n_gpu_layers=int(layers) if layers else None
+        )
+    except PlanningError as exc:
+        decisions.append(
+            Decision(topic="vram estimate", choice="none", reason=f"not estimated: {exc.message}")
+        )
+        return 0
+    decisions.append(
+        Decision(
+            topic="vram estimate",
+            choice=format_size(est.total),
+            reason=f"from {model}'s GGUF metadata: {est.how}",
+        )
+    )
+    return int(est.total)
+
+
 def _gpu_env(gpus: tuple[GpuAssignment, ...]) -> list[EnvVar]:
     nvidia = ",".join(g.uuid for g in gpus if g.vendor == "nvidia")
     amd = ",".join(str(g.index) for g in gpus if g.vendor == "amd")
@@ -545,20 +600,22 @@ def _resolve_executable(
             return _check_executable(path), why
         tried.append(why)
     raise PlanningError(
-        f"executable {argv0!r} not found on PATH" + (
-            f" (tried: {'; '.join(tried)})" if len(tried) > 1 else ""),
+        f"executable {argv0!r} not found on PATH"
+        + (f" (tried: {'; '.join(tried)})" if len(tried) > 1 else ""),
         hint=f"install {argv0} or put its directory on PATH",
-    )  # fmt: skip
+    )
 
 
 def _check_executable(path: str) -> str:
     p = Path(path).expanduser().absolute()
     if not p.exists():
-        raise PlanningError(f"executable {path} does not exist",
-                            hint="check the module's runtime.native.command")  # fmt: skip
+        raise PlanningError(
+            f"executable {path} does not exist", hint="check the module's runtime.native.command"
+        )
     if p.is_dir() or not os.access(p, os.X_OK):
-        raise PlanningError(f"{path} is not an executable file",
-                            hint=f"make it executable (chmod +x {path})")  # fmt: skip
+        raise PlanningError(
+            f"{path} is not an executable file", hint=f"make it executable (chmod +x {path})"
+        )
     return str(p)
 
 
@@ -591,6 +648,7 @@ def make_plan(
     environ: Mapping[str, str] | None = None,
     which: Callable[[str, str | None], str | None] = _default_which,
     resolve_executables: bool = True,
+    estimator: Callable[..., Any] | None = None,
 ) -> ExecutionPlan:
     """Decide how to run a module and return the explained plan.
 
@@ -651,7 +709,8 @@ def make_plan(
     decisions.append(mode_decision)
     mode = mode_decision.choice
 
-    gpus, gpu_decision = _pick_gpus(m, hw)
+    estimated = _estimate_vram(m, hw, request.sets or {}, estimator, decisions)
+    gpus, gpu_decision = _pick_gpus(m, hw, estimated)
     params = _resolve_parameters(m, request.sets or {}, with_gpu=bool(gpus))
     if params:
         decisions.append(
@@ -718,10 +777,13 @@ def make_plan(
             if pin is not None:
                 decisions.append(pin)
         else:
-            decisions.append(Decision(
-                topic="executable", choice=argv[0],
-                reason=f"not resolved: this plan is for another machine ({hw.source})",
-            ))  # fmt: skip
+            decisions.append(
+                Decision(
+                    topic="executable",
+                    choice=argv[0],
+                    reason=f"not resolved: this plan is for another machine ({hw.source})",
+                )
+            )
         workdir = _substitute(rt.native.workdir, values) if rt.native.workdir else None
         if workdir is not None and not Path(workdir).is_dir():
             raise PlanningError(
@@ -749,19 +811,26 @@ def make_plan(
             for v in c.volumes
         )
         user = c.user or "65534:65534"
-        decisions.append(Decision(
-            topic="container user", choice=user,
-            reason="asked for by the manifest" + (", allowed by policy containers.allow_root"
-                                                  if c.wants_root else "")
-            if c.user else "a non-root user by default (nobody)",
-        ))  # fmt: skip
+        decisions.append(
+            Decision(
+                topic="container user",
+                choice=user,
+                reason="asked for by the manifest"
+                + (", allowed by policy containers.allow_root" if c.wants_root else "")
+                if c.user
+                else "a non-root user by default (nobody)",
+            )
+        )
         engine_args: tuple[str, ...] = ()
         if engine == "podman" and hw.cgroup.version == "hybrid":
             engine_args = ("--runtime", "runc")
-            decisions.append(Decision(
-                topic="podman runtime", choice="runc",
-                reason="this machine mixes cgroup v1 and v2 (hybrid), which crun refuses",
-            ))  # fmt: skip
+            decisions.append(
+                Decision(
+                    topic="podman runtime",
+                    choice="runc",
+                    reason="this machine mixes cgroup v1 and v2 (hybrid), which crun refuses",
+                )
+            )
         container_spec = ContainerSpec(
             engine=engine,
             image=c.image,
@@ -840,7 +909,7 @@ def make_plan(
             memory=res.memory,
             cpus=res.cpus,
             gpus=len(gpus),
-            vram=max(res.vram, m.hardware.gpu.required_vram) if gpus else 0,
+            vram=max(res.vram, m.hardware.gpu.required_vram, estimated) if gpus else 0,
         ),
         gpus=gpus,
         restart=restart,
