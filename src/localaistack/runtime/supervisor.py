@@ -1,20 +1,31 @@
-"""The per-run supervisor: the parent of one native workload.
+"""The per-instance supervisor: the parent of one workload, native or in a container.
 
 Started by ``las`` as ``python -m localaistack.runtime.supervisor --db DB --run RUN_ID
---ready-fd FD`` in a session of its own, it outlives the ``las`` command. It
+--ready-fd FD`` in a session of its own, it outlives the ``las`` command. For a native
+workload it
 
-* starts the workload in its own session and process group, with ``PR_SET_PDEATHSIG`` so
-  that the workload dies with it (a workload is never left running unsupervised) and as
-  child subreaper so that orphaned descendants come back to it;
-* reports ``running`` (or ``failed``, with the OS error) on the ready pipe, then closes it;
-* captures stdout and stderr into the run's log file, line by line, never blocking the
-  workload on a full disk (lost lines are counted);
-* on SIGTERM (what ``las stop`` sends it), sends the plan's stop signal to the whole group,
-  waits the stop timeout, then SIGKILLs the group, and records which of the two ended it;
-* reaps the workload, kills what is left of its group, and records the end durably.
+* starts it in its own session and process group and cgroup (with its memory and CPU
+  limits where this process may write them), with ``PR_SET_PDEATHSIG`` so that the workload
+  dies with it (a workload is never left running unsupervised), and as child subreaper so
+  that orphaned descendants come back to it;
+* reports ``running`` (or ``failed``, with the OS error) on the ready pipe, and ``healthy``
+  later when the plan has a health probe and the caller waits for it;
+* captures stdout and stderr into the run's log file, never blocking the workload on a full
+  disk (lost lines are counted);
+* runs the health probe (non-blocking, in the same event loop) and records transitions;
+* on SIGTERM (what ``las stop`` sends it), sends the plan's stop signal to the group and the
+  cgroup, waits the stop timeout, then SIGKILLs them, and records which of the two ended it;
+* reaps the workload, kills what is left of its tree, and records the end durably;
+* when the plan asks for restarts, starts the next attempt (a run of its own) after a
+  bounded, growing backoff.
 
-It sleeps in ``select`` with no timeout while nothing happens: no polling. Standard library
-only (and the store and log file modules, which are too): it starts often and lives long.
+For a container it drives the engine's CLI instead (``run -d``, ``logs --follow``,
+``wait``, ``stop``, ``inspect``, ``rm``), with the same states, logs, probes and restarts;
+``--adopt CONTAINER --since TIME`` follows a container whose supervisor died.
+
+It sleeps in ``select`` while nothing happens: no polling (only the probe's cadence, and a
+memory sampler where no cgroup can enforce a limit). Standard library only, and it imports
+as little as it can: it starts often and lives long.
 """
 
 from __future__ import annotations
@@ -357,18 +368,6 @@ class Supervisor:
                 or (self.health_failure is not None and self.restart.get("on_unhealthy"))
             )
         )
-        if restart:
-            self.writer.note(f"las: {reason}")
-            self.writer.close()
-            self.record(
-                state,
-                reason,
-                exit_code=code,
-                signal=sig,
-                lines_dropped=dropped,
-                health=self.health.state,
-            )
-            return reason
         self.writer.note(f"las: {reason}")
         self.writer.close()
         self.record(
@@ -379,6 +378,8 @@ class Supervisor:
             lines_dropped=dropped,
             health=self.health.state,
         )
+        if restart:
+            return reason
         self.report_ready({"state": state, "reason": reason})
         return None
 
