@@ -119,7 +119,9 @@ class SupervisordBench:
                 f"[program:{name}]",
                 f"command={command}",
                 "autostart=false",
-                "autorestart=false",
+                # the crash-loop peer restarts what exits; nothing else does
+                "autorestart=true" if name == "crashloop" else "autorestart=false",
+                "startretries=1000",
                 "startsecs=0",
                 "stopwaitsecs=2",
                 f"stdout_logfile={self.dir}/{name}.out",
@@ -460,9 +462,81 @@ def bench_ps(las: LasBench, counts: list[int], reps: int) -> list[Row]:
                 meets=(sorted(xs)[len(xs) // 2] <= 0.150) if n == 100 else None,
             )
         )
+        sups = [int(las.run_row(f"ps{i}")["sup_pid"]) for i in range(n)]
+        total = sum(_pss_kb(p) for p in sups) / 1024
+        rows.append(
+            Row(
+                f"all supervisors' PSS, {n} instances",
+                "MB",
+                [total],
+                note=f"{total / n:.1f} MB per instance",
+            )
+        )
     for i in range(started):
         las.las("rm", "-f", f"ps{i}", check=False)
     return rows
+
+
+def bench_popen_floor(reps: int) -> Row:
+    """The floor any manager starts from: a running Python's subprocess.Popen of `sleep`."""
+
+    def one(_i: int) -> float:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(["sleep", "1000"])
+        took = time.perf_counter() - t0
+        proc.kill()
+        proc.wait()
+        return took
+
+    xs, _ = alternate(one, None, reps)
+    return Row(
+        "start floor: subprocess.Popen in a running Python",
+        "s",
+        xs,
+        note="not a peer to beat: the cost of starting a process at all",
+    )
+
+
+def bench_crash_loop(las: LasBench, sup: SupervisordBench, root: Path, seconds: float) -> list[Row]:
+    """A module that fails at once, restarted on failure: restarts per minute and CPU."""
+    count = root / "crash-starts"
+    path = las.module("crashy", ["sh", "-c", f"echo x >> {count}; exit 1"])
+    text = path.read_text().replace(
+        "  stop: {timeout: 2s}\n",
+        "  stop: {timeout: 2s}\n"
+        "  restart: {policy: on-failure, max_restarts: 1000, "
+        "backoff: 100ms, window: 1h}\n",
+    )
+    path.write_text(text)
+    count.write_text("")
+    las.las("run", "-d", str(path), "--name", "crashy", check=False)
+    sup_pid = int(las.run_row("crashy")["sup_pid"])
+    c0 = _cpu_s(sup_pid)
+    time.sleep(seconds)  # the period being measured
+    las_cpu = _cpu_s(sup_pid) - c0
+    las_starts = len(count.read_text().split())
+    las.las("rm", "-f", "crashy")
+    count.write_text("")
+    s0 = _cpu_s(sup.proc.pid)
+    subprocess.run([*sup.ctl, "start", "crashloop"], capture_output=True)
+    time.sleep(seconds)
+    sup_cpu = _cpu_s(sup.proc.pid) - s0
+    sup_starts = len(count.read_text().split())
+    subprocess.run([*sup.ctl, "stop", "crashloop"], capture_output=True)
+    per_min = 60.0 / seconds
+    return [
+        Row(
+            f"crash loop: starts per minute ({seconds:g}s)",
+            "/min",
+            [las_starts * per_min],
+            "supervisord autorestart",
+            [sup_starts * per_min],
+            "bounded (backoff)",
+            note="las: on-failure, backoff 100ms doubling, at most 1000 restarts per hour; "
+            "supervisord: autorestart=true, startsecs=0, startretries=1000",
+        ),
+        Row(f"crash loop: manager CPU over {seconds:g}s", "s", [las_cpu], "supervisord", [sup_cpu]),
+    ]
 
 
 @contextmanager
@@ -487,14 +561,18 @@ def collect(quick: bool) -> list[Row]:
             "writer": f"{sys.executable} {writer} {mb * 1_000_000} {root / 'timing'}",
         }
         programs.update({f"idle{i}": "sleep 100000" for i in range(idle_k)})
+        crash = f"sh -c 'echo x >> {root / 'crash-starts'}; exit 1'"
+        programs["crashloop"] = crash
         sup = SupervisordBench(root, programs)
         try:
             rows = [bench_start(las, sup, reps), bench_failure(las, sup, reps)]
             rows += bench_logs(las, sup, root, mb, 2 if quick else 5)
             rows += bench_idle(las, sup, idle_k, 3 if quick else 60)
-            rows += bench_ps(las, [10] if quick else [10, 100], 3 if quick else 7)
+            rows += bench_ps(las, [10] if quick else [10, 100, 300], 3 if quick else 7)
             rows.append(bench_readiness(las, root, reps))
             rows.append(bench_probe_cpu(las, root, 3 if quick else 60))
+            rows += bench_crash_loop(las, sup, root, 3 if quick else 30)
+            rows.append(bench_popen_floor(reps))
         finally:
             sup.close()
     return rows
