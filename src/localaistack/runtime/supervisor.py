@@ -328,7 +328,7 @@ class Supervisor:
         # to us as subreaper, then read what they wrote until the pipes close. (For a
         # container, `logs --follow` ends by itself once the container has stopped.)
         if not self.container:
-            self._kill_all(main_pid)
+            self._kill_all(main_pid, wait=False)
         deadline = time.monotonic() + DRAIN_AFTER_EXIT
         while streams and time.monotonic() < deadline:
             for key, _ in self.sel.select(max(0.0, deadline - time.monotonic())):
@@ -343,8 +343,6 @@ class Supervisor:
         self._kill_helpers()
         self._reap_orphans()
         oom = self._memory_verdict(cg)
-        if cg:
-            cg.remove()
 
         last = self._last_line()
         sig_name = self.plan["stop"]["signal"]
@@ -378,6 +376,8 @@ class Supervisor:
             lines_dropped=dropped,
             health=self.health.state,
         )
+        if cg:
+            cg.remove()  # after the record: removal can wait on the kernel for a moment
         if restart:
             return reason
         self.report_ready({"state": state, "reason": reason})
@@ -637,7 +637,9 @@ class Supervisor:
                 self.writer.note("las: stop timeout passed; sending SIGKILL to the process group")
                 self._kill_all(pid)
             if self.probe is not None and now >= self.probe.deadline:
-                self._probe_done(self._cancel_probe(expire=True))
+                expired = self._cancel_probe(expire=True)
+                if expired is not None:
+                    self._probe_done(expired)
             deadline = self.start_deadline()
             if deadline is not None and now >= deadline and not self.stopping:
                 last = self.health.last_message()
@@ -719,12 +721,13 @@ class Supervisor:
         self.probe_fd = probe.fileno()
         self.sel.register(self.probe_fd, probe.events, "probe")
 
-    def _cancel_probe(self, expire: bool = False) -> probes.ProbeResult:
+    def _cancel_probe(self, expire: bool = False) -> probes.ProbeResult | None:
+        """End the probe in flight; with ``expire`` its timeout's result. None: no probe."""
+        probe, self.probe = self.probe, None
+        if probe is None:  # (no import of the probes module: most workloads have no probe)
+            return None
         from localaistack.runtime.probes import ProbeResult
 
-        probe, self.probe = self.probe, None
-        if probe is None:
-            return ProbeResult(False, "cancelled", 0.0)
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(self.probe_fd)
         if expire:
@@ -869,8 +872,12 @@ class Supervisor:
             self.stop_requested = True
             self._begin_stop()
 
-    def _kill_all(self, pid: int) -> None:
-        """SIGKILL the workload's group, its cgroup, and orphans that came back to us."""
+    def _kill_all(self, pid: int, wait: bool = True) -> None:
+        """SIGKILL the workload's group, its cgroup, and orphans that came back to us.
+
+        ``wait=False`` (the workload has exited): signal what is left once; the cgroup's
+        removal, after the end is recorded, waits for the stragglers.
+        """
         if self.container and self.cid:
             from localaistack.runtime import engines
 
@@ -882,7 +889,7 @@ class Supervisor:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
         if self.attempt.cgroup:
-            self.attempt.cgroup.kill_all()  # also whatever left the group
+            self.attempt.cgroup.kill_all(timeout=2.0 if wait else 0)  # also what left the group
             return
         for child in procs.children_of(os.getpid()):  # no cgroup: orphans came back to us
             with contextlib.suppress(ProcessLookupError):
