@@ -27,7 +27,7 @@ from localaistack.errors import (
     UsageError,
 )
 from localaistack.runtime import procs
-from localaistack.runtime.native import NativeBackend
+from localaistack.runtime.supervision import Supervisors
 from localaistack.store.db import (
     ACTIVE_STATES,
     Store,
@@ -87,7 +87,7 @@ class Runtime:
     def __init__(self, home: Path, store: Store | None = None) -> None:
         self.home = ensure_home(home)
         self.store = store or Store(self.home / "state.db")
-        self.native = NativeBackend(self.store, self.home)
+        self.supervisors = Supervisors(self.store, self.home)
         self._boot = procs.boot_id()
 
     def __repr__(self) -> str:
@@ -119,7 +119,7 @@ class Runtime:
                 if row["backend"] != "native" and row["handle"] and row["boot_id"] == self._boot:
                     containers.append(row)
                 else:
-                    self.native.mark_lost(c, row, self._boot)
+                    self.supervisors.mark_lost(c, row, self._boot)
         for row in containers:
             self._reconcile_container(row)
         return found
@@ -141,7 +141,7 @@ class Runtime:
             since = _last_log_time(run["log_path"]) or _iso(float(run["started_at"] or time.time()))
             self.record_event(run["instance"], "re-adopted", f"container {cid[:12]} still runs; "
                               f"a new supervisor follows it (logs since {since})")  # fmt: skip
-            self.native.start(run, extra_args=("--adopt", cid, "--since", since))
+            self.supervisors.start(run, extra_args=("--adopt", cid, "--since", since))
             return
         if state is None:
             self.fail_run(run["run_id"], f"lost: its supervisor died and container {cid[:12]} "
@@ -158,7 +158,7 @@ class Runtime:
 
     def _alive(self, run: sqlite3.Row) -> bool:
         if run["backend"] in ("native", "podman", "docker"):
-            return self.native.is_alive(run, self._boot)  # every run has a supervisor
+            return self.supervisors.is_alive(run, self._boot)  # every run has a supervisor
         raise NotSupported(f"unknown backend {run['backend']!r} for run {run['run_id']}")
 
     def sweep_orphans(self, grace: float | None = None) -> list[str]:
@@ -230,7 +230,6 @@ class Runtime:
             InstanceNotFound: no such instance.
             InstanceConflict: the instance has an active run (started twice concurrently,
                 or already running).
-            NotSupported: the plan's mode has no backend yet.
         """
         self.reconcile()
         plan_data = json.loads(self.require_instance(name)["plan"])
@@ -258,7 +257,7 @@ class Runtime:
         run = self.store.run(run_id)
         assert run is not None
         has_health = json.loads(self.require_instance(name)["plan"]).get("health") is not None
-        message = self.native.start(run, wait_healthy=wait_healthy and has_health)
+        message = self.supervisors.start(run, wait_healthy=wait_healthy and has_health)
         current = self.require_instance(name)["current_run"] or run_id  # restarts move it
         final = self.store.run(current)
         assert final is not None
@@ -281,7 +280,7 @@ class Runtime:
         if run is None or run["state"] not in ACTIVE_STATES:
             return run
         plan = json.loads(self.require_instance(name)["plan"])
-        self.native.stop(run, timeout, float(plan["stop"]["timeout"]))
+        self.supervisors.stop(run, timeout, float(plan["stop"]["timeout"]))
         self.reconcile()
         return self.store.run(run["run_id"])
 

@@ -1,15 +1,19 @@
-"""The native backend: a workload as a host process under a supervisor of its own.
+"""Supervised runs: spawning, stopping and watching the per-instance supervisors.
 
-The persisted handle of a native run is its row in ``runs``: the supervisor's pid and start
-time, the workload's pid (= its process group and session id) and start time, and the boot
-id. Liveness is always checked against all three, never against a pid alone.
+Every run, native or in a container, has a supervisor process (runtime/supervisor.py); this
+module is the CLI side of it. The persisted handle of a run is its row in ``runs``: the
+supervisor's pid and start time, the workload's pid (= its process group and session id)
+and start time, the boot id, and (``handle``) the backend's own state, such as its cgroup or
+container id. Liveness is always checked against pid, start time and boot id together,
+never against a pid alone.
 
-What happens when the supervisor dies (SIGKILL, OOM killer): the workload was started with
-``PR_SET_PDEATHSIG=SIGKILL`` and dies with it, so no server keeps holding memory unseen. The
-next ``las`` command notices the dead supervisor (``reconcile``), kills whatever is left of
-the workload's process group, and records the run as ``failed`` with the reason ("lost:
-the supervisor died..."). Re-adopting is not offered: the workload's output pipes died with
-the supervisor, so a re-adopted workload could not be logged.
+What happens when the supervisor of a native run dies (SIGKILL, OOM killer): the workload
+was started with ``PR_SET_PDEATHSIG=SIGKILL`` and dies with it, so no server keeps holding
+memory unseen. The next ``las`` command notices the dead supervisor (``reconcile``), kills
+whatever is left of the workload's process group and cgroup, and records the run as
+``failed`` with the reason ("lost: the supervisor died..."). Re-adopting is not offered: the
+workload's output pipes died with the supervisor, so it could no longer be logged. (A
+container outlives its supervisor and is re-adopted: see the runtime manager.)
 """
 
 from __future__ import annotations
@@ -70,8 +74,8 @@ class _Lines:
         return result
 
 
-class NativeBackend:
-    """Starts, stops and watches native runs through their supervisors."""
+class Supervisors:
+    """Starts, stops and watches runs through their supervisors."""
 
     name = "native"
 
@@ -80,7 +84,7 @@ class NativeBackend:
         self.home = home
 
     def __repr__(self) -> str:
-        return f"<NativeBackend home={self.home}>"
+        return f"<Supervisors home={self.home}>"
 
     # --- start -------------------------------------------------------------------------
 
