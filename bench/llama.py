@@ -5,7 +5,7 @@
 Both run the exact argv of las's plan (by hand on another port). Measured:
 
 1. generation speed: llama-server's own `timings.predicted_per_second` for a fixed prompt
-   (`/completion`, 128 tokens, temperature 0), median of 3 requests per start;
+   (`/completion`, 128 tokens, temperature 0), median of 5 requests per start;
 2. time to healthy: from the process's start until `/health` answers 200 — las: the
    supervisor's recorded start and healthy times; by hand (output appended to a file):
    spawn to the first 200 of a poller with the same cadence as las's startup probes (20 ms
@@ -56,7 +56,7 @@ def health_ok(port: int) -> bool:
         return False
 
 
-def tokens_per_second(port: int, n: int = 3) -> float:
+def tokens_per_second(port: int, n: int = 5) -> float:
     speeds = []
     for _ in range(n):
         body = json.dumps(
@@ -74,7 +74,7 @@ def tokens_per_second(port: int, n: int = 3) -> float:
 
 def collect(quick: bool) -> list[Row]:
     """llama.cpp under las vs by hand."""
-    reps = 1 if quick else 5
+    reps = 1 if quick else 9
     model = model_path()
     with workspace() as root:
         home = root / "home"
@@ -153,7 +153,7 @@ def collect(quick: bool) -> list[Row]:
                 tps["hand"],
                 ">= 0.99x",
                 gen >= 0.99,
-                note="llama-server's own timings.predicted_per_second, median of 3 requests "
+                note="llama-server's own timings.predicted_per_second, median of 5 requests "
                 "of 128 tokens per start",
             ),
             Row(

@@ -137,7 +137,18 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
+    def _schema_version(self) -> int | None:
+        """The stored schema version without taking the write lock (None: no meta table)."""
+        try:
+            row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return int(row[0]) if row else 0
+
     def _migrate(self) -> None:
+        # Every las command opens the store: the common case (up to date) must not write.
+        if self._schema_version() == len(MIGRATIONS):
+            return
         with self.transaction() as c:
             c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
