@@ -8,14 +8,13 @@ exact argv las's engine layer builds), alternating A B A B; removal is not timed
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.harness import Row, alternate, machine, save, table
+from bench.harness import Row, alternate, run_main
 from bench.native import las_cmd, workspace
 
 IMAGE = "localhost/las-busybox:latest"
@@ -103,15 +102,7 @@ def collect(quick: bool) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="few repetitions")
-    args = parser.parse_args()
-    rows = collect(args.quick)
-    print(f"machine: {machine()}")
-    print(table(rows))
-    print(f"raw numbers: {save('containers', rows, {'quick': args.quick})}")
+    run_main("containers", __doc__, collect)
 
 
 if __name__ == "__main__":

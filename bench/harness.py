@@ -141,3 +141,18 @@ def save(name: str, rows: list[Row], extra: dict[str, object]) -> Path:
     data = {"machine": machine(), **extra, "rows": [asdict(r) for r in rows]}
     path.write_text(json.dumps(data, indent=2))
     return path
+
+
+def run_main(name: str, doc: str | None, collect: Callable[[bool], list[Row]]) -> None:
+    """The command line of one benchmark module: `python -m bench.NAME [--quick]`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, few repetitions")
+    args = parser.parse_args()
+    rows = collect(args.quick)
+    print(f"machine: {machine()}")
+    print(table(rows))
+    print(f"raw numbers: {save(name, rows, {'quick': args.quick})}")

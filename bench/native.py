@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
@@ -32,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.harness import Row, alternate, machine, save, table
+from bench.harness import Row, alternate, run_main
 
 WRITER = textwrap.dedent(
     """
@@ -579,15 +578,7 @@ def collect(quick: bool) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, few repetitions")
-    args = parser.parse_args()
-    rows = collect(args.quick)
-    print(f"machine: {machine()}")
-    print(table(rows))
-    print(f"raw numbers: {save('native', rows, {'quick': args.quick})}")
+    run_main("native", __doc__, collect)
 
 
 if __name__ == "__main__":
