@@ -552,3 +552,19 @@ def test_admission_refuses_more_memory_than_the_machine_has(
     assert res.code == 3
     assert "greedy asks for 4.0TiB of RAM" in res.err and "is free" in res.err
     assert las.ps() == {} and _no_supervisors(las)
+
+
+def test_native_workload_runs_with_no_new_privs_and_a_private_umask(
+    las: Las, module_factory: ModuleFactory
+) -> None:
+    script = (
+        "import os\n"
+        "old = os.umask(0); os.umask(old)\n"
+        "status = open('/proc/self/status').read().split('\\n')\n"
+        "nnp = [x.split()[1] for x in status if x.startswith('NoNewPrivs:')][0]\n"
+        "print(f'umask={old:03o} nnp={nnp}', flush=True)\n"
+        "import time; time.sleep(1000)\n"
+    )
+    las.ok("run", str(module_factory("priv", [sys.executable, "-c", script])))
+    wait_until(lambda: "umask=" in las.ok("logs", "priv").out, message="its report")
+    assert "umask=077 nnp=1" in las.ok("logs", "priv").out

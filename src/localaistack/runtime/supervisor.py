@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
 DRAIN_AFTER_EXIT = 1.0  # seconds to read what descendants still hold open after the exit
 READ_SIZE = 1 << 18  # measured best with a 1 MiB pipe (bench/native.py log capture)
 PIPE_SIZE = 1 << 20  # the default /proc/sys/fs/pipe-max-size
@@ -76,8 +77,10 @@ def _prctl(option: int, arg: int) -> None:
 
 
 def _child_setup(supervisor_pid: int, cgroup_procs: list[str] | None) -> None:
-    """Runs in the forked child, before exec."""
+    """Runs in the forked child, before exec: least privilege, and death with the supervisor."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)  # no setuid/file-capability escalation, ever
+    os.umask(0o077)  # files the workload creates are private unless it says otherwise
     # The supervisor may have died before the line above took effect: die now, not later.
     if os.getppid() != supervisor_pid:
         os._exit(127)
