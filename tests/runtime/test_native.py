@@ -568,3 +568,56 @@ def test_native_workload_runs_with_no_new_privs_and_a_private_umask(
     las.ok("run", str(module_factory("priv", [sys.executable, "-c", script])))
     wait_until(lambda: "umask=" in las.ok("logs", "priv").out, message="its report")
     assert "umask=077 nnp=1" in las.ok("logs", "priv").out
+
+
+LISTENER = [
+    sys.executable,
+    "-c",
+    "import socket,sys,time\n"
+    "def listen(host, port):\n"
+    "    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "    s.bind((host, port)); s.listen(); return s\n"
+    "first = listen(sys.argv[1], int(sys.argv[2]))\n"
+    "print('bound', sys.argv[1], flush=True)\n"
+    "time.sleep(float(sys.argv[4]))\n"
+    "second = listen(sys.argv[3], 0)\n"
+    "print('late bind', sys.argv[3], second.getsockname()[1], flush=True)\n"
+    "time.sleep(1000)\n",
+]
+
+
+def test_listener_on_a_forbidden_address_is_stopped(
+    las: Las, module_factory: ModuleFactory
+) -> None:
+    path = module_factory("open", [*LISTENER, "0.0.0.0", "${ports.http}", "127.0.0.1", "1000"],
+                          ports=[{"name": "http", "port": 8080}])  # fmt: skip
+    las("run", str(path))
+    wait_until(lambda: las.state("open") == "failed", message="stopped for its listener")
+    info = las.ps()["open"]
+    port = info["ports"][0].split("->")[0].rsplit(":", 1)[1]
+    assert info["reason"] == f"listening on 0.0.0.0:{port}; policy allows 127.0.0.1 only"
+    assert not pid_alive(las.inspect("open")["runs"][0]["pid"])
+
+
+def test_a_late_bind_is_caught_too(las: Las, module_factory: ModuleFactory) -> None:
+    path = module_factory("late", [*LISTENER, "${host}", "${ports.http}", "0.0.0.0", "1.0"],
+                          ports=[{"name": "http", "port": 8080}])  # fmt: skip
+    las.ok("run", str(path))
+    wait_until(lambda: "late bind" in las.ok("logs", "late").out, message="the late bind")
+    wait_until(lambda: las.state("late") == "failed", timeout=15, message="caught")
+    reason = las.ps()["late"]["reason"]
+    assert reason.startswith("listening on 0.0.0.0:") and "policy allows 127.0.0.1 only" in reason
+
+
+def test_an_exposed_module_may_listen_everywhere(las: Las, module_factory: ModuleFactory) -> None:
+    path = module_factory("pub", [*LISTENER, "0.0.0.0", "${ports.http}", "0.0.0.0", "0.2"],
+                          ports=[{"name": "http", "port": 8080}])  # fmt: skip
+    policy = las.home / "policy.yaml"
+    policy.write_text(policy.read_text() + "network: {host: 127.0.0.1, expose: {pub: 0.0.0.0}}\n")
+    las.ok("run", str(path))
+    wait_until(lambda: "late bind" in las.ok("logs", "pub").out, message="both binds")
+    # An absence can only be watched for a while: past the 0.5 s and 2 s checks.
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        assert las.state("pub") == "running"
+        time.sleep(0.2)

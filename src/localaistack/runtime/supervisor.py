@@ -64,6 +64,9 @@ TAIL_BYTES = 8192  # of each stream, kept to quote in a failure's reason
 ERROR_LINE = re.compile(
     r"(^|\s)(E|ERROR|FATAL|CRITICAL)(\s|:)|(?i:\b(error|failed|cannot|couldn't|invalid|fatal)\b)"
 )
+# When to look at the workload's listening sockets: seconds after its start, then at the
+# health cadence (every 30 s without a probe).
+LISTEN_CHECKS = (0.5, 2.0, 5.0)
 SAMPLE_EVERY = 0.5  # seconds between RSS samples, only where no cgroup enforces a limit
 F_SETPIPE_SZ = 1031
 
@@ -287,6 +290,9 @@ class Supervisor:
         self.sampled_oom: str | None = None
         self.sample_memory: int | None = None
         self.next_sample: float | None = None
+        self.violation: str | None = None
+        self.next_listen_check: float | None = None
+        self.listen_checks = 0
         self.last_lines = {}
         launched = self._launch_container() if self.container else self._launch_native()
         if launched is None:
@@ -316,8 +322,11 @@ class Supervisor:
             )
         if self.container:
             self._record_container_pid()
-        elif self.sample_memory:
-            self.next_sample = time.monotonic()
+        else:
+            if self.sample_memory:
+                self.next_sample = time.monotonic()
+            if self._allowed_listen() is not None:  # something to check
+                self.next_listen_check = time.monotonic() + LISTEN_CHECKS[0]
         if self.stop_requested:
             self._begin_stop()
         elif self.health_spec is not None:
@@ -349,12 +358,19 @@ class Supervisor:
 
         last = self._last_line()
         sig_name = self.plan["stop"]["signal"]
-        by_request = self.stopping and self.health_failure is None and self.sampled_oom is None
+        by_request = (
+            self.stopping
+            and self.health_failure is None
+            and self.sampled_oom is None
+            and self.violation is None
+        )
         if self.container:
             state, reason, code, sig = self._container_end(by_request, sig_name, last)
         else:
             state, reason, code, sig = exit_reason(status, by_request, self.killed, sig_name, last)
-        if self.health_failure is not None:
+        if self.violation is not None:
+            state, reason = "failed", self.violation  # never restarted: it would do it again
+        elif self.health_failure is not None:
             state, reason = "failed", self.health_failure
         elif oom is not None and not by_request:
             state, reason = "failed", oom
@@ -364,6 +380,7 @@ class Supervisor:
         restart = (
             state == "failed"
             and not self.stop_requested
+            and self.violation is None
             and (
                 self.restart["policy"] == "on-failure"
                 or (self.health_failure is not None and self.restart.get("on_unhealthy"))
@@ -611,6 +628,7 @@ class Supervisor:
                 t
                 for t in (
                     self.next_sample,
+                    self.next_listen_check,
                     self.stop_deadline,
                     self.next_probe,
                     self.probe.deadline if self.probe else None,
@@ -654,6 +672,39 @@ class Supervisor:
                 self._start_probe()
             if self.next_sample is not None and now >= self.next_sample:
                 self._sample_memory(pid)
+            if self.next_listen_check is not None and now >= self.next_listen_check:
+                self._check_listeners(pid)
+
+    def _allowed_listen(self) -> set[str] | None:
+        """Addresses the workload may listen on besides loopback; None: anything goes."""
+        hosts = {p["host_ip"] for p in self.plan["ports"]} or {"127.0.0.1"}
+        if hosts & {"0.0.0.0", "::"}:
+            return None  # the policy exposes this module on every address
+        return hosts
+
+    def _check_listeners(self, pid: int) -> None:
+        """Stop a workload listening where the policy does not allow (a late bind too)."""
+        allowed = self._allowed_listen()
+        assert allowed is not None
+        cg = self.attempt.cgroup
+        members = cg.pids() if cg else [p.pid for p in procs.group_members(pid)]
+        for addr, port in procs.listening_sockets(members):
+            if addr in allowed or addr.startswith("127.") or addr == "::1":
+                continue
+            shown = f"[{addr}]" if ":" in addr else addr
+            self.violation = (
+                f"listening on {shown}:{port}; policy allows {', '.join(sorted(allowed))} only"
+            )
+            self.writer.note(f"las: {self.violation}; stopping it")
+            self.next_listen_check = None
+            self._begin_stop(reason_text=self.violation)
+            return
+        self.listen_checks += 1
+        if self.listen_checks < len(LISTEN_CHECKS):
+            delay = LISTEN_CHECKS[self.listen_checks] - LISTEN_CHECKS[self.listen_checks - 1]
+        else:  # then at the health cadence (or every 30 s without a probe)
+            delay = float(self.health_spec["interval"]) if self.health_spec else 30.0
+        self.next_listen_check = time.monotonic() + delay
 
     def _sample_memory(self, pid: int) -> None:
         """The fallback when no cgroup enforces the memory limit: RSS of the whole tree."""
