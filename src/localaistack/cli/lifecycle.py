@@ -100,7 +100,7 @@ def run(
         rt.preflight(plan(None))
         rt.reconcile()  # a run that died holds no reservation any more
         notes: list[str] = []
-        profile, policy = plan.profile, plan.policy  # type: ignore[attr-defined]
+        profile, policy = plan.profile, plan.policy
         admit_new(
             rt.store,
             instance,

@@ -183,22 +183,43 @@ def validate(files: tuple[Path, ...]) -> None:
         sys.exit(1)
 
 
+class Planner:
+    """The planning inputs, read once; calling it makes a plan (shared by plan and run).
+
+    ``profile`` and ``policy`` are what admission checks the plan against.
+    """
+
+    def __init__(self, loaded: Any, profile: Any, policy: Any, request: Any, local: bool):
+        self.loaded, self.profile, self.policy, self.request = loaded, profile, policy, request
+        self.local = local  # False: a plan for another machine (--hardware)
+
+    def __call__(self, allocate: Callable[[str, str], int] | None) -> Any:
+        """A plan; ``allocate`` chooses host ports (None: ports that are free now)."""
+        from localaistack.control.planner import make_plan
+        from localaistack.control.ports import free_port
+
+        return make_plan(
+            self.loaded,
+            self.profile,
+            self.policy,
+            self.request,
+            allocate or (lambda host, _name: free_port(host)),
+            resolve_executables=self.local,  # another machine's paths are unknown
+        )
+
+
 def planner_for(
     module: str,
     mode: str | None,
     sets: tuple[str, ...],
     hardware_file: Path | None,
     policy_file: Path | None,
-) -> Callable[[Callable[[str, str], int] | None], Any]:
-    """Read the planning inputs once; return ``plan(allocate)`` (shared by plan and run).
-
-    ``allocate`` chooses host ports; None takes ports that are free now.
-    """
+) -> Planner:
+    """Resolve the module and read the hardware profile and policy for planning it."""
     from localaistack.control import hardware
     from localaistack.control.catalog import resolve_module
-    from localaistack.control.planner import PlanRequest, make_plan
+    from localaistack.control.planner import PlanRequest
     from localaistack.control.policy import load_policy
-    from localaistack.control.ports import free_port
     from localaistack.store.paths import las_home
 
     home = las_home()
@@ -211,20 +232,7 @@ def planner_for(
         profile = hardware.detect_hardware(probe_engines=wants_engine)
     policy = load_policy(policy_file, home)
     request = PlanRequest(mode=mode, sets=parse_sets(sets))
-
-    def plan(allocate: Callable[[str, str], int] | None) -> Any:
-        return make_plan(
-            loaded,
-            profile,
-            policy,
-            request,
-            allocate or (lambda host, _name: free_port(host)),
-            resolve_executables=hardware_file is None,  # another machine's paths are unknown
-        )
-
-    plan.profile = profile  # type: ignore[attr-defined]  # admission needs both
-    plan.policy = policy  # type: ignore[attr-defined]
-    return plan
+    return Planner(loaded, profile, policy, request, local=hardware_file is None)
 
 
 @cli.command()

@@ -256,7 +256,7 @@ class Runtime:
                        owner_start=procs.start_time(me))  # fmt: skip
         run = self.store.run(run_id)
         assert run is not None
-        has_health = json.loads(self.require_instance(name)["plan"]).get("health") is not None
+        has_health = plan_data.get("health") is not None
         message = self.supervisors.start(run, wait_healthy=wait_healthy and has_health)
         current = self.require_instance(name)["current_run"] or run_id  # restarts move it
         final = self.store.run(current)

@@ -9,8 +9,8 @@ Layout::
       state.db          SQLite state (WAL)
       policy.yaml       the user's policy (optional)
       modules/*.yaml    the user's manifests (optional)
-      logs/INSTANCE/RUN_ID.log[.N]
-      runs/RUN_ID/      per-run working files (plan.json)
+      logs/INSTANCE/RUN_ID.log[.N]   each run's output (rotated files .1 .. .N)
+      runs/RUN_ID/supervisor.log     the supervisor's own diagnostics
 """
 
 from __future__ import annotations
