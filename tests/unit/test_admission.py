@@ -6,6 +6,7 @@ NVML module (there is no GPU here).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from localaistack.control.admission import (
+    Capacity,
     LiveUsage,
     ResourcesRefused,
     admit_new,
@@ -132,8 +134,7 @@ def test_admit_within_capacity_and_the_ledger_holds_it(store: Store) -> None:
         store,
         "llm1",
         factory(make(vram=5 * GIB, on=g, memory=4 * GIB, cpus=2)),
-        hardware=hw,
-        policy=policy(),
+        capacity=Capacity.of(hw, policy()),
         live=LiveUsage(ram_available=20 * GIB, gpu_free={g.uuid: 7 * GIB}),
         notes=notes,
     )
@@ -158,10 +159,12 @@ def test_admit_within_capacity_and_the_ledger_holds_it(store: Store) -> None:
 def test_ledger_full_refuses_the_second_and_names_the_first(store: Store) -> None:
     hw = profile("1x8gib")
     g = gpu(hw)
-    admit_new(store, "llm1", factory(make(vram=5 * GIB, on=g)), hardware=hw, policy=policy())
+    admit_new(store, "llm1", factory(make(vram=5 * GIB, on=g)), capacity=Capacity.of(hw, policy()))
     start_run(store, "llm1")
     with pytest.raises(ResourcesRefused) as info:
-        admit_new(store, "llm2", factory(make(vram=5 * GIB, on=g)), hardware=hw, policy=policy())
+        admit_new(
+            store, "llm2", factory(make(vram=5 * GIB, on=g)), capacity=Capacity.of(hw, policy())
+        )
     err = info.value
     assert isinstance(err, AdmissionRefused)
     assert err.message == (
@@ -181,9 +184,11 @@ def test_ledger_full_refuses_the_second_and_names_the_first(store: Store) -> Non
 def test_an_admitted_instance_holds_before_its_run_exists(store: Store) -> None:
     hw = profile("1x8gib")
     g = gpu(hw)
-    admit_new(store, "llm1", factory(make(vram=5 * GIB, on=g)), hardware=hw, policy=policy())
+    admit_new(store, "llm1", factory(make(vram=5 * GIB, on=g)), capacity=Capacity.of(hw, policy()))
     with pytest.raises(ResourcesRefused, match=r"5\.0GiB held by llm1 \(admitted\)"):
-        admit_new(store, "llm2", factory(make(vram=5 * GIB, on=g)), hardware=hw, policy=policy())
+        admit_new(
+            store, "llm2", factory(make(vram=5 * GIB, on=g)), capacity=Capacity.of(hw, policy())
+        )
     with store.transaction() as c:
         # A `las run` that died between admission and start holds only for a while.
         assert reservations(c, now=time.time() + ADMISSION_HOLD + 1) == []
@@ -196,15 +201,14 @@ def test_live_memory_low_though_the_ledger_is_empty(store: Store) -> None:
         ram_available=20 * GIB,
         gpu_free={g.uuid: int(1.5 * GIB)},
         gpu_source={g.uuid: "NVML"},
-        others=[f"pid 4242 python3: 6.0GiB on {g.uuid}", "pid 7 java: 3.0GiB RAM"],
+        known=[f"pid 4242 python3: 6.0GiB on {g.uuid}", "pid 7 java: 3.0GiB RAM"],
     )
     with pytest.raises(ResourcesRefused) as info:
         admit_new(
             store,
             "llm1",
             factory(make(vram=5 * GIB, on=g)),
-            hardware=hw,
-            policy=policy(),
+            capacity=Capacity.of(hw, policy()),
             live=live,
         )
     err = info.value
@@ -227,7 +231,11 @@ def test_overcommit_allow_admits_and_records_it(store: Store) -> None:
     running(store, "llm1", make(vram=5 * GIB, on=g))
     notes: list[str] = []
     admit_new(
-        store, "llm2", factory(make(vram=5 * GIB, on=g)), hardware=hw, policy=allow, notes=notes
+        store,
+        "llm2",
+        factory(make(vram=5 * GIB, on=g)),
+        capacity=Capacity.of(hw, allow),
+        notes=notes,
     )
     assert store.instance("llm2") is not None
     assert len(notes) == 1
@@ -245,8 +253,8 @@ def test_the_reserve_is_respected(store: Store) -> None:
     with pytest.raises(
         ResourcesRefused, match=r"4\.0GiB is free: 8\.0GiB total - 4\.0GiB reserve \(policy\)$"
     ):
-        admit_new(store, "llm1", factory(make(vram=5 * GIB, on=g)), hardware=hw, policy=big)
-    admit_new(store, "llm1", factory(make(vram=5 * GIB, on=g)), hardware=hw, policy=policy())
+        admit_new(store, "llm1", factory(make(vram=5 * GIB, on=g)), capacity=Capacity.of(hw, big))
+    admit_new(store, "llm1", factory(make(vram=5 * GIB, on=g)), capacity=Capacity.of(hw, policy()))
     with store.transaction() as c:
         assert [r.instance for r in reservations(c)] == ["llm1"]
 
@@ -258,12 +266,11 @@ def test_fits_exactly_to_the_byte(store: Store) -> None:
         store,
         "llm1",
         factory(make(vram=8 * GIB - 512 * MIB, on=g)),
-        hardware=hw,
-        policy=policy(),
+        capacity=Capacity.of(hw, policy()),
         live=LiveUsage(gpu_free={g.uuid: 8 * GIB}),
     )
     with pytest.raises(ResourcesRefused, match=r"asks for 1\.0MiB of VRAM"):
-        admit_new(store, "llm2", factory(make(vram=MIB, on=g)), hardware=hw, policy=policy())
+        admit_new(store, "llm2", factory(make(vram=MIB, on=g)), capacity=Capacity.of(hw, policy()))
 
 
 def test_a_stopped_instance_releases_its_reservation(store: Store) -> None:
@@ -271,9 +278,11 @@ def test_a_stopped_instance_releases_its_reservation(store: Store) -> None:
     g = gpu(hw)
     run_id = running(store, "llm1", make(vram=5 * GIB, on=g))
     with pytest.raises(ResourcesRefused):
-        admit_new(store, "llm2", factory(make(vram=5 * GIB, on=g)), hardware=hw, policy=policy())
+        admit_new(
+            store, "llm2", factory(make(vram=5 * GIB, on=g)), capacity=Capacity.of(hw, policy())
+        )
     end_run(store, run_id, "stopped")
-    admit_new(store, "llm2", factory(make(vram=5 * GIB, on=g)), hardware=hw, policy=policy())
+    admit_new(store, "llm2", factory(make(vram=5 * GIB, on=g)), capacity=Capacity.of(hw, policy()))
     with store.transaction() as c:
         assert [r.instance for r in reservations(c)] == ["llm2"]
 
@@ -285,7 +294,9 @@ def test_a_stopping_instance_still_holds(store: Store) -> None:
     with store.transaction() as c:
         set_run_state(c, run_id, "stopping", "test")
     with pytest.raises(ResourcesRefused, match=r"held by llm1 \(stopping\)"):
-        admit_new(store, "llm2", factory(make(vram=5 * GIB, on=g)), hardware=hw, policy=policy())
+        admit_new(
+            store, "llm2", factory(make(vram=5 * GIB, on=g)), capacity=Capacity.of(hw, policy())
+        )
 
 
 def test_ram_refusal_names_holders(store: Store) -> None:
@@ -296,9 +307,8 @@ def test_ram_refusal_names_holders(store: Store) -> None:
             store,
             "llm2",
             factory(make(memory=16 * GIB)),
-            hardware=hw,
-            policy=policy(),
-            live=LiveUsage(ram_available=25 * GIB, others=["pid 7 java: 3.0GiB RAM"]),
+            capacity=Capacity.of(hw, policy()),
+            live=LiveUsage(ram_available=25 * GIB, known=["pid 7 java: 3.0GiB RAM"]),
         )
     assert info.value.message == (
         "llm2 asks for 16.0GiB of RAM; 11.0GiB is free: 32.0GiB total - 1.0GiB reserve "
@@ -306,7 +316,7 @@ def test_ram_refusal_names_holders(store: Store) -> None:
         "the reserve; held outside las: pid 7 java: 3.0GiB RAM"
     )
     assert info.value.details["shortfalls"][0]["resource"] == "ram"
-    admit_new(store, "small", factory(make(memory=10 * GIB)), hardware=hw, policy=policy())
+    admit_new(store, "small", factory(make(memory=10 * GIB)), capacity=Capacity.of(hw, policy()))
 
 
 def test_ram_refusal_from_live_memory(store: Store) -> None:
@@ -316,9 +326,8 @@ def test_ram_refusal_from_live_memory(store: Store) -> None:
             store,
             "llm",
             factory(make(memory=8 * GIB)),
-            hardware=hw,
-            policy=policy(),
-            live=LiveUsage(ram_available=4 * GIB, others=["pid 7 java: 24.0GiB RAM"]),
+            capacity=Capacity.of(hw, policy()),
+            live=LiveUsage(ram_available=4 * GIB, known=["pid 7 java: 24.0GiB RAM"]),
         )
     (short,) = info.value.details["shortfalls"]
     assert short["limited_by"] == ["live"] and short["live_usable"] == 3 * GIB
@@ -333,8 +342,7 @@ def test_ram_and_vram_short_at_once_are_both_named(store: Store) -> None:
             store,
             "huge",
             factory(make(vram=9 * GIB, on=g, memory=40 * GIB)),
-            hardware=hw,
-            policy=policy(),
+            capacity=Capacity.of(hw, policy()),
         )
     lines = info.value.message.split("\n  ")
     assert len(lines) == 2
@@ -347,38 +355,47 @@ def test_another_gpu_with_room_is_suggested(store: Store) -> None:
     g0, g1 = hw.gpus
     running(store, "llm1", make(vram=20 * GIB, on=g0))
     with pytest.raises(ResourcesRefused) as info:
-        admit_new(store, "llm2", factory(make(vram=20 * GIB, on=g0)), hardware=hw, policy=policy())
+        admit_new(
+            store, "llm2", factory(make(vram=20 * GIB, on=g0)), capacity=Capacity.of(hw, policy())
+        )
     assert info.value.hint is not None
     assert "GPU 1 has 23.5GiB free (plan it again)" in info.value.hint
-    admit_new(store, "llm2", factory(make(vram=20 * GIB, on=g1)), hardware=hw, policy=policy())
+    admit_new(
+        store, "llm2", factory(make(vram=20 * GIB, on=g1)), capacity=Capacity.of(hw, policy())
+    )
 
 
 def test_multi_gpu_plans_hold_each_gpu(store: Store) -> None:
     hw = profile("4x80gib")
     plan = make(vram=60 * GIB)
-    plan = plan.model_copy(
-        update={
-            "gpus": tuple(
-                GpuAssignment(index=g.index, uuid=g.uuid, vendor=g.vendor, vram=60 * GIB)
-                for g in hw.gpus[:2]
-            )
-        }
+    plan = dataclasses.replace(
+        plan,
+        gpus=tuple(
+            GpuAssignment(index=g.index, uuid=g.uuid, vendor=g.vendor, vram=60 * GIB)
+            for g in hw.gpus[:2]
+        ),
     )
-    admit_new(store, "big", factory(plan), hardware=hw, policy=policy())
+    admit_new(store, "big", factory(plan), capacity=Capacity.of(hw, policy()))
     with pytest.raises(ResourcesRefused, match=r"held by big"):
         admit_new(
-            store, "other", factory(make(vram=30 * GIB, on=hw.gpus[1])), hardware=hw,
-            policy=policy(),
-        )  # fmt: skip
-    admit_new(store, "other", factory(make(vram=30 * GIB, on=hw.gpus[2])), hardware=hw,
-              policy=policy())  # fmt: skip
+            store,
+            "other",
+            factory(make(vram=30 * GIB, on=hw.gpus[1])),
+            capacity=Capacity.of(hw, policy()),
+        )
+    admit_new(
+        store,
+        "other",
+        factory(make(vram=30 * GIB, on=hw.gpus[2])),
+        capacity=Capacity.of(hw, policy()),
+    )
 
 
 def test_cpus_are_reported_not_refused(store: Store) -> None:
     hw = profile("1x8gib")  # 16 threads
     running(store, "a", make(cpus=12))
     notes: list[str] = []
-    admit_new(store, "b", factory(make(cpus=8)), hardware=hw, policy=policy(), notes=notes)
+    admit_new(store, "b", factory(make(cpus=8)), capacity=Capacity.of(hw, policy()), notes=notes)
     assert notes == [
         "CPUs oversubscribed: b asks for 8 CPU(s); 20 in all (a 12) on 16 threads "
         "(admitted: CPU time is shared)"
@@ -415,10 +432,10 @@ def test_a_plan_made_by_the_planner(store: Store) -> None:
             loaded, hw, pol, PlanRequest(), allocate, which=lambda cmd, _p: f"/usr/bin/{cmd}"
         )
 
-    plan = admit_new(store, "one", plan_with, hardware=hw, policy=pol)
+    plan = admit_new(store, "one", plan_with, capacity=Capacity.of(hw, pol))
     assert plan.gpus[0].vram == 5 * GIB and plan.resources.memory == 4 * GIB
     with pytest.raises(ResourcesRefused, match=r"two asks for 5\.0GiB of VRAM .* held by one"):
-        admit_new(store, "two", plan_with, hardware=hw, policy=pol)
+        admit_new(store, "two", plan_with, capacity=Capacity.of(hw, pol))
 
 
 # --------------------------------------------------------------------------- readmit
@@ -430,10 +447,10 @@ def test_readmit_does_not_count_the_instance_against_itself(store: Store) -> Non
     plan = make(vram=7 * GIB, on=g)
     run_id = running(store, "llm1", plan)
     end_run(store, run_id)
-    readmit(store, "llm1", plan, hardware=hw, policy=policy())
+    readmit(store, "llm1", plan, capacity=Capacity.of(hw, policy()))
     start_run(store, "llm1")
     with pytest.raises(InstanceConflict, match="already running"):
-        readmit(store, "llm1", plan, hardware=hw, policy=policy())
+        readmit(store, "llm1", plan, capacity=Capacity.of(hw, policy()))
 
 
 def test_readmit_refused_while_another_holds_the_gpu(store: Store) -> None:
@@ -443,7 +460,7 @@ def test_readmit_refused_while_another_holds_the_gpu(store: Store) -> None:
     end_run(store, running(store, "llm1", plan1))
     running(store, "llm2", make(vram=5 * GIB, on=g))
     with pytest.raises(ResourcesRefused, match=r"llm1 asks for .* held by llm2"):
-        readmit(store, "llm1", plan1, hardware=hw, policy=policy())
+        readmit(store, "llm1", plan1, capacity=Capacity.of(hw, policy()))
     with store.transaction() as c:
         assert [r.instance for r in reservations(c)] == ["llm2"]  # no hold was taken
 
@@ -453,7 +470,7 @@ def test_readmit_of_a_gpu_this_machine_lacks(store: Store) -> None:
     plan = make(vram=5 * GIB, on=other.gpus[1])
     end_run(store, running(store, "llm1", plan))
     with pytest.raises(ResourcesRefused, match=r"which this machine does not have"):
-        readmit(store, "llm1", plan, hardware=profile("1x8gib"), policy=policy())
+        readmit(store, "llm1", plan, capacity=Capacity.of(profile("1x8gib"), policy()))
 
 
 # --------------------------------------------------------------------------- concurrency
@@ -474,7 +491,7 @@ def _race(db: Path, attempts: list[tuple[str, ExecutionPlan]], hw: HardwareProfi
         s = Store(db)
         try:
             barrier.wait()
-            admit_new(s, name, slow(plan), hardware=hw, policy=policy())
+            admit_new(s, name, slow(plan), capacity=Capacity.of(hw, policy()))
             results[i] = "ok"
         except Exception as exc:
             results[i] = exc
@@ -605,7 +622,7 @@ def test_live_usage_from_nvml_and_proc(tmp_path: Path) -> None:
             ]
         },
     )
-    live = live_usage(hw, managed_pids={100}, nvml=nvml, proc_root=root)
+    live = live_usage(Capacity.of(hw, policy()), managed_pids={100}, nvml=nvml, proc_root=root)
     assert live.ram_available == 12 * GIB
     assert live.gpu_free == {g.uuid: 3 * GIB} and live.gpu_source == {g.uuid: "NVML"}
     assert live.others[:2] == [
@@ -630,22 +647,27 @@ def test_live_usage_knows_las_from_the_store(tmp_path: Path, store: Store) -> No
         avail_kb=1024,
     )
     procs = {g.uuid: [SimpleNamespace(pid=p, usedGpuMemory=GIB) for p in (102, 5)]}
-    live = live_usage(hw, store=store, nvml=FakeNvml({g.uuid: [GIB]}, procs), proc_root=root)
+    live = live_usage(
+        Capacity.of(hw, policy()),
+        store=store,
+        nvml=FakeNvml({g.uuid: [GIB]}, procs),
+        proc_root=root,
+    )
     assert live.others == [f"pid 5 x: 1.0GiB on {g.uuid}"]
 
 
 def test_live_usage_without_nvml_never_crashes(tmp_path: Path) -> None:
     hw = profile("1x8gib")
-    live = live_usage(hw, nvml=NoNvml(), proc_root=tmp_path / "nothing")
+    live = live_usage(Capacity.of(hw, policy()), nvml=NoNvml(), proc_root=tmp_path / "nothing")
     assert live.gpu_free == {} and live.ram_available is None
     assert any("NVML not available" in n for n in live.notes)
     # The real pynvml (or its absence) on this machine: no exception either.
-    real = live_usage(hw)
+    real = live_usage(Capacity.of(hw, policy()))
     assert real.ram_available is None or real.ram_available > 0
 
 
 def test_live_usage_on_a_cpu_only_machine_does_not_ask_nvml(tmp_path: Path) -> None:
-    live = live_usage(profile("cpu-only"), nvml=NoNvml())
+    live = live_usage(Capacity.of(profile("cpu-only"), policy()), nvml=NoNvml())
     assert live.notes == [] and live.gpu_free == {}
 
 
@@ -689,8 +711,9 @@ def test_wait_gpu_release_gives_up_after_the_timeout() -> None:
 
 def test_release_targets_are_the_plans_vram_and_the_reserve() -> None:
     g = gpu(profile("1x8gib"))
-    assert release_targets(make(vram=5 * GIB, on=g), policy()) == {g.uuid: 5 * GIB + 512 * MIB}
-    assert release_targets(make(), policy()) == {}
+    cap = Capacity.of(profile("cpu-only"), policy())
+    assert release_targets(make(vram=5 * GIB, on=g), cap) == {g.uuid: 5 * GIB + 512 * MIB}
+    assert release_targets(make(), cap) == {}
 
 
 def test_mark_admitted_on_a_missing_instance_is_harmless(store: Store) -> None:

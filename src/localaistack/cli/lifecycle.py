@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -76,10 +77,9 @@ def run(
 
     Waits until the workload is healthy (when it declares a health probe; running
     otherwise) or has failed (non-zero exit, with the reason). --detach returns at running.
+    A plan made before from the same inputs is used again (control/plancache.py).
     """
-    from localaistack.control.admission import admit_new, live_usage
-    from localaistack.control.catalog import resolve_module
-    from localaistack.control.manifest import check_name
+    from localaistack.control.names import check_name
     from localaistack.store.paths import las_home
 
     if hardware_file is not None:
@@ -92,33 +92,94 @@ def run(
             check_name(name, "instance name")
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
-    instance = name or resolve_module(module, las_home()).manifest.name
     rt = _runtime()
     try:
-        plan = planner_for(module, mode, sets, None, policy_file)
-        # Checks that need the engine (image present...) come before anything is created.
-        rt.preflight(plan(None))
-        rt.reconcile()  # a run that died holds no reservation any more
-        notes: list[str] = []
-        profile, policy = plan.profile, plan.policy
-        admit_new(
-            rt.store,
-            instance,
-            plan,
-            hardware=profile,
-            policy=policy,
-            live=live_usage(profile, store=rt.store),
-            notes=notes,
-        )
-        _warn(notes)
+        # The supervisor starts first and gets ready while the plan is made and admitted.
+        pending = rt.prepare_start()
         try:
-            result = rt.start(instance, wait_healthy=not detach)
+            from localaistack.control.plancache import PlanCache, Request, enabled
+
+            cache = None
+            if enabled():
+                cache = PlanCache(las_home(), Request(module, mode, sets, policy_file))
+            instance = _admit_cached(rt, cache, name) if cache else None
+            if instance is None:
+                instance = _plan_and_admit(rt, module, mode, sets, policy_file, name, cache)
+        except BaseException:
+            rt.cancel_start(pending)
+            raise
+        try:
+            result = rt.start(instance, wait_healthy=not detach, pending=pending)
         except BaseException:
             _clear_admission(rt, instance)
             raise
         _report_start(rt, result)
     finally:
         rt.close()
+
+
+def _admit_cached(rt: Any, cache: Any, name: str | None) -> str | None:
+    """Admit the cached plan; the instance's name, or None to plan afresh."""
+    from localaistack.control.admission import PortsTaken, admit_new, live_usage
+
+    hit = cache.get()
+    if hit is None:
+        return None
+    instance = name or hit.plan.module.name
+    try:
+        rt.preflight(hit.plan)  # the engine may have changed: plan again if it fails
+    except StartFailed:
+        cache.drop()
+        return None
+    rt.reconcile()
+    notes: list[str] = []
+    try:
+        admit_new(
+            rt.store,
+            instance,
+            hit.plan,
+            capacity=hit.capacity,
+            live=live_usage(hit.capacity, store=rt.store),
+            notes=notes,
+        )
+    except PortsTaken:
+        return None  # its ports are someone else's now: new ones come with a new plan
+    _warn(notes)
+    return str(instance)
+
+
+def _plan_and_admit(
+    rt: Any,
+    module: str,
+    mode: str | None,
+    sets: tuple[str, ...],
+    policy_file: Path | None,
+    name: str | None,
+    cache: Any,
+) -> str:
+    from localaistack.control.admission import Capacity, admit_new, live_usage
+    from localaistack.control.plancache import RecordingEnviron
+
+    env = RecordingEnviron(os.environ)
+    planner = planner_for(module, mode, sets, None, policy_file, environ=env)
+    instance = name or planner.loaded.manifest.name
+    # Checks that need the engine (image present...) come before anything is created.
+    rt.preflight(planner(None))
+    rt.reconcile()  # a run that died holds no reservation any more
+    notes: list[str] = []
+    capacity = Capacity.of(planner.profile, planner.policy)
+    plan = admit_new(
+        rt.store,
+        instance,
+        planner,
+        capacity=capacity,
+        live=live_usage(capacity, store=rt.store),
+        notes=notes,
+    )
+    _warn(notes)
+    if cache is not None:
+        cache.put(plan, capacity, planner.loaded, planner.profile, env)
+    return str(instance)
 
 
 def _warn(notes: list[str]) -> None:
@@ -138,6 +199,7 @@ def _readmit(rt: Any, name: str) -> None:
     """Admission for a new run of an existing instance, once what it used is released."""
     from localaistack.control import hardware
     from localaistack.control.admission import (
+        Capacity,
         live_usage,
         readmit,
         release_targets,
@@ -147,20 +209,21 @@ def _readmit(rt: Any, name: str) -> None:
     from localaistack.store.paths import las_home
 
     plan = rt.plan_of(name)
-    policy = load_policy(None, las_home())
+    capacity = Capacity.of(
+        hardware.detect_hardware(probe_engines=False), load_policy(None, las_home())
+    )
     if plan.gpus:  # the driver frees VRAM after the process is gone: wait for it (bounded)
-        ok, message = wait_gpu_release([g.uuid for g in plan.gpus], release_targets(plan, policy))
+        targets = release_targets(plan, capacity)
+        ok, message = wait_gpu_release([g.uuid for g in plan.gpus], targets)
         if not ok:
             _warn([message])
-    profile = hardware.detect_hardware(probe_engines=False)
     notes: list[str] = []
     readmit(
         rt.store,
         name,
         plan,
-        hardware=profile,
-        policy=policy,
-        live=live_usage(profile, store=rt.store),
+        capacity=capacity,
+        live=live_usage(capacity, store=rt.store),
         notes=notes,
     )
     _warn(notes)

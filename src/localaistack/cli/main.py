@@ -8,7 +8,7 @@ execute), and format what comes back. Heavy modules are imported inside commands
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -189,9 +189,18 @@ class Planner:
     ``profile`` and ``policy`` are what admission checks the plan against.
     """
 
-    def __init__(self, loaded: Any, profile: Any, policy: Any, request: Any, local: bool):
+    def __init__(
+        self,
+        loaded: Any,
+        profile: Any,
+        policy: Any,
+        request: Any,
+        local: bool,
+        environ: Mapping[str, str] | None = None,
+    ):
         self.loaded, self.profile, self.policy, self.request = loaded, profile, policy, request
         self.local = local  # False: a plan for another machine (--hardware)
+        self.environ = environ  # None: os.environ
 
     def __call__(self, allocate: Callable[[str, str], int] | None) -> Any:
         """A plan; ``allocate`` chooses host ports (None: ports that are free now)."""
@@ -205,6 +214,7 @@ class Planner:
             self.request,
             allocate or (lambda host, _name: free_port(host)),
             resolve_executables=self.local,  # another machine's paths are unknown
+            environ=self.environ,
         )
 
 
@@ -214,6 +224,7 @@ def planner_for(
     sets: tuple[str, ...],
     hardware_file: Path | None,
     policy_file: Path | None,
+    environ: Mapping[str, str] | None = None,
 ) -> Planner:
     """Resolve the module and read the hardware profile and policy for planning it."""
     from localaistack.control import hardware
@@ -232,7 +243,7 @@ def planner_for(
         profile = hardware.detect_hardware(probe_engines=wants_engine)
     policy = load_policy(policy_file, home)
     request = PlanRequest(mode=mode, sets=parse_sets(sets))
-    return Planner(loaded, profile, policy, request, local=hardware_file is None)
+    return Planner(loaded, profile, policy, request, local=hardware_file is None, environ=environ)
 
 
 @cli.command()

@@ -15,7 +15,7 @@ MASK = "***"
 
 def masked_plan_dict(plan: ExecutionPlan) -> dict[str, Any]:
     """The plan as JSON data with every secret value replaced by ``***``."""
-    data: dict[str, Any] = plan.model_dump(mode="json")
+    data: dict[str, Any] = plan.to_dict()
     secrets = {p.value for p in plan.parameters if p.secret and p.value}
     for section in ("native", "container"):
         if data.get(section):

@@ -4,7 +4,8 @@ Runs under the store's write lock (``BEGIN IMMEDIATE``), so two concurrent ``las
 cannot take the same instance name, be promised the same host port, or both take the last
 GPU or the last RAM.
 
-Resources are checked twice, when the caller gives the hardware profile and the policy:
+Resources are checked twice, when the caller gives the ``Capacity`` (the machine's capacity
+and the policy's terms, from the hardware profile and the policy):
 
 * against the **ledger** (``store.db.reservations``): capacity minus the policy's reserve
   minus what the instances that run (or were just admitted) hold by their plans;
@@ -27,7 +28,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,10 @@ RAM_OTHERS_MIN = 512 << 20
 RAM_OTHERS_MAX = 5
 
 
+class PortsTaken(AdmissionRefused):
+    """A port the plan names is promised to another instance or in use on the host."""
+
+
 class ResourcesRefused(AdmissionRefused):
     """The memory a plan asks for is not free; ``details`` holds the numbers as data."""
 
@@ -66,19 +71,76 @@ class ResourcesRefused(AdmissionRefused):
         self.details = details
 
 
+@dataclass(frozen=True)
+class GpuCapacity:
+    index: int
+    uuid: str
+    vendor: str
+    memory_total: int  # bytes
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What admission checks a plan against: the machine's capacity and the policy's terms.
+
+    Plain data (no pydantic), so that a cached plan is admitted without importing the
+    hardware and policy models (``las run``'s fast path: control/plancache.py).
+    """
+
+    memory_total: int  # bytes of RAM
+    cpu_threads: int
+    gpus: tuple[GpuCapacity, ...]
+    reserve_memory: int  # bytes the policy keeps free
+    reserve_vram: int  # bytes the policy keeps free on each GPU
+    overcommit: str  # the policy's "deny" or "allow"
+
+    @classmethod
+    def of(cls, hardware: HardwareProfile, policy: Policy) -> Capacity:
+        return cls(
+            memory_total=hardware.memory.total,
+            cpu_threads=hardware.cpu.threads,
+            gpus=tuple(
+                GpuCapacity(
+                    index=g.index, uuid=g.uuid, vendor=g.vendor, memory_total=g.memory_total
+                )
+                for g in hardware.gpus
+            ),
+            reserve_memory=policy.reserve.memory,
+            reserve_vram=policy.reserve.vram,
+            overcommit=policy.overcommit,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Capacity:
+        return cls(**{**data, "gpus": tuple(GpuCapacity(**g) for g in data["gpus"])})
+
+
 @dataclass
 class LiveUsage:
     """Memory free right now, as the OS and the GPU driver see it.
 
     ``others`` names memory held by processes las does not manage, one line each:
-    ``"pid 4242 python3: 6.0GiB on GPU-<uuid>"`` or ``"pid 77 java: 3.0GiB RAM"``.
+    ``"pid 4242 python3: 6.0GiB on GPU-<uuid>"`` or ``"pid 77 java: 3.0GiB RAM"``. The
+    RAM lines need a scan of every process, so ``live_usage`` leaves it to ``more``, run
+    the first time ``others`` is read (only a refusal or a test reads them).
     """
 
     ram_available: int | None = None  # bytes, /proc/meminfo MemAvailable
     gpu_free: dict[str, int] = field(default_factory=dict)  # GPU uuid -> bytes free
-    others: list[str] = field(default_factory=list)
+    known: list[str] = field(default_factory=list)  # lines already known
     gpu_source: dict[str, str] = field(default_factory=dict)  # GPU uuid -> "NVML", "sysfs"
     notes: list[str] = field(default_factory=list)  # what could not be read, and why
+    more: Callable[[], list[str]] | None = None  # the rest of ``others``, when asked
+
+    @property
+    def others(self) -> list[str]:
+        if self.more is not None:
+            self.known += self.more()
+            self.more = None
+        return self.known
 
 
 # --------------------------------------------------------------------------- live usage
@@ -123,12 +185,12 @@ class _Managed:
 
     def __init__(
         self,
-        procs: dict[int, _Proc],
+        procs: Callable[[], dict[int, _Proc]],
         pids: Collection[int],
         containers: Collection[str],
         proc_root: Path,
     ) -> None:
-        self.procs = procs
+        self.procs = procs  # scanned when first needed
         self.pids = set(pids)
         self.containers = [c for c in containers if len(c) >= 12]
         self.proc_root = proc_root
@@ -140,7 +202,7 @@ class _Managed:
             if p in self.pids:
                 return True
             seen.add(p)
-            info = self.procs.get(p)
+            info = self.procs().get(p)
             if info is None:
                 break
             p = info.ppid
@@ -182,7 +244,7 @@ def _read_mem_available(proc_root: Path) -> int | None:
 
 
 def live_usage(
-    hardware: HardwareProfile,
+    capacity: Capacity,
     *,
     store: Store | None = None,
     managed_pids: Collection[int] = (),
@@ -204,17 +266,24 @@ def live_usage(
         more_pids, more_containers = managed_processes(store.conn)
         pids |= more_pids
         containers |= more_containers
-    procs = _scan_procs(proc_root)
+    scanned: dict[int, _Proc] | None = None
+
+    def procs() -> dict[int, _Proc]:
+        nonlocal scanned
+        if scanned is None:
+            scanned = _scan_procs(proc_root)
+        return scanned
+
     managed = _Managed(procs, pids, containers, proc_root)
 
     live.ram_available = _read_mem_available(proc_root)
     if live.ram_available is None:
         live.notes.append(f"RAM: no MemAvailable in {proc_root / 'meminfo'}")
 
-    nvidia = {g.uuid for g in hardware.gpus if g.vendor == "nvidia"}
+    nvidia = {g.uuid for g in capacity.gpus if g.vendor == "nvidia"}
     if nvidia:
-        _nvml_usage(live, nvml, managed, procs)
-    if any(g.vendor == "amd" for g in hardware.gpus):
+        _nvml_usage(live, nvml, managed, procs())
+    if any(g.vendor == "amd" for g in capacity.gpus):
         from localaistack.control.hardware import probe_amd_sysfs
 
         gpus, note = probe_amd_sysfs(sysfs_root)
@@ -224,19 +293,22 @@ def live_usage(
         if not note.ok:
             live.notes.append(f"AMD: {note.detail}")
 
-    # RAM held by the largest processes outside las.
-    me = os.getpid()
-    big = sorted(
-        (
-            (info.rss, pid, info.comm)
-            for pid, info in procs.items()
-            if info.rss >= RAM_OTHERS_MIN and pid != me and not managed(pid)
-        ),
-        reverse=True,
-    )
-    live.others += [
-        f"pid {pid} {comm}: {format_size(rss)} RAM" for rss, pid, comm in big[:RAM_OTHERS_MAX]
-    ]
+    def ram_others() -> list[str]:
+        """RAM held by the largest processes outside las."""
+        me = os.getpid()
+        big = sorted(
+            (
+                (info.rss, pid, info.comm)
+                for pid, info in procs().items()
+                if info.rss >= RAM_OTHERS_MIN and pid != me and not managed(pid)
+            ),
+            reverse=True,
+        )
+        return [
+            f"pid {pid} {comm}: {format_size(rss)} RAM" for rss, pid, comm in big[:RAM_OTHERS_MAX]
+        ]
+
+    live.more = ram_others
     return live
 
 
@@ -272,7 +344,7 @@ def _nvml_usage(
                 amount = format_size(int(used)) if isinstance(used, int) else "unknown memory"
                 info = procs.get(pid)
                 comm = info.comm if info is not None else "?"
-                live.others.append(f"pid {pid} {comm}: {amount} on {uuid}")
+                live.known.append(f"pid {pid} {comm}: {amount} on {uuid}")
     except Exception as exc:
         live.notes.append(f"NVML query failed: {type(exc).__name__}: {exc}")
     finally:
@@ -400,8 +472,7 @@ def _check_resources(
     name: str,
     plan: ExecutionPlan,
     held: list[Reservation],
-    hardware: HardwareProfile,
-    policy: Policy,
+    cap: Capacity,
     live: LiveUsage | None,
 ) -> _Outcome:
     out = _Outcome()
@@ -416,8 +487,8 @@ def _check_resources(
             resource="ram",
             what="RAM",
             requested=memory,
-            total=hardware.memory.total,
-            reserve=policy.reserve.memory,
+            total=cap.memory_total,
+            reserve=cap.reserve_memory,
             held=_holders([(r.instance, r.memory or 0, r.state) for r in held]),
             live_free=live.ram_available,
             live_source="MemAvailable",
@@ -426,7 +497,7 @@ def _check_resources(
         )
 
     # VRAM, per assigned GPU
-    by_uuid = {g.uuid: g for g in hardware.gpus}
+    by_uuid = {g.uuid: g for g in cap.gpus}
     for a in plan.gpus:
         if a.vram <= 0:
             continue
@@ -455,7 +526,7 @@ def _check_resources(
             what=f"VRAM on GPU {gpu.index} ({gpu.uuid})",
             requested=a.vram,
             total=gpu.memory_total,
-            reserve=policy.reserve.vram,
+            reserve=cap.reserve_vram,
             held=_holders([(r.instance, r.gpus.get(a.uuid, 0), r.state) for r in held]),
             live_free=live.gpu_free.get(a.uuid),
             live_source=live.gpu_source.get(a.uuid, "live"),
@@ -463,7 +534,7 @@ def _check_resources(
             extra={"gpu": a.uuid, "index": gpu.index},
         )
         if len(out.shortfalls) > before:
-            room = _other_gpus_with_room(a.vram, plan, held, hardware, policy, live)
+            room = _other_gpus_with_room(a.vram, plan, held, cap, live)
             if room:
                 out.hints.append(f"{room} (plan it again)")
 
@@ -472,7 +543,7 @@ def _check_resources(
     if cpus:
         holders = sorted((r.instance, r.cpus) for r in held if r.cpus)
         in_all = cpus + sum(c for _, c in holders)
-        threads = hardware.cpu.threads
+        threads = cap.cpu_threads
         out.cpus = {
             "requested": cpus,
             "held": [{"instance": i, "cpus": c} for i, c in holders],
@@ -492,19 +563,18 @@ def _other_gpus_with_room(
     need: int,
     plan: ExecutionPlan,
     held: list[Reservation],
-    hardware: HardwareProfile,
-    policy: Policy,
+    cap: Capacity,
     live: LiveUsage,
 ) -> str:
     mine = {g.uuid for g in plan.gpus}
     room = []
-    for g in hardware.gpus:
+    for g in cap.gpus:
         if g.uuid in mine:
             continue
-        free = g.memory_total - policy.reserve.vram - sum(r.gpus.get(g.uuid, 0) for r in held)
+        free = g.memory_total - cap.reserve_vram - sum(r.gpus.get(g.uuid, 0) for r in held)
         live_free = live.gpu_free.get(g.uuid)
         if live_free is not None:
-            free = min(free, live_free - policy.reserve.vram)
+            free = min(free, live_free - cap.reserve_vram)
         if free >= need:
             room.append(f"GPU {g.index} has {_fs(free)} free")
     return ", ".join(room)
@@ -514,23 +584,22 @@ def _admit_resources(
     c: sqlite3.Connection,
     name: str,
     plan: ExecutionPlan,
-    hardware: HardwareProfile | None,
-    policy: Policy | None,
+    cap: Capacity | None,
     live: LiveUsage | None,
 ) -> tuple[_Outcome | None, dict[str, Any]]:
     """Check ``plan`` against the ledger and live usage; raise or return what to record."""
-    if hardware is None or policy is None:
+    if cap is None:
         return None, {}
     held = reservations(c, exclude=name)
-    out = _check_resources(name, plan, held, hardware, policy, live)
+    out = _check_resources(name, plan, held, cap, live)
     details: dict[str, Any] = {
         "instance": name,
-        "overcommit": policy.overcommit,
+        "overcommit": cap.overcommit,
         "shortfalls": out.shortfalls,
         "cpus": out.cpus,
         "live_notes": list(live.notes) if live else [],
     }
-    if out.shortfalls and policy.overcommit != "allow":
+    if out.shortfalls and cap.overcommit != "allow":
         raise ResourcesRefused(out.message(), out.hint(), details)
     if out.shortfalls:
         out.notes.insert(0, f"overcommitted (policy overcommit: allow): {out.message(' | ')}")
@@ -558,16 +627,19 @@ def _record(
 def admit_new(
     store: Store,
     name: str,
-    make_plan: PlanFactory,
+    make_plan: PlanFactory | ExecutionPlan,
     *,
-    hardware: HardwareProfile | None = None,
-    policy: Policy | None = None,
+    capacity: Capacity | None = None,
     live: LiveUsage | None = None,
     notes: list[str] | None = None,
 ) -> ExecutionPlan:
     """Plan with ports nobody else was promised, check its memory, create the instance.
 
-    With ``hardware`` and ``policy`` the plan's RAM and VRAM are checked against the
+    ``make_plan`` is called with a port allocator; or it is a plan whose ports are already
+    chosen (a cached plan), and they are checked instead: not promised to another instance
+    and free on the host, else ``PortsTaken``.
+
+    With ``capacity`` the plan's RAM and VRAM are checked against the
     ledger and ``live`` usage (see the module's doc); without them only names and ports
     are. The instance then holds its reservation until its run is created (and while that
     run is active). Overcommit notes (``overcommit: allow``) and CPU notes are appended
@@ -575,6 +647,7 @@ def admit_new(
 
     Raises:
         InstanceConflict: the name is taken.
+        PortsTaken: a given plan's port is promised or in use (an ``AdmissionRefused``).
         ResourcesRefused: the memory is not free (an ``AdmissionRefused``).
         PlanningError: from ``make_plan``.
     """
@@ -591,8 +664,12 @@ def admit_new(
             chosen.add(port)
             return port
 
-        plan = make_plan(allocate)
-        out, details = _admit_resources(c, name, plan, hardware, policy, live)
+        if isinstance(make_plan, ExecutionPlan):
+            plan = make_plan
+            _check_ports(name, plan, taken)
+        else:
+            plan = make_plan(allocate)
+        out, details = _admit_resources(c, name, plan, capacity, live)
         if not insert_instance(c, name, plan.module.name, plan.mode, plan.to_json()):
             raise _name_taken(c, name)
         mark_admitted(c, name)
@@ -624,8 +701,7 @@ def readmit(
     name: str,
     plan: ExecutionPlan,
     *,
-    hardware: HardwareProfile | None = None,
-    policy: Policy | None = None,
+    capacity: Capacity | None = None,
     live: LiveUsage | None = None,
     notes: list[str] | None = None,
 ) -> None:
@@ -651,7 +727,7 @@ def readmit(
                 hint=f"`las stop {name}` first, or `las restart {name}`",
             )
         _check_ports(name, plan, promised_ports(c, exclude=name))
-        out, details = _admit_resources(c, name, plan, hardware, policy, live)
+        out, details = _admit_resources(c, name, plan, capacity, live)
         mark_admitted(c, name)
         _record(c, name, out, details, notes)
 
@@ -659,7 +735,7 @@ def readmit(
 def _check_ports(name: str, plan: ExecutionPlan, taken: set[tuple[str, int]]) -> None:
     for b in plan.ports:
         if (b.host_ip, b.host_port) in taken:
-            raise AdmissionRefused(
+            raise PortsTaken(
                 f"port {b.host_ip}:{b.host_port} ({b.name}) is promised to another instance",
                 hint=f"`las rm {name}` and `las run` it again to get a new port",
             )
@@ -671,7 +747,7 @@ def _check_ports(name: str, plan: ExecutionPlan, taken: set[tuple[str, int]]) ->
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE:
                     raise
-                raise AdmissionRefused(
+                raise PortsTaken(
                     f"port {b.host_ip}:{b.host_port} ({b.name}) is in use by another process",
                     hint=f"free the port, or `las rm {name}` and `las run` it again",
                 ) from exc
@@ -680,10 +756,10 @@ def _check_ports(name: str, plan: ExecutionPlan, taken: set[tuple[str, int]]) ->
 # --------------------------------------------------------------------------- release
 
 
-def release_targets(plan: ExecutionPlan, policy: Policy) -> dict[str, int]:
+def release_targets(plan: ExecutionPlan, cap: Capacity) -> dict[str, int]:
     """What ``wait_gpu_release`` should see free before ``plan`` starts: its VRAM plus the
     reserve, on each GPU it is assigned."""
-    return {g.uuid: g.vram + policy.reserve.vram for g in plan.gpus if g.vram > 0}
+    return {g.uuid: g.vram + cap.reserve_vram for g in plan.gpus if g.vram > 0}
 
 
 def wait_gpu_release(

@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from localaistack.control.manifest import LoadedManifest, check_name, load_manifest_file
+from localaistack.control.manifest import LoadedManifest, load_manifest_file
+from localaistack.control.names import BUILTIN_DIR, check_name, is_manifest_path
 from localaistack.errors import ManifestError, UsageError
-
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "modules"
 
 
 @dataclass(frozen=True)
@@ -50,10 +49,6 @@ def catalog_entries(home: Path) -> list[CatalogEntry]:
     return user + builtin
 
 
-def _looks_like_path(arg: str) -> bool:
-    return "/" in arg or arg.endswith((".yaml", ".yml")) or Path(arg).is_file()
-
-
 def resolve_module(arg: str, home: Path) -> LoadedManifest:
     """Find a module by catalog name or manifest path.
 
@@ -61,7 +56,7 @@ def resolve_module(arg: str, home: Path) -> LoadedManifest:
         ManifestError: when the manifest is invalid.
         UsageError: when no module has that name.
     """
-    if _looks_like_path(arg):
+    if is_manifest_path(arg):
         return load_manifest_file(Path(arg).expanduser().absolute(), "file")
     try:
         check_name(arg, "module name")

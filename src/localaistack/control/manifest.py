@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from localaistack.control.names import check_name
 from localaistack.errors import ManifestError
 from localaistack.units import parse_duration, parse_size
 
@@ -30,7 +31,6 @@ EXECUTABLE_MODES = ("native", "container")
 LEGACY_INSTALL_VARIANTS = frozenset(
     {"binary", "source", "cpu", "gpu", "cuda", "rocm", "metal", "pip", "script", "package"}
 )
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 PORT_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 PARAM_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 # ${name} or ${ports.name}; $$ is a literal dollar sign.
@@ -53,26 +53,6 @@ KNOWN_TOP_LEVEL = frozenset(
         "format",
     }
 )
-
-
-def check_name(value: str, what: str = "name") -> str:
-    """Validate a module or instance name: it becomes a file name, so it may not escape."""
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{what} must be a non-empty string")
-    if "\x00" in value:
-        raise ValueError(f"{what} must not contain NUL")
-    if "/" in value or "\\" in value:
-        raise ValueError(f"{what} {value!r} must not contain '/' or '\\'")
-    if ".." in value:
-        raise ValueError(f"{what} {value!r} must not contain '..'")
-    if len(value) > 63:
-        raise ValueError(f"{what} is {len(value)} characters long; at most 63 are allowed")
-    if not NAME_RE.match(value):
-        raise ValueError(
-            f"{what} {value!r} may use only letters, digits, '.', '_' and '-', "
-            "starting with a letter or digit (no spaces)"
-        )
-    return value
 
 
 class _Strict(BaseModel):

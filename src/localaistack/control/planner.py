@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from localaistack.control.hardware import GpuInfo, HardwareProfile
 from localaistack.control.manifest import (
@@ -37,15 +37,19 @@ from localaistack.plan import (
     MODES,
     ContainerSpec,
     Decision,
+    EngineName,
     EnvVar,
     ExecutionPlan,
     GpuAssignment,
     HealthSpec,
     LogSpec,
+    Mode,
     ModuleRef,
     NativeSpec,
     Parameter,
+    ParamSource,
     PortBinding,
+    ProbeKind,
     Rejected,
     Resources,
     RestartSpec,
@@ -361,6 +365,7 @@ def _resolve_parameters(
     out = []
     for name, spec in m.parameters.items():
         secret = spec.secret or looks_secret(name)
+        source: ParamSource
         if name in sets:
             raw: str | None = sets[name]
             source = "set"
@@ -832,7 +837,7 @@ def make_plan(
                 )
             )
         container_spec = ContainerSpec(
-            engine=engine,
+            engine=cast(EngineName, engine),
             image=c.image,
             argv=tuple(_expand_command(c.command, values, is_set)),
             env=tuple(cenv),
@@ -847,7 +852,7 @@ def make_plan(
     health = None
     if rt.health is not None:
         h = rt.health
-        kind = "http" if h.http else "tcp" if h.tcp else "command"
+        kind: ProbeKind = "http" if h.http else "tcp" if h.tcp else "command"
         port_name = h.http.port if h.http else h.tcp.port if h.tcp else None
         health = HealthSpec(
             kind=kind,
@@ -899,7 +904,7 @@ def make_plan(
             source=loaded.source if loaded.source != "file" else str(loaded.path),
             digest=loaded.digest,
         ),
-        mode=mode,
+        mode=cast(Mode, mode),
         native=native_spec,
         container=container_spec,
         parameters=params,

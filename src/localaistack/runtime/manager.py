@@ -13,7 +13,6 @@ import os
 import shutil
 import sqlite3
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +26,7 @@ from localaistack.errors import (
     UsageError,
 )
 from localaistack.runtime import procs
-from localaistack.runtime.supervision import Supervisors
+from localaistack.runtime.supervision import Pending, Supervisors
 from localaistack.store.db import (
     ACTIVE_STATES,
     Store,
@@ -43,6 +42,11 @@ if TYPE_CHECKING:
 
 
 ORPHAN_GRACE = 60.0  # seconds before an unclaimed labelled container is removed
+
+
+def new_run_id() -> str:
+    """12 random hex digits (the uuid module costs a few ms to import on the start path)."""
+    return os.urandom(6).hex()
 
 
 def _iso(ts: float) -> str:
@@ -215,26 +219,64 @@ class Runtime:
         return self.store.run(inst["current_run"]) if inst["current_run"] else None
 
     def plan_of(self, name: str) -> ExecutionPlan:
-        from localaistack.plan import ExecutionPlan  # pydantic: slow to import, not for ps
+        from localaistack.plan import ExecutionPlan
 
         return ExecutionPlan.from_json(self.require_instance(name)["plan"])
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    def start(self, name: str, *, wait_healthy: bool = False) -> StartResult:
+    def prepare_start(self) -> Pending:
+        """A supervisor for the next ``start``, started now so that it gets ready while the
+        caller plans and admits. Give it to ``start``, or to ``cancel_start``."""
+        return self.supervisors.spawn(new_run_id())
+
+    def cancel_start(self, pending: Pending) -> None:
+        """The supervisor from ``prepare_start`` exits without running anything."""
+        self.supervisors.cancel(pending)
+
+    def start(
+        self, name: str, *, wait_healthy: bool = False, pending: Pending | None = None
+    ) -> StartResult:
         """Start a new run of an existing instance; blocks until it runs or fails.
 
         With ``wait_healthy`` it blocks until the health probe succeeds or the run fails.
+        ``pending`` (from ``prepare_start``) is the supervisor to use; it is let go or
+        cancelled whatever happens.
 
         Raises:
             InstanceNotFound: no such instance.
             InstanceConflict: the instance has an active run (started twice concurrently,
                 or already running).
         """
-        self.reconcile()
-        plan_data = json.loads(self.require_instance(name)["plan"])
+        try:
+            self.reconcile()
+            plan_data = json.loads(self.require_instance(name)["plan"])
+            run_id = pending.run_id if pending else new_run_id()
+            run = self._create_run(name, run_id, plan_data, pending)
+        except BaseException:
+            if pending is not None:
+                self.cancel_start(pending)
+            raise
+        has_health = plan_data.get("health") is not None
+        message = self.supervisors.start(
+            run, wait_healthy=wait_healthy and has_health, pending=pending
+        )
+        current = self.require_instance(name)["current_run"] or run_id  # restarts move it
+        final = self.store.run(current)
+        assert final is not None
+        return StartResult(
+            name,
+            current,
+            str(message.get("state", final["state"])),
+            message.get("pid"),
+            message.get("reason") or final["reason"],
+            str(run["log_path"]),
+        )
+
+    def _create_run(
+        self, name: str, run_id: str, plan_data: dict[str, Any], pending: Pending | None
+    ) -> sqlite3.Row:
         backend = "native" if plan_data["mode"] == "native" else plan_data["container"]["engine"]
-        run_id = uuid.uuid4().hex[:12]
         log_path = self.home / "logs" / name / f"{run_id}.log"
         log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with self.store.transaction() as c:
@@ -253,22 +295,12 @@ class Runtime:
             me = os.getpid()
             create_run(c, run_id=run_id, instance=name, backend=backend, boot_id=self._boot,
                        log_path=str(log_path), reason="requested", owner_pid=me,
-                       owner_start=procs.start_time(me))  # fmt: skip
+                       owner_start=procs.start_time(me),
+                       sup_pid=pending.pid if pending else None,
+                       sup_start=pending.start if pending else None)  # fmt: skip
         run = self.store.run(run_id)
         assert run is not None
-        has_health = plan_data.get("health") is not None
-        message = self.supervisors.start(run, wait_healthy=wait_healthy and has_health)
-        current = self.require_instance(name)["current_run"] or run_id  # restarts move it
-        final = self.store.run(current)
-        assert final is not None
-        return StartResult(
-            name,
-            current,
-            str(message.get("state", final["state"])),
-            message.get("pid"),
-            message.get("reason") or final["reason"],
-            str(log_path),
-        )
+        return run
 
     def stop(self, name: str, timeout: float | None = None) -> sqlite3.Row | None:
         """Stop the instance's active run; returns the run as recorded at the end.

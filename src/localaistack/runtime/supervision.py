@@ -18,13 +18,16 @@ container outlives its supervisor and is re-adopted: see the runtime manager.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import sqlite3
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,8 @@ from localaistack.errors import StartFailed
 from localaistack.runtime import cgroups, procs
 from localaistack.store.db import Store, add_event, set_run_state
 
+# Where the localaistack package is (site-packages, or src/ in a checkout).
+PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 READY_TIMEOUT = 30.0
 STOP_GRACE_EXTRA = 10.0  # how much longer than the stop timeout we wait for the supervisor
 ORPHAN_START_GRACE = 10.0  # a 'starting' run without supervisor, whose las is gone, is lost
@@ -74,6 +79,18 @@ class _Lines:
         return result
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A supervisor started for a run that is not recorded yet (``Supervisors.spawn``)."""
+
+    run_id: str
+    pid: int
+    start: int | None  # the process's start time, with pid its identity
+    go_fd: int  # write "go" here once the run is recorded
+    ready_fd: int  # the supervisor reports here
+    sup_log: Path
+
+
 class Supervisors:
     """Starts, stops and watches runs through their supervisors."""
 
@@ -88,36 +105,27 @@ class Supervisors:
 
     # --- start -------------------------------------------------------------------------
 
-    def start(
-        self,
-        run: sqlite3.Row,
-        *,
-        wait_healthy: bool = False,
-        ready_timeout: float = READY_TIMEOUT,
-        extra_args: tuple[str, ...] = (),
-    ) -> dict[str, Any]:
-        """Spawn the supervisor for ``run`` and wait until the workload runs or fails.
+    def spawn(self, run_id: str, extra_args: tuple[str, ...] = ()) -> Pending:
+        """Start the supervisor of a run that is not recorded yet; it waits for ``go``.
 
-        Blocks until the supervisor reports on its ready pipe (at most ``ready_timeout``).
-        Returns the supervisor's message: ``{"state": "running", "pid": N}`` or
-        ``{"state": "failed", "reason": ...}``. With ``wait_healthy`` (for a plan with a
-        health probe) it goes on blocking until the supervisor reports ``healthy`` or a
-        final ``failed``/``stopped`` (the supervisor enforces the start timeout; the pipe
-        closing means the supervisor is gone), and returns that message with ``pid``.
+        ``las run`` calls this before it plans, so that the supervisor's own start (a
+        Python process: tens of ms) overlaps planning and admission. ``start`` with the
+        returned ``Pending`` lets it go; ``cancel`` makes it exit without doing anything.
 
         Raises:
-            StartFailed: when the supervisor itself cannot be started or dies before
-                reporting; the run is recorded as failed first.
+            StartFailed: the supervisor process cannot be started.
         """
-        run_id = str(run["run_id"])
         run_dir = self.home / "runs" / run_id
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         sup_log = run_dir / "supervisor.log"
-        rfd, wfd = os.pipe()
-        os.set_inheritable(wfd, True)
+        rfd, wfd = os.pipe()  # ready: supervisor -> las
+        go_r, go_w = os.pipe()  # go: las -> supervisor
+        for fd in (wfd, go_r):
+            os.set_inheritable(fd, True)
         log_fd = os.open(sup_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         argv = [
             sys.executable,
+            "-S",  # no site: the supervisor needs only the standard library and las
             "-m",
             "localaistack.runtime.supervisor",
             "--db",
@@ -126,13 +134,17 @@ class Supervisors:
             run_id,
             "--ready-fd",
             str(wfd),
+            "--go-fd",
+            str(go_r),
             *extra_args,
         ]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
         try:
             pid = os.posix_spawn(
                 sys.executable,
                 argv,
-                dict(os.environ),
+                env,
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                     (os.POSIX_SPAWN_DUP2, log_fd, 1),
@@ -142,20 +154,70 @@ class Supervisors:
             )
         except OSError as exc:
             os.close(rfd)
-            reason = f"could not start the supervisor: {exc.strerror}"
-            with self.store.transaction() as c:
-                set_run_state(c, run_id, "failed", reason)
-            raise StartFailed(reason, hint="check that las is installed correctly") from exc
+            os.close(go_w)
+            raise StartFailed(
+                f"could not start the supervisor: {exc.strerror}",
+                hint="check that las is installed correctly",
+            ) from exc
         finally:
-            os.close(wfd)
-            os.close(log_fd)
-        sup_start = procs.start_time(pid)
-        with self.store.transaction() as c:
-            c.execute(
-                "UPDATE runs SET sup_pid=?, sup_start=? WHERE run_id=? AND sup_pid IS NULL",
-                (pid, sup_start, run_id),
-            )
-        reader = _Lines(rfd)
+            for fd in (wfd, go_r, log_fd):
+                os.close(fd)
+        return Pending(run_id, pid, procs.start_time(pid), go_w, rfd, sup_log)
+
+    def cancel(self, pending: Pending) -> None:
+        """Let a spawned supervisor go without a run: it exits; its directory goes too."""
+        os.close(pending.go_fd)
+        os.close(pending.ready_fd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pending.pid, 0)
+        if self.store.run(pending.run_id) is None:
+            shutil.rmtree(pending.sup_log.parent, ignore_errors=True)
+
+    def start(
+        self,
+        run: sqlite3.Row,
+        *,
+        wait_healthy: bool = False,
+        ready_timeout: float = READY_TIMEOUT,
+        extra_args: tuple[str, ...] = (),
+        pending: Pending | None = None,
+    ) -> dict[str, Any]:
+        """Let the supervisor of ``run`` go and wait until the workload runs or fails.
+
+        ``pending`` is the supervisor ``spawn`` started for this run (its pid is recorded
+        in the run already); without it one is spawned now. Blocks until the supervisor
+        reports on its ready pipe (at most ``ready_timeout``). Returns the supervisor's
+        message: ``{"state": "running", "pid": N}`` or ``{"state": "failed", "reason":
+        ...}``. With ``wait_healthy`` (for a plan with a health probe) it goes on blocking
+        until the supervisor reports ``healthy`` or a final ``failed``/``stopped`` (the
+        supervisor enforces the start timeout; the pipe closing means the supervisor is
+        gone), and returns that message with ``pid``.
+
+        Raises:
+            StartFailed: when the supervisor itself cannot be started or dies before
+                reporting; the run is recorded as failed first.
+        """
+        run_id = str(run["run_id"])
+        if pending is None:
+            try:
+                pending = self.spawn(run_id, extra_args)
+            except StartFailed as exc:
+                with self.store.transaction() as c:
+                    set_run_state(c, run_id, "failed", exc.message)
+                raise
+            with self.store.transaction() as c:
+                c.execute(
+                    "UPDATE runs SET sup_pid=?, sup_start=? WHERE run_id=? AND sup_pid IS NULL",
+                    (pending.pid, pending.start, run_id),
+                )
+        pid, sup_log = pending.pid, pending.sup_log
+        try:
+            os.write(pending.go_fd, b"go\n")
+        except BrokenPipeError:
+            pass  # it died already: reported below
+        finally:
+            os.close(pending.go_fd)
+        reader = _Lines(pending.ready_fd)
         try:
             message = reader.next(ready_timeout)
             if message is not None and message.get("state") == "running" and wait_healthy:
@@ -167,7 +229,7 @@ class Supervisors:
                              "reporting health"}  # fmt: skip
                 message = {**final, "pid": message.get("pid")}
         finally:
-            os.close(rfd)
+            os.close(pending.ready_fd)
         if message is None:
             self._reap_child(pid)
             detail = _tail_text(sup_log).splitlines()
@@ -176,7 +238,7 @@ class Supervisors:
             )
             with self.store.transaction() as c:
                 set_run_state(c, run_id, "failed", f"lost: {reason}")
-            procs.kill_group(pid, signal.SIGKILL, sup_start)
+            procs.kill_group(pid, signal.SIGKILL, pending.start)
             raise StartFailed(reason, hint=f"see {sup_log}")
         return message
 

@@ -163,13 +163,13 @@ class Attempt:
 class Supervisor:
     """Supervises one instance's runs: the first, and restarts when the plan asks for them."""
 
-    def __init__(self, db: str, run_id: str, ready_fd: int | None) -> None:
-        self.db_path = db
+    def __init__(self, store: Store, run_id: str, ready_fd: int | None) -> None:
+        self.db_path = str(store.path)
         self.ready_fd = ready_fd
-        self.store = Store(db)
+        self.store = store
         run = self.store.run(run_id)
         if run is None:
-            raise SystemExit(f"supervisor: no run {run_id} in {db}")
+            raise SystemExit(f"supervisor: no run {run_id} in {store.path}")
         inst = self.store.instance(run["instance"])
         assert inst is not None
         self.instance = str(inst["name"])
@@ -1101,7 +1101,7 @@ class Health:
 
 USAGE = (
     "usage: python -m localaistack.runtime.supervisor --db DB --run RUN_ID [--ready-fd FD] "
-    "[--adopt CONTAINER_ID --since TIME]"
+    "[--go-fd FD] [--adopt CONTAINER_ID --since TIME]"
 )
 
 
@@ -1114,6 +1114,7 @@ def _parse_args(argv: list[str]) -> dict[str, str]:
         "db",
         "run",
         "ready-fd",
+        "go-fd",
         "adopt",
         "since",
     }:
@@ -1121,10 +1122,32 @@ def _parse_args(argv: list[str]) -> dict[str, str]:
     return args
 
 
+def _wait_for_go(fd: int, store: Store, run_id: str) -> bool:
+    """Block until ``las`` says go (its run is recorded): True; or it gave up: False.
+
+    ``las`` starts the supervisor before it plans, so that this process starts while the
+    plan is made and admitted. If ``las`` closes the pipe instead (a refusal, or ``las``
+    was killed), nothing is started; a run that was recorded all the same ends failed.
+    """
+    with os.fdopen(fd, "rb") as go:
+        if go.readline().strip() == b"go":
+            return True
+    with store.transaction() as c:
+        row = c.execute("SELECT state FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        if row is not None and row[0] == "starting":
+            set_run_state(c, run_id, "failed", "lost: las exited before the run was started")
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
+    store = Store(args["db"])  # opened before the wait: it is on the start path after it
+    go = args.get("go-fd")
+    if go is not None and not _wait_for_go(int(go), store, args["run"]):
+        store.close()
+        return 0
     ready = args.get("ready-fd")
-    sup = Supervisor(args["db"], args["run"], int(ready) if ready else None)
+    sup = Supervisor(store, args["run"], int(ready) if ready else None)
     sup.adopt, sup.adopt_since = args.get("adopt"), args.get("since")
     try:
         return sup.run()
