@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -542,6 +543,67 @@ def test_memory_limit_sampled_without_a_cgroup(
     assert "sampled every 0.5s" in reason
     memory = las.inspect("hog2")["limits"]["memory"]
     assert memory.startswith("not enforced") and "samples the process tree's RSS" in memory
+
+
+def _cpus_allowed(pid: int) -> str:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return next(x.split()[1] for x in status if x.startswith("Cpus_allowed_list:"))
+
+
+ALLOWED = sorted(os.sched_getaffinity(0))  # what a supervisor started from here may use
+
+
+@pytest.mark.skipif(len(ALLOWED) < 2, reason="pinning needs at least 2 usable CPUs")
+def test_cpu_limit_pins_to_cores_without_a_cgroup(las: Las, module_factory: ModuleFactory) -> None:
+    # A shell whose child is the real workload: the affinity reaches descendants too.
+    path = module_factory("pinned", ["/bin/sh", "-c", "sleep 1000 & wait"],
+                          resources={"cpus": 0.5})  # fmt: skip
+    las.env["LAS_CGROUP_ROOT"] = "/nonexistent"
+    las.ok("run", str(path))
+    pid = las.inspect("pinned")["runs"][0]["pid"]
+    last = str(ALLOWED[-1])
+    assert _cpus_allowed(pid) == last
+    sleeper = wait_until(lambda: _children(pid), message="the child")[0]
+    assert _cpus_allowed(sleeper) == last
+    cpus = las.inspect("pinned")["limits"]["cpus"]
+    assert cpus == (
+        f"cpu affinity: 1 core (cpu {last}) for 0.5 CPU(s); "
+        "no cgroup CPU quota: no cgroup filesystem at /nonexistent"
+    )
+    assert f"cpus: cpu affinity: 1 core (cpu {last})" in las.ok("inspect", "pinned").out
+
+
+def test_cpu_limit_of_every_core_is_not_enforced_by_affinity(
+    las: Las, module_factory: ModuleFactory
+) -> None:
+    path = module_factory("wide", ["/bin/sh", "-c", "sleep 1000"],
+                          resources={"cpus": len(ALLOWED)})  # fmt: skip
+    las.env["LAS_CGROUP_ROOT"] = "/nonexistent"
+    las.ok("run", str(path))
+    pid = las.inspect("wide")["runs"][0]["pid"]
+    assert _cpus_allowed(pid) == _cpus_allowed(os.getpid())
+    cpus = las.inspect("wide")["limits"]["cpus"]
+    assert cpus.startswith(f"not enforced: {len(ALLOWED)} CPU(s) asked for") and "affinity" in cpus
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating a cgroup needs root")
+def test_cpu_limit_with_a_cgroup_is_a_quota_not_a_pin(
+    las: Las, module_factory: ModuleFactory
+) -> None:
+    path = module_factory("quota", ["/bin/sh", "-c", "sleep 1000"], resources={"cpus": 0.5})
+    las.ok("run", str(path))
+    pid = las.inspect("quota")["runs"][0]["pid"]
+    assert las.inspect("quota")["limits"]["cpus"].startswith("cgroup ")
+    assert _cpus_allowed(pid) == _cpus_allowed(os.getpid())
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    out: list[int] = []
+    for t in tasks.iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(x) for x in (t / "children").read_text().split()]
+    return out
 
 
 def test_admission_refuses_more_memory_than_the_machine_has(

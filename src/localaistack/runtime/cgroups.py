@@ -23,13 +23,16 @@ model files reserve far more than they use).
 Where a cgroup cannot be created or a limit cannot be written (not root, no cgroupfs, the
 controller is missing), the run goes on without it and the notes say why in words, for
 ``las inspect`` to show ("not enforced: ..."). ``tree_rss`` is the fallback the supervisor
-samples to stop a workload over its memory limit when the kernel cannot enforce it.
+samples to stop a workload over its memory limit when the kernel cannot enforce it;
+``affinity_for`` is the CPU fallback: the workload is pinned to ``ceil(cpus)`` of the
+supervisor's CPUs instead of getting a quota.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import signal
 import time
@@ -512,3 +515,45 @@ def tree_rss(pids: list[int]) -> int:
         except (OSError, ValueError, IndexError):
             continue
     return total
+
+
+def cpu_list(cpus: list[int]) -> str:
+    """CPUs the way the kernel lists them: ``"3"``, ``"0-3"``, ``"0,2,5-7"``."""
+    runs: list[list[int]] = []  # [first, last] of each run of consecutive CPUs
+    for cpu in sorted(cpus):
+        if runs and runs[-1][1] == cpu - 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def affinity_for(cpus: float, allowed: set[int], why: str) -> tuple[list[int] | None, str]:
+    """The CPUs to pin a workload to when no cgroup quota holds its ``cpus``, and the note.
+
+    ``allowed`` is the supervisor's own affinity set; ``why`` is the cgroup's note (why no
+    quota). The choice is ``ceil(cpus)`` CPUs, the highest-numbered of ``allowed``:
+    deterministic (no load sampling on the start path), and away from CPU 0, which takes
+    most housekeeping and interrupts. Several pinned workloads share the same CPUs.
+    Returns ``(None, "not enforced: ...")`` when that would be every allowed CPU (pinning
+    would limit nothing).
+    """
+    why = why.removeprefix("not enforced: ")
+    n = max(1, math.ceil(cpus))
+    if n >= len(allowed):
+        return None, (
+            f"not enforced: {cpus:g} CPU(s) asked for, and the supervisor may use only "
+            f"{len(allowed)} (cpu {cpu_list(list(allowed))}), so affinity would limit "
+            f"nothing; no cgroup CPU quota: {why}"
+        )
+    chosen = sorted(allowed)[-n:]
+    return chosen, affinity_note(chosen, cpus, why)
+
+
+def affinity_note(chosen: list[int], cpus: float, why: str) -> str:
+    """``cpu affinity: 1 core (cpu 1) for 0.5 CPUs; no cgroup CPU quota: <why>``."""
+    cores = f"{len(chosen)} core{'s' if len(chosen) != 1 else ''}"
+    return (
+        f"cpu affinity: {cores} (cpu {cpu_list(chosen)}) for {cpus:g} CPU(s); "
+        f"no cgroup CPU quota: {why}"
+    )

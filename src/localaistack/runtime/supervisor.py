@@ -79,8 +79,14 @@ def _prctl(option: int, arg: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def _child_setup(supervisor_pid: int, cgroup_procs: list[str] | None) -> None:
-    """Runs in the forked child, before exec: least privilege, and death with the supervisor."""
+def _child_setup(
+    supervisor_pid: int, cgroup_procs: list[str] | None, cpus: list[int] | None = None
+) -> None:
+    """Runs in the forked child, before exec: least privilege, and death with the supervisor.
+
+    ``cpus``: pin the workload to these CPUs (where no cgroup quota holds its CPU limit);
+    before exec, so every thread and child it makes inherits the affinity.
+    """
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     _prctl(PR_SET_NO_NEW_PRIVS, 1)  # no setuid/file-capability escalation, ever
     os.umask(0o077)  # files the workload creates are private unless it says otherwise
@@ -91,6 +97,9 @@ def _child_setup(supervisor_pid: int, cgroup_procs: list[str] | None) -> None:
         # Join before exec, so that no descendant is ever outside the run's cgroup.
         with contextlib.suppress(OSError):  # the process group still reaches descendants
             cgroups.join(cgroup_procs)
+    if cpus is not None:
+        with contextlib.suppress(OSError):  # the supervisor reads it back and says so
+            os.sched_setaffinity(0, cpus)
 
 
 def _size(n: int) -> str:
@@ -434,6 +443,12 @@ class Supervisor:
         self.sample_memory = (
             res.get("memory") if not (limit_notes.get("memory", "").startswith("cgroup")) else None
         )  # no cgroup enforces it: the supervisor samples the tree's RSS
+        pin: list[int] | None = None
+        if res.get("cpus") is not None and not limit_notes["cpus"].startswith("cgroup"):
+            # No cgroup quota: pin to ceil(cpus) CPUs instead (cgroups.affinity_for).
+            pin, limit_notes["cpus"] = cgroups.affinity_for(
+                float(res["cpus"]), os.sched_getaffinity(0), limit_notes["cpus"]
+            )
         try:
             proc = subprocess.Popen(
                 argv,
@@ -443,7 +458,7 @@ class Supervisor:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=lambda: _child_setup(me, procs_file),  # noqa: PLW1509 (single-threaded)
+                preexec_fn=lambda: _child_setup(me, procs_file, pin),  # noqa: PLW1509
                 close_fds=True,
             )
         except OSError as exc:
@@ -454,6 +469,8 @@ class Supervisor:
             return None
         self.attempt.pid = proc.pid
         self.attempt.pid_start = procs.start_time(proc.pid)
+        if pin is not None:
+            limit_notes["cpus"] = self._affinity_read_back(proc.pid, pin, limit_notes["cpus"])
         proc.returncode = 0  # reaped by us, not by Popen
         assert proc.stdout is not None and proc.stderr is not None
         streams = {proc.stdout.fileno(): "O", proc.stderr.fileno(): "E"}
@@ -463,6 +480,21 @@ class Supervisor:
             proc.pid,
             streams,
             {"cgroup": cg.paths if cg else None, "limits": limit_notes},
+        )
+
+    @staticmethod
+    def _affinity_read_back(pid: int, pin: list[int], note: str) -> str:
+        """The note, unless the workload's affinity is not what the child set (then why)."""
+        try:
+            got = sorted(os.sched_getaffinity(pid))
+        except OSError:  # already gone: the child set it before exec or failed to start
+            return note
+        if got == pin:
+            return note
+        why = note.partition("; ")[2]  # "no cgroup CPU quota: ..."
+        return (
+            f"not enforced: the workload's CPU affinity is cpu {cgroups.cpu_list(got)}, "
+            f"not cpu {cgroups.cpu_list(pin)}; {why}"
         )
 
     def _launch_container(self) -> tuple[int, dict[int, str], dict[str, Any]] | None:
