@@ -372,6 +372,7 @@ def inspect(name: str, as_json: bool) -> None:
     """Show an instance: state, reason, plan, every run, limits, and the last log lines."""
     from localaistack.cli.render import masked_plan_dict, plan_lines
     from localaistack.runtime.logread import format_record, tail_records
+    from localaistack.store import secrets
 
     rt = _runtime()
     try:
@@ -388,8 +389,11 @@ def inspect(name: str, as_json: bool) -> None:
     current = next((r for r in runs if r["run_id"] == inst["current_run"]), None)
     last_lines: list[str] = []
     if current is not None and current["state"] == "failed":
+        hidden = secrets.read(rt.home, name) or {"values": []}  # the workload may print them
         last_lines = [
-            format_record(rec, False).decode("utf-8", "replace").rstrip("\n")
+            secrets.mask(
+                format_record(rec, False).decode("utf-8", "replace"), hidden["values"]
+            ).rstrip("\n")
             for rec in tail_records(Path(current["log_path"]), 20)
         ]
     data = {

@@ -89,6 +89,14 @@ def looks_secret(name: str) -> bool:
     return any(m in upper for m in SECRET_MARKERS)
 
 
+def _secret_env(name: str, template: str, secret_params: set[str]) -> bool:
+    """An env var is secret when its name says so or its value uses a secret parameter."""
+    if looks_secret(name):
+        return True
+    used = {m.group(1).strip() for m in TEMPLATE_RE.finditer(template) if m.group(0) != "$$"}
+    return bool(used & secret_params)
+
+
 def _check_requirements(m: Manifest, hw: HardwareProfile) -> list[str]:
     """Unmet hardware requirements, each as a sentence naming the requirement."""
     unmet = []
@@ -387,16 +395,17 @@ def _resolve_parameters(
             out.append(Parameter(name=name, value=None, source="unset", secret=secret))
             continue
         assert raw is not None
-        value = _coerce(name, spec.type, raw, spec.choices)
+        value = _coerce(name, spec.type, raw, spec.choices, secret)
         out.append(Parameter(name=name, value=value, source=source, secret=secret))
     return tuple(out)
 
 
-def _coerce(name: str, kind: str, raw: str, choices: list[str] | None) -> str:
+def _coerce(name: str, kind: str, raw: str, choices: list[str] | None, secret: bool = False) -> str:
+    shown = "***" if secret else repr(raw)  # an error never quotes a secret
     if "\x00" in raw:
         raise UsageError(f"parameter {name!r} contains a NUL byte")
     if choices is not None and raw not in choices:
-        raise UsageError(f"parameter {name!r} must be one of {', '.join(choices)}; got {raw!r}")
+        raise UsageError(f"parameter {name!r} must be one of {', '.join(choices)}; got {shown}")
     try:
         if kind == "int":
             return str(int(raw))
@@ -408,7 +417,7 @@ def _coerce(name: str, kind: str, raw: str, choices: list[str] | None) -> str:
                 raise ValueError(raw)
             return "true" if low in ("true", "1", "yes") else "false"
     except ValueError as exc:
-        raise UsageError(f"parameter {name!r} must be {kind}; got {raw!r}") from exc
+        raise UsageError(f"parameter {name!r} must be {kind}; got {shown}") from exc
     if kind == "path":
         return str(Path(raw).expanduser().absolute())
     return raw
@@ -760,6 +769,7 @@ def make_plan(
     values["gpus.memory_fraction"] = _memory_fraction(gpus, hw)
     decisions.append(gpu_decision)
     is_set = {p.name for p in params if p.value not in (None, "")}
+    secret_params = {p.name for p in params if p.secret}
 
     rt = m.runtime
     native_spec = container_spec = None
@@ -771,7 +781,9 @@ def make_plan(
             if name in environ:
                 env[name] = EnvVar(name=name, value=environ[name])
         for k, v in rt.native.env.items():
-            env[k] = EnvVar(name=k, value=_substitute(v, values), secret=looks_secret(k))
+            env[k] = EnvVar(
+                name=k, value=_substitute(v, values), secret=_secret_env(k, v, secret_params)
+            )
         for var in _gpu_env(gpus):
             env[var.name] = var
         path_env = env["PATH"].value if "PATH" in env else None
@@ -808,7 +820,7 @@ def make_plan(
         )
         c = rt.container
         cenv = [
-            EnvVar(name=k, value=_substitute(v, values), secret=looks_secret(k))
+            EnvVar(name=k, value=_substitute(v, values), secret=_secret_env(k, v, secret_params))
             for k, v in c.env.items()
         ]
         volumes = tuple(

@@ -127,9 +127,12 @@ class PublishedPort(NamedTuple):
 class ContainerRunSpec:
     """Everything ``Engine.run`` needs to start one container, fully resolved.
 
-    ``env`` values appear in the engine CLI's argv (``--env=K=V``) and in ``inspect``: pass
-    secrets only if both are acceptable on this machine. ``gpus`` are ``(vendor, uuid)``
-    pairs; only ``nvidia`` is supported (docker ``--gpus``, podman CDI devices).
+    ``env`` values appear in the engine CLI's argv (``--env=K=V``) and in ``inspect``.
+    ``secret_env`` values are passed as ``--env=K`` with the value in the engine CLI's own
+    environment, so that no other user sees them in the CLI's command line; the engine
+    still keeps them in the container's configuration (``inspect``). ``gpus`` are
+    ``(vendor, uuid)`` pairs; only ``nvidia`` is supported (docker ``--gpus``, podman CDI
+    devices).
     ``ulimits`` are engine ``--ulimit`` values such as ``nofile=1024:1024``; any ulimit
     replaces all of the engine's defaults (see ``suggested_ulimits``).
     """
@@ -138,6 +141,7 @@ class ContainerRunSpec:
     image: str
     argv: Sequence[str] = ()
     env: Sequence[tuple[str, str]] = ()
+    secret_env: Sequence[tuple[str, str]] = ()
     workdir: str | None = None
     user: str | None = None
     volumes: Sequence[VolumeMount] = ()
@@ -385,7 +389,12 @@ class Engine:
         return [self.binary, *self.global_args]
 
     def _call(
-        self, args: Sequence[str], *, timeout: float | None = None, what: str | None = None
+        self,
+        args: Sequence[str],
+        *,
+        timeout: float | None = None,
+        what: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``ENGINE *args``; return the completed process whatever its exit status.
 
@@ -403,7 +412,7 @@ class Engine:
                 capture_output=True,
                 text=True,
                 errors="replace",
-                env=self.subprocess_env(),
+                env={**self.subprocess_env(), **(env or {})},
                 cwd=self.cwd,
                 timeout=limit,
                 check=False,
@@ -555,6 +564,10 @@ class Engine:
             if not key or "=" in key or "\0" in key + value:
                 raise EngineError(f"invalid environment variable name {key!r}")
             args.append(f"--env={key}={value}")
+        for key, value in spec.secret_env:
+            if not key or "=" in key or "\0" in key + value:
+                raise EngineError(f"invalid environment variable name {key!r}")
+            args.append(f"--env={key}")  # the value comes from the CLI's environment
         for vol in spec.volumes:
             args.append(_mount(vol))
         args += self._gpu_args(spec.gpus)
@@ -594,7 +607,12 @@ class Engine:
         """
         argv = self.run_args(spec)
         try:
-            proc = self._call(argv[len(self.base_args()) :], timeout=timeout, what="run")
+            proc = self._call(
+                argv[len(self.base_args()) :],
+                timeout=timeout,
+                what="run",
+                env=dict(spec.secret_env),
+            )
         except EngineError:
             self._remove_quietly(spec.name)
             raise

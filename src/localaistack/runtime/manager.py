@@ -27,6 +27,7 @@ from localaistack.errors import (
 )
 from localaistack.runtime import procs
 from localaistack.runtime.supervision import Pending, Supervisors
+from localaistack.store import secrets
 from localaistack.store.db import (
     ACTIVE_STATES,
     Store,
@@ -333,6 +334,7 @@ class Runtime:
             add_event(
                 c, "removed", f"instance removed{' with its logs' if purge else ''}", instance=name
             )
+        secrets.remove(self.home, name)
         if purge:
             shutil.rmtree(self.home / "logs" / name, ignore_errors=True)
 

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from localaistack.errors import StoreError
 from localaistack.runtime import cgroups, procs
 from localaistack.runtime.logfile import LogWriter
+from localaistack.store import secrets
 from localaistack.store.db import Store, add_event, create_run, home_label, set_run_state
 
 if TYPE_CHECKING:
@@ -183,7 +184,11 @@ class Supervisor:
         assert inst is not None
         self.instance = str(inst["name"])
         self.boot_id = str(run["boot_id"])
-        self.plan: dict[str, Any] = json.loads(inst["plan"])
+        # The stored plan has its secrets masked: the real values come from the instance's
+        # secrets file, and are masked again in every line this process writes.
+        hidden = secrets.read(os.path.dirname(os.path.abspath(store.path)), self.instance)
+        self.secrets: list[str] = list(hidden["values"]) if hidden else []
+        self.plan: dict[str, Any] = secrets.reveal(json.loads(inst["plan"]), hidden)
         self.health_spec: dict[str, Any] | None = self.plan.get("health")
         self.restart: dict[str, Any] = self.plan["restart"]
         self.attempt = Attempt(run_id, str(run["log_path"]))
@@ -223,10 +228,19 @@ class Supervisor:
 
     # --- reporting ---------------------------------------------------------------------
 
+    def hide(self, text: str) -> str:
+        """``text`` with the plan's secret values shown as ``***``."""
+        return secrets.mask(text, self.secrets) if self.secrets else text
+
+    def _note(self, text: str) -> None:
+        """A line of las's own in the run's log (secrets masked)."""
+        self.writer.note(self.hide(text))
+
     def report_ready(self, message: dict[str, Any], *, close: bool = True) -> None:
         """Tell the waiting `las run` (if any) how the start went."""
         if self.ready_fd is None:
             return
+        message = {k: self.hide(v) if isinstance(v, str) else v for k, v in message.items()}
         try:
             os.write(self.ready_fd, (json.dumps(message) + "\n").encode())
         except OSError:
@@ -242,6 +256,8 @@ class Supervisor:
         then says so in the run's log and in the supervisor's own log and carries on. The
         next `las` command's reconciliation records what the store missed.
         """
+        if reason is not None:
+            reason = self.hide(reason)
         self._write(
             lambda c: set_run_state(c, self.run_id, state, reason, **fields),
             f"state {state!r} ({reason})",
@@ -256,7 +272,7 @@ class Supervisor:
                 return
             except (sqlite3.Error, StoreError) as exc:
                 if time.monotonic() > deadline:
-                    msg = f"las: could not record {what}: {exc}"
+                    msg = self.hide(f"las: could not record {what}: {exc}")
                     print(msg, file=sys.stderr, flush=True)
                     with contextlib.suppress(Exception):
                         self.writer.note(msg)
@@ -386,6 +402,7 @@ class Supervisor:
         dropped = self.writer.dropped_lines  # the workload's lines (not our final note)
         if dropped:
             reason += f"; {dropped} log line(s) could not be written"
+        reason = self.hide(reason)  # it may quote the workload's output
         restart = (
             state == "failed"
             and not self.stop_requested
@@ -395,7 +412,7 @@ class Supervisor:
                 or (self.health_failure is not None and self.restart.get("on_unhealthy"))
             )
         )
-        self.writer.note(f"las: {reason}")
+        self._note(f"las: {reason}")
         self.writer.close()
         self.record(
             state,
@@ -510,7 +527,8 @@ class Supervisor:
                 name=name,
                 image=c["image"],
                 argv=c["argv"],
-                env=[(v["name"], v["value"]) for v in c["env"]],
+                env=[(v["name"], v["value"]) for v in c["env"] if not v.get("secret")],
+                secret_env=[(v["name"], v["value"]) for v in c["env"] if v.get("secret")],
                 workdir=c.get("workdir"),
                 user=c.get("user"),
                 volumes=[
@@ -594,7 +612,7 @@ class Supervisor:
             self.sel.register(fd, selectors.EVENT_READ, "output")
 
     def _start_failed(self, reason: str) -> None:
-        self.writer.note(f"las: {reason}")
+        self._note(f"las: {reason}")
         self.writer.close()
         self.record(
             "failed",
@@ -687,7 +705,7 @@ class Supervisor:
             if self.stop_deadline is not None and now >= self.stop_deadline:
                 self.killed = True
                 self.stop_deadline = None
-                self.writer.note("las: stop timeout passed; sending SIGKILL to the process group")
+                self._note("las: stop timeout passed; sending SIGKILL to the process group")
                 self._kill_all(pid)
             if self.probe is not None and now >= self.probe.deadline:
                 expired = self._cancel_probe(expire=True)
@@ -727,7 +745,7 @@ class Supervisor:
             self.violation = (
                 f"listening on {shown}:{port}; policy allows {', '.join(sorted(allowed))} only"
             )
-            self.writer.note(f"las: {self.violation}; stopping it")
+            self._note(f"las: {self.violation}; stopping it")
             self.next_listen_check = None
             self._begin_stop(reason_text=self.violation)
             return
@@ -750,7 +768,7 @@ class Supervisor:
                 f"out of memory (limit {_size(limit)}; the process tree used "
                 f"{_size(rss)}, sampled every {SAMPLE_EVERY:g}s)"
             )
-            self.writer.note(f"las: {self.sampled_oom}; killing it")
+            self._note(f"las: {self.sampled_oom}; killing it")
             self.stopping = True
             self._kill_all(pid)
             self.next_sample = None
@@ -849,7 +867,7 @@ class Supervisor:
 
     def _record_health(self, old: str, new: str, result: probes.ProbeResult) -> None:
         history = json.dumps([r.as_dict() for r in self.health.history])
-        message = f"{new}: {result.message} ({result.latency * 1000:.1f} ms)"
+        message = self.hide(f"{new}: {result.message} ({result.latency * 1000:.1f} ms)")
 
         def write(c: sqlite3.Connection) -> None:
             c.execute(
@@ -862,11 +880,11 @@ class Supervisor:
 
         self._write(write, f"health {new}")
         if new != old:
-            self.writer.note(f"las: health {message}")
+            self._note(f"las: health {message}")
 
     def _unhealthy_stop(self, reason: str) -> None:
         self.health_failure = reason
-        self.writer.note(f"las: {reason}; stopping")
+        self._note(f"las: {reason}; stopping")
         self._begin_stop(reason_text=f"{reason}; stopping")
 
     # --- restarts ----------------------------------------------------------------------
@@ -886,7 +904,7 @@ class Supervisor:
         self.restart_times = [t for t in self.restart_times if now - t < window]
         if len(self.restart_times) >= int(self.restart["max_restarts"]):
             attempts = len(self.restart_times) + 1
-            reason = (
+            reason = self.hide(
                 f"restart budget exhausted after {attempts} attempts (first failure: "
                 f"{self.failures[0]}; last: {self.failures[-1]})"
             )
@@ -914,7 +932,7 @@ class Supervisor:
         run_id = os.urandom(6).hex()  # the same form as las's uuid4().hex[:12]
         log_path = os.path.join(os.path.dirname(self.attempt.log_path), f"{run_id}.log")
         n = len(self.restart_times) + 1
-        reason = (
+        reason = self.hide(
             f"restart {n} of at most {self.restart['max_restarts']} in {delay:.2f}s "
             f"after: {failure}"
         )
@@ -1023,7 +1041,7 @@ class Supervisor:
         sig_name = self.plan["stop"]["signal"]
         what = reason_text or "stop requested"
         self.record("stopping", f"{what}: sending {sig_name}, SIGKILL after {timeout:g}s")
-        self.writer.note(f"las: {what}: sending {sig_name} to the process group")
+        self._note(f"las: {what}: sending {sig_name} to the process group")
         if self.container:
             # `ENGINE stop` sends the stop signal set at `run` and SIGKILLs after the timeout;
             # run it as a helper so the loop keeps reading logs meanwhile.
@@ -1184,18 +1202,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return sup.run()
     except BaseException as exc:
-        # A bug in the supervisor: leave nothing running and record why, then re-raise so
-        # the traceback lands in the supervisor's own log file.
+        # A bug in the supervisor: leave nothing running and record why; the traceback
+        # goes to the supervisor's own log file.
         if sup.pid is not None:
             sup._kill_all(sup.pid)
-        reason = f"lost: the supervisor failed: {type(exc).__name__}: {exc}"
+        reason = sup.hide(f"lost: the supervisor failed: {type(exc).__name__}: {exc}")
         try:
             sup.record("failed", reason)
             with sup.store.transaction() as c:
                 add_event(c, "supervisor-error", reason, instance=sup.instance, run_id=sup.run_id)
         finally:
             sup.report_ready({"state": "failed", "reason": reason})
-        raise
+        if not isinstance(exc, Exception):
+            raise
+        # The traceback goes to the supervisor's own log, with the secrets masked.
+        import traceback
+
+        print(sup.hide(traceback.format_exc()), file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ Standard library only: the supervisor process imports this module and must start
 
 Tables (schema version in ``meta``; migrations in ``MIGRATIONS``, applied in order):
 
-* ``instances``: one row per named instance, with the plan it runs (JSON) and its current
-  run;
+* ``instances``: one row per named instance, with the plan it runs (JSON, secret values
+  masked: they live in ``$LAS_HOME/secrets/``, see store/secrets.py) and its current run;
 * ``runs``: one row per attempt: state, reason, exit, workload and supervisor identity
   (pid + process start time + boot id, never pid alone), log path;
 * ``transitions``: every state change of a run, with time and reason;
@@ -295,15 +295,36 @@ def set_run_state(
     return old
 
 
+def _home_of(c: sqlite3.Connection) -> str:
+    """``$LAS_HOME``: the directory of the connection's database file."""
+    path = next(str(row[2]) for row in c.execute("PRAGMA database_list") if row[1] == "main")
+    return os.path.dirname(path)
+
+
 def insert_instance(c: sqlite3.Connection, name: str, module: str, mode: str, plan: str) -> bool:
-    """Create an instance; False when the name is already taken (nothing is changed)."""
+    """Create an instance; False when the name is already taken (nothing is changed).
+
+    The plan is stored with its secret values masked; the values go to the instance's
+    0600 secrets file (store/secrets.py), which only its supervisor reads.
+    """
+    from localaistack.store import secrets
+
+    stored, hidden = secrets.split(json.loads(plan))
     try:
         c.execute(
             "INSERT INTO instances (name, module, mode, plan, created_at) VALUES (?,?,?,?,?)",
-            (name, module, mode, plan, time.time()),
+            (name, module, mode, json.dumps(stored) if hidden else plan, time.time()),
         )
     except sqlite3.IntegrityError:
         return False
+    # Inside the write transaction nobody else creates an instance: a secrets file without
+    # a row is left over from a creation that was rolled back.
+    home = _home_of(c)
+    secrets.sweep(home, [r[0] for r in c.execute("SELECT name FROM instances")])
+    if hidden:
+        secrets.write(home, name, hidden)
+    else:
+        secrets.remove(home, name)  # an earlier instance of that name's, if any
     add_event(c, "created", f"instance created from module {module} ({mode})", instance=name)
     return True
 

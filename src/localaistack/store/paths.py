@@ -11,6 +11,7 @@ Layout::
       modules/*.yaml    the user's manifests (optional)
       logs/INSTANCE/RUN_ID.log[.N]   each run's output (rotated files .1 .. .N)
       runs/RUN_ID/supervisor.log     the supervisor's own diagnostics
+      secrets/INSTANCE.json          an instance's secret values (0600; store/secrets.py)
 """
 
 from __future__ import annotations

@@ -1,0 +1,145 @@
+"""Secret values of an instance's plan, kept out of everything las shows or stores openly.
+
+A plan marks secrets (``Parameter.secret``, ``EnvVar.secret``: declared ``secret: true``
+or named like ``*_KEY``, ``*_TOKEN``, ``*PASSWORD*``, ``*SECRET*``). The runtime must still
+pass the real values to the workload, so they are split off when an instance is created:
+
+* the plan stored in ``state.db`` has every occurrence of a secret value replaced by
+  ``***`` in the fields a value can be substituted into (argv, env, workdir, volumes,
+  health command, parameters, decisions); ports, GPUs and resources are never touched, so
+  what other commands read from the stored plan stays true;
+* ``$LAS_HOME/secrets/INSTANCE.json`` (0600, in a 0700 directory) holds the secret values
+  and, for each masked field, its path in the plan and its real text. Only the supervisor
+  reads it, at exec time (``reveal``); ``las rm`` deletes it; a file whose instance is gone
+  (a creation rolled back) is deleted when the next instance is created.
+
+``mask`` replaces secret values in any text las writes itself (reasons, events, its lines
+in a run's log, the supervisor's log). The workload's own output is the workload's: a
+module that prints its secret prints it into its log.
+
+Standard library only: the supervisor imports this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+MASK = "***"
+# The plan's fields a parameter value can reach (by substitution, or quoted in a decision).
+MASKED_SECTIONS = ("native", "container", "health", "parameters", "decisions")
+
+
+def secret_values(plan: dict[str, Any]) -> list[str]:
+    """The non-empty secret values of a plan (as JSON data), longest first."""
+    found = {str(p["value"]) for p in plan.get("parameters") or () if p.get("secret")}
+    for section in ("native", "container"):
+        spec = plan.get(section) or {}
+        found |= {str(v["value"]) for v in spec.get("env") or () if v.get("secret")}
+    # Longest first: a secret that contains another is masked whole.
+    return sorted((v for v in found if v and v != MASK), key=lambda v: (-len(v), v))
+
+
+def mask(text: str, values: Iterable[str]) -> str:
+    """``text`` with every occurrence of each value replaced by ``***``."""
+    for v in values:
+        if v:
+            text = text.replace(v, MASK)
+    return text
+
+
+def split(plan: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The plan with its secrets masked, and what ``reveal`` needs (None: no secret)."""
+    values = secret_values(plan)
+    if not values:
+        return plan, None
+    fields: list[list[Any]] = []
+
+    def walk(obj: Any, path: list[Any]) -> Any:
+        if isinstance(obj, str):
+            shown = mask(obj, values)
+            if shown != obj:
+                fields.append([path, obj])
+            return shown
+        if isinstance(obj, list):
+            return [walk(x, [*path, i]) for i, x in enumerate(obj)]
+        if isinstance(obj, dict):
+            return {k: walk(v, [*path, k]) for k, v in obj.items()}
+        return obj
+
+    masked = {k: walk(v, [k]) if k in MASKED_SECTIONS else v for k, v in plan.items()}
+    return masked, {"values": values, "fields": fields}
+
+
+def reveal(plan: dict[str, Any], secrets: dict[str, Any] | None) -> dict[str, Any]:
+    """The stored (masked) plan with its real values put back; ``plan`` is not changed."""
+    if not secrets:
+        return plan
+    out: dict[str, Any] = json.loads(json.dumps(plan))
+    for path, text in secrets["fields"]:
+        target: Any = out
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = text
+    return out
+
+
+def secrets_dir(home: str | Path) -> Path:
+    return Path(home) / "secrets"
+
+
+def secrets_path(home: str | Path, instance: str) -> Path:
+    return secrets_dir(home) / f"{instance}.json"
+
+
+def write(home: str | Path, instance: str, secrets: dict[str, Any]) -> None:
+    """Save an instance's secrets: 0600 from creation, replaced atomically."""
+    folder = secrets_dir(home)
+    folder.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)
+    path = secrets_path(home, instance)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(secrets, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read(home: str | Path, instance: str) -> dict[str, Any] | None:
+    """An instance's secrets, or None when it has none."""
+    try:
+        with open(secrets_path(home, instance)) as f:
+            data: dict[str, Any] = json.load(f)
+    except FileNotFoundError:
+        return None
+    return data
+
+
+def remove(home: str | Path, instance: str) -> None:
+    """Forget an instance's secrets (idempotent)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(secrets_path(home, instance))
+
+
+def sweep(home: str | Path, keep: Iterable[str]) -> None:
+    """Delete secrets files of instances not in ``keep`` (left by a rolled-back creation)."""
+    wanted = {f"{name}.json" for name in keep}
+    try:
+        entries = list(os.scandir(secrets_dir(home)))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name not in wanted:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
