@@ -19,7 +19,8 @@ without a cache. ``las plan`` never reads the cache. What a plan is keyed by:
 * the executable the plan runs: its device, inode, size, mtime and ctime, so that a
   replaced binary is planned (and its sha256 checked against a trust pin) again.
 
-Never cached: plans that assign a GPU, and plans made on a machine with GPUs for a module
+Never cached: plans that hold a secret (a secret is written only to the instance's 0600
+secrets file), plans that assign a GPU, and plans made on a machine with GPUs for a module
 that can use one (the choice depends on the VRAM free at that moment). The ports of a
 cached plan are used again when they are still free and promised to nobody (admission checks
 that); else the module is planned again. A cached container plan whose engine check fails
@@ -285,8 +286,12 @@ class PlanCache:
 
 
 def cacheable(plan: ExecutionPlan, loaded: LoadedManifest, profile: HardwareProfile) -> bool:
-    """Whether the plan depends only on what the key covers (not on free VRAM now)."""
-    if plan.gpus:
+    """Whether the plan may be kept: it holds no secret, and depends only on what the key
+    covers (not on the VRAM free now)."""
+    if plan.gpus or any(p.secret for p in plan.parameters):
+        return False
+    spec = plan.native or plan.container
+    if spec is not None and any(e.secret for e in spec.env):
         return False
     if not profile.gpus:
         return True

@@ -1,0 +1,119 @@
+"""`las run` uses a plan again only when everything it was made from is unchanged."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+from tests.conftest import Las, workload
+
+
+def entries(las: Las) -> dict[str, int]:
+    """The cache's entries and their mtimes (a hit rewrites nothing)."""
+    d = las.home / "cache" / "plans"
+    return {p.name: p.stat().st_mtime_ns for p in d.glob("*.json")} if d.exists() else {}
+
+
+def plan_of(las: Las, name: str) -> dict[str, object]:
+    plan: dict[str, object] = las.inspect(name)["plan"]
+    return plan
+
+
+def test_a_second_run_uses_the_plan_made_for_the_first(
+    las: Las, module_factory: Callable[..., Path]
+) -> None:
+    path = module_factory("cached", workload())
+    las.ok("run", "-d", str(path), "--name", "one")
+    made = entries(las)
+    assert len(made) == 1
+    mode = next(iter(las.home.joinpath("cache", "plans").glob("*.json"))).stat().st_mode
+    assert mode & 0o777 == 0o600
+    las.ok("run", "-d", str(path), "--name", "two")
+    assert entries(las) == made  # used, not made again
+    assert plan_of(las, "two") == plan_of(las, "one")
+    assert {las.state("one"), las.state("two")} == {"running"}
+
+
+def test_a_changed_manifest_is_planned_again(las: Las, module_factory: Callable[..., Path]) -> None:
+    path = module_factory("edited", workload())
+    las.ok("run", "-d", str(path), "--name", "before")
+    module_factory("edited", workload("--lines", "2"))  # same file, new argv
+    las.ok("run", "-d", str(path), "--name", "after")
+    argv = plan_of(las, "after")["native"]["argv"]  # type: ignore[index]
+    assert argv[-2:] == ["--lines", "2"]
+    assert len(entries(las)) == 2
+
+
+def test_a_policy_that_no_longer_trusts_the_module_refuses_it(
+    las: Las, module_factory: Callable[..., Path]
+) -> None:
+    path = module_factory("trusted", workload())
+    las.ok("run", "-d", str(path), "--name", "first")
+    (las.home / "policy.yaml").write_text(yaml.safe_dump({"trusted_native": []}))
+    res = las("run", "-d", str(path), "--name", "second")
+    assert res.code == 3 and "is not in policy trusted_native" in res.err
+    assert "second" not in las.ps()
+
+
+def test_an_environment_variable_the_planner_read_is_part_of_the_key(
+    las: Las, tmp_path: Path
+) -> None:
+    exe = tmp_path / "server.sh"
+    exe.write_text("#!/bin/sh\nexec sleep 1000\n")
+    exe.chmod(0o755)
+    manifest = tmp_path / "envexe.yaml"
+    manifest.write_text(yaml.safe_dump({"name": "envexe", "runtime": {"modes": ["native"],
+        "native": {"command": ["server-bin"], "executable_env": "TEST_SERVER_BIN"}}}))  # fmt: skip
+    las.home.mkdir(mode=0o700, exist_ok=True)
+    (las.home / "policy.yaml").write_text("trusted_native: [envexe]\n")
+    las.env["TEST_SERVER_BIN"] = str(exe)
+    las.ok("run", "-d", str(manifest), "--name", "a")
+    other = tmp_path / "other.sh"
+    other.write_text("#!/bin/sh\nexec sleep 999\n")
+    other.chmod(0o755)
+    las.env["TEST_SERVER_BIN"] = str(other)
+    las.ok("run", "-d", str(manifest), "--name", "b")
+    assert plan_of(las, "b")["native"]["argv"] == [str(other)]  # type: ignore[index]
+
+
+def test_ports_promised_to_a_running_instance_get_a_new_plan(las: Las) -> None:
+    las.home.mkdir(mode=0o700, exist_ok=True)
+    (las.home / "policy.yaml").write_text("trusted_native: [echo-http]\n")
+    las.ok("run", "-d", "echo-http", "--name", "web1")
+    las.ok("run", "-d", "echo-http", "--name", "web2")
+    ports = {n: las.ps()[n]["ports"] for n in ("web1", "web2")}
+    assert ports["web1"] != ports["web2"]  # ["127.0.0.1:PORT->http"]
+    assert {las.state("web1"), las.state("web2")} == {"running"}
+
+
+def test_a_plan_with_a_secret_is_never_kept(las: Las, module_factory: Callable[..., Path]) -> None:
+    path = module_factory(
+        "withkey",
+        workload(),
+        env={"SERVICE_TOKEN": "${token}"},
+        parameters={"token": {"type": "string", "secret": True, "required": True}},
+    )
+    las.ok("run", "-d", str(path), "--set", "token=s3cr3t-value")
+    assert entries(las) == {}
+
+
+def test_the_cache_can_be_turned_off(las: Las, module_factory: Callable[..., Path]) -> None:
+    path = module_factory("nocache", workload())
+    las.env["LAS_PLAN_CACHE"] = "0"
+    las.ok("run", "-d", str(path))
+    assert not (las.home / "cache").exists()
+
+
+def test_a_corrupt_entry_is_planned_again(las: Las, module_factory: Callable[..., Path]) -> None:
+    path = module_factory("corrupt", workload())
+    las.ok("run", "-d", str(path), "--name", "c1")
+    (entry,) = (las.home / "cache" / "plans").glob("*.json")
+    data = json.loads(entry.read_text())
+    data["plan"] = data["plan"].replace('"mode":"native"', '"mode":"bogus"')
+    entry.write_text(json.dumps(data))
+    las.ok("run", "-d", str(path), "--name", "c2")
+    assert plan_of(las, "c2")["mode"] == "native"
+    assert os.path.exists(entry)  # planned again, and kept again
