@@ -504,12 +504,39 @@ def test_explicit_gpu_count() -> None:
     assert all(g.vram == 10 * GIB for g in p.gpus)
 
 
-def test_gpus_not_free_enough() -> None:
+def test_gpus_in_use_are_assigned_and_left_to_admission() -> None:
+    # Large enough but busy now: admission refuses it, naming who holds the memory.
     hw = profile("2x24gib")
-    busy = tuple(g.model_copy(update={"memory_free": 1 * GIB}) for g in hw.gpus)
+    busy = (
+        hw.gpus[0].model_copy(update={"memory_free": 1 * GIB}),
+        hw.gpus[1].model_copy(update={"memory_free": 2 * GIB}),
+    )
     loaded = manifest("svc", ("native",), hardware={"gpu": {"vram_min": "16GiB"}})
-    with pytest.raises(RequirementUnmet, match=r"needs 1 GPU\(s\) with 16\.0GiB free each"):
-        plan(loaded, hw.model_copy(update={"gpus": busy}))
+    p = plan(loaded, hw.model_copy(update={"gpus": busy}))
+    assert [g.index for g in p.gpus] == [1]  # the one with the most free
+    gpus = next(d for d in p.decisions if d.topic == "gpus")
+    assert "in use now: admission decides" in gpus.reason
+
+
+def test_gpus_too_small_are_a_requirement_unmet() -> None:
+    loaded = manifest("svc", ("native",), hardware={"gpu": {"vram_min": "16GiB"}},
+                      runtime={"resources": {"vram": "30GiB"}})  # fmt: skip
+    with pytest.raises(RequirementUnmet, match=r"this machine's GPUs are too small"):
+        plan(loaded, "2x24gib")
+
+
+def test_gpu_choice_counts_what_the_ledger_holds() -> None:
+    # GPU 0 is the best fit by free memory, but another instance holds most of it already
+    # (admitted, still loading): the choice is GPU 1.
+    hw = profile("2x24gib")
+    loaded = manifest("svc", ("native",), hardware={"gpu": {"vram_min": "16GiB"}})
+    held = {hw.gpus[0].uuid: 20 * GIB}
+    pol = policy(trusted_native=["svc"])
+    p = make_plan(loaded, hw, pol, PlanRequest(gpu_held=held), port_of, which=which,
+                  environ=ENVIRON)  # fmt: skip
+    assert [g.index for g in p.gpus] == [1]
+    gpus = next(d for d in p.decisions if d.topic == "gpus")
+    assert "after what other instances hold" in gpus.reason
 
 
 def test_amd_gpu_variables() -> None:

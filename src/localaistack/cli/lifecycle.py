@@ -157,15 +157,16 @@ def _plan_and_admit(
     name: str | None,
     cache: Any,
 ) -> str:
-    from localaistack.control.admission import Capacity, admit_new, live_usage
+    from localaistack.control.admission import Capacity, admit_new, gpu_held, live_usage
     from localaistack.control.plancache import RecordingEnviron
 
     env = RecordingEnviron(os.environ)
-    planner = planner_for(module, mode, sets, None, policy_file, environ=env)
+    rt.reconcile()  # a run that died holds no reservation any more
+    held = gpu_held(rt.store)
+    planner = planner_for(module, mode, sets, None, policy_file, environ=env, gpu_held=held)
     instance = name or planner.loaded.manifest.name
     # Checks that need the engine (image present...) come before anything is created.
     rt.preflight(planner(None))
-    rt.reconcile()  # a run that died holds no reservation any more
     notes: list[str] = []
     capacity = Capacity.of(planner.profile, planner.policy)
     plan = admit_new(

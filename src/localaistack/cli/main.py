@@ -225,6 +225,7 @@ def planner_for(
     hardware_file: Path | None,
     policy_file: Path | None,
     environ: Mapping[str, str] | None = None,
+    gpu_held: Mapping[str, int] | None = None,
 ) -> Planner:
     """Resolve the module and read the hardware profile and policy for planning it."""
     from localaistack.control import hardware
@@ -242,7 +243,7 @@ def planner_for(
         wants_engine = "container" in loaded.manifest.runtime.modes and mode != "native"
         profile = hardware.detect_hardware(probe_engines=wants_engine)
     policy = load_policy(policy_file, home)
-    request = PlanRequest(mode=mode, sets=parse_sets(sets))
+    request = PlanRequest(mode=mode, sets=parse_sets(sets), gpu_held=gpu_held)
     return Planner(loaded, profile, policy, request, local=hardware_file is None, environ=environ)
 
 

@@ -677,6 +677,15 @@ def admit_new(
     return plan
 
 
+def gpu_held(store: Store) -> dict[str, int]:
+    """VRAM the ledger holds per GPU uuid (for the planner's choice of GPUs)."""
+    held: dict[str, int] = {}
+    for r in reservations(store.conn):
+        for uuid, amount in r.gpus.items():
+            held[uuid] = held.get(uuid, 0) + amount
+    return held
+
+
 def _name_taken(c: sqlite3.Connection, name: str) -> InstanceConflict:
     row = c.execute(
         """SELECT r.state FROM instances i LEFT JOIN runs r ON r.run_id = i.current_run

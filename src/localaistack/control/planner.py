@@ -74,6 +74,9 @@ class PlanRequest:
 
     mode: str | None = None
     sets: Mapping[str, str] | None = None
+    # VRAM the ledger holds per GPU uuid for other instances (admitted or running), which
+    # the driver may not show as used yet: a model still loading. The choice counts it.
+    gpu_held: Mapping[str, int] | None = None
 
 
 @dataclass
@@ -438,7 +441,11 @@ def _substitute(text: str, values: Mapping[str, str]) -> str:
 
 
 def _pick_gpus(
-    m: Manifest, hw: HardwareProfile, estimated: int = 0
+    m: Manifest,
+    hw: HardwareProfile,
+    estimated: int = 0,
+    held: Mapping[str, int] | None = None,
+    reserve: int = 0,
 ) -> tuple[tuple[GpuAssignment, ...], Decision]:
     wanted = max(m.runtime.resources.gpus, m.hardware.gpu.count_min)
     vram_need = max(m.runtime.resources.vram, m.hardware.gpu.required_vram, estimated)
@@ -455,16 +462,23 @@ def _pick_gpus(
             choice="none",
             reason="this machine has no GPU (hardware.gpu.optional allows running without one)",
         )
+    held = held or {}
+
+    def free(g: GpuInfo) -> int:
+        """Free now, and not promised to another instance by the ledger."""
+        return min(g.memory_free, g.memory_total - reserve - held.get(g.uuid, 0))
+
     count = max(wanted, 1)
     if m.hardware.gpu.multi_gpu and wanted == 0:
         # No GPU count given: as few GPUs as hold the VRAM together (the requirement check
         # accepts the GPUs' total when multi_gpu is true).
-        frees = sorted((g.memory_free for g in hw.gpus), reverse=True)
+        frees = sorted((free(g) for g in hw.gpus), reverse=True)
         count = next((k for k in range(1, len(frees) + 1) if frees[k - 1] >= vram_need // k), 1)
     per_gpu = vram_need // count if m.hardware.gpu.multi_gpu and count > 1 else vram_need
-    fits = [g for g in hw.gpus if g.memory_free >= per_gpu]
+    fits = [g for g in hw.gpus if free(g) >= per_gpu]
     # Best fit: the GPUs with the least free memory that still fits, so large ones stay free.
-    fits.sort(key=lambda g: (g.memory_free, g.index))
+    fits.sort(key=lambda g: (free(g), g.index))
+    busy = ""
     if len(fits) < count:
         if m.hardware.gpu.optional:
             return (), Decision(
@@ -473,17 +487,23 @@ def _pick_gpus(
                 reason=f"no GPU has {format_size(per_gpu)} free; the module "
                 "runs without one (hardware.gpu.optional)",
             )
-        free = ", ".join(f"GPU {g.index}: {format_size(g.memory_free)} free" for g in hw.gpus)
-        raise RequirementUnmet(
-            f"{m.name} needs {count} GPU(s) with {format_size(per_gpu)} free each; {free}",
-            hint="stop what holds GPU memory, or plan for another machine with --hardware",
-        )
+        capable = [g for g in hw.gpus if g.memory_total - reserve >= per_gpu]
+        if len(capable) < count:
+            sizes = ", ".join(f"GPU {g.index}: {format_size(g.memory_total)}" for g in hw.gpus)
+            raise RequirementUnmet(
+                f"{m.name} needs {count} GPU(s) with {format_size(per_gpu)} each; this "
+                f"machine's GPUs are too small ({sizes})",
+                hint="plan for another machine with --hardware",
+            )
+        # Large enough, but in use now: admission refuses it, naming who holds the memory.
+        fits = sorted(capable, key=lambda g: (-free(g), g.index))
+        busy = " (in use now: admission decides, naming who holds it)"
     chosen: list[GpuInfo] = fits[:count]
     rejected = tuple(
         Rejected(
             option=f"GPU {g.index} ({g.name})",
-            reason=f"{format_size(g.memory_free)} free"
-            + (" is less than needed" if g.memory_free < per_gpu else ", a larger fit"),
+            reason=f"{format_size(free(g))} free"
+            + (" is less than needed" if free(g) < per_gpu else ", a larger fit"),
         )
         for g in hw.gpus
         if g not in chosen
@@ -491,13 +511,12 @@ def _pick_gpus(
     assignment = tuple(
         GpuAssignment(index=g.index, uuid=g.uuid, vendor=g.vendor, vram=per_gpu) for g in chosen
     )
-    names = ", ".join(
-        f"GPU {g.index} ({g.name}, {format_size(g.memory_free)} free)" for g in chosen
-    )
+    names = ", ".join(f"GPU {g.index} ({g.name}, {format_size(free(g))} free)" for g in chosen)
+    counted = " after what other instances hold" if any(held.get(g.uuid) for g in hw.gpus) else ""
     return assignment, Decision(
         topic="gpus",
         choice=names,
-        reason=f"best fit for {format_size(per_gpu)} of VRAM per GPU",
+        reason=f"best fit for {format_size(per_gpu)} of VRAM per GPU{counted}{busy}",
         rejected=rejected,
     )
 
@@ -724,7 +743,7 @@ def make_plan(
     mode = mode_decision.choice
 
     estimated = _estimate_vram(m, hw, request.sets or {}, estimator, decisions)
-    gpus, gpu_decision = _pick_gpus(m, hw, estimated)
+    gpus, gpu_decision = _pick_gpus(m, hw, estimated, request.gpu_held, policy.reserve.vram)
     params = _resolve_parameters(m, request.sets or {}, with_gpu=bool(gpus))
     if params:
         decisions.append(
