@@ -5,24 +5,23 @@ watch and stop a workload, fully resolved (argv, env, ports with host address, l
 nothing the runtime must decide. ``decisions`` records why each choice was made and which
 alternatives were rejected; the runtime never reads it.
 
-The classes are frozen standard-library dataclasses, checked on construction (types,
-ranges; lists become tuples, dicts become the nested classes), so that building or reading a
-plan costs no pydantic import: ``las run`` and the supervisor are on the start path, where
-every millisecond counts. The supervisor reads the plan's JSON form as plain data; keep
-field names stable and bump ``schema_version`` when a change would make an older
-supervisor misread a newer plan.
+The classes are frozen records checked on construction (types, ranges; lists become tuples,
+dicts become the nested classes), so that building or reading a plan costs no pydantic
+import: ``las run`` is on the start path, where every millisecond counts. The supervisor
+reads the plan's JSON form as plain data; keep field names stable and bump
+``schema_version`` when a change would make an older supervisor misread a newer plan.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
+import inspect
 import json
 import sys
 import types
 import typing
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeVar
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal, TypeVar, dataclass_transform
 
 PLAN_SCHEMA_VERSION = 1
 
@@ -90,42 +89,114 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     raise TypeError(f"{where}: expected {hint.__name__}, got {type(value).__name__}")
 
 
-@dataclass(frozen=True, kw_only=True)
-class _Frozen:
-    """Frozen, checked on construction; unknown keys are refused when read from data."""
+class _Factory:
+    """A default made per instance (``field(default_factory=...)``)."""
 
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self.factory = factory
+
+
+def field(*, default_factory: Callable[[], Any]) -> Any:
+    return _Factory(default_factory)
+
+
+@dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(field,))
+class _Frozen:
+    """A frozen record, checked on construction; unknown keys are refused.
+
+    What ``@dataclass(frozen=True, kw_only=True)`` gives, without its cost: dataclasses
+    generates each method with ``exec``, which made importing this module (on every
+    ``las run``) some 20 ms slower on a small machine.
+    """
+
+    _fields: ClassVar[tuple[str, ...]] = ()
+    _defaults: ClassVar[dict[str, Any]] = {}
     # field -> (low, high): a number's value, a tuple's length
     _ranges: ClassVar[dict[str, tuple[int, int]]] = {}
 
-    def __post_init__(self) -> None:
-        name = type(self).__name__
-        for f, hint in _hints(type(self)).items():
-            if f.startswith("_"):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        names, defaults = [], {}
+        for name, hint in inspect.get_annotations(cls).items():
+            if name.startswith("_") or str(hint).startswith("ClassVar"):
                 continue
-            value = _coerce(getattr(self, f), hint, f"{name}.{f}")
-            if f in self._ranges and value is not None:
-                low, high = self._ranges[f]
+            names.append(name)
+            if name in cls.__dict__:
+                defaults[name] = cls.__dict__[name]
+                delattr(cls, name)  # the instance's value, never the class's
+        cls._fields, cls._defaults = tuple(names), defaults
+
+    def __init__(self, **values: Any) -> None:
+        cls = type(self)
+        unknown = set(values) - set(cls._fields)
+        if unknown:
+            raise TypeError(f"{cls.__name__}: unknown field(s) {', '.join(sorted(unknown))}")
+        hints = _hints(cls)
+        for f in cls._fields:
+            if f in values:
+                value = values[f]
+            elif f in cls._defaults:
+                value = cls._defaults[f]
+                if isinstance(value, _Factory):
+                    value = value.factory()
+            else:
+                raise TypeError(f"{cls.__name__}: missing field {f!r}")
+            value = _coerce(value, hints[f], f"{cls.__name__}.{f}")
+            if f in cls._ranges and value is not None:
+                low, high = cls._ranges[f]
                 if not low <= (len(value) if isinstance(value, tuple) else value) <= high:
-                    raise ValueError(f"{name}.{f}: {value!r} is out of range {low}..{high}")
+                    raise ValueError(f"{cls.__name__}.{f}: {value!r} is out of range {low}..{high}")
             object.__setattr__(self, f, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen: cannot delete {name!r}")
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f) for f in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, _Frozen)
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self._values()))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
+        return f"{type(self).__name__}({inner})"
+
+    def replace(self: _T, **changes: Any) -> _T:
+        """A copy with ``changes`` (checked like a new record)."""
+        return type(self)(**{**{f: getattr(self, f) for f in self._fields}, **changes})
 
     @classmethod
     def from_dict(cls: type[_T], data: dict[str, Any], where: str | None = None) -> _T:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(data) - set(cls._fields))
         if unknown:
             raise ValueError(f"{where or cls.__name__}: unknown field(s) {', '.join(unknown)}")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (tuples as lists), the form the JSON has."""
-        return json.loads(self.to_json())  # type: ignore[no-any-return]
+        return {f: _plain(getattr(self, f)) for f in self._fields}
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
 
 
-@dataclass(frozen=True, kw_only=True)
+def _plain(value: Any) -> Any:
+    if isinstance(value, _Frozen):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 class Rejected(_Frozen):
     """An alternative that was considered and not taken, with the reason."""
 
@@ -133,7 +204,6 @@ class Rejected(_Frozen):
     reason: str
 
 
-@dataclass(frozen=True, kw_only=True)
 class Decision(_Frozen):
     """One choice the control layer made: what, which, why, and what was rejected."""
 
@@ -143,7 +213,6 @@ class Decision(_Frozen):
     rejected: tuple[Rejected, ...] = ()
 
 
-@dataclass(frozen=True, kw_only=True)
 class ModuleRef(_Frozen):
     """Which manifest the plan was made from."""
 
@@ -154,14 +223,12 @@ class ModuleRef(_Frozen):
     digest: str  # sha256 of the manifest file's bytes
 
 
-@dataclass(frozen=True, kw_only=True)
 class EnvVar(_Frozen):
     name: str
     value: str
     secret: bool = False
 
 
-@dataclass(frozen=True, kw_only=True)
 class Parameter(_Frozen):
     """A resolved module parameter and where its value came from."""
 
@@ -171,7 +238,6 @@ class Parameter(_Frozen):
     secret: bool = False
 
 
-@dataclass(frozen=True, kw_only=True)
 class NativeSpec(_Frozen):
     """How to run the workload as a host process."""
 
@@ -182,14 +248,12 @@ class NativeSpec(_Frozen):
     workdir: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
 class Volume(_Frozen):
     source: str
     target: str
     read_only: bool = True
 
 
-@dataclass(frozen=True, kw_only=True)
 class ContainerSpec(_Frozen):
     """How to run the workload in a container."""
 
@@ -206,7 +270,6 @@ class ContainerSpec(_Frozen):
     engine_args: tuple[str, ...] = ()  # global options for the engine CLI (--runtime runc)
 
 
-@dataclass(frozen=True, kw_only=True)
 class PortBinding(_Frozen):
     """A named port: where the workload listens and where the host reaches it."""
 
@@ -222,7 +285,6 @@ class PortBinding(_Frozen):
     protocol: Literal["tcp", "udp"] = "tcp"
 
 
-@dataclass(frozen=True, kw_only=True)
 class HealthSpec(_Frozen):
     """One probe and its timings (seconds)."""
 
@@ -237,7 +299,6 @@ class HealthSpec(_Frozen):
     failure_threshold: int = 3
 
 
-@dataclass(frozen=True, kw_only=True)
 class GpuAssignment(_Frozen):
     index: int
     uuid: str
@@ -245,7 +306,6 @@ class GpuAssignment(_Frozen):
     vram: int = 0
 
 
-@dataclass(frozen=True, kw_only=True)
 class Resources(_Frozen):
     memory: int | None = None  # bytes; None: no limit
     cpus: float | None = None
@@ -253,7 +313,6 @@ class Resources(_Frozen):
     vram: int = 0
 
 
-@dataclass(frozen=True, kw_only=True)
 class RestartSpec(_Frozen):
     """When the supervisor starts a failed workload again (never, unless asked for).
 
@@ -269,19 +328,16 @@ class RestartSpec(_Frozen):
     reset_after: float = 300.0
 
 
-@dataclass(frozen=True, kw_only=True)
 class StopSpec(_Frozen):
     signal: str = "SIGTERM"
     timeout: float = 10.0
 
 
-@dataclass(frozen=True, kw_only=True)
 class LogSpec(_Frozen):
     max_size: int = 50 * 1024 * 1024
     keep: int = 5
 
 
-@dataclass(frozen=True, kw_only=True)
 class ExecutionPlan(_Frozen):
     """Everything the runtime needs to execute one module, and why it looks as it does."""
 

@@ -6,7 +6,6 @@ NVML module (there is no GPU here).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 import time
@@ -368,8 +367,7 @@ def test_another_gpu_with_room_is_suggested(store: Store) -> None:
 def test_multi_gpu_plans_hold_each_gpu(store: Store) -> None:
     hw = profile("4x80gib")
     plan = make(vram=60 * GIB)
-    plan = dataclasses.replace(
-        plan,
+    plan = plan.replace(
         gpus=tuple(
             GpuAssignment(index=g.index, uuid=g.uuid, vendor=g.vendor, vram=60 * GIB)
             for g in hw.gpus[:2]

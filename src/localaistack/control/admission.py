@@ -28,9 +28,8 @@ import socket
 import sqlite3
 import time
 from collections.abc import Callable, Collection
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from localaistack.control.ports import free_port
 from localaistack.errors import AdmissionRefused, InstanceConflict
@@ -71,16 +70,29 @@ class ResourcesRefused(AdmissionRefused):
         self.details = details
 
 
-@dataclass(frozen=True)
 class GpuCapacity:
-    index: int
-    uuid: str
-    vendor: str
-    memory_total: int  # bytes
+    """One GPU's capacity (not a NamedTuple: its ``index`` would shadow ``tuple.index``)."""
+
+    __slots__ = ("index", "memory_total", "uuid", "vendor")
+
+    def __init__(self, index: int, uuid: str, vendor: str, memory_total: int) -> None:
+        self.index, self.uuid, self.vendor = index, uuid, vendor
+        self.memory_total = memory_total  # bytes
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GpuCapacity) and self.as_dict() == other.as_dict()
+
+    def __hash__(self) -> int:
+        return hash(self.uuid)
+
+    def __repr__(self) -> str:
+        return f"GpuCapacity({self.as_dict()})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
 
 
-@dataclass(frozen=True)
-class Capacity:
+class Capacity(NamedTuple):
     """What admission checks a plan against: the machine's capacity and the policy's terms.
 
     Plain data (no pydantic), so that a cached plan is admitted without importing the
@@ -111,14 +123,13 @@ class Capacity:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**self._asdict(), "gpus": [g.as_dict() for g in self.gpus]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Capacity:
         return cls(**{**data, "gpus": tuple(GpuCapacity(**g) for g in data["gpus"])})
 
 
-@dataclass
 class LiveUsage:
     """Memory free right now, as the OS and the GPU driver see it.
 
@@ -128,12 +139,25 @@ class LiveUsage:
     the first time ``others`` is read (only a refusal or a test reads them).
     """
 
-    ram_available: int | None = None  # bytes, /proc/meminfo MemAvailable
-    gpu_free: dict[str, int] = field(default_factory=dict)  # GPU uuid -> bytes free
-    known: list[str] = field(default_factory=list)  # lines already known
-    gpu_source: dict[str, str] = field(default_factory=dict)  # GPU uuid -> "NVML", "sysfs"
-    notes: list[str] = field(default_factory=list)  # what could not be read, and why
-    more: Callable[[], list[str]] | None = None  # the rest of ``others``, when asked
+    def __init__(
+        self,
+        *,
+        ram_available: int | None = None,
+        gpu_free: dict[str, int] | None = None,
+        known: list[str] | None = None,
+        gpu_source: dict[str, str] | None = None,
+        notes: list[str] | None = None,
+        more: Callable[[], list[str]] | None = None,
+    ) -> None:
+        self.ram_available = ram_available  # bytes, /proc/meminfo MemAvailable
+        self.gpu_free = gpu_free or {}  # GPU uuid -> bytes free
+        self.known = known or []  # lines already known
+        self.gpu_source = gpu_source or {}  # GPU uuid -> "NVML", "sysfs"
+        self.notes = notes or []  # what could not be read, and why
+        self.more = more  # the rest of ``others``, when asked
+
+    def __repr__(self) -> str:
+        return f"<LiveUsage ram_available={self.ram_available} gpu_free={self.gpu_free}>"
 
     @property
     def others(self) -> list[str]:
@@ -146,8 +170,7 @@ class LiveUsage:
 # --------------------------------------------------------------------------- live usage
 
 
-@dataclass(frozen=True)
-class _Proc:
+class _Proc(NamedTuple):
     ppid: int
     comm: str
     rss: int
@@ -355,12 +378,12 @@ def _nvml_usage(
 # --------------------------------------------------------------------------- the checks
 
 
-@dataclass
 class _Outcome:
-    shortfalls: list[dict[str, Any]] = field(default_factory=list)
-    hints: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    cpus: dict[str, Any] | None = None
+    def __init__(self) -> None:
+        self.shortfalls: list[dict[str, Any]] = []
+        self.hints: list[str] = []
+        self.notes: list[str] = []
+        self.cpus: dict[str, Any] | None = None
 
     def message(self, sep: str = "\n  ") -> str:
         return sep.join(s["message"] for s in self.shortfalls)

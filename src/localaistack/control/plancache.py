@@ -37,9 +37,8 @@ import os
 import socket
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from localaistack.control.admission import Capacity
 from localaistack.control.names import BUILTIN_DIR, is_manifest_path
@@ -188,8 +187,7 @@ def _code() -> list[Any]:
     return out
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """What ``las run`` was asked to plan: the module, and how."""
 
     module: str
@@ -198,8 +196,7 @@ class Request:
     policy_file: Path | None
 
 
-@dataclass(frozen=True)
-class Cached:
+class Cached(NamedTuple):
     plan: ExecutionPlan
     capacity: Capacity
     path: Path  # the entry, to drop it if the plan turns out unusable

@@ -13,10 +13,9 @@ import os
 import shutil
 import sqlite3
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from localaistack.errors import (
     InstanceConflict,
@@ -76,8 +75,7 @@ def _age(started: str) -> float | None:
         return None
 
 
-@dataclass(frozen=True)
-class StartResult:
+class StartResult(NamedTuple):
     name: str
     run_id: str
     state: str

@@ -27,9 +27,8 @@ import signal
 import sqlite3
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from localaistack.errors import StartFailed
 from localaistack.runtime import cgroups, procs
@@ -79,8 +78,7 @@ class _Lines:
         return result
 
 
-@dataclass(frozen=True)
-class Pending:
+class Pending(NamedTuple):
     """A supervisor started for a run that is not recorded yet (``Supervisors.spawn``)."""
 
     run_id: str
