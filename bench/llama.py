@@ -40,7 +40,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 from bench.harness import Row, alternate, run_main
 from bench.native import las_cmd, workspace
@@ -142,6 +142,16 @@ def cpu_list(cpus: set[int]) -> str:
     return ",".join(str(c) for c in sorted(cpus))
 
 
+class LasRun(NamedTuple):
+    """What the store holds of a llama.cpp instance's run."""
+
+    started_at: float
+    healthy_at: float
+    pid: int
+    sup_pid: int
+    port: int
+
+
 class Servers:
     """Starts llama-server under las and by hand, with the same argv and environment."""
 
@@ -170,7 +180,7 @@ class Servers:
         self.instances: list[str] = []
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def las_run(self, name: str) -> dict[str, Any]:
+    def las_run(self, name: str) -> LasRun:
         """`las run` (returns once healthy); the run's row: port, pids, recorded times."""
         self.instances.append(name)
         subprocess.run(
@@ -186,13 +196,13 @@ class Servers:
             (name,),
         ).fetchone()
         db.close()
-        return {
-            "started_at": float(row[0]),
-            "healthy_at": float(row[1]),
-            "pid": int(row[2]),
-            "sup_pid": int(row[3]),
-            "port": int(json.loads(row[4])["ports"][0]["host_port"]),
-        }
+        return LasRun(
+            float(row[0]),
+            float(row[1]),
+            int(row[2]),
+            int(row[3]),
+            int(json.loads(row[4])["ports"][0]["host_port"]),
+        )
 
     def las_rm(self, name: str) -> None:
         subprocess.run([*self.cmd, "rm", "-f", name], env=self.env, check=True, capture_output=True)
@@ -234,7 +244,7 @@ def time_to_healthy(
     def under_las(i: int) -> float:
         run = servers.las_run(f"ready{i}")
         servers.las_rm(f"ready{i}")
-        return run["healthy_at"] - run["started_at"]
+        return run.healthy_at - run.started_at
 
     def by_hand(_i: int) -> float:
         port = free_port()
@@ -265,12 +275,12 @@ def generation(
             run = servers.las_run(f"gen{s}")
             hand_port = free_port()
             proc, _ = servers.by_hand(hand_port)
-        move(run["sup_pid"], others)  # las's supervisor off the measured CPUs
+        move(run.sup_pid, others)  # las's supervisor off the measured CPUs
         wait_healthy(hand_port)
-        for pid in (run["pid"], proc.pid):
+        for pid in (run.pid, proc.pid):
             if os.sched_getaffinity(pid) != measured:
                 raise RuntimeError(f"server {pid} is not pinned to CPUs {cpu_list(measured)}")
-        sides = [(run["port"], las_tps), (hand_port, hand_tps)]
+        sides = [(run.port, las_tps), (hand_port, hand_tps)]
         if s % 2:
             sides.reverse()  # the leader swapped on every start pair
         with pinned(others):  # the client off the measured CPUs too
