@@ -30,12 +30,17 @@ class Row:
     meets: bool | None = None
     note: str = ""
     noise: float = 1.5  # a spread (max/min) of either side above this flags the row noisy
+    # las[i] and peer[i] ran back to back: the ratio is the median of their quotients, which
+    # cancels the machine's slow drift (instead of the quotient of the two medians)
+    paired: bool = False
 
     @staticmethod
     def med(xs: list[float]) -> float | None:
         return statistics.median(xs) if xs else None
 
     def ratio(self) -> float | None:
+        if self.paired and self.las and len(self.las) == len(self.peer) and all(self.peer):
+            return statistics.median(a / b for a, b in zip(self.las, self.peer, strict=True))
         a, b = self.med(self.las), self.med(self.peer)
         if a is None or b is None or b == 0:
             return None

@@ -15,7 +15,7 @@ the size of the measured set. Measured:
    B ...), each the same fixed prompt with the same seed, temperature 0 and a fixed number
    of tokens (`n_predict`, `ignore_eos`), prompt cache off. Several start pairs, the leader
    swapped on each. The requests go straight to llama-server's port: nothing of las is on
-   the path.
+   the path. The ratio is the median of the quotients of back-to-back pairs.
 2. time to healthy: from the return of the spawn (las: the supervisor's recorded
    `started_at`, taken when its `Popen` returns; by hand: when this process's `Popen`
    returns) to the first 200 from `/health`, both probed at las's startup cadence (at once,
@@ -233,7 +233,9 @@ class Servers:
             proc.wait(30)
             self.procs.remove(proc)
         for name in list(self.instances):
-            self.las_rm(name)
+            # no check: the error that brought us here is the one to see
+            subprocess.run([*self.cmd, "rm", "-f", name], env=self.env, capture_output=True)
+            self.instances.remove(name)
 
 
 def time_to_healthy(
@@ -311,9 +313,9 @@ def collect(quick: bool) -> list[Row]:
             )
         finally:
             servers.close()
-    gen = statistics.median(las_tps) / statistics.median(hand_tps)
     # las and by hand ran back to back: their quotients cancel slow drift of the machine
     pairs = [a / b for a, b in zip(las_tps, hand_tps, strict=True)]
+    gen = statistics.median(pairs)
     overhead = statistics.median(las_ready) - statistics.median(hand_ready)
     diffs = [(a - b) * 1000 for a, b in zip(las_ready, hand_ready, strict=True)]
     where = (
@@ -332,9 +334,12 @@ def collect(quick: bool) -> list[Row]:
             note=f"llama-server's own timings.predicted_per_second; both servers up at once, "
             f"{starts} start pairs x {rounds} requests each after {warmup} warm-up, "
             f"interleaved A B; {n_predict} tokens (ignore_eos), fixed prompt, temperature 0, "
-            f"seed {SEED}; {where}; per-pair ratio median {statistics.median(pairs):.3f}x "
-            f"[{min(pairs):.3f} .. {max(pairs):.3f}]; noisy above a {GEN_NOISE:g}x spread",
+            f"seed {SEED}; {where}; ratio: the median of the per-pair quotients "
+            f"[{min(pairs):.3f} .. {max(pairs):.3f}] (the quotient of the medians: "
+            f"{statistics.median(las_tps) / statistics.median(hand_tps):.3f}); noisy above a "
+            f"{GEN_NOISE:g}x spread",
             noise=GEN_NOISE,
+            paired=True,
         ),
         Row(
             "llama.cpp time to healthy",
