@@ -44,8 +44,11 @@ def main() -> None:
             f"Measured by `python -m bench --write-docs` ({kind} run, {took / 60:.1f} minutes) "
             f"on {m['date']}: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux "
             f"{m['kernel']}, Python {m['python']}. Medians with [min .. max]; a spread over "
-            "1.5x is flagged noisy. This file is generated: the table is never edited by "
-            "hand.\n\n" + text + "\n\n" + ANALYSIS.read_text()
+            "1.5x (or a row's tighter limit, given in its note) is flagged noisy. This file "
+            "is generated: the table is never edited by hand.\n\n"
+            + text
+            + "\n\n"
+            + ANALYSIS.read_text()
         )
         print(f"wrote {DOCS}")
 

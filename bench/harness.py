@@ -1,7 +1,8 @@
 """Small benchmark harness: alternate A/B, warm up, take medians, print one table.
 
 Numbers are measured, never edited: every row comes from samples taken in this run, on this
-machine. A spread (max/min) over 1.5 is flagged as noisy.
+machine. A spread (max/min) over a row's noise limit (1.5 unless the row sets a tighter one,
+as a row judged against a narrow goal does) is flagged as noisy.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,12 +29,18 @@ class Row:
     goal: str = ""
     meets: bool | None = None
     note: str = ""
+    noise: float = 1.5  # a spread (max/min) of either side above this flags the row noisy
+    # las[i] and peer[i] ran back to back: the ratio is the median of their quotients, which
+    # cancels the machine's slow drift (instead of the quotient of the two medians)
+    paired: bool = False
 
     @staticmethod
     def med(xs: list[float]) -> float | None:
         return statistics.median(xs) if xs else None
 
     def ratio(self) -> float | None:
+        if self.paired and self.las and len(self.las) == len(self.peer) and all(self.peer):
+            return statistics.median(a / b for a, b in zip(self.las, self.peer, strict=True))
         a, b = self.med(self.las), self.med(self.peer)
         if a is None or b is None or b == 0:
             return None
@@ -41,7 +48,7 @@ class Row:
 
     def noisy(self) -> bool:
         for xs in (self.las, self.peer):
-            if len(xs) >= 2 and min(xs) > 0 and max(xs) / min(xs) > 1.5:
+            if len(xs) >= 2 and min(xs) > 0 and max(xs) / min(xs) > self.noise:
                 return True
         return False
 
@@ -50,16 +57,26 @@ def alternate(
     a: Callable[[int], float], b: Callable[[int], float] | None, reps: int, warmup: int = 1
 ) -> tuple[list[float], list[float]]:
     """Run A and B alternately (A B A B ...) after ``warmup`` uncounted rounds."""
-    xs: list[float] = []
-    ys: list[float] = []
-    for i in range(warmup + reps):
-        x = a(i)
-        y = b(i) if b is not None else None
-        if i >= warmup:
-            xs.append(x)
-            if y is not None:
-                ys.append(y)
+    if b is None:
+        return alternate_all([a], reps, warmup)[0], []
+    xs, ys = alternate_all([a, b], reps, warmup)
     return xs, ys
+
+
+def alternate_all(
+    fns: Sequence[Callable[[int], float]], reps: int, warmup: int = 1
+) -> list[list[float]]:
+    """Run every function in turn (A B C A B C ...) after ``warmup`` uncounted rounds.
+
+    Returns one list of counted samples per function, in the order given.
+    """
+    samples: list[list[float]] = [[] for _ in fns]
+    for i in range(warmup + reps):
+        for fn, xs in zip(fns, samples, strict=True):
+            x = fn(i)
+            if i >= warmup:
+                xs.append(x)
+    return samples
 
 
 def fmt(x: float | None, unit: str) -> str:

@@ -1,13 +1,17 @@
-"""Native-runtime benchmarks: las against supervisord, measured side by side in one run.
+"""Native-runtime benchmarks: las against supervisord and a bare `subprocess.Popen`,
+measured side by side in one run (A B C A B C ...).
 
     python -m bench.native [--quick]
 
 1. start: `las run` of a trivial native module until `running` (CLI process included) vs
-   `supervisorctl start` of the same program (startsecs=0);
+   `supervisorctl start` of the same program (startsecs=0) vs `subprocess.Popen` of it from
+   this (already running) Python, until it returns (the program is exec'd);
 2. failure noticed: workload SIGKILLed until its end is committed to the store (polled
-   every 0.2 ms from another connection) vs supervisord's state via XML-RPC;
-3. log capture: a workload writing lines to stdout under las / under supervisord vs the
-   same workload writing to a file directly (the workload times itself); every line counted;
+   every 0.2 ms from another connection) vs supervisord's state via XML-RPC vs the return of
+   the parent's `Popen.wait()`;
+3. log capture: a workload writing lines to stdout under las / under supervisord / into a
+   pipe its `Popen` parent copies to a file vs the same workload writing to a file directly
+   (the workload times itself); every line counted;
 4. idle overhead per supervised module: PSS and CPU seconds over a quiet period;
 5. `las ps` latency with N running instances;
 6. readiness noticed: time from the workload's port answering (the server notes when it
@@ -31,7 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.harness import Row, alternate, run_main
+from bench.harness import Row, alternate_all, run_main
 
 WRITER = textwrap.dedent(
     """
@@ -152,7 +156,7 @@ class SupervisordBench:
         self.proc.wait(10)
 
 
-def bench_start(las: LasBench, sup: SupervisordBench, reps: int) -> Row:
+def bench_start(las: LasBench, sup: SupervisordBench, reps: int) -> list[Row]:
     path = las.module("sleeper", ["sleep", "1000"])
 
     def a(i: int) -> float:
@@ -169,20 +173,40 @@ def bench_start(las: LasBench, sup: SupervisordBench, reps: int) -> Row:
         subprocess.run([*sup.ctl, "stop", "sleeper"], check=True, capture_output=True)
         return took
 
-    xs, ys = alternate(a, b, reps)
+    def c(_i: int) -> float:
+        # Popen returns once the program is exec'd (its error pipe closes on exec)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(["sleep", "1000"])
+        took = time.perf_counter() - t0
+        proc.kill()
+        proc.wait()
+        return took
+
+    xs, ys, zs = alternate_all([a, b, c], reps)
     ratio = sorted(xs)[len(xs) // 2] / sorted(ys)[len(ys) // 2]
-    return Row(
-        "start until running (CLI included)",
-        "s",
-        xs,
-        "supervisorctl start",
-        ys,
-        "<= 1.0x supervisorctl",
-        ratio <= 1.0,
-    )
+    return [
+        Row(
+            "start until running (CLI included)",
+            "s",
+            xs,
+            "supervisorctl start",
+            ys,
+            "<= 1.0x supervisorctl",
+            ratio <= 1.0,
+        ),
+        Row(
+            "start until running (CLI included)",
+            "s",
+            xs,
+            "bare subprocess.Popen",
+            zs,
+            note="bare subprocess.Popen: `sleep` from an already running Python, until exec'd; "
+            "the floor any manager starts from (nothing planned, nothing recorded)",
+        ),
+    ]
 
 
-def bench_failure(las: LasBench, sup: SupervisordBench, reps: int) -> Row:
+def bench_failure(las: LasBench, sup: SupervisordBench, reps: int) -> list[Row]:
     path = las.module("victim", ["sleep", "1000"])
 
     def a(i: int) -> float:
@@ -210,18 +234,36 @@ def bench_failure(las: LasBench, sup: SupervisordBench, reps: int) -> Row:
             time.sleep(0.0002)
         return time.perf_counter() - t0
 
-    xs, ys = alternate(a, b, reps)
-    return Row(
-        "failure noticed and recorded",
-        "s",
-        xs,
-        "supervisord (in memory)",
-        ys,
-        "<= 10 ms (durable)",
-        sorted(xs)[len(xs) // 2] <= 0.010,
-        note="las: committed to SQLite (synchronous=FULL), read back by another "
-        "connection; supervisord: in memory, read over XML-RPC",
-    )
+    def c(_i: int) -> float:
+        proc = subprocess.Popen(["sleep", "1000"])
+        t0 = time.perf_counter()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()  # the parent learns of the end when wait() returns
+        return time.perf_counter() - t0
+
+    xs, ys, zs = alternate_all([a, b, c], reps)
+    return [
+        Row(
+            "failure noticed and recorded",
+            "s",
+            xs,
+            "supervisord (in memory)",
+            ys,
+            "<= 10 ms (durable)",
+            sorted(xs)[len(xs) // 2] <= 0.010,
+            note="las: committed to SQLite (synchronous=FULL), read back by another "
+            "connection; supervisord: in memory, read over XML-RPC",
+        ),
+        Row(
+            "failure noticed and recorded",
+            "s",
+            xs,
+            "bare subprocess.Popen (in memory)",
+            zs,
+            note="bare subprocess.Popen: SIGKILL until the parent's Popen.wait() returns, "
+            "in memory, nothing recorded",
+        ),
+    ]
 
 
 def bench_logs(las: LasBench, sup: SupervisordBench, root: Path, mb: int, reps: int) -> list[Row]:
@@ -280,8 +322,31 @@ def bench_logs(las: LasBench, sup: SupervisordBench, root: Path, mb: int, reps: 
             raise RuntimeError(f"supervisord kept {count} of {expected} lines")
         return total / float(took) / 1e6
 
-    direct_xs, las_xs = alternate(direct, under_las, reps)
-    _, sup_xs = alternate(direct, under_supervisord, reps, warmup=0)
+    def through_a_pipe(_i: int) -> float:
+        # a parent that keeps its child's output: a pipe (default size) it copies to a file
+        out = root / "popen.out"
+        timing.unlink(missing_ok=True)
+        with open(out, "wb") as f:
+            proc = subprocess.Popen(
+                [sys.executable, str(writer), str(total), str(timing)], stdout=subprocess.PIPE
+            )
+            assert proc.stdout is not None
+            fd = proc.stdout.fileno()
+            while chunk := os.read(fd, 1 << 16):
+                f.write(chunk)
+            proc.stdout.close()
+            if proc.wait() != 0:
+                raise RuntimeError(f"writer under Popen exited {proc.returncode}")
+        took, _ = timing.read_text().split()
+        with open(out, "rb") as f:
+            count = sum(1 for line in f if len(line) == 100)
+        if count != expected:
+            raise RuntimeError(f"the Popen parent kept {count} of {expected} lines")
+        return total / float(took) / 1e6
+
+    direct_xs, las_xs, sup_xs, popen_xs = alternate_all(
+        [direct, under_las, under_supervisord, through_a_pipe], reps
+    )
     ratio = sorted(las_xs)[len(las_xs) // 2] / sorted(direct_xs)[len(direct_xs) // 2]
     return [
         Row(
@@ -300,6 +365,15 @@ def bench_logs(las: LasBench, sup: SupervisordBench, root: Path, mb: int, reps: 
             sup_xs,
             "writing to a file directly",
             direct_xs,
+        ),
+        Row(
+            f"log capture through a pipe read by the parent (bare Popen), {mb} MB",
+            "MB/s",
+            popen_xs,
+            "writing to a file directly",
+            direct_xs,
+            note="bare subprocess.Popen: stdout a pipe (default size), copied by the parent to "
+            "a file in 64 KiB reads; every line counted",
         ),
     ]
 
@@ -476,26 +550,6 @@ def bench_ps(las: LasBench, counts: list[int], reps: int) -> list[Row]:
     return rows
 
 
-def bench_popen_floor(reps: int) -> Row:
-    """The floor any manager starts from: a running Python's subprocess.Popen of `sleep`."""
-
-    def one(_i: int) -> float:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(["sleep", "1000"])
-        took = time.perf_counter() - t0
-        proc.kill()
-        proc.wait()
-        return took
-
-    xs, _ = alternate(one, None, reps)
-    return Row(
-        "start floor: subprocess.Popen in a running Python",
-        "s",
-        xs,
-        note="not a peer to beat: the cost of starting a process at all",
-    )
-
-
 def bench_crash_loop(las: LasBench, sup: SupervisordBench, root: Path, seconds: float) -> list[Row]:
     """A module that fails at once, restarted on failure: restarts per minute and CPU."""
     count = root / "crash-starts"
@@ -564,14 +618,13 @@ def collect(quick: bool) -> list[Row]:
         programs["crashloop"] = crash
         sup = SupervisordBench(root, programs)
         try:
-            rows = [bench_start(las, sup, reps), bench_failure(las, sup, reps)]
+            rows = bench_start(las, sup, reps) + bench_failure(las, sup, reps)
             rows += bench_logs(las, sup, root, mb, 2 if quick else 5)
             rows += bench_idle(las, sup, idle_k, 3 if quick else 60)
             rows += bench_ps(las, [10] if quick else [10, 100, 300], 3 if quick else 7)
             rows.append(bench_readiness(las, root, reps))
             rows.append(bench_probe_cpu(las, root, 3 if quick else 60))
             rows += bench_crash_loop(las, sup, root, 3 if quick else 30)
-            rows.append(bench_popen_floor(reps))
         finally:
             sup.close()
     return rows
