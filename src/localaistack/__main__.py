@@ -1,5 +1,5 @@
 """``python -m localaistack`` is ``las``."""
 
-from localaistack.cli.main import main
+from localaistack.cli.entry import main
 
 main()

@@ -51,8 +51,8 @@ def _report_start(rt: Any, result: Any) -> None:
             f"{result.name}: run {result.run_id} {result.state}: {result.reason}",
             hint=f"`las logs {result.name}` shows its output ({result.log_path})",
         )
-    plan = rt.plan_of(result.name)
-    ports = ", ".join(f"{b.name}: {b.host_ip}:{b.host_port}" for b in plan.ports)
+    plan = json.loads(rt.require_instance(result.name)["plan"])
+    ports = ", ".join(f"{b['name']}: {b['host_ip']}:{b['host_port']}" for b in plan["ports"])
     click.echo(
         f"{result.name}  run {result.run_id}  {result.state}  pid {result.pid}"
         + (f"  {ports}" if ports else "")
@@ -95,7 +95,9 @@ def run(
     rt = _runtime()
     try:
         # The supervisor starts first and gets ready while the plan is made and admitted.
-        pending = rt.prepare_start()
+        from localaistack.cli import entry
+
+        pending = entry.take(rt.store.path) or rt.prepare_start()
         try:
             from localaistack.control.plancache import PlanCache, Request, enabled
 

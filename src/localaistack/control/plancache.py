@@ -180,7 +180,7 @@ def _machine(with_engines: bool) -> dict[str, Any]:
 
 def _code() -> list[Any]:
     files = sorted([*CONTROL_DIR.glob("*.py"), CONTROL_DIR.parent / "plan.py"])
-    out: list[Any] = [sys.executable, os.environ.get("PYTHONPATH")]
+    out: list[Any] = [os.path.realpath(sys.executable), os.environ.get("PYTHONPATH")]
     for f in files:
         st = f.stat()
         out.append([f.name, st.st_size, st.st_mtime_ns])

@@ -25,7 +25,7 @@ from localaistack.errors import (
     UsageError,
 )
 from localaistack.runtime import procs
-from localaistack.runtime.supervision import Pending, Supervisors
+from localaistack.runtime.supervision import Pending, Supervisors, new_run_id
 from localaistack.store import secrets
 from localaistack.store.db import (
     ACTIVE_STATES,
@@ -42,11 +42,6 @@ if TYPE_CHECKING:
 
 
 ORPHAN_GRACE = 60.0  # seconds before an unclaimed labelled container is removed
-
-
-def new_run_id() -> str:
-    """12 random hex digits (the uuid module costs a few ms to import on the start path)."""
-    return os.urandom(6).hex()
 
 
 def _iso(ts: float) -> str:

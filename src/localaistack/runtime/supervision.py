@@ -87,6 +87,77 @@ class Pending(NamedTuple):
     go_fd: int  # write "go" here once the run is recorded
     ready_fd: int  # the supervisor reports here
     sup_log: Path
+    db: str  # the store it will read its run from
+
+
+def new_run_id() -> str:
+    """12 random hex digits (the uuid module costs a few ms to import on the start path)."""
+    return os.urandom(6).hex()
+
+
+def spawn_supervisor(
+    db: Path, home: Path, run_id: str, extra_args: tuple[str, ...] = ()
+) -> Pending:
+    """Start the supervisor of a run that is not recorded yet; it waits for ``go``.
+
+    ``las run`` calls this before it plans (before it even imports its command line
+    library, see cli/entry.py), so that the supervisor's own start (a Python process: tens
+    of ms) overlaps the rest of ``las``. ``Supervisors.start`` with the returned ``Pending``
+    lets it go. If ``las`` closes the go pipe instead (``Supervisors.cancel``, or ``las``
+    exits), the supervisor exits without running anything.
+
+    Raises:
+        StartFailed: the supervisor process cannot be started.
+    """
+    run_dir = home / "runs" / run_id
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sup_log = run_dir / "supervisor.log"
+    rfd, wfd = os.pipe()  # ready: supervisor -> las
+    go_r, go_w = os.pipe()  # go: las -> supervisor
+    for fd in (wfd, go_r):
+        os.set_inheritable(fd, True)
+    log_fd = os.open(sup_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    argv = [
+        sys.executable,
+        "-S",  # no site: the supervisor needs only the standard library and las
+        "-m",
+        "localaistack.runtime.supervisor",
+        "--db",
+        str(db),
+        "--run",
+        run_id,
+        "--ready-fd",
+        str(wfd),
+        "--go-fd",
+        str(go_r),
+        *extra_args,
+    ]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    try:
+        pid = os.posix_spawn(
+            sys.executable,
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            ],
+            setsid=True,
+        )
+    except OSError as exc:
+        os.close(rfd)
+        os.close(go_w)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise StartFailed(
+            f"could not start the supervisor: {exc.strerror}",
+            hint="check that las is installed correctly",
+        ) from exc
+    finally:
+        for fd in (wfd, go_r, log_fd):
+            os.close(fd)
+    return Pending(run_id, pid, procs.start_time(pid), go_w, rfd, sup_log, str(db))
 
 
 class Supervisors:
@@ -104,72 +175,16 @@ class Supervisors:
     # --- start -------------------------------------------------------------------------
 
     def spawn(self, run_id: str, extra_args: tuple[str, ...] = ()) -> Pending:
-        """Start the supervisor of a run that is not recorded yet; it waits for ``go``.
-
-        ``las run`` calls this before it plans, so that the supervisor's own start (a
-        Python process: tens of ms) overlaps planning and admission. ``start`` with the
-        returned ``Pending`` lets it go; ``cancel`` makes it exit without doing anything.
-
-        Raises:
-            StartFailed: the supervisor process cannot be started.
-        """
-        run_dir = self.home / "runs" / run_id
-        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        sup_log = run_dir / "supervisor.log"
-        rfd, wfd = os.pipe()  # ready: supervisor -> las
-        go_r, go_w = os.pipe()  # go: las -> supervisor
-        for fd in (wfd, go_r):
-            os.set_inheritable(fd, True)
-        log_fd = os.open(sup_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        argv = [
-            sys.executable,
-            "-S",  # no site: the supervisor needs only the standard library and las
-            "-m",
-            "localaistack.runtime.supervisor",
-            "--db",
-            str(self.store.path),
-            "--run",
-            run_id,
-            "--ready-fd",
-            str(wfd),
-            "--go-fd",
-            str(go_r),
-            *extra_args,
-        ]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
-        try:
-            pid = os.posix_spawn(
-                sys.executable,
-                argv,
-                env,
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
-                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
-                ],
-                setsid=True,
-            )
-        except OSError as exc:
-            os.close(rfd)
-            os.close(go_w)
-            raise StartFailed(
-                f"could not start the supervisor: {exc.strerror}",
-                hint="check that las is installed correctly",
-            ) from exc
-        finally:
-            for fd in (wfd, go_r, log_fd):
-                os.close(fd)
-        return Pending(run_id, pid, procs.start_time(pid), go_w, rfd, sup_log)
+        """``spawn_supervisor`` for this store (see there)."""
+        return spawn_supervisor(Path(self.store.path), self.home, run_id, extra_args)
 
     def cancel(self, pending: Pending) -> None:
-        """Let a spawned supervisor go without a run: it exits; its directory goes too."""
+        """Let a spawned supervisor go without a run: it exits (and removes its directory
+        when no run was recorded)."""
         os.close(pending.go_fd)
         os.close(pending.ready_fd)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pending.pid, 0)
-        if self.store.run(pending.run_id) is None:
-            shutil.rmtree(pending.sup_log.parent, ignore_errors=True)
 
     def start(
         self,

@@ -1186,6 +1186,12 @@ def _wait_for_go(fd: int, store: Store, run_id: str) -> bool:
         row = c.execute("SELECT state FROM runs WHERE run_id=?", (run_id,)).fetchone()
         if row is not None and row[0] == "starting":
             set_run_state(c, run_id, "failed", "lost: las exited before the run was started")
+    if row is None:  # nothing was recorded: leave no trace (this log file included)
+        run_dir = os.path.join(os.path.dirname(os.path.abspath(store.path)), "runs", run_id)
+        with contextlib.suppress(OSError):
+            for name in os.listdir(run_dir):
+                os.unlink(os.path.join(run_dir, name))
+            os.rmdir(run_dir)
     return False
 
 

@@ -1,0 +1,59 @@
+"""The ``las`` program's entry point: for ``las run``, the supervisor starts first.
+
+A supervisor is a Python process that needs tens of milliseconds to start, and ``las``
+itself needs about as long to import its command-line library. So for ``las run`` (on a
+store that exists already) the supervisor is spawned before anything else, and both start
+at once; ``las run`` lets it go once the plan is admitted (``take``). When ``las`` ends
+without doing so (a usage error, a refusal, ``--help``), the go pipe closes and the
+supervisor exits, leaving nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from localaistack.runtime.supervision import Pending
+
+_early: list[Pending] = []  # at most one
+
+
+def main() -> None:
+    pending = _spawn_early(sys.argv[1:])
+    if pending is not None:
+        _early.append(pending)
+    from localaistack.cli.main import main as cli
+
+    cli()
+
+
+def _spawn_early(args: list[str]) -> Pending | None:
+    if not args or args[0] != "run" or "--help" in args or "-h" in args:
+        return None
+    if os.environ.get("LAS_EARLY_SUPERVISOR") == "0":
+        return None
+    try:
+        from localaistack.runtime.supervision import new_run_id, spawn_supervisor
+        from localaistack.store.paths import ensure_home, las_home
+
+        home = las_home()
+        db = home / "state.db"
+        if not db.exists():  # the first run creates the store: no supervisor may race it
+            return None
+        ensure_home(home)
+        return spawn_supervisor(db, home, new_run_id())
+    except Exception:  # only an optimisation: `las run` reports whatever is wrong itself
+        return None
+
+
+def take(db: str | Path) -> Pending | None:
+    """The supervisor spawned early for ``db``, if any (once)."""
+    pending = _early.pop() if _early else None
+    if pending is not None and pending.db != str(db):
+        os.close(pending.go_fd)  # another store after all: it exits
+        os.close(pending.ready_fd)
+        return None
+    return pending
