@@ -183,6 +183,19 @@ def module_factory(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A scratch directory every user may enter (pytest's tmp dirs are 0700): for files a
+    workload running as another user (las as root: the policy's native_user) must reach."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="las-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def workload(*flags: str) -> list[str]:
     """argv of the test workload program with the given flags."""
     return [sys.executable, str(PROGRAMS / "workload.py"), *flags]

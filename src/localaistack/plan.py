@@ -74,6 +74,14 @@ class NativeSpec(_Frozen):
     argv: tuple[str, ...] = Field(min_length=1, description="argv[0] is an absolute path")
     env: tuple[EnvVar, ...] = ()
     workdir: str | None = None
+    user: str | None = Field(
+        default=None, description="run as this user (uid, gid below); None: as the supervisor"
+    )
+    uid: int | None = None
+    gid: int | None = None
+    sandbox: tuple[str, ...] = Field(
+        default=(), description="argv prefix that runs the workload in a sandbox (bwrap ...)"
+    )
 
 
 class Volume(_Frozen):
