@@ -94,14 +94,14 @@ def test_missing_model_file(llama: Las, tmp_path: Path) -> None:
     _expect_failure(llama, tmp_path / "nope.gguf", "failed to open")
 
 
-def test_random_bytes(llama: Las, tmp_path: Path) -> None:
-    bad = tmp_path / "random.gguf"
+def test_random_bytes(llama: Las, open_dir: Path) -> None:
+    bad = open_dir / "random.gguf"  # readable by the native user (as root: las-workload)
     bad.write_bytes(os.urandom(4096))
     _expect_failure(llama, bad, "invalid magic")
 
 
-def test_truncated_gguf(llama: Las, model: Path, tmp_path: Path) -> None:
-    cut = tmp_path / "cut.gguf"
+def test_truncated_gguf(llama: Las, model: Path, open_dir: Path) -> None:
+    cut = open_dir / "cut.gguf"
     cut.write_bytes(model.read_bytes()[:2000])
     code, _out, err = run_llama(llama, cut)
     assert code == 4, err
