@@ -172,3 +172,14 @@ def test_bwrap_missing_is_a_refusal_not_a_fallback() -> None:
     assert info.value.exit_code == 3
     assert "bwrap is not installed" in info.value.message
     assert info.value.hint is not None and "apt-get install bubblewrap" in info.value.hint
+
+
+def test_bwrap_refuses_paths_its_private_tmp_would_hide() -> None:
+    loaded = manifest(
+        modes=("native",),
+        runtime={
+            "native": {"command": ["svc-server", "-m", "/tmp/models/m.gguf", "${ports.http}"]}
+        },
+    )
+    with pytest.raises(PlanningError, match=r"private /tmp hides /tmp/models/m\.gguf"):
+        sandboxed(loaded=loaded)

@@ -336,6 +336,7 @@ def _check_user_access(argv: Sequence[str], workdir: str | None, user: _NativeUs
 
 def _sandbox(
     policy: Policy,
+    paths: Sequence[str],
     ports: Sequence[PortBinding],
     gpus: Sequence[GpuAssignment],
     path_env: str | None,
@@ -345,9 +346,12 @@ def _sandbox(
 ) -> tuple[tuple[str, ...], Decision]:
     """The bwrap argv prefix the policy asks for (empty: none), and the decision.
 
+    ``paths`` are the workload's executable, workdir and absolute path arguments: none may
+    be under /tmp, which the sandbox replaces with its own.
+
     Raises:
         PlanningError: the policy asks for bwrap and it is not installed (never a silent
-            run without the sandbox).
+            run without the sandbox), or a path would be hidden by its private /tmp.
     """
     if policy.native_sandbox == "none":
         return (), Decision(
@@ -359,6 +363,13 @@ def _sandbox(
             f"policy native_sandbox is bwrap ({policy.source}), but bwrap is not installed "
             "(not found on PATH)",
             hint="install bubblewrap (apt-get install bubblewrap), or set native_sandbox: none",
+        )
+    hidden = [p for p in paths if p == "/tmp" or p.startswith("/tmp/")]
+    if hidden:
+        raise PlanningError(
+            f"policy native_sandbox is bwrap ({policy.source}), whose private /tmp hides "
+            f"{', '.join(hidden)} from the workload",
+            hint="move it out of /tmp, or set native_sandbox: none",
         )
     prefix = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     prefix += ["--tmpfs", "/tmp", "--die-with-parent"]
@@ -979,8 +990,10 @@ def make_plan(
             for key, value in who:
                 if key in env:
                     env[key] = EnvVar(name=key, value=value)
+        paths = [argv[0], *(a for a in argv[1:] if a.startswith("/"))]
+        paths += [workdir] if workdir else []
         sandbox, sandbox_decision = _sandbox(
-            policy, ports, gpus, path_env, which, dev_glob, resolve_executables
+            policy, paths, ports, gpus, path_env, which, dev_glob, resolve_executables
         )
         decisions.append(sandbox_decision)
         native_spec = NativeSpec(
