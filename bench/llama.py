@@ -159,6 +159,9 @@ class Servers:
         self.root = root
         self.home = root / "home"
         self.home.mkdir(mode=0o700)
+        # By hand the server runs as whoever runs the bench; so does las's (as root it would
+        # otherwise run as las-workload, which may not reach this venv).
+        (self.home / "policy.yaml").write_text("native_allow_root: [llama.cpp]\n")
         self.env = {**os.environ, "LAS_HOME": str(self.home)}
         self.cmd = las_cmd()
         self.sets = [

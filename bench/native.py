@@ -60,6 +60,12 @@ def las_cmd() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "localaistack"]
 
 
+def policy_text(trusted: list[str]) -> str:
+    """Trust the bench modules, as root too: the peers (supervisord, by hand) run them as
+    root, and this Python may live where the native user cannot read (pyenv under /root)."""
+    return f"trusted_native: {trusted}\nnative_allow_root: {trusted}\n"
+
+
 class LasBench:
     def __init__(self, root: Path) -> None:
         self.home = root / "las-home"
@@ -78,7 +84,7 @@ class LasBench:
             f"    command: [{quoted}]\n  stop: {{timeout: 2s}}\n"
         )
         self.trusted.append(name)
-        (self.home / "policy.yaml").write_text(f"trusted_native: {self.trusted}\n")
+        (self.home / "policy.yaml").write_text(policy_text(self.trusted))
         return path
 
     def las(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -408,7 +414,7 @@ def bench_readiness(las: LasBench, root: Path, reps: int) -> Row:
         "  health: {http: {port: http, path: /}, interval: 10s, start_timeout: 30s}\n"
     )
     las.trusted.append("ready")
-    (las.home / "policy.yaml").write_text(f"trusted_native: {las.trusted}\n")
+    (las.home / "policy.yaml").write_text(policy_text(las.trusted))
     xs = []
     for i in range(reps + 1):
         note.unlink(missing_ok=True)
@@ -439,7 +445,7 @@ def bench_probe_cpu(las: LasBench, root: Path, seconds: float) -> Row:
         "  health: {http: {port: http, path: /}, interval: 1s, start_timeout: 30s}\n"
     )
     las.trusted.append("probed")
-    (las.home / "policy.yaml").write_text(f"trusted_native: {las.trusted}\n")
+    (las.home / "policy.yaml").write_text(policy_text(las.trusted))
     las.las("run", str(path), "--name", "probed")
     sup = int(las.run_row("probed")["sup_pid"])
     c0 = _cpu_s(sup)

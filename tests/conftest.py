@@ -153,11 +153,26 @@ def las(tmp_path: Path, las_env: dict[str, str]) -> Iterator[Las]:
 
 @pytest.fixture
 def module_factory(tmp_path: Path) -> Callable[..., Path]:
-    """Write a native test module manifest and trust it in the test's policy."""
+    """Write a native test module manifest and trust it in the test's policy.
+
+    The module may run as root (policy ``native_allow_root``) unless ``as_root=False``: the
+    test workloads are this Python, which may live where only root can read (pyenv under
+    /root), and they write into pytest's tmp dirs (0700, root's). ``policy`` adds keys to the
+    test's policy. Without root, both change nothing: the workload runs as the tester.
+    """
     home = tmp_path / "home"
     trusted: list[str] = []
+    root_allowed: list[str] = []
+    extra: dict[str, Any] = {}
 
-    def make(name: str, command: list[str], **runtime: Any) -> Path:
+    def make(
+        name: str,
+        command: list[str],
+        *,
+        as_root: bool = True,
+        policy: dict[str, Any] | None = None,
+        **runtime: Any,
+    ) -> Path:
         runtime.setdefault("modes", ["native"])
         native = {"command": command}
         if "env" in runtime:
@@ -176,11 +191,41 @@ def module_factory(tmp_path: Path) -> Callable[..., Path]:
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(manifest))
         trusted.append(name)
+        if as_root:
+            root_allowed.append(name)
+        extra.update(policy or {})
         home.mkdir(mode=0o700, exist_ok=True)
-        (home / "policy.yaml").write_text(yaml.safe_dump({"trusted_native": trusted}))
+        data = {"trusted_native": trusted, "native_allow_root": root_allowed, **extra}
+        (home / "policy.yaml").write_text(yaml.safe_dump(data))
         return path
 
     return make
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A scratch directory every user may enter (pytest's tmp dirs are 0700): for files a
+    workload running as another user (las as root: the policy's native_user) must reach."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="las-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def native_user_reaches(*paths: Path, user: str = "las-workload") -> bool:
+    """Whether the default native user (las as root runs native workloads as it) can read
+    and (directories, executables) enter these paths; always true when not root."""
+    if os.geteuid() != 0:
+        return True
+    for path in paths:
+        test = ["test", "-r", str(path), "-a", "-x", str(path)] if os.access(path, os.X_OK) \
+            else ["test", "-r", str(path)]  # fmt: skip
+        if subprocess.run(["runuser", "-u", user, "--", *test]).returncode != 0:
+            return False
+    return True
 
 
 def workload(*flags: str) -> list[str]:

@@ -246,6 +246,10 @@ class NativeSpec(_Frozen):
     argv: tuple[str, ...]  # argv[0] is an absolute path
     env: tuple[EnvVar, ...] = ()
     workdir: str | None = None
+    user: str | None = None  # run as this user (uid, gid below); None: as the supervisor
+    uid: int | None = None
+    gid: int | None = None
+    sandbox: tuple[str, ...] = ()  # argv prefix that runs the workload in a sandbox (bwrap ...)
 
 
 class Volume(_Frozen):

@@ -23,9 +23,10 @@ GIB = 1 << 30
 
 
 @pytest.fixture
-def las_path(las, tmp_path: Path):
-    """`las` with stub executables of the test modules first on PATH."""
-    bindir = tmp_path / "bin"
+def las_path(las, open_dir: Path):
+    """`las` with stub executables of the test modules first on PATH (in a directory that
+    the native user may enter: as root, the plan checks that it can execute them)."""
+    bindir = open_dir / "bin"
     bindir.mkdir()
     for name in ("gpu-svc-server", "cf-server"):
         stub = bindir / name
@@ -181,6 +182,9 @@ def test_container_mode_without_engine(las_path) -> None:
 
 
 def test_echo_http_json_on_this_machine(las) -> None:
+    # The system's python3 first: as root the plan checks that the native user can run it
+    # (a venv's interpreter may live under /root).
+    las.env["PATH"] = f"/usr/bin:{las.env.get('PATH', '/bin')}"
     plan = las.ok("plan", "echo-http", "--json").json()
     assert plan["module"]["name"] == "echo-http"
     assert plan["module"]["source"] == "builtin"

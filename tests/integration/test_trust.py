@@ -9,8 +9,10 @@ import yaml
 from tests.conftest import Las
 
 
-def test_trust_pin_then_replaced_executable_is_refused(las: Las, tmp_path: Path) -> None:
-    exe = tmp_path / "server.sh"
+def test_trust_pin_then_replaced_executable_is_refused(
+    las: Las, tmp_path: Path, open_dir: Path
+) -> None:
+    exe = open_dir / "server.sh"  # as root it runs as the policy's native_user
     exe.write_text("#!/bin/sh\nexec sleep 1000\n")
     exe.chmod(0o755)
     manifest = tmp_path / "pinned.yaml"

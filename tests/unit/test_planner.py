@@ -90,6 +90,9 @@ def plan(
 ) -> ExecutionPlan:
     kwargs.setdefault("which", which)
     kwargs.setdefault("environ", ENVIRON)
+    kwargs.setdefault(
+        "euid", 1000
+    )  # the same plans as root or not (tests/unit/test_planner_user.py)
     return make_plan(
         loaded,
         profile(hw) if isinstance(hw, str) else hw,

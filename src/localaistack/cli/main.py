@@ -316,6 +316,7 @@ def trust(module: str, sets: tuple[str, ...], policy_file: Path | None) -> None:
                 TrustEntry(module=name),
             ],
             "allowed_modes": ["native", "container"],
+            "native_allow_root": [name],  # only the executable matters here, not its user
         }
     )
     plan = make_plan(

@@ -9,8 +9,10 @@ policy rules out is an error naming the rule.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
+import pwd
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -66,6 +68,9 @@ PortAllocator = Callable[[str, str], int]
 PASSTHROUGH_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 GPU_ENV_VARS = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
 SECRET_MARKERS = ("_KEY", "_TOKEN", "PASSWORD", "SECRET")
+SETUP_USER = "scripts/setup-user"  # creates the policy's native_user (docs/native-runtime.md)
+# Device nodes a sandboxed workload gets when a GPU of that vendor is assigned to it.
+GPU_DEVICE_NODES = {"nvidia": ("/dev/nvidia*",), "amd": ("/dev/kfd", "/dev/dri")}
 
 
 @dataclass(frozen=True)
@@ -223,6 +228,185 @@ def _check_pin(name: str, executable: str, policy: Policy) -> Decision | None:
         topic="trust",
         choice=f"sha256 {actual}",
         reason=f"matches the pin in policy trusted_native ({policy.source})",
+    )
+
+
+@dataclass(frozen=True)
+class _NativeUser:
+    name: str
+    uid: int
+    gid: int
+    home: str
+    groups: frozenset[int]
+
+
+def _native_user(
+    module: str,
+    policy: Policy,
+    euid: int,
+    getpwnam: Callable[[str], Any],
+    local: bool,
+) -> tuple[_NativeUser | None, Decision]:
+    """Whom the native workload runs as, and why; None: as the supervisor (las's own user).
+
+    Raises:
+        PolicyViolation: las runs as root and the policy's ``native_user`` does not exist.
+    """
+    user = policy.native_user
+    if not local:
+        return None, Decision(
+            topic="native user",
+            choice=user,
+            reason="when las runs as root there, unless policy native_allow_root lists "
+            "the module (not resolved: this plan is for another machine)",
+        )
+    if euid != 0:
+        return None, Decision(
+            topic="native user",
+            choice=f"uid {euid}",
+            reason="las does not run as root: the workload runs as the user who runs las",
+        )
+    if module in policy.native_allow_root:
+        return None, Decision(
+            topic="native user",
+            choice="root",
+            reason=f"policy native_allow_root lists {module} ({policy.source})",
+            rejected=(Rejected(option=user, reason="policy native_user, not needed"),),
+        )
+    try:
+        pw = getpwnam(user)
+    except KeyError:
+        raise PolicyViolation(
+            f"las runs as root and runs native workloads as the policy's native_user "
+            f"{user!r}, which does not exist on this machine ({policy.source})",
+            hint=f"create it with {SETUP_USER} (a system user without a home or login shell), "
+            f"or list {module} in the policy's native_allow_root to run it as root",
+        ) from None
+    groups = frozenset(os.getgrouplist(user, pw.pw_gid))
+    return _NativeUser(user, pw.pw_uid, pw.pw_gid, pw.pw_dir, groups), Decision(
+        topic="native user",
+        choice=f"{user} (uid {pw.pw_uid}, gid {pw.pw_gid})",
+        reason=f"las runs as root; policy native_user ({policy.source})",
+        rejected=(Rejected(option="root", reason=f"policy native_allow_root lacks {module}"),),
+    )
+
+
+def _permits(st: os.stat_result, user: _NativeUser, bits: int) -> bool:
+    """Whether the mode bits give ``user`` the ``bits`` (4 read, 1 execute/search)."""
+    if st.st_uid == user.uid:
+        shift = 6
+    elif st.st_gid in user.groups:
+        shift = 3
+    else:
+        shift = 0
+    return (st.st_mode >> shift) & bits == bits
+
+
+def _owner(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _denied(path: str, user: _NativeUser, bits: int) -> str | None:
+    """Why ``user`` cannot reach ``path`` (search on every directory, ``bits`` on the last);
+    None if it can, or if the path does not exist (other checks report that).
+
+    Mode bits only (no ACLs): a false refusal is possible where ACLs grant access.
+    """
+    for candidate in dict.fromkeys((Path(path).absolute(), Path(path).resolve())):
+        chain = [*reversed(candidate.parents), candidate]
+        for i, part in enumerate(chain):
+            try:
+                st = os.stat(part)
+            except OSError:
+                return None
+            if not _permits(st, user, bits if i == len(chain) - 1 else 1):
+                return f"{part} is {st.st_mode & 0o7777:04o}, owned by {_owner(st.st_uid)}"
+    return None
+
+
+def _check_user_access(argv: Sequence[str], workdir: str | None, user: _NativeUser) -> None:
+    """Refuse a plan whose executable, workdir or path arguments the user cannot reach.
+
+    Raises:
+        PlanningError: naming the path, what blocks it, and the user.
+    """
+    checks = [(argv[0], 5, "execute")]
+    if workdir is not None:
+        checks.append((workdir, 1, "enter"))
+    for arg in argv[1:]:
+        if arg.startswith("/") and os.path.exists(arg):
+            checks.append((arg, 5 if os.path.isdir(arg) else 4, "read"))
+    for path, bits, verb in checks:
+        why = _denied(path, user, bits)
+        if why is not None:
+            raise PlanningError(
+                f"the native workload runs as {user.name}, which cannot {verb} {path}: {why}",
+                hint="install it where that user can read it, or list the module in the "
+                "policy's native_allow_root to run it as root",
+            )
+
+
+def _sandbox(
+    policy: Policy,
+    paths: Sequence[str],
+    ports: Sequence[PortBinding],
+    gpus: Sequence[GpuAssignment],
+    path_env: str | None,
+    which: Callable[[str, str | None], str | None],
+    dev_glob: Callable[[str], list[str]],
+    local: bool,
+) -> tuple[tuple[str, ...], Decision]:
+    """The bwrap argv prefix the policy asks for (empty: none), and the decision.
+
+    ``paths`` are the workload's executable, workdir and absolute path arguments: none may
+    be under /tmp, which the sandbox replaces with its own.
+
+    Raises:
+        PlanningError: the policy asks for bwrap and it is not installed (never a silent
+            run without the sandbox), or a path would be hidden by its private /tmp.
+    """
+    if policy.native_sandbox == "none":
+        return (), Decision(
+            topic="sandbox", choice="none", reason=f"policy native_sandbox: none ({policy.source})"
+        )
+    bwrap = which("bwrap", path_env) if local else "bwrap"
+    if bwrap is None:
+        raise PlanningError(
+            f"policy native_sandbox is bwrap ({policy.source}), but bwrap is not installed "
+            "(not found on PATH)",
+            hint="install bubblewrap (apt-get install bubblewrap), or set native_sandbox: none",
+        )
+    hidden = [p for p in paths if p == "/tmp" or p.startswith("/tmp/")]
+    if hidden:
+        raise PlanningError(
+            f"policy native_sandbox is bwrap ({policy.source}), whose private /tmp hides "
+            f"{', '.join(hidden)} from the workload",
+            hint="move it out of /tmp, or set native_sandbox: none",
+        )
+    prefix = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    prefix += ["--tmpfs", "/tmp", "--die-with-parent"]
+    if ports:
+        net = "the host's network: it listens on " + ", ".join(
+            f"{p.host_ip}:{p.host_port}" for p in ports
+        )
+    else:
+        prefix.append("--unshare-net")
+        net = "no network (only lo): the module declares no ports"
+    nodes: list[str] = []
+    for vendor in dict.fromkeys(g.vendor for g in gpus):
+        for pattern in GPU_DEVICE_NODES[vendor]:
+            nodes += sorted(dev_glob(pattern))
+    for node in nodes:
+        prefix += ["--dev-bind", node, node]
+    devices = ("GPU device nodes " + ", ".join(nodes)) if nodes else "no GPU device nodes"
+    return (*prefix, "--"), Decision(
+        topic="sandbox",
+        choice="bwrap",
+        reason=f"policy native_sandbox: bwrap ({policy.source}): read-only root, private /tmp, "
+        f"its own /dev and /proc, dies with its supervisor; {net}; {devices}",
     )
 
 
@@ -682,11 +866,16 @@ def make_plan(
     which: Callable[[str, str | None], str | None] = _default_which,
     resolve_executables: bool = True,
     estimator: Callable[..., Any] | None = None,
+    euid: int | None = None,
+    getpwnam: Callable[[str], Any] = pwd.getpwnam,
+    dev_glob: Callable[[str], list[str]] = glob.glob,
 ) -> ExecutionPlan:
     """Decide how to run a module and return the explained plan.
 
     ``resolve_executables=False`` is for a plan for another machine (``--hardware``):
-    argv[0] stays as the manifest names it, and no sha256 pin can be checked.
+    argv[0] stays as the manifest names it, and no sha256 pin can be checked. ``euid``
+    (default: this process's), ``getpwnam`` and ``dev_glob`` are the look-ups that decide
+    the native workload's user and its sandbox's device nodes.
 
     Raises:
         NoCompatibleMode, PolicyViolation, RequirementUnmet, PlanningError, UsageError:
@@ -826,7 +1015,32 @@ def make_plan(
                 f"workdir {workdir} does not exist or is not a directory",
                 hint="create it or fix runtime.native.workdir",
             )
-        native_spec = NativeSpec(argv=tuple(argv), env=tuple(env.values()), workdir=workdir)
+        run_as, user_decision = _native_user(
+            m.name, policy, os.geteuid() if euid is None else euid, getpwnam, resolve_executables
+        )
+        decisions.append(user_decision)
+        if run_as is not None:
+            _check_user_access(argv, workdir, run_as)
+            # The caller's identity would be root's: the workload gets its own user's.
+            who = (("HOME", run_as.home), ("USER", run_as.name), ("LOGNAME", run_as.name))
+            for key, value in who:
+                if key in env:
+                    env[key] = EnvVar(name=key, value=value)
+        paths = [argv[0], *(a for a in argv[1:] if a.startswith("/"))]
+        paths += [workdir] if workdir else []
+        sandbox, sandbox_decision = _sandbox(
+            policy, paths, ports, gpus, path_env, which, dev_glob, resolve_executables
+        )
+        decisions.append(sandbox_decision)
+        native_spec = NativeSpec(
+            argv=tuple(argv),
+            env=tuple(env.values()),
+            workdir=workdir,
+            user=run_as.name if run_as else None,
+            uid=run_as.uid if run_as else None,
+            gid=run_as.gid if run_as else None,
+            sandbox=sandbox,
+        )
     else:
         assert rt.container is not None and engine is not None
         decisions.append(

@@ -23,11 +23,15 @@ Two formats are read:
       allow_writable_root: []
       allow_capabilities: {}          # {module: [NET_BIND_SERVICE]}
     reserve: {memory: 2GiB, vram: 512MiB}
+    native_user: las-workload         # when las runs as root, native workloads run as this user
+    native_allow_root: []             # modules whose native workload may run as root
+    native_sandbox: none              # none | bwrap: run native workloads under bubblewrap
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -41,6 +45,8 @@ if TYPE_CHECKING:
     from localaistack.control.hardware import HardwareProfile
 
 ModeName = Literal["native", "container"]
+# What useradd accepts (Debian's default NAME_REGEX, without the trailing '$' of machine accounts).
+USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
 class _Strict(BaseModel):
@@ -162,6 +168,9 @@ class Policy(_Strict):
     restarts: Literal["allow", "deny"] = "allow"
     containers: ContainerPolicy = ContainerPolicy()
     reserve: Reserve = Reserve()
+    native_user: str = "las-workload"
+    native_allow_root: list[str] = []
+    native_sandbox: Literal["none", "bwrap"] = "none"
     policies: list[Tier] = []
     source: str = Field(default="built-in default", exclude=True)
 
@@ -170,6 +179,15 @@ class Policy(_Strict):
     def _trust(cls, v: Any) -> Any:
         if isinstance(v, list):
             return [{"module": x} if isinstance(x, str) else x for x in v]
+        return v
+
+    @field_validator("native_user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        if not USER_NAME_RE.match(v):
+            raise ValueError(f"{v!r} is not a user name (lower case letters, digits, _ and -)")
+        if v == "root":
+            raise ValueError("must not be root (list modules in native_allow_root instead)")
         return v
 
     def trust_for(self, module: str) -> TrustEntry | None:
@@ -200,6 +218,9 @@ network: {host: 127.0.0.1, expose: {}}
 overcommit: deny
 restarts: allow
 reserve: {memory: 1GiB, vram: 512MiB}
+native_user: las-workload
+native_allow_root: []
+native_sandbox: none
 """
 
 

@@ -81,19 +81,18 @@ def _prctl(option: int, arg: int) -> None:
 
 
 def _child_setup(
-    supervisor_pid: int, cgroup_procs: list[str] | None, cpus: list[int] | None = None
+    supervisor_pid: int,
+    cgroup_procs: list[str] | None,
+    creds: tuple[int, int, list[int]] | None = None,
+    cpus: list[int] | None = None,
 ) -> None:
     """Runs in the forked child, before exec: least privilege, and death with the supervisor.
 
-    ``cpus``: pin the workload to these CPUs (where no cgroup quota holds its CPU limit);
-    before exec, so every thread and child it makes inherits the affinity.
+    ``creds`` (uid, gid, supplementary groups) is the plan's user to drop to; the cgroup is
+    joined first, while the child may still write it. ``cpus``: pin the workload to these
+    CPUs (where no cgroup quota holds its CPU limit); before exec, so every thread and
+    child it makes inherits the affinity.
     """
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    _prctl(PR_SET_NO_NEW_PRIVS, 1)  # no setuid/file-capability escalation, ever
-    os.umask(0o077)  # files the workload creates are private unless it says otherwise
-    # The supervisor may have died before the line above took effect: die now, not later.
-    if os.getppid() != supervisor_pid:
-        os._exit(127)
     if cgroup_procs is not None:
         # Join before exec, so that no descendant is ever outside the run's cgroup.
         with contextlib.suppress(OSError):  # the process group still reaches descendants
@@ -101,6 +100,18 @@ def _child_setup(
     if cpus is not None:
         with contextlib.suppress(OSError):  # the supervisor reads it back and says so
             os.sched_setaffinity(0, cpus)
+    if creds is not None:
+        uid, gid, groups = creds
+        os.setgroups(groups)
+        os.setgid(gid)  # as root: real, effective and saved ids alike
+        os.setuid(uid)
+    # After the uid change, which clears the parent-death signal.
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)  # no setuid/file-capability escalation, ever
+    os.umask(0o077)  # files the workload creates are private unless it says otherwise
+    # The supervisor may have died before the line above took effect: die now, not later.
+    if os.getppid() != supervisor_pid:
+        os._exit(127)
 
 
 def _size(n: int) -> str:
@@ -214,6 +225,7 @@ class Supervisor:
         self.adopt: str | None = None  # a container id to re-adopt instead of starting one
         self.adopt_since: str | None = None
         self._keep: list[subprocess.Popen[bytes]] = []
+        self.sandboxed = False  # the plan runs the native workload under bwrap
 
     def __repr__(self) -> str:
         return f"<Supervisor instance={self.instance} {self.attempt!r} stopping={self.stopping}>"
@@ -392,6 +404,9 @@ class Supervisor:
         if self.container:
             state, reason, code, sig = self._container_end(by_request, sig_name, last)
         else:
+            if self.sandboxed and os.WIFEXITED(status) and os.WEXITSTATUS(status) > 128:
+                # bwrap exits 128+N when the workload was killed by signal N: say so.
+                status = os.WEXITSTATUS(status) - 128
             state, reason, code, sig = exit_reason(status, by_request, self.killed, sig_name, last)
         if self.violation is not None:
             state, reason = "failed", self.violation  # never restarted: it would do it again
@@ -449,8 +464,18 @@ class Supervisor:
     def _launch_native(self) -> tuple[int, dict[int, str], dict[str, Any]] | None:
         native = self.plan["native"]
         env = {v["name"]: v["value"] for v in native["env"]}
-        argv = list(native["argv"])
+        # A sandbox (bwrap) is an argv prefix: it execs the workload's argv inside.
+        self.sandboxed = bool(native.get("sandbox"))
+        argv = [*native.get("sandbox", ()), *native["argv"]]
         me = self.me
+        creds = None
+        if native.get("uid") is not None:
+            uid, gid = int(native["uid"]), int(native["gid"])
+            try:  # resolved here, not in the forked child (no NSS look-ups after fork)
+                groups = os.getgrouplist(native["user"], gid)
+            except (KeyError, OSError):
+                groups = [gid]
+            creds = (uid, gid, groups)
         res = self.plan["resources"]
         self.attempt.cgroup, limit_notes = cgroups.create(
             self.run_id, memory=res.get("memory"), cpus=res.get("cpus")
@@ -475,9 +500,15 @@ class Supervisor:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=lambda: _child_setup(me, procs_file, pin),  # noqa: PLW1509
+                preexec_fn=lambda: _child_setup(me, procs_file, creds, pin),  # noqa: PLW1509
                 close_fds=True,
             )
+        except subprocess.SubprocessError as exc:  # the child's setup failed (not the exec)
+            user = f" as {native['user']} (uid {native['uid']})" if creds else ""
+            self._start_failed(f"could not start{user}: the process setup failed: {exc}")
+            if cg:
+                cg.remove()
+            return None
         except OSError as exc:
             reason = describe_start_error(exc, argv[0], native.get("workdir"))
             self._start_failed(reason)
@@ -1059,11 +1090,20 @@ class Supervisor:
             return
         sig = getattr(signal, sig_name)
         assert self.pid is not None
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)  # our live child leads the group: no /proc scan needed
+        if self.sandboxed:
+            # bwrap (our child) dies on the stop signal and, with --die-with-parent, SIGKILLs
+            # the workload at once: send it to the workload's processes only.
+            for member in procs.group_members(self.pid):
+                if member.pid != self.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(member.pid, sig)
+        else:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, sig)  # our live child leads the group: no /proc scan needed
         for pid in self.attempt.cgroup.pids() if self.attempt.cgroup else []:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)  # descendants that left the process group
+            if not (self.sandboxed and pid == self.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)  # descendants that left the process group
         self.stop_deadline = time.monotonic() + timeout
 
     def _reap(self, pid: int) -> int | None:
