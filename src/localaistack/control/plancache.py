@@ -13,8 +13,10 @@ without a cache. ``las plan`` never reads the cache. What a plan is keyed by:
 * the policy file's path and bytes (or that there is none), and the request: mode and
   ``--set`` values (not the instance name: a plan does not depend on it);
 * the machine: boot id, the CPUs this process may use, MemTotal, the GPU device nodes,
-  this process's cgroup and ``LAS_CGROUP_ROOT``, and, unless ``--mode native``, the
-  container engines' binaries, their environment and whether Docker's socket answers;
+  this process's cgroup and ``LAS_CGROUP_ROOT``, the effective uid, ``/etc/passwd`` and
+  ``/etc/group`` (a native workload's user is resolved at planning), bwrap's binary, and,
+  unless ``--mode native``, the container engines' binaries, their environment and whether
+  Docker's socket answers;
 * every environment variable the planner read, with its value (recorded while planning);
 * the executable the plan runs: its device, inode, size, mtime and ctime, so that a
   replaced binary is planned (and its sha256 checked against a trust pin) again.
@@ -34,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import sys
 from collections.abc import Iterator, Mapping
@@ -174,6 +177,9 @@ def _machine(with_engines: bool) -> dict[str, Any]:
         "mem": total,
         "gpus": _gpu_nodes(),
         "cgroup": [text("/proc/self/cgroup"), os.environ.get("LAS_CGROUP_ROOT")],
+        # who runs las, and the users and groups (a native workload's user is resolved)
+        "users": [os.geteuid(), _stat_id("/etc/passwd"), _stat_id("/etc/group")],
+        "sandbox": _stat_id(shutil.which("bwrap")),
         "engines": _engines() if with_engines else None,
     }
 
