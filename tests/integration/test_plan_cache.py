@@ -68,7 +68,8 @@ def test_an_environment_variable_the_planner_read_is_part_of_the_key(
     manifest.write_text(yaml.safe_dump({"name": "envexe", "runtime": {"modes": ["native"],
         "native": {"command": ["server-bin"], "executable_env": "TEST_SERVER_BIN"}}}))  # fmt: skip
     las.home.mkdir(mode=0o700, exist_ok=True)
-    (las.home / "policy.yaml").write_text("trusted_native: [envexe]\n")
+    # as root it may run as root: the executable lies in pytest's private tmp dir
+    (las.home / "policy.yaml").write_text("trusted_native: [envexe]\nnative_allow_root: [envexe]\n")
     las.env["TEST_SERVER_BIN"] = str(exe)
     las.ok("run", "-d", str(manifest), "--name", "a")
     other = tmp_path / "other.sh"
@@ -81,7 +82,10 @@ def test_an_environment_variable_the_planner_read_is_part_of_the_key(
 
 def test_ports_promised_to_a_running_instance_get_a_new_plan(las: Las) -> None:
     las.home.mkdir(mode=0o700, exist_ok=True)
-    (las.home / "policy.yaml").write_text("trusted_native: [echo-http]\n")
+    # as root it may run as root: this Python may lie where las-workload cannot reach
+    (las.home / "policy.yaml").write_text(
+        "trusted_native: [echo-http]\nnative_allow_root: [echo-http]\n"
+    )
     las.ok("run", "-d", "echo-http", "--name", "web1")
     las.ok("run", "-d", "echo-http", "--name", "web2")
     ports = {n: las.ps()[n]["ports"] for n in ("web1", "web2")}
