@@ -215,6 +215,19 @@ def open_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def usable_engine(name: str) -> Any:
+    """A runtime ``Engine`` for ``name`` that runs containers of the test image; skips else."""
+    from localaistack.runtime.engines import Engine, suggested_global_args
+
+    eng = Engine(name, global_args=suggested_global_args(name))
+    ok, why = eng.usable()
+    if not ok:
+        pytest.skip(f"{name} not usable: {why}")
+    if not eng.image_exists(TEST_IMAGE):
+        pytest.skip(f"{TEST_IMAGE} missing in {name}: run scripts/ci-containers-up")
+    return eng
+
+
 def native_user_reaches(*paths: Path, user: str = "las-workload") -> bool:
     """Whether the default native user (las as root runs native workloads as it) can read
     and (directories, executables) enter these paths; always true when not root."""

@@ -15,22 +15,16 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.conftest import TEST_IMAGE, Las, pid_alive, wait_until
+from tests.conftest import TEST_IMAGE, Las, pid_alive, usable_engine, wait_until
 
-from localaistack.runtime.engines import Engine, suggested_global_args
+from localaistack.runtime.engines import Engine
 
 ENGINES = ["podman", "docker"]
 
 
 @pytest.fixture(params=[pytest.param(e, marks=getattr(pytest.mark, e)) for e in ENGINES])
 def engine(request: pytest.FixtureRequest, las_env: dict[str, str]) -> Iterator[Engine]:
-    eng = Engine(request.param, global_args=suggested_global_args(request.param))
-    ok, why = eng.usable()
-    if not ok:
-        pytest.skip(f"{request.param} not usable: {why}")
-    if not eng.image_exists(TEST_IMAGE):
-        pytest.skip(f"{TEST_IMAGE} missing in {request.param}: run scripts/ci-containers-up")
-    yield eng
+    yield usable_engine(request.param)
 
 
 @pytest.fixture
@@ -207,10 +201,16 @@ def test_missing_image_and_missing_volume_create_nothing(
     assert las.ps() == {} and labelled(engine, las) == []
 
 
-def test_no_usable_engine_is_a_planning_error(las: Las, cmod: Callable[..., Path]) -> None:
+def test_no_usable_engine_is_a_planning_error(
+    las: Las, cmod: Callable[..., Path], tmp_path: Path
+) -> None:
     path = cmod("nocli", HTTPD, **WEB)
-    # Neither engine can be found: only the Python that runs las is on PATH.
-    las.env["PATH"] = os.path.dirname(os.path.realpath(sys.executable))
+    # Neither engine can be found: only the Python that runs las is on PATH (a directory
+    # of its own: Debian's python3 shares /usr/bin with podman and docker).
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "python3").symlink_to(sys.executable)
+    las.env["PATH"] = str(bindir)
     res = las("run", str(path))
     assert res.code == 3 and "no usable container engine" in res.err
     assert "not installed" in res.err

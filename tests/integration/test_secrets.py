@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.conftest import PROGRAMS, TEST_IMAGE, Las, Result, wait_until
+from tests.conftest import PROGRAMS, TEST_IMAGE, Las, Result, usable_engine, wait_until
 
-from localaistack.runtime.engines import Engine, suggested_global_args
+from localaistack.runtime.engines import Engine
 
 RECORDER = str(PROGRAMS / "recorder.py")
 
@@ -187,13 +187,7 @@ def test_a_secret_is_not_quoted_by_a_usage_error(
 
 @pytest.fixture(params=[pytest.param("podman", marks=pytest.mark.podman)])
 def engine(request: pytest.FixtureRequest, las_env: dict[str, str]) -> Iterator[Engine]:
-    eng = Engine(request.param, global_args=suggested_global_args(request.param))
-    ok, why = eng.usable()
-    if not ok:
-        pytest.skip(f"{request.param} not usable: {why}")
-    if not eng.image_exists(TEST_IMAGE):
-        pytest.skip(f"{TEST_IMAGE} missing in {request.param}: run scripts/ci-containers-up")
-    yield eng
+    yield usable_engine(request.param)
 
 
 def test_container_secrets_reach_the_workload_and_nothing_else(

@@ -82,7 +82,9 @@ class RecordingEnviron(Mapping[str, str]):
         return key in self._env
 
     def __iter__(self) -> Iterator[str]:
-        raise TypeError("the planner must not list the whole environment (it is recorded)")
+        # Listing it makes the plan depend on all of it: every variable is recorded.
+        self.read.update({k: self._env.get(k) for k in self._env})
+        return iter(self._env)
 
     def __len__(self) -> int:
         return len(self._env)
