@@ -121,3 +121,17 @@ def test_a_corrupt_entry_is_planned_again(las: Las, module_factory: Callable[...
     las.ok("run", "-d", str(path), "--name", "c2")
     assert plan_of(las, "c2")["mode"] == "native"
     assert os.path.exists(entry)  # planned again, and kept again
+
+
+def test_a_workdir_gone_since_is_refused_as_without_the_cache(
+    las: Las, module_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    workdir = tmp_path / "wd"
+    workdir.mkdir()
+    path = module_factory("inwd", workload(), workdir=str(workdir))
+    las.ok("run", "-d", str(path), "--name", "w1")
+    las.ok("rm", "-f", "w1")
+    workdir.rmdir()
+    res = las("run", "-d", str(path), "--name", "w2")
+    assert res.code == 3 and "workdir" in res.err and str(workdir) in res.err
+    assert "w2" not in las.ps()

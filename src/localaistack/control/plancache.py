@@ -243,6 +243,9 @@ class PlanCache:
                 return None
             plan = ExecutionPlan.from_json(entry["plan"])
             capacity = Capacity.from_dict(entry["capacity"])
+            workdir = plan.native.workdir if plan.native else None
+            if workdir is not None and not os.path.isdir(workdir):
+                return None  # planning says why, as it would have without the cache
         except (KeyError, TypeError, ValueError):
             self.drop()
             return None
