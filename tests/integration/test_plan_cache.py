@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +36,9 @@ def test_a_second_run_uses_the_plan_made_for_the_first(
     assert entries(las) == made  # used, not made again
     assert plan_of(las, "two") == plan_of(las, "one")
     assert {las.state("one"), las.state("two")} == {"running"}
+    # Every directory las made (cache/, logs/, runs/ and below) is private.
+    dirs = [las.home, *(p for p in las.home.rglob("*") if p.is_dir())]
+    assert {str(d): stat.S_IMODE(d.stat().st_mode) for d in dirs} == {str(d): 0o700 for d in dirs}
 
 
 def test_a_changed_manifest_is_planned_again(las: Las, module_factory: Callable[..., Path]) -> None:

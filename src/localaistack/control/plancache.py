@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from localaistack.control.admission import Capacity
 from localaistack.control.names import BUILTIN_DIR, is_manifest_path
 from localaistack.plan import ExecutionPlan
+from localaistack.store.paths import private_dir
 
 if TYPE_CHECKING:
     from localaistack.control.hardware import HardwareProfile
@@ -214,6 +215,7 @@ class PlanCache:
     """The cache under ``home``; ``key`` is computed once per request."""
 
     def __init__(self, home: Path, request: Request) -> None:
+        self.home = home
         self.dir = home / "cache" / "plans"
         self.request = request
         policy = request.policy_file or home / "policy.yaml"
@@ -270,7 +272,7 @@ class PlanCache:
             "exe": [exe, _stat_id(exe)] if exe is not None else None,
         }
         try:
-            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dir(self.home, "cache", "plans")
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:

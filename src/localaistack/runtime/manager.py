@@ -35,7 +35,7 @@ from localaistack.store.db import (
     home_label,
     set_run_state,
 )
-from localaistack.store.paths import ensure_home
+from localaistack.store.paths import ensure_home, private_dir
 
 if TYPE_CHECKING:
     from localaistack.plan import ExecutionPlan
@@ -271,8 +271,7 @@ class Runtime:
         self, name: str, run_id: str, plan_data: dict[str, Any], pending: Pending | None
     ) -> sqlite3.Row:
         backend = "native" if plan_data["mode"] == "native" else plan_data["container"]["engine"]
-        log_path = self.home / "logs" / name / f"{run_id}.log"
-        log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log_path = private_dir(self.home, "logs", name) / f"{run_id}.log"
         with self.store.transaction() as c:
             inst = c.execute("SELECT * FROM instances WHERE name=?", (name,)).fetchone()
             if inst is None:

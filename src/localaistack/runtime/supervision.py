@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 from localaistack.errors import StartFailed
 from localaistack.runtime import cgroups, procs
 from localaistack.store.db import Store, add_event, set_run_state
+from localaistack.store.paths import private_dir
 
 # Where the localaistack package is (site-packages, or src/ in a checkout).
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
@@ -109,8 +110,7 @@ def spawn_supervisor(
     Raises:
         StartFailed: the supervisor process cannot be started.
     """
-    run_dir = home / "runs" / run_id
-    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    run_dir = private_dir(home, "runs", run_id)
     sup_log = run_dir / "supervisor.log"
     rfd, wfd = os.pipe()  # ready: supervisor -> las
     go_r, go_w = os.pipe()  # go: las -> supervisor

@@ -63,3 +63,13 @@ def ensure_home(home: Path | None = None) -> Path:
             hint=f"run `chmod 700 {home}` or choose another LAS_HOME",
         )
     return home
+
+
+def private_dir(base: Path, *parts: str) -> Path:
+    """``base/parts...``, each directory made missing created 0700 (``mkdir(parents=True)``
+    would give the intermediate ones the umask's mode)."""
+    path = base
+    for part in parts:
+        path = path / part
+        path.mkdir(mode=0o700, exist_ok=True)
+    return path
