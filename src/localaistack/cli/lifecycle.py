@@ -77,7 +77,8 @@ def run(
 
     Waits until the workload is healthy (when it declares a health probe; running
     otherwise) or has failed (non-zero exit, with the reason). --detach returns at running.
-    A plan made before from the same inputs is used again (control/plancache.py).
+    A plan made before from the same inputs is used again (docs/planning.md; LAS_PLAN_CACHE=0
+    turns that off).
     """
     from localaistack.control.names import check_name
     from localaistack.store.paths import las_home
