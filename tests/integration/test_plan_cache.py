@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -139,3 +141,26 @@ def test_a_workdir_gone_since_is_refused_as_without_the_cache(
     res = las("run", "-d", str(path), "--name", "w2")
     assert res.code == 3 and "workdir" in res.err and str(workdir) in res.err
     assert "w2" not in las.ps()
+
+
+def test_a_kept_plan_starts_without_the_planning_models(
+    las: Las, module_factory: Callable[..., Path]
+) -> None:
+    # The point of keeping plans: the start path imports neither pydantic nor the planner.
+    path = module_factory("light", workload())
+    las.ok("run", "-d", str(path), "--name", "l1")
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "localaistack", "run", "-d", str(path),
+         "--name", "l2"],
+        env=las.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:") and "imported package" not in line
+    }
+    assert "localaistack.plan" in imported  # importtime reports what it should
+    heavy = {"localaistack.control.planner", "localaistack.control.hardware"}
+    assert {m for m in imported if m.split(".")[0] == "pydantic" or m in heavy} == set()
+    assert las.state("l2") == "running"
