@@ -83,9 +83,27 @@ class LasBench:
             f"name: {name}\nruntime:\n  modes: [native]\n  native:\n"
             f"    command: [{quoted}]\n  stop: {{timeout: 2s}}\n"
         )
+        self.trust(name)
+        return path
+
+    def http_module(self, name: str, script: Path, note: Path, interval: str) -> Path:
+        """A module serving HTTP with ``script`` (which notes when it listens in ``note``),
+        probed every ``interval``."""
+        path = self.modules / f"{name}.yaml"
+        path.write_text(
+            f"name: {name}\nruntime:\n  modes: [native]\n  native:\n"
+            f"    command: [{sys.executable!r}, {str(script)!r}, '${{host}}', '${{ports.http}}',"
+            f" {str(note)!r}]\n"
+            "  ports: [{name: http, port: 8080}]\n"
+            f"  health: {{http: {{port: http, path: /}}, interval: {interval}, "
+            "start_timeout: 30s}\n"
+        )
+        self.trust(name)
+        return path
+
+    def trust(self, name: str) -> None:
         self.trusted.append(name)
         (self.home / "policy.yaml").write_text(policy_text(self.trusted))
-        return path
 
     def las(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -405,16 +423,7 @@ def bench_readiness(las: LasBench, root: Path, reps: int) -> Row:
     script = root / "ready.py"
     script.write_text(READY_SERVER)
     note = root / "listening-at"
-    path = las.modules / "ready.yaml"
-    path.write_text(
-        "name: ready\nruntime:\n  modes: [native]\n  native:\n"
-        f"    command: [{sys.executable!r}, {str(script)!r}, '${{host}}', '${{ports.http}}',"
-        f" {str(note)!r}]\n"
-        "  ports: [{name: http, port: 8080}]\n"
-        "  health: {http: {port: http, path: /}, interval: 10s, start_timeout: 30s}\n"
-    )
-    las.trusted.append("ready")
-    (las.home / "policy.yaml").write_text(policy_text(las.trusted))
+    path = las.http_module("ready", script, note, "10s")
     xs = []
     for i in range(reps + 1):
         note.unlink(missing_ok=True)
@@ -436,16 +445,7 @@ def bench_readiness(las: LasBench, root: Path, reps: int) -> Row:
 
 def bench_probe_cpu(las: LasBench, root: Path, seconds: float) -> Row:
     script = root / "ready.py"
-    path = las.modules / "probed.yaml"
-    path.write_text(
-        "name: probed\nruntime:\n  modes: [native]\n  native:\n"
-        f"    command: [{sys.executable!r}, {str(script)!r}, '${{host}}', '${{ports.http}}',"
-        f" {str(root / 'probed-note')!r}]\n"
-        "  ports: [{name: http, port: 8080}]\n"
-        "  health: {http: {port: http, path: /}, interval: 1s, start_timeout: 30s}\n"
-    )
-    las.trusted.append("probed")
-    (las.home / "policy.yaml").write_text(policy_text(las.trusted))
+    path = las.http_module("probed", script, root / "probed-note", "1s")
     las.las("run", str(path), "--name", "probed")
     sup = int(las.run_row("probed")["sup_pid"])
     c0 = _cpu_s(sup)

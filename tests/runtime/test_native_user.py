@@ -136,18 +136,14 @@ def test_sandbox_read_only_root_private_tmp_no_network(
     outside = Path(tempfile.mkdtemp(prefix="las-test-", dir="/var/tmp"))
     outside.chmod(0o777)
     try:
-        sandboxed_probe(las, module_factory, as_root, outside)
+        path = module_factory("sbx", [PY, "-c", PROBE, str(outside)], as_root=as_root,
+                              policy={"native_sandbox": "bwrap"})  # fmt: skip
+        las.ok("run", str(path))
+        wait_until(lambda: las.state("sbx") == "stopped", message="the probe's exit")
+        out = las.ok("logs", "sbx").out
+        assert "outside: EROFS" in out and not (outside / "escaped").exists()
     finally:
         shutil.rmtree(outside, ignore_errors=True)
-
-
-def sandboxed_probe(las: Las, module_factory: ModuleFactory, as_root: bool, outside: Path) -> None:
-    path = module_factory("sbx", [PY, "-c", PROBE, str(outside)], as_root=as_root,
-                          policy={"native_sandbox": "bwrap"})  # fmt: skip
-    las.ok("run", str(path))
-    wait_until(lambda: las.state("sbx") == "stopped", message="the probe's exit")
-    out = las.ok("logs", "sbx").out
-    assert "outside: EROFS" in out and not (outside / "escaped").exists()
     assert "tmp: ['mine']" in out  # its own /tmp: nothing of the host's
     assert not Path("/tmp/mine").exists()
     assert "net: ['lo']" in out  # no ports declared: no network

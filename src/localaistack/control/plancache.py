@@ -208,7 +208,6 @@ class Request(NamedTuple):
 class Cached(NamedTuple):
     plan: ExecutionPlan
     capacity: Capacity
-    path: Path  # the entry, to drop it if the plan turns out unusable
 
 
 class PlanCache:
@@ -251,7 +250,7 @@ class PlanCache:
         except (KeyError, TypeError, ValueError):
             self.drop()
             return None
-        return Cached(plan, capacity, self.path)
+        return Cached(plan, capacity)
 
     def put(
         self,
