@@ -15,7 +15,6 @@ reads the plan's JSON form as plain data; keep field names stable and bump
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import sys
 import types
@@ -117,7 +116,9 @@ class _Frozen:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         names, defaults = [], {}
-        for name, hint in inspect.get_annotations(cls).items():
+        # The class's own annotations (strings: `from __future__ import annotations`), read
+        # without `inspect`, which costs the start path ~9 ms to import.
+        for name, hint in cls.__dict__.get("__annotations__", {}).items():  # noqa: RUF063
             if name.startswith("_") or str(hint).startswith("ClassVar"):
                 continue
             names.append(name)

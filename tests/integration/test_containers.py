@@ -185,6 +185,30 @@ def test_orphan_containers_are_reported_then_removed(
     assert "orphan" in las.ok("events").out
 
 
+def test_a_kept_plan_starts_with_one_engine_call(
+    las: Las, engine: Engine, cmod: Callable[..., Path], tmp_path: Path
+) -> None:
+    """On the start path the image check reads the engine's own store (no CLI): the first
+    engine command `las run` causes is the `run -d` itself. A wrapper logs every call."""
+    calls = tmp_path / "calls.log"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    wrapper = bindir / engine.name
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {engine.binary} "$@"\n')
+    wrapper.chmod(0o755)
+    las.env["PATH"] = f"{bindir}:{las.env['PATH']}"
+    path = cmod("quick", ["sleep", "600"])
+    las.ok("run", "-d", str(path), "--name", "q1")  # plans, and keeps the plan
+    wait_until(lambda: las.ps()["q1"]["pid"] is not None, 20, message="q1 followed")
+    calls.unlink()
+    las.ok("run", "-d", str(path), "--name", "q2")
+    wait_until(lambda: las.ps()["q2"]["pid"] is not None, 20, message="q2 followed")
+    made = calls.read_text().splitlines()
+    assert " run -d --name las-q2-" in f" {made[0]}", made
+    assert not [c for c in made if " image " in f" {c} "], made
+    las.ok("rm", "-f", "q1", "q2")
+
+
 def test_missing_image_and_missing_volume_create_nothing(
     las: Las, engine: Engine, cmod: Callable[..., Path], tmp_path: Path
 ) -> None:

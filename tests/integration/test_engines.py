@@ -10,7 +10,6 @@ its global args and every container its ulimits from the module's ``suggested_*`
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import signal
 import socket
@@ -276,7 +275,7 @@ def test_stop_ends_sigterm_ignoring_and_handlerless_workloads(box: Box) -> None:
 
 def test_missing_image(box: Box) -> None:
     spec = box.spec(["true"])
-    spec = dataclasses.replace(spec, image="localhost/las-missing:never")
+    spec = spec._replace(image="localhost/las-missing:never")
     with pytest.raises(EngineError) as info:
         box.engine.run(spec)
     err = info.value
@@ -432,3 +431,25 @@ def test_unknown_engine_and_missing_cli() -> None:
     with pytest.raises(EngineError) as info:
         eng.image_exists(IMAGE)
     assert "not installed" in info.value.message
+
+
+def test_image_listed_answers_without_the_cli(engine: Engine) -> None:
+    """The start path's shortcut (the engine's image store, no CLI) says yes only for an
+    image that is there; where it cannot tell, it says no and the CLI decides."""
+    assert engine.image_listed(IMAGE)
+    assert engine.image_listed(IMAGE.removesuffix(":latest"))  # the default tag
+    missing = "localhost/las-missing:never"
+    assert not engine.image_listed(missing)
+    assert not engine.image_exists(missing)
+    digest = IMAGE.removesuffix(":latest") + "@sha256:" + "0" * 64
+    assert not engine.image_listed(digest)  # digests are resolved by the engine only
+    assert engine.image_exists(IMAGE)
+
+
+def test_image_listed_never_guesses_about_another_endpoint(engine: Engine) -> None:
+    """A docker context or TCP host, or a podman storage.conf, is the CLI's to resolve."""
+    if engine.name == "docker":
+        other = Engine("docker", env={**engine.env, "DOCKER_HOST": "tcp://127.0.0.1:1"})
+    else:
+        other = Engine("podman", env={**engine.env, "CONTAINERS_STORAGE_CONF": "/nonexistent"})
+    assert not other.image_listed(IMAGE)

@@ -1,5 +1,7 @@
 """The ``las`` program's entry point: for ``las run``, the supervisor starts first.
 
+The plain forms of ``las run`` then run without importing click (cli/launch.py).
+
 A supervisor is a Python process that needs tens of milliseconds to start, and ``las``
 itself needs about as long to import its command-line library. So for ``las run`` (on a
 store that exists already) the supervisor is spawned before anything else, and both start
@@ -22,9 +24,17 @@ _early: list[Pending] = []  # at most one
 
 
 def main() -> None:
-    pending = _spawn_early(sys.argv[1:])
+    args = sys.argv[1:]
+    pending = _spawn_early(args)
     if pending is not None:
         _early.append(pending)
+    if args and args[0] == "run":
+        # The plain forms of `las run` skip click (cli/launch.py); it exits.
+        from localaistack.cli import launch
+
+        parsed = launch.parse_simple(args[1:])
+        if parsed is not None:
+            launch.main(parsed)
     from localaistack.cli.main import main as cli
 
     cli()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -12,8 +11,9 @@ from typing import Any
 
 import click
 
-from localaistack.cli.main import cli, plan_options, planner_for
-from localaistack.errors import StartFailed, UsageError
+from localaistack.cli.launch import report_start, run_instance, warn
+from localaistack.cli.main import cli, plan_options
+from localaistack.errors import UsageError
 
 
 def _runtime() -> Any:
@@ -45,20 +45,6 @@ def _ago(value: float | None) -> str:
 DETACH_HELP = "Return once the workload runs, without waiting for its health probe."
 
 
-def _report_start(rt: Any, result: Any) -> None:
-    if result.state in ("failed", "stopped"):
-        raise StartFailed(
-            f"{result.name}: run {result.run_id} {result.state}: {result.reason}",
-            hint=f"`las logs {result.name}` shows its output ({result.log_path})",
-        )
-    plan = json.loads(rt.require_instance(result.name)["plan"])
-    ports = ", ".join(f"{b['name']}: {b['host_ip']}:{b['host_port']}" for b in plan["ports"])
-    click.echo(
-        f"{result.name}  run {result.run_id}  {result.state}  pid {result.pid}"
-        + (f"  {ports}" if ports else "")
-    )
-
-
 @cli.command()
 @click.argument("module")
 @plan_options
@@ -80,123 +66,12 @@ def run(
     A plan made before from the same inputs is used again (docs/planning.md; LAS_PLAN_CACHE=0
     turns that off).
     """
-    from localaistack.control.names import check_name
-    from localaistack.store.paths import las_home
-
     if hardware_file is not None:
         raise UsageError(
             "--hardware plans for another machine; `las run` runs on this one",
             hint="use `las plan --hardware FILE` to see such a plan",
         )
-    if name is not None:
-        try:
-            check_name(name, "instance name")
-        except ValueError as exc:
-            raise UsageError(str(exc)) from exc
-    rt = _runtime()
-    try:
-        # The supervisor starts first and gets ready while the plan is made and admitted.
-        from localaistack.cli import entry
-
-        pending = entry.take(rt.store.path) or rt.prepare_start()
-        try:
-            from localaistack.control.plancache import PlanCache, Request, enabled
-
-            cache = None
-            if enabled():
-                cache = PlanCache(las_home(), Request(module, mode, sets, policy_file))
-            instance = _admit_cached(rt, cache, name) if cache else None
-            if instance is None:
-                instance = _plan_and_admit(rt, module, mode, sets, policy_file, name, cache)
-        except BaseException:
-            rt.cancel_start(pending)
-            raise
-        try:
-            result = rt.start(instance, wait_healthy=not detach, pending=pending)
-        except BaseException:
-            _clear_admission(rt, instance)
-            raise
-        _report_start(rt, result)
-    finally:
-        rt.close()
-
-
-def _admit_cached(rt: Any, cache: Any, name: str | None) -> str | None:
-    """Admit the cached plan; the instance's name, or None to plan afresh."""
-    from localaistack.control.admission import PortsTaken, admit_new, live_usage
-
-    hit = cache.get()
-    if hit is None:
-        return None
-    instance = name or hit.plan.module.name
-    try:
-        rt.preflight(hit.plan)  # the engine may have changed: plan again if it fails
-    except StartFailed:
-        cache.drop()
-        return None
-    rt.reconcile()
-    notes: list[str] = []
-    try:
-        admit_new(
-            rt.store,
-            instance,
-            hit.plan,
-            capacity=hit.capacity,
-            live=live_usage(hit.capacity, store=rt.store),
-            notes=notes,
-        )
-    except PortsTaken:
-        return None  # its ports are someone else's now: new ones come with a new plan
-    _warn(notes)
-    return str(instance)
-
-
-def _plan_and_admit(
-    rt: Any,
-    module: str,
-    mode: str | None,
-    sets: tuple[str, ...],
-    policy_file: Path | None,
-    name: str | None,
-    cache: Any,
-) -> str:
-    from localaistack.control.admission import Capacity, admit_new, gpu_held, live_usage
-    from localaistack.control.plancache import RecordingEnviron
-
-    env = RecordingEnviron(os.environ)
-    rt.reconcile()  # a run that died holds no reservation any more
-    held = gpu_held(rt.store)
-    planner = planner_for(module, mode, sets, None, policy_file, environ=env, gpu_held=held)
-    instance = name or planner.loaded.manifest.name
-    # Checks that need the engine (image present...) come before anything is created.
-    rt.preflight(planner(None))
-    notes: list[str] = []
-    capacity = Capacity.of(planner.profile, planner.policy)
-    plan = admit_new(
-        rt.store,
-        instance,
-        planner,
-        capacity=capacity,
-        live=live_usage(capacity, store=rt.store),
-        notes=notes,
-    )
-    _warn(notes)
-    if cache is not None:
-        cache.put(plan, capacity, planner.loaded, planner.profile, env)
-    return str(instance)
-
-
-def _warn(notes: list[str]) -> None:
-    for note in notes:
-        click.echo(f"warning: {note}", err=True)
-
-
-def _clear_admission(rt: Any, name: str) -> None:
-    """Release an admission whose run never started (else it is held for a while)."""
-    from localaistack.store.db import clear_admission
-
-    with rt.store.transaction() as c:
-        clear_admission(c, name)
+    run_instance(module, mode, sets, policy_file, name, detach)
 
 
 def _readmit(rt: Any, name: str) -> None:
@@ -220,7 +95,7 @@ def _readmit(rt: Any, name: str) -> None:
         targets = release_targets(plan, capacity)
         ok, message = wait_gpu_release([g.uuid for g in plan.gpus], targets)
         if not ok:
-            _warn([message])
+            warn([message])
     notes: list[str] = []
     readmit(
         rt.store,
@@ -230,7 +105,7 @@ def _readmit(rt: Any, name: str) -> None:
         live=live_usage(capacity, store=rt.store),
         notes=notes,
     )
-    _warn(notes)
+    warn(notes)
 
 
 @cli.command()
@@ -242,7 +117,7 @@ def start(name: str, detach: bool) -> None:
     try:
         rt.reconcile()
         _readmit(rt, name)
-        _report_start(rt, rt.start(name, wait_healthy=not detach))
+        report_start(rt, rt.start(name, wait_healthy=not detach))
     finally:
         rt.close()
 
@@ -283,7 +158,7 @@ def restart(name: str, timeout: float | None, detach: bool) -> None:
     try:
         rt.stop(name, timeout)
         _readmit(rt, name)
-        _report_start(rt, rt.start(name, wait_healthy=not detach))
+        report_start(rt, rt.start(name, wait_healthy=not detach))
     finally:
         rt.close()
 

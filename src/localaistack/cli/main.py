@@ -10,23 +10,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 
+from localaistack.cli.launch import fail
 from localaistack.errors import LasError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def fail(err: LasError) -> NoReturn:
-    click.echo(f"error: {err.message}", err=True)
-    for problem in getattr(err, "problems", []) or []:
-        if problem != err.message:
-            click.echo(f"  {problem}", err=True)
-    if err.hint:
-        click.echo(f"hint: {err.hint}", err=True)
-    sys.exit(err.exit_code)
 
 
 class LasGroup(click.Group):

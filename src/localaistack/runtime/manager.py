@@ -77,6 +77,7 @@ class StartResult(NamedTuple):
     pid: int | None
     reason: str | None
     log_path: str
+    container: str | None = None  # the container's id (12 digits), for a container run
 
 
 class Runtime:
@@ -258,13 +259,15 @@ class Runtime:
         current = self.require_instance(name)["current_run"] or run_id  # restarts move it
         final = self.store.run(current)
         assert final is not None
+        handle = json.loads(final["handle"]) if final["handle"] else {}
         return StartResult(
             name,
             current,
             str(message.get("state", final["state"])),
-            message.get("pid"),
+            message.get("pid") or final["pid"],
             message.get("reason") or final["reason"],
             str(run["log_path"]),
+            str(handle["container"])[:12] if handle.get("container") else None,
         )
 
     def _create_run(

@@ -358,6 +358,10 @@ class Supervisor:
                 {"state": "running", "pid": self.attempt.pid}, close=not waits_for_health
             )
         if self.container:
+            followed = self._follow_container()
+            if followed is None:
+                return None  # recorded: the container is removed, nothing to restart
+            main_pid, streams = followed
             self._record_container_pid()
         else:
             if self.sample_memory:
@@ -588,28 +592,50 @@ class Supervisor:
             )
             cid = self.adopt or engine.run(spec)
             self.adopt = None
-            env, cwd = engine.subprocess_env(), engine.cwd
-            follow = engine.logs_args(cid, follow=True, since=self.adopt_since)
-            logs = self._spawn_helper(follow, env, cwd, True)
-            self.adopt_since = None
-            waiter = self._spawn_helper([*engine.base_args(), "wait", cid], env, cwd, False)
         except engines.EngineError as exc:
             self._start_failed(
                 f"could not start: {exc.message}" + (f" ({exc.hint})" if exc.hint else "")
             )
             return None
         self.cid = cid
+        # Its helpers (`logs --follow`, `wait`) start once `running` is reported: they are
+        # engine CLIs, Go programs that would compete with `las run` for the CPU on its way
+        # out. Nothing is missed meanwhile: `logs` replays the output from the start (or
+        # from --since), and `wait` on a container that has ended returns its exit at once.
+        return (0, {}, {"container": cid, "container_name": name, "engine": engine.name})
+
+    def _follow_container(self) -> tuple[int, dict[int, str]] | None:
+        """Start the container's helpers: its output (to the run's log) and its end.
+
+        Returns the ``wait`` helper's pid (its exit is the container's end) and the output
+        pipes; None if they cannot start (the engine CLI vanished): the container is then
+        removed and the run recorded as failed.
+        """
+        from localaistack.runtime import engines
+
+        engine, cid = self.engine, self.cid
+        env, cwd = engine.subprocess_env(), engine.cwd
+        try:
+            follow = engine.logs_args(cid, follow=True, since=self.adopt_since)
+            logs = self._spawn_helper(follow, env, cwd, True)
+            waiter = self._spawn_helper([*engine.base_args(), "wait", cid], env, cwd, False)
+        except (OSError, subprocess.SubprocessError, engines.EngineError) as exc:
+            with contextlib.suppress(engines.EngineError):
+                engine.remove(cid)
+            reason = f"lost: cannot follow container {cid[:12]} ({exc}); it was removed"
+            self._note(f"las: {reason}")
+            self.writer.close()
+            self.record("failed", reason, lines_dropped=self.writer.dropped_lines)
+            self.report_ready({"state": "failed", "reason": reason})
+            return None
+        self.adopt_since = None
         assert logs.stdout is not None and logs.stderr is not None
         streams = {logs.stdout.fileno(): "O", logs.stderr.fileno(): "E"}
         self._watch(streams)
         self._keep = [logs, waiter]
         for p in self._keep:
             p.returncode = 0  # reaped by us, not by Popen
-        return (
-            waiter.pid,
-            streams,
-            {"container": cid, "container_name": name, "engine": engine.name},
-        )
+        return waiter.pid, streams
 
     def _record_container_pid(self) -> None:
         """The container's init as the host sees it: what `las ps` shows as its pid.
