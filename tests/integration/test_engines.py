@@ -10,6 +10,7 @@ its global args and every container its ulimits from the module's ``suggested_*`
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -453,3 +454,55 @@ def test_image_listed_never_guesses_about_another_endpoint(engine: Engine) -> No
     else:
         other = Engine("podman", env={**engine.env, "CONTAINERS_STORAGE_CONF": "/nonexistent"})
     assert not other.image_listed(IMAGE)
+
+
+@pytest.mark.docker
+def test_docker_api_run_makes_the_cli_runs_container(tmp_path: Path) -> None:
+    """las starts docker containers through dockerd's API (``Engine.run``): the container
+    must be the one ``docker run -d`` makes from ``run_args``, setting for setting."""
+    env = {"DOCKER_HOST": f"unix://{DOCKER_SOCK}"} if "DOCKER_HOST" not in os.environ else {}
+    eng = Engine("docker", env=env)
+    if not eng.usable()[0] or not eng.image_exists(IMAGE):
+        pytest.skip("docker is not usable here; run scripts/ci-containers-up as root")
+    label = uuid.uuid4().hex
+    spec = ContainerRunSpec(
+        name="", image=IMAGE, argv=["sleep", "60"], env=[("A", "1")], secret_env=[("S", "x")],
+        workdir="/tmp", user=NOBODY, volumes=[VolumeMount(str(tmp_path), "/data", True)],
+        memory=64 * 1024 * 1024, cpus=0.5, pids_limit=100, cap_add=["NET_BIND_SERVICE"],
+        labels={LABEL: label}, ulimits=suggested_ulimits(), stop_signal="SIGINT",
+        log_max_size=1_000_000,
+    )  # fmt: skip
+
+    def inspect(cid: str) -> dict[str, Any]:
+        out = subprocess.run(
+            [*eng.base_args(), "inspect", cid], capture_output=True, text=True,
+            env=eng.subprocess_env(), check=True,
+        ).stdout  # fmt: skip
+        data: dict[str, Any] = json.loads(out)[0]
+        return data
+
+    try:
+        for ports in ([], [18081]):
+            by_cli = spec._replace(
+                name=f"las-t-{uuid.uuid4().hex[:12]}",
+                ports=[PublishedPort("127.0.0.1", p, 8080) for p in ports],
+            )
+            by_api = by_cli._replace(name=f"las-t-{uuid.uuid4().hex[:12]}",
+                                     ports=[p._replace(host_port=p.host_port + 1)
+                                            for p in by_cli.ports])  # fmt: skip
+            subprocess.run(eng.run_args(by_cli), env={**eng.subprocess_env(), "S": "x"},
+                           capture_output=True, check=True, cwd=eng.cwd)  # fmt: skip
+            a, b = inspect(by_cli.name), inspect(eng.run(by_api))
+            text = json.dumps(b["HostConfig"]).replace('"18082"', '"18081"')
+            b["HostConfig"] = json.loads(text)
+            for section in ("Config", "HostConfig"):
+                keys = set(a[section]) | set(b[section])
+                differ = {
+                    k for k in keys
+                    if (a[section].get(k) or None) != (b[section].get(k) or None)  # [] == None
+                }  # fmt: skip
+                assert differ <= {"Hostname"}, (section, ports, differ)
+            assert a["Mounts"] == b["Mounts"] and a["Args"] == b["Args"]
+    finally:
+        for st in eng.list_labelled(LABEL, label):
+            eng.remove(st.id)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms before the spawn
 
 if TYPE_CHECKING:
-    from localaistack.runtime.supervision import Pending
+    from localaistack.runtime.spawn import Pending
 
 _early: list[Pending] = []  # at most one
 
@@ -46,23 +46,24 @@ def _spawn_early(args: list[str]) -> Pending | None:
     if os.environ.get("LAS_EARLY_SUPERVISOR") == "0":
         return None
     try:
-        from localaistack.runtime.supervision import new_run_id, spawn_supervisor
-        from localaistack.store.paths import ensure_home, las_home
+        # os-only modules: the sooner the spawn, the sooner the supervisor is ready
+        from localaistack.runtime.spawn import new_run_id, spawn_supervisor
+        from localaistack.store.home import check_home, home_dir
 
-        home = las_home()
-        db = home / "state.db"
-        if not db.exists():  # the first run creates the store: no supervisor may race it
+        home = home_dir()
+        db = os.path.join(home, "state.db")
+        if not os.path.exists(db):  # the first run creates the store: no supervisor may race it
             return None
-        ensure_home(home)
+        check_home(home)
         return spawn_supervisor(db, home, new_run_id())
     except Exception:  # only an optimisation: `las run` reports whatever is wrong itself
         return None
 
 
-def take(db: str | Path) -> Pending | None:
+def take(db: str | os.PathLike[str]) -> Pending | None:
     """The supervisor spawned early for ``db``, if any (once)."""
     pending = _early.pop() if _early else None
-    if pending is not None and pending.db != str(db):
+    if pending is not None and pending.db != os.fspath(db):
         os.close(pending.go_fd)  # another store after all: it exits
         os.close(pending.ready_fd)
         return None

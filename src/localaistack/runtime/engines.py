@@ -651,7 +651,11 @@ class Engine:
                 use, a GPU the engine cannot provide, engine not usable, timeout, or any other
                 engine failure (with the engine's first error line).
         """
-        argv = self.run_args(spec)
+        argv = self.run_args(spec)  # checks the spec; the CLI's argv when the API is not used
+        if self.name == "docker":
+            sock = _docker_socket(self.subprocess_env())
+            if sock is not None:
+                return self._docker_api_run(sock, spec, timeout)
         try:
             proc = self._call(
                 argv[len(self.base_args()) :],
@@ -677,14 +681,53 @@ class Engine:
                 f"a container named {spec.name} already exists in {self.name}",
                 hint=f"remove it (`{self.name} rm -f {spec.name}`) or choose another name",
             )
-        error = self._classify_run_failure(spec, proc)
+        error = self._classify_run_failure(spec, proc.stderr, f"exit {proc.returncode}")
         self._remove_quietly(spec.name)
         raise error
 
-    def _classify_run_failure(
-        self, spec: ContainerRunSpec, proc: subprocess.CompletedProcess[str]
-    ) -> EngineError:
-        text = proc.stderr
+    def _docker_api_run(self, sock: str, spec: ContainerRunSpec, timeout: float) -> str:
+        """``run`` through dockerd's API: create, then start (what ``docker run -d`` asks).
+
+        The request carries what ``run_args`` gives the CLI (``docker_create_body``), so
+        the container is the same (a test compares both with ``docker inspect``). It saves
+        the CLI's own start, and secret values travel in the request body, on no command
+        line.
+        """
+        from urllib.parse import quote
+
+        body = docker_create_body(spec)
+        try:
+            status, reply = _docker_api(
+                sock, "POST", f"/containers/create?name={quote(spec.name)}", body, timeout
+            )
+            if status == 409 and "already in use" in reply.lower():
+                raise EngineError(
+                    f"a container named {spec.name} already exists in docker",
+                    hint=f"remove it (`docker rm -f {spec.name}`) or choose another name",
+                )
+            if status == 201:
+                cid = str(json.loads(reply)["Id"])
+                status, reply = _docker_api(sock, "POST", f"/containers/{cid}/start", None, timeout)
+                if status in (204, 304) and _ID_RE.match(cid):
+                    return cid
+        except OSError as exc:
+            self._remove_quietly(spec.name)
+            raise EngineError(
+                f"docker is not usable: its API at {sock} failed: {exc.strerror or exc}",
+                hint=self._usable_hint(),
+            ) from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            self._remove_quietly(spec.name)
+            raise EngineError(f"docker's API answered what las cannot read: {exc}") from exc
+        try:
+            message = str(json.loads(reply).get("message", reply))
+        except (ValueError, AttributeError):
+            message = reply.strip()
+        error = self._classify_run_failure(spec, message, f"HTTP {status}")
+        self._remove_quietly(spec.name)
+        raise error
+
+    def _classify_run_failure(self, spec: ContainerRunSpec, text: str, status: str) -> EngineError:
         low = text.lower()
         line = _first_error_line(text)
         if any(s in low for s in _DAEMON_DOWN):
@@ -716,7 +759,7 @@ class Engine:
             )
             return EngineError(f"{self.name} cannot provide the GPU(s): {line}", hint=hint)
         return EngineError(
-            f"{self.name} run failed (exit {proc.returncode}): {line or 'no error message'}",
+            f"{self.name} run failed ({status}): {line or 'no error message'}",
             hint=f"the full error: {text.strip()[-500:]}" if text.strip() != line else None,
         )
 
@@ -1006,33 +1049,141 @@ class Engine:
         )
 
 
-def _docker_api_has_image(env: Mapping[str, str], image: str) -> bool:
-    """True if the docker daemon answers 200 to ``GET /images/IMAGE/json`` (see image_listed).
+def _docker_socket(env: Mapping[str, str]) -> str | None:
+    """The unix socket the docker CLI would talk to, if las can tell without the CLI.
 
-    A raw HTTP/1.0 request on the socket: ``http.client`` costs more to import than the
-    request takes.
+    ``DOCKER_HOST=unix://...`` or the default socket; None when a docker context (the
+    environment's or the CLI config's current one) or a non-unix host is configured (only
+    the CLI resolves those) or when the socket does not exist (the CLI then reports why).
     """
-    if env.get("DOCKER_CONTEXT") or "@" in image:
-        return False
+    if env.get("DOCKER_CONTEXT"):
+        return None
     config = os.path.join(
         env.get("DOCKER_CONFIG") or os.path.join(env.get("HOME", "/"), ".docker"), "config.json"
     )
-    with contextlib.suppress(FileNotFoundError), open(config, encoding="utf-8") as f:
-        if json.load(f).get("currentContext", "default") != "default":
-            return False
+    try:
+        with open(config, encoding="utf-8") as f:
+            if json.load(f).get("currentContext", "default") != "default":
+                return None
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, AttributeError):
+        return None
     host = env.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     if not host.startswith("unix://"):
-        return False
+        return None
+    path = host[len("unix://") :]
+    try:
+        return path if stat.S_ISSOCK(os.stat(path).st_mode) else None
+    except OSError:
+        return None
+
+
+def _docker_api(
+    sock_path: str, method: str, path: str, body: Any, timeout: float
+) -> tuple[int, str]:
+    """One request to dockerd over its unix socket: (status, response body).
+
+    HTTP/1.0, so the daemon answers with a plain body and closes the connection:
+    ``http.client`` would cost more to import than the request takes.
+
+    Raises:
+        OSError: the socket cannot be reached, or no answer within ``timeout``.
+        ValueError: the answer is not HTTP.
+    """
     import socket
+
+    data = b"" if body is None else json.dumps(body).encode()
+    head = f"{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: {len(data)}\r\n"
+    if body is not None:
+        head += "Content-Type: application/json\r\n"
+    chunks = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(sock_path)
+        sock.sendall(head.encode() + b"\r\n" + data)
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    reply = b"".join(chunks)
+    status_line, _, rest = reply.partition(b"\r\n")
+    parts = status_line.split()
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        raise ValueError(f"not an HTTP answer: {status_line[:80]!r}")
+    return int(parts[1]), rest.partition(b"\r\n\r\n")[2].decode("utf-8", "replace")
+
+
+def _docker_api_has_image(env: Mapping[str, str], image: str) -> bool:
+    """True if dockerd answers 200 to ``GET /images/IMAGE/json`` (see image_listed)."""
+    sock = _docker_socket(env)
+    if sock is None or "@" in image:
+        return False
     from urllib.parse import quote
 
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(2.0)
-        sock.connect(host[len("unix://") :])
-        path = "/images/" + quote(image, safe="/:") + "/json"
-        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
-        head = sock.recv(64)
-    return head.startswith((b"HTTP/1.0 200 ", b"HTTP/1.1 200 "))
+    status, _ = _docker_api(sock, "GET", f"/images/{quote(image, safe='/:')}/json", None, 2.0)
+    return status == 200
+
+
+def docker_create_body(spec: ContainerRunSpec) -> dict[str, Any]:
+    """dockerd's ``POST /containers/create`` body for ``spec``: what ``run_args`` asks of
+    the CLI, flag for flag (call ``run_args`` first: it checks the spec)."""
+    host: dict[str, Any] = {
+        "Init": True,
+        "CapDrop": ["ALL"],
+        "CapAdd": [_cap(c) for c in spec.cap_add] or None,
+        "SecurityOpt": ["no-new-privileges"],
+        "PidsLimit": spec.pids_limit,
+        "Mounts": [
+            {"Type": "bind", "Source": v.source, "Target": v.target, "ReadOnly": v.read_only}
+            for v in spec.volumes
+        ],
+        "NetworkMode": "default" if spec.ports else "none",
+        "RestartPolicy": {"Name": "no"},  # las restarts, never the engine
+    }
+    if spec.read_only_root:
+        host["ReadonlyRootfs"] = True
+        host["Tmpfs"] = {"/tmp": "rw,exec,nosuid,nodev,mode=1777"}
+    if spec.ports:
+        bindings: dict[str, list[dict[str, str]]] = {}
+        for p in spec.ports:
+            bindings.setdefault(f"{p.container_port}/{p.protocol}", []).append(
+                {"HostIp": p.host_ip, "HostPort": str(p.host_port)}
+            )
+        host["PortBindings"] = bindings
+    if spec.memory is not None:
+        host["Memory"] = host["MemorySwap"] = spec.memory
+    if spec.cpus is not None:
+        host["NanoCpus"] = round(spec.cpus * 1e9)
+    ulimits = []
+    for u in spec.ulimits:
+        name, _, values = u.partition("=")
+        soft, _, hard = values.partition(":")
+        ulimits.append({"Name": name, "Soft": int(soft), "Hard": int(hard or soft)})
+    if ulimits:
+        host["Ulimits"] = ulimits
+    if spec.log_max_size is not None:
+        host["LogConfig"] = {"Type": "", "Config": {"max-size": str(int(spec.log_max_size))}}
+    if spec.gpus:
+        host["DeviceRequests"] = [
+            {"Driver": "", "Count": 0, "DeviceIDs": [u for _, u in spec.gpus],
+             "Capabilities": [["gpu"]], "Options": {}}
+        ]  # fmt: skip
+    body: dict[str, Any] = {
+        "Image": spec.image,
+        "Env": [f"{k}={v}" for k, v in (*spec.env, *spec.secret_env)],
+        "Labels": dict(spec.labels),
+        "HostConfig": host,
+    }
+    if spec.argv:
+        body["Cmd"] = list(spec.argv)
+    if spec.user:
+        body["User"] = spec.user
+    if spec.workdir:
+        body["WorkingDir"] = spec.workdir
+    if spec.stop_signal:
+        body["StopSignal"] = spec.stop_signal
+    if spec.ports:
+        body["ExposedPorts"] = {f"{p.container_port}/{p.protocol}": {} for p in spec.ports}
+    return body
 
 
 def _podman_store_lists(env: Mapping[str, str], image: str) -> bool:

@@ -25,7 +25,8 @@ from localaistack.errors import (
     UsageError,
 )
 from localaistack.runtime import procs
-from localaistack.runtime.supervision import Pending, Supervisors, new_run_id
+from localaistack.runtime.spawn import Pending, new_run_id
+from localaistack.runtime.supervision import Supervisors
 from localaistack.store import secrets
 from localaistack.store.db import (
     ACTIVE_STATES,

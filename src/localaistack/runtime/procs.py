@@ -8,7 +8,6 @@ repeats after a reboot.
 from __future__ import annotations
 
 import os
-import signal
 
 _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
@@ -110,6 +109,8 @@ def children_of(pid: int) -> list[ProcStat]:
 
 def signal_name(num: int) -> str:
     try:
+        import signal  # imported here: spawn.py uses this module before the spawn
+
         return signal.Signals(num).name
     except ValueError:
         return f"signal {num}"

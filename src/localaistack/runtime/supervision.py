@@ -22,27 +22,23 @@ import contextlib
 import json
 import os
 import select
-import shutil
 import signal
 import sqlite3
-import sys
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from localaistack.errors import StartFailed
 from localaistack.runtime import cgroups, procs
+from localaistack.runtime.spawn import Pending, spawn_supervisor
 from localaistack.store.db import Store, add_event, set_run_state
-from localaistack.store.paths import private_dir
 
-# Where the localaistack package is (site-packages, or src/ in a checkout).
-PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 READY_TIMEOUT = 30.0
 STOP_GRACE_EXTRA = 10.0  # how much longer than the stop timeout we wait for the supervisor
 ORPHAN_START_GRACE = 10.0  # a 'starting' run without supervisor, whose las is gone, is lost
 
 
-def _tail_text(path: Path, limit: int = 2000) -> str:
+def _tail_text(path: str | Path, limit: int = 2000) -> str:
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -77,87 +73,6 @@ class _Lines:
         line, self.buf = self.buf.split(b"\n", 1)
         result: dict[str, Any] = json.loads(line)
         return result
-
-
-class Pending(NamedTuple):
-    """A supervisor started for a run that is not recorded yet (``Supervisors.spawn``)."""
-
-    run_id: str
-    pid: int
-    start: int | None  # the process's start time, with pid its identity
-    go_fd: int  # write "go" here once the run is recorded
-    ready_fd: int  # the supervisor reports here
-    sup_log: Path
-    db: str  # the store it will read its run from
-
-
-def new_run_id() -> str:
-    """12 random hex digits (the uuid module costs a few ms to import on the start path)."""
-    return os.urandom(6).hex()
-
-
-def spawn_supervisor(
-    db: Path, home: Path, run_id: str, extra_args: tuple[str, ...] = ()
-) -> Pending:
-    """Start the supervisor of a run that is not recorded yet; it waits for ``go``.
-
-    ``las run`` calls this before it plans (before it even imports its command line
-    library, see cli/entry.py), so that the supervisor's own start (a Python process: tens
-    of ms) overlaps the rest of ``las``. ``Supervisors.start`` with the returned ``Pending``
-    lets it go. If ``las`` closes the go pipe instead (``Supervisors.cancel``, or ``las``
-    exits), the supervisor exits without running anything.
-
-    Raises:
-        StartFailed: the supervisor process cannot be started.
-    """
-    run_dir = private_dir(home, "runs", run_id)
-    sup_log = run_dir / "supervisor.log"
-    rfd, wfd = os.pipe()  # ready: supervisor -> las
-    go_r, go_w = os.pipe()  # go: las -> supervisor
-    for fd in (wfd, go_r):
-        os.set_inheritable(fd, True)
-    log_fd = os.open(sup_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    argv = [
-        sys.executable,
-        "-S",  # no site: the supervisor needs only the standard library and las
-        "-m",
-        "localaistack.runtime.supervisor",
-        "--db",
-        str(db),
-        "--run",
-        run_id,
-        "--ready-fd",
-        str(wfd),
-        "--go-fd",
-        str(go_r),
-        *extra_args,
-    ]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
-    try:
-        pid = os.posix_spawn(
-            sys.executable,
-            argv,
-            env,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, log_fd, 1),
-                (os.POSIX_SPAWN_DUP2, log_fd, 2),
-            ],
-            setsid=True,
-        )
-    except OSError as exc:
-        os.close(rfd)
-        os.close(go_w)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise StartFailed(
-            f"could not start the supervisor: {exc.strerror}",
-            hint="check that las is installed correctly",
-        ) from exc
-    finally:
-        for fd in (wfd, go_r, log_fd):
-            os.close(fd)
-    return Pending(run_id, pid, procs.start_time(pid), go_w, rfd, sup_log, str(db))
 
 
 class Supervisors:

@@ -1265,6 +1265,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     store = Store(args["db"])  # opened before the wait: it is on the start path after it
     go = args.get("go-fd")
+    if go is not None:
+        # Also before the wait (which is idle time while `las` plans): the engine layer,
+        # which a container run needs at once after it (~5 ms, a few hundred kB).
+        from localaistack.runtime import engines  # noqa: F401
     if go is not None and not _wait_for_go(int(go), store, args["run"]):
         store.close()
         return 0

@@ -16,22 +16,14 @@ Layout::
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
-from localaistack.errors import StoreError
+from localaistack.store.home import check_home, home_dir, make_private_dir
 
 
 def las_home() -> Path:
-    """The runtime's home directory (not created)."""
-    env = os.environ.get("LAS_HOME")
-    if env:
-        return Path(env).expanduser().absolute()
-    if os.geteuid() == 0:
-        return Path("/var/lib/localaistack")
-    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg) / "localaistack"
+    """The runtime's home directory (not created; see store/home.py)."""
+    return Path(home_dir())
 
 
 def ensure_home(home: Path | None = None) -> Path:
@@ -41,35 +33,10 @@ def ensure_home(home: Path | None = None) -> Path:
         StoreError: when the directory cannot be created, is not a directory, is
             world-writable, or is owned by another user.
     """
-    home = home or las_home()
-    try:
-        home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = home.stat()
-    except OSError as exc:
-        raise StoreError(
-            f"cannot use LAS_HOME {home}: {exc.strerror}",
-            hint="set LAS_HOME to a directory you own",
-        ) from exc
-    if not stat.S_ISDIR(st.st_mode):
-        raise StoreError(f"LAS_HOME {home} is not a directory", hint="set LAS_HOME elsewhere")
-    if st.st_uid != os.geteuid():
-        raise StoreError(
-            f"LAS_HOME {home} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})",
-            hint="use a LAS_HOME you own; las will not keep state where others control it",
-        )
-    if st.st_mode & stat.S_IWOTH:
-        raise StoreError(
-            f"LAS_HOME {home} is world-writable (mode {stat.S_IMODE(st.st_mode):o})",
-            hint=f"run `chmod 700 {home}` or choose another LAS_HOME",
-        )
-    return home
+    return Path(check_home(str(home or las_home())))
 
 
 def private_dir(base: Path, *parts: str) -> Path:
     """``base/parts...``, each directory made missing created 0700 (``mkdir(parents=True)``
     would give the intermediate ones the umask's mode)."""
-    path = base
-    for part in parts:
-        path = path / part
-        path.mkdir(mode=0o700, exist_ok=True)
-    return path
+    return Path(make_private_dir(str(base), *parts))

@@ -1,0 +1,114 @@
+"""Spawning a run's supervisor: the first thing ``las run`` does (cli/entry.py).
+
+So this module imports only ``os``, ``sys`` and las's ``os``-only helpers: every
+millisecond before the spawn delays the supervisor, whose own start (a second Python)
+is then on the start path. The rest of the supervisor's client side is in supervision.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from localaistack.errors import StartFailed
+from localaistack.runtime.procs import start_time
+from localaistack.store.home import make_private_dir
+
+# Where the localaistack package is (site-packages, or src/ in a checkout).
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+
+
+class Pending:
+    """A supervisor started for a run that is not recorded yet (``spawn_supervisor``).
+
+    A plain class: ``typing.NamedTuple`` costs this path ~10 ms of imports.
+    """
+
+    __slots__ = ("db", "go_fd", "pid", "ready_fd", "run_id", "start", "sup_log")
+
+    def __init__(
+        self, run_id: str, pid: int, start: int | None, go_fd: int, ready_fd: int,
+        sup_log: str, db: str,
+    ) -> None:  # fmt: skip
+        self.run_id = run_id
+        self.pid = pid
+        self.start = start  # the process's start time, with pid its identity
+        self.go_fd = go_fd  # write "go" here once the run is recorded
+        self.ready_fd = ready_fd  # the supervisor reports here
+        self.sup_log = sup_log  # its own diagnostics
+        self.db = db  # the store it will read its run from
+
+    def __repr__(self) -> str:
+        return f"<Pending run={self.run_id} pid={self.pid}>"
+
+
+def new_run_id() -> str:
+    """12 random hex digits (the uuid module costs a few ms to import on the start path)."""
+    return os.urandom(6).hex()
+
+
+def spawn_supervisor(
+    db: str | os.PathLike[str], home: str | os.PathLike[str], run_id: str,
+    extra_args: tuple[str, ...] = (),
+) -> Pending:  # fmt: skip
+    """Start the supervisor of a run that is not recorded yet; it waits for ``go``.
+
+    ``las run`` calls this before it plans (before it even imports its command line
+    library, see cli/entry.py), so that the supervisor's own start (a Python process: tens
+    of ms) overlaps the rest of ``las``. ``Supervisors.start`` with the returned ``Pending``
+    lets it go. If ``las`` closes the go pipe instead (``Supervisors.cancel``, or ``las``
+    exits), the supervisor exits without running anything.
+
+    Raises:
+        StartFailed: the supervisor process cannot be started.
+    """
+    run_dir = make_private_dir(os.fspath(home), "runs", run_id)
+    sup_log = os.path.join(run_dir, "supervisor.log")
+    rfd, wfd = os.pipe()  # ready: supervisor -> las
+    go_r, go_w = os.pipe()  # go: las -> supervisor
+    for fd in (wfd, go_r):
+        os.set_inheritable(fd, True)
+    log_fd = os.open(sup_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    argv = [
+        sys.executable,
+        "-S",  # no site: the supervisor needs only the standard library and las
+        "-m",
+        "localaistack.runtime.supervisor",
+        "--db",
+        os.fspath(db),
+        "--run",
+        run_id,
+        "--ready-fd",
+        str(wfd),
+        "--go-fd",
+        str(go_r),
+        *extra_args,
+    ]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    try:
+        pid = os.posix_spawn(
+            sys.executable,
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            ],
+            setsid=True,
+        )
+    except OSError as exc:
+        os.close(rfd)
+        os.close(go_w)
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise StartFailed(
+            f"could not start the supervisor: {exc.strerror}",
+            hint="check that las is installed correctly",
+        ) from exc
+    finally:
+        for fd in (wfd, go_r, log_fd):
+            os.close(fd)
+    return Pending(run_id, pid, start_time(pid), go_w, rfd, sup_log, os.fspath(db))
