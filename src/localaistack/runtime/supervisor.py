@@ -1266,8 +1266,11 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(args["db"])  # opened before the wait: it is on the start path after it
     go = args.get("go-fd")
     if go is not None:
-        # Also before the wait (which is idle time while `las` plans): the engine layer,
-        # which a container run needs at once after it (~5 ms, a few hundred kB).
+        # Also before the wait (idle time while `las` plans): what a container run needs at
+        # once after it, the engine layer and hashlib (its labels), ~10 ms and a few
+        # hundred kB together.
+        import hashlib  # noqa: F401
+
         from localaistack.runtime import engines  # noqa: F401
     if go is not None and not _wait_for_go(int(go), store, args["run"]):
         store.close()
