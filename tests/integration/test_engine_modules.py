@@ -24,7 +24,8 @@ def test_vllm_plan_and_argv_on_a_gpu_machine(las: Las) -> None:
     assert argv[argv.index("--tensor-parallel-size") + 1] == "1"
     assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.33"  # 8 GiB of 24 GiB
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
-    assert argv[argv.index("--api-key") + 1] == "***"  # a secret never shows
+    assert "--api-key" not in argv  # the key goes by env: argv is every user's to read
+    assert env(p)["VLLM_API_KEY"] == "***"  # a secret never shows
     assert "--max-model-len" not in argv
     assert len(p["gpus"]) == 1
     assert env(p)["CUDA_VISIBLE_DEVICES"] == p["gpus"][0]["uuid"]
@@ -83,3 +84,19 @@ def test_llama_reserves_the_gguf_estimate_on_a_gpu(las: Las) -> None:
                str(PROFILES / "cpu-only.json"))  # fmt: skip
     assert not [d for d in cpu["decisions"] if d["topic"] == "vram estimate"]
     assert cpu["resources"]["vram"] == 0
+
+
+def test_llama_api_key_goes_by_env_only_when_set(las: Las) -> None:
+    """An optional env entry ({when, value}): present (and secret) only when its parameter
+    is set, in both modes; the key never in argv, which every local user can read."""
+    base = ["llama.cpp", "--set", "model=/m.gguf", "--hardware", str(PROFILES / "cpu-only.json")]
+    without = plan(las, *base)
+    assert "LLAMA_API_KEY" not in env(without)
+    keyed = plan(las, *base, "--set", "api_key=s3cret")
+    assert env(keyed)["LLAMA_API_KEY"] == "***"
+    assert "--api-key" not in keyed["native"]["argv"]
+    c = plan(las, *base, "--mode", "container", "--set", "api_key=s3cret")["container"]
+    assert [(v["name"], v["value"], v["secret"]) for v in c["env"]] == [
+        ("LLAMA_API_KEY", "***", True)
+    ]
+    assert "--api-key" not in c["argv"]

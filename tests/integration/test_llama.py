@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import socket
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,6 +86,30 @@ def test_real_completion_end_to_end(llama: Las, model: Path) -> None:
     after = llama.ps()["llm"]
     # llama-server exits 0 on SIGTERM when idle, 1 when interrupted mid-way: both a stop.
     assert after["state"] == "stopped" and after["reason"].endswith("after SIGTERM")
+
+
+def test_api_key_reaches_llama_server_by_env_not_argv(llama: Las, model: Path) -> None:
+    """The key is required by the server, and no other user can read it from ps."""
+    key = "k-" + os.urandom(8).hex()
+    res = llama("run", "llama.cpp", "--name", "keyed", "--set", f"model={model}",
+                "--set", "ctx_size=512", "--set", "threads=1",
+                "--set", f"api_key={key}")  # fmt: skip
+    assert res.code == 0, res.err
+    info = llama.ps()["keyed"]
+    with open(f"/proc/{info['pid']}/cmdline", "rb") as f:
+        assert key.encode() not in f.read()
+    port = int(info["ports"][0].split("->")[0].rsplit(":", 1)[1])
+    url = f"http://127.0.0.1:{port}/v1/models"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=10)
+    refused.value.close()  # an HTTPError holds the response (and its socket) open
+    assert refused.value.code == 401
+    authed = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(authed, timeout=10) as resp:
+        assert resp.status == 200
+    env = {v["name"]: v["value"] for v in llama.inspect("keyed")["plan"]["native"]["env"]}
+    assert env["LLAMA_API_KEY"] == "***"
+    llama.ok("rm", "-f", "keyed")
 
 
 def _expect_failure(llama: Las, model: Path | str, needle: str) -> None:

@@ -54,6 +54,11 @@ BAD: dict[str, tuple[str, int | None, str]] = {
     "preferred-undeclared.yaml": ("runtime.preferred", 5, "not in modes"),
     "bad-port-number.yaml": ("runtime.ports[0].port", 7, "less than or equal to 65535"),
     "missing-runtime.yaml": ("runtime", None, "Field required"),
+    "env-when-undeclared.yaml": (
+        "runtime.native.env.SERVER_TOKEN.when",
+        8,
+        "'token' is not a declared parameter",
+    ),
 }
 
 

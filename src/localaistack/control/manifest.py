@@ -122,6 +122,29 @@ class OptionalArgs(_Strict):
 CommandItem = str | OptionalArgs
 
 
+class OptionalEnv(_Strict):
+    """An env var set only when a parameter is: ``{when: api_key, value: "${api_key}"}``."""
+
+    when: str
+    value: str
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _string(cls, v: Any) -> Any:
+        return _env_string(v)
+
+
+EnvValue = str | OptionalEnv
+
+
+def env_strings(env: dict[str, EnvValue], where: str) -> list[tuple[str, str]]:
+    """Every template string of an env mapping, with its place."""
+    return [
+        (f"{where}.{k}", v if isinstance(v, str) else v.value)
+        for k, v in env.items()
+    ]  # fmt: skip
+
+
 def command_strings(command: list[CommandItem], where: str) -> list[tuple[str, str]]:
     """Every template string of a command, with its place."""
     out: list[tuple[str, str]] = []
@@ -135,7 +158,7 @@ def command_strings(command: list[CommandItem], where: str) -> list[tuple[str, s
 
 class NativeSection(_Strict):
     command: list[CommandItem] = Field(min_length=1)
-    env: dict[str, str] = {}
+    env: dict[str, EnvValue] = {}
     workdir: str | None = None
     # Where to find the executable besides PATH (argv[0] a bare name): an environment
     # variable naming it (tried first), then a Python package function returning its path
@@ -165,7 +188,7 @@ class VolumeSpec(_Strict):
 class ContainerSection(_Strict):
     image: str = Field(min_length=1)
     command: list[CommandItem] = []
-    env: dict[str, str] = {}
+    env: dict[str, EnvValue] = {}
     workdir: str | None = None
     volumes: list[VolumeSpec] = []
     user: str | None = None
@@ -195,9 +218,13 @@ class ContainerSection(_Strict):
         return self.user is not None and self.user.split(":")[0] in ("0", "root")
 
 
+def _env_string(x: Any) -> Any:
+    return str(x).lower() if isinstance(x, bool) else str(x) if isinstance(x, int | float) else x
+
+
 def _stringify_env(v: Any) -> Any:
     if isinstance(v, dict):
-        return {k: (str(x).lower() if isinstance(x, bool) else str(x)) for k, x in v.items()}
+        return {k: _env_string(x) for k, x in v.items()}
     return v
 
 
@@ -448,6 +475,12 @@ class Manifest(BaseModel):
                     raise ValueError(
                         f"{where}[{i}].when: {item.when!r} is not a declared parameter"
                     )
+            for key, value in (section.env if section else {}).items():
+                if isinstance(value, OptionalEnv) and value.when not in self.parameters:
+                    env_where = where.replace(".command", ".env")
+                    raise ValueError(
+                        f"{env_where}.{key}.when: {value.when!r} is not a declared parameter"
+                    )
         for where, text in self.template_strings():
             for ref in template_refs(text):
                 if ref in BUILTIN_TEMPLATE_VALUES:
@@ -472,13 +505,13 @@ class Manifest(BaseModel):
         rt = self.runtime
         if rt.native:
             out += command_strings(rt.native.command, "runtime.native.command")
-            out += [(f"runtime.native.env.{k}", s) for k, s in rt.native.env.items()]
+            out += env_strings(rt.native.env, "runtime.native.env")
             if rt.native.workdir:
                 out.append(("runtime.native.workdir", rt.native.workdir))
         if rt.container:
             c = rt.container
             out += command_strings(c.command, "runtime.container.command")
-            out += [(f"runtime.container.env.{k}", s) for k, s in c.env.items()]
+            out += env_strings(c.env, "runtime.container.env")
             out += [
                 (f"runtime.container.volumes[{i}].source", v.source)
                 for i, v in enumerate(c.volumes)

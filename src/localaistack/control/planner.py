@@ -23,6 +23,7 @@ from localaistack.control.hardware import GpuInfo, HardwareProfile
 from localaistack.control.manifest import (
     TEMPLATE_RE,
     CommandItem,
+    EnvValue,
     LoadedManifest,
     Manifest,
     NativeSection,
@@ -718,6 +719,23 @@ def _expand_command(
     return argv
 
 
+def _expand_env(
+    env: Mapping[str, EnvValue], values: Mapping[str, str], is_set: set[str],
+    secret_params: set[str],
+) -> list[EnvVar]:  # fmt: skip
+    """A manifest's env, templates filled; an optional entry only when its parameter is set."""
+    out = []
+    for name, item in env.items():
+        if not isinstance(item, str) and item.when not in is_set:
+            continue
+        template = item if isinstance(item, str) else item.value
+        out.append(
+            EnvVar(name=name, value=_substitute(template, values),
+                   secret=_secret_env(name, template, secret_params))
+        )  # fmt: skip
+    return out
+
+
 def _memory_fraction(gpus: tuple[GpuAssignment, ...], hw: HardwareProfile) -> str:
     """The share of each assigned GPU's memory the reservation amounts to (for vLLM)."""
     if not gpus:
@@ -988,10 +1006,8 @@ def make_plan(
         for name in PASSTHROUGH_ENV:
             if name in environ:
                 env[name] = EnvVar(name=name, value=environ[name])
-        for k, v in rt.native.env.items():
-            env[k] = EnvVar(
-                name=k, value=_substitute(v, values), secret=_secret_env(k, v, secret_params)
-            )
+        for var in _expand_env(rt.native.env, values, is_set, secret_params):
+            env[var.name] = var
         for var in _gpu_env(gpus):
             env[var.name] = var
         path_env = env["PATH"].value if "PATH" in env else None
@@ -1052,10 +1068,7 @@ def make_plan(
             )
         )
         c = rt.container
-        cenv = [
-            EnvVar(name=k, value=_substitute(v, values), secret=_secret_env(k, v, secret_params))
-            for k, v in c.env.items()
-        ]
+        cenv = _expand_env(c.env, values, is_set, secret_params)
         volumes = tuple(
             Volume(source=_substitute(v.source, values), target=v.target, read_only=v.read_only)
             for v in c.volumes
