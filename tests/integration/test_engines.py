@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from tests.conftest import wait_until
 
+from localaistack.runtime import engines
 from localaistack.runtime.engines import (
     ContainerRunSpec,
     ContainerState,
@@ -503,6 +504,23 @@ def test_docker_api_run_makes_the_cli_runs_container(tmp_path: Path) -> None:
                 }  # fmt: skip
                 assert differ <= {"Hostname"}, (section, ports, differ)
             assert a["Mounts"] == b["Mounts"] and a["Args"] == b["Args"]
+        # GPUs: no GPU here, so the start would fail; the created containers must agree.
+        gpus = spec._replace(gpus=[("nvidia", "GPU-aaaa"), ("nvidia", "GPU-bbbb")])
+        argv = eng.run_args(gpus._replace(name=f"las-t-{uuid.uuid4().hex[:12]}"))
+        argv[argv.index("run") : argv.index("run") + 2] = ["create"]
+        subprocess.run(argv, env={**eng.subprocess_env(), "S": "x"}, capture_output=True,
+                       check=True, cwd=eng.cwd)  # fmt: skip
+        api_name = f"las-t-{uuid.uuid4().hex[:12]}"
+        sock = engines._docker_socket(eng.subprocess_env())
+        assert sock is not None
+        body = engines.docker_create_body(gpus._replace(name=api_name))
+        status, reply = engines._docker_api(
+            sock, "POST", f"/containers/create?name={api_name}", body, 30
+        )
+        assert status == 201, reply
+        cli_gpu = inspect(argv[argv.index("--name") + 1])["HostConfig"]["DeviceRequests"]
+        assert cli_gpu == inspect(api_name)["HostConfig"]["DeviceRequests"]
+        assert cli_gpu[0]["DeviceIDs"] == ["GPU-aaaa", "GPU-bbbb"]
     finally:
         for st in eng.list_labelled(LABEL, label):
             eng.remove(st.id)
