@@ -100,6 +100,8 @@ def main(args: RunArgs) -> NoReturn:
     except KeyboardInterrupt:
         sys.stderr.write("\nAborted!\n")  # what click prints
         sys.exit(1)
+    except BrokenPipeError:  # stdout closed early (`las run ... | head -0`): as click does
+        os._exit(1)
     # Done, the store closed: skip the interpreter's teardown of every imported module
     # (~10 ms here), which nothing of las's needs; only the output must be flushed.
     try:

@@ -1,7 +1,11 @@
-"""A thin layer over the ``podman`` and ``docker`` command-line tools.
+"""A thin layer over the ``podman`` and ``docker`` command-line tools (and dockerd's API).
 
 The container backend runs workloads through this module and nothing else; it never builds
-an engine command line itself. Everything here
+an engine command line itself. Two things skip the CLI, for the start path's sake: on a
+unix-socket docker endpoint, ``Engine.run`` creates and starts the container through
+dockerd's API with the settings the CLI would send (``docker_create_body``), and
+``Engine.image_exists`` first asks the engine's image store directly (``image_listed``).
+Everything here
 
 * runs the engine's CLI as a subprocess with an argv list (never a shell), with a timeout on
   every call (``Engine.timeout`` unless the method says otherwise), stdin from /dev/null;
