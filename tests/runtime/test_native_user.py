@@ -75,6 +75,20 @@ def test_workload_runs_as_the_policy_user(las: Las, module_factory: ModuleFactor
 
 
 @needs_root
+def test_command_probe_runs_as_the_workload_user(las: Las, module_factory: ModuleFactory) -> None:
+    """A command health probe has the workload's privileges, not the supervisor's (root):
+    this probe is healthy only as las-workload, so the run is healthy only if it runs so."""
+    uid = pwd.getpwnam(USER).pw_uid
+    probe = [PY, "-c", f"import os, sys; sys.exit(0 if os.getuid() == {uid} else 1)"]
+    health = {"command": probe, "interval": "1s", "start_timeout": "10s"}
+    path = module_factory("probed", [PY, "-c", SLEEP], as_root=False, health=health)
+    res = las("run", str(path))
+    assert res.code == 0 and "healthy" in res.out, res.err
+    assert las.ps()["probed"]["health"] == "healthy"
+    las.ok("stop", "probed")
+
+
+@needs_root
 def test_user_workload_still_dies_with_its_supervisor(
     las: Las, module_factory: ModuleFactory
 ) -> None:

@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 READ = selectors.EVENT_READ
@@ -151,10 +152,14 @@ class HttpProbe(_SocketProbe):
 class CommandProbe:
     events = READ
 
-    def __init__(self, argv: list[str], env: dict[str, str] | None, timeout: float) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str] | None, timeout: float,
+        preexec: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
         self.argv = argv
         self.env = env
         self.timeout = timeout
+        self.preexec = preexec  # runs in the child before exec (the workload's user...)
         self.proc: subprocess.Popen[bytes] | None = None
         self.pidfd = -1
         self.t0 = 0.0
@@ -171,7 +176,10 @@ class CommandProbe:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=self.preexec,  # noqa: PLW1509 (the supervisor is single-threaded)
             )
+        except subprocess.SubprocessError as exc:  # the preexec failed (not the exec)
+            return ProbeResult(False, f"cannot run {self.argv[0]}: {exc}", 0.0)
         except OSError as exc:
             return ProbeResult(False, f"cannot run {self.argv[0]}: {exc.strerror}", 0.0)
         self.pidfd = os.pidfd_open(self.proc.pid)
@@ -211,10 +219,14 @@ class CommandProbe:
 Probe = HttpProbe | TcpProbe | CommandProbe
 
 
-def make_probe(health: dict[str, Any], host: str, env: dict[str, str] | None) -> Probe:
-    """A fresh probe for the plan's health section (plain JSON data)."""
+def make_probe(
+    health: dict[str, Any], host: str, env: dict[str, str] | None,
+    preexec: Callable[[], None] | None = None,
+) -> Probe:  # fmt: skip
+    """A fresh probe for the plan's health section (plain JSON data); a command probe runs
+    ``preexec`` in its child before exec."""
     if health["kind"] == "http":
         return HttpProbe(host, int(health["host_port"]), health["path"], health["timeout"])
     if health["kind"] == "tcp":
         return TcpProbe(host, int(health["host_port"]), health["timeout"])
-    return CommandProbe(list(health["command"]), env, health["timeout"])
+    return CommandProbe(list(health["command"]), env, health["timeout"], preexec)

@@ -226,6 +226,7 @@ class Supervisor:
         self.adopt_since: str | None = None
         self._keep: list[subprocess.Popen[bytes]] = []
         self.sandboxed = False  # the plan runs the native workload under bwrap
+        self.creds: tuple[int, int, list[int]] | None = None  # the native workload's user
 
     def __repr__(self) -> str:
         return f"<Supervisor instance={self.instance} {self.attempt!r} stopping={self.stopping}>"
@@ -480,6 +481,7 @@ class Supervisor:
             except (KeyError, OSError):
                 groups = [gid]
             creds = (uid, gid, groups)
+        self.creds = creds  # command health probes run as the workload's user too
         res = self.plan["resources"]
         self.attempt.cgroup, limit_notes = cgroups.create(
             self.run_id, memory=res.get("memory"), cpus=res.get("cpus")
@@ -873,7 +875,11 @@ class Supervisor:
             probe = probes.make_probe(spec, host, self.engine.subprocess_env())
         else:
             env = {v["name"]: v["value"] for v in self.plan["native"]["env"]}
-            probe = probes.make_probe(self.health_spec, host, env)
+            # As the workload's user, with its privileges and no more, dying with us.
+            me, creds = self.me, self.creds
+            probe = probes.make_probe(
+                self.health_spec, host, env, lambda: _child_setup(me, None, creds)
+            )
         result = probe.start()
         if result is not None:
             self._probe_done(result)
