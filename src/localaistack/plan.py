@@ -22,6 +22,8 @@ import typing
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal, TypeVar, dataclass_transform
 
+from localaistack.masking import masked
+
 PLAN_SCHEMA_VERSION = 1
 
 Mode = Literal["native", "container"]
@@ -363,9 +365,11 @@ class ExecutionPlan(_Frozen):
 
     @property
     def plan_id(self) -> str:
-        """A content hash: two identical plans have the same id."""
-        digest = hashlib.sha256(self.to_json().encode()).hexdigest()
-        return digest[:16]
+        """A hash of what the plan shows, its secret values masked: two plans that differ
+        only in a secret have the same id, the id tells nothing about a secret, and a
+        stored (masked) plan keeps the id `las plan` showed."""
+        text = json.dumps(masked(self.to_dict()), separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ExecutionPlan:

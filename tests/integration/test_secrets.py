@@ -135,6 +135,14 @@ def test_native_secrets_reach_the_workload_and_nothing_else(
 
     seen.everything("sec")
     assert seen("inspect", "sec", "--json").json()["plan"]["native"]["argv"][-1] == "--tok=***"
+    # The plan id is a hash of the masked plan: `las plan` and `las inspect` agree, and it
+    # does not depend on the secret values (so it tells nothing about them).
+    assert f"Plan {plan['plan_id']} " in seen("inspect", "sec").out
+    other = secret_values()
+    assert (
+        Seen(las, other)("plan", str(mod), *sets(other), "--json").json()["plan_id"]
+        == (plan["plan_id"])
+    )
     seen("restart", "sec")  # a new run reads the secrets again
     wait_until(lambda: las.state("sec") == "running", message="running again")
     seen("stop", "sec")

@@ -7,40 +7,14 @@ import shlex
 from collections.abc import Sequence
 from typing import Any
 
+from localaistack.masking import MASK, masked
 from localaistack.plan import EnvVar, ExecutionPlan
 from localaistack.units import format_duration, format_size
 
-MASK = "***"
-
 
 def masked_plan_dict(plan: ExecutionPlan) -> dict[str, Any]:
-    """The plan as JSON data with every secret value replaced by ``***``."""
-    data: dict[str, Any] = plan.to_dict()
-    secrets = {p.value for p in plan.parameters if p.secret and p.value}
-    for section in ("native", "container"):
-        if data.get(section):
-            for var in data[section]["env"]:
-                if var["secret"]:
-                    secrets.add(var["value"])
-                    var["value"] = MASK
-    for p in data["parameters"]:
-        if p["secret"] and p["value"]:
-            p["value"] = MASK
-    return _mask_strings(data, {s for s in secrets if s})  # type: ignore[no-any-return]
-
-
-def _mask_strings(obj: Any, secrets: set[str]) -> Any:
-    if not secrets:
-        return obj
-    if isinstance(obj, str):
-        for s in secrets:
-            obj = obj.replace(s, MASK)
-        return obj
-    if isinstance(obj, list):
-        return [_mask_strings(x, secrets) for x in obj]
-    if isinstance(obj, dict):
-        return {k: _mask_strings(v, secrets) for k, v in obj.items()}
-    return obj
+    """The plan as JSON data with every secret value replaced by ``***`` (as stored)."""
+    return masked(plan.to_dict())
 
 
 def plan_json(plan: ExecutionPlan) -> str:

@@ -29,27 +29,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-MASK = "***"
-# The plan's fields a parameter value can reach (by substitution, or quoted in a decision).
-MASKED_SECTIONS = ("native", "container", "health", "parameters", "decisions")
+from localaistack.masking import MASK, mask_text, masked, secret_values
 
-
-def secret_values(plan: dict[str, Any]) -> list[str]:
-    """The non-empty secret values of a plan (as JSON data), longest first."""
-    found = {str(p["value"]) for p in plan.get("parameters") or () if p.get("secret")}
-    for section in ("native", "container"):
-        spec = plan.get(section) or {}
-        found |= {str(v["value"]) for v in spec.get("env") or () if v.get("secret")}
-    # Longest first: a secret that contains another is masked whole.
-    return sorted((v for v in found if v and v != MASK), key=lambda v: (-len(v), v))
+__all__ = ["MASK", "mask", "reveal", "secret_values", "split"]
 
 
 def mask(text: str, values: Iterable[str]) -> str:
     """``text`` with every occurrence of each value replaced by ``***``."""
-    for v in values:
-        if v:
-            text = text.replace(v, MASK)
-    return text
+    return mask_text(text, list(values))
 
 
 def split(plan: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -58,21 +45,8 @@ def split(plan: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     if not values:
         return plan, None
     fields: list[list[Any]] = []
-
-    def walk(obj: Any, path: list[Any]) -> Any:
-        if isinstance(obj, str):
-            shown = mask(obj, values)
-            if shown != obj:
-                fields.append([path, obj])
-            return shown
-        if isinstance(obj, list):
-            return [walk(x, [*path, i]) for i, x in enumerate(obj)]
-        if isinstance(obj, dict):
-            return {k: walk(v, [*path, k]) for k, v in obj.items()}
-        return obj
-
-    masked = {k: walk(v, [k]) if k in MASKED_SECTIONS else v for k, v in plan.items()}
-    return masked, {"values": values, "fields": fields}
+    shown = masked(plan, lambda path, original: fields.append([path, original]))
+    return shown, {"values": values, "fields": fields}
 
 
 def reveal(plan: dict[str, Any], secrets: dict[str, Any] | None) -> dict[str, Any]:
