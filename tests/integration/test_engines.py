@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from tests.conftest import wait_until
 
-from localaistack.runtime import engines
+from localaistack.runtime import engines, enginestore
 from localaistack.runtime.engines import (
     ContainerRunSpec,
     ContainerState,
@@ -511,10 +511,10 @@ def test_docker_api_run_makes_the_cli_runs_container(tmp_path: Path) -> None:
         subprocess.run(argv, env={**eng.subprocess_env(), "S": "x"}, capture_output=True,
                        check=True, cwd=eng.cwd)  # fmt: skip
         api_name = f"las-t-{uuid.uuid4().hex[:12]}"
-        sock = engines._docker_socket(eng.subprocess_env())
+        sock = enginestore.docker_socket(eng.subprocess_env())
         assert sock is not None
         body = engines.docker_create_body(gpus._replace(name=api_name))
-        status, reply = engines._docker_api(
+        status, reply = enginestore.docker_api(
             sock, "POST", f"/containers/create?name={api_name}", body, 30
         )
         assert status == 201, reply

@@ -4,7 +4,7 @@ The container backend runs workloads through this module and nothing else; it ne
 an engine command line itself. Two things skip the CLI, for the start path's sake: on a
 unix-socket docker endpoint, ``Engine.run`` creates and starts the container through
 dockerd's API with the settings the CLI would send (``docker_create_body``), and
-``Engine.image_exists`` first asks the engine's image store directly (``image_listed``).
+``Engine.image_exists`` first asks the engine's image store directly (enginestore.py).
 Everything here
 
 * runs the engine's CLI as a subprocess with an argv list (never a shell), with a timeout on
@@ -47,6 +47,8 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
+
+from localaistack.runtime import enginestore
 
 ENGINES = ("podman", "docker")
 DEFAULT_TIMEOUT = 30.0  # seconds for one engine CLI call
@@ -514,7 +516,7 @@ class Engine:
         Raises:
             EngineError: the engine is not usable.
         """
-        if self.binary is not None and self.image_listed(image):
+        if self.image_listed(image):
             return True
         if self.name == "podman":
             proc = self._call(["image", "exists", image])
@@ -529,28 +531,11 @@ class Engine:
         raise self._failure(proc, f"{self.name} image exists {image}")
 
     def image_listed(self, image: str) -> bool:
-        """Whether the engine's store lists ``image`` by that exact name, asked without its CLI.
-
-        An optimistic shortcut for the start path, never a "no": False means "ask the CLI".
-
-        * docker: ``GET /images/NAME/json`` on the daemon's unix socket (``DOCKER_HOST`` or
-          the default socket; not when a docker context or a TCP host is configured, which
-          only the CLI resolves);
-        * podman: the image list that containers/storage keeps as a JSON file in its graph
-          root (written atomically by rename, so it can be read without podman's lock),
-          only for the default stores: root's ``/var/lib/containers/storage`` or the user's
-          ``~/.local/share/containers/storage``, with no storage.conf that could move them.
-          Short names, digests and ids are never matched: their resolution is podman's.
-
-        If the image vanishes before the container is created, ``run`` fails with the
-        engine's own "no such image", which ``run`` reports as a missing image.
-        """
-        try:
-            if self.name == "docker":
-                return _docker_api_has_image(self.subprocess_env(), image)
-            return _podman_store_lists(self.subprocess_env(), image)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return False
+        """Whether the engine's store lists ``image``, asked without its CLI (never a "no":
+        False means "ask the CLI"; see ``enginestore.image_listed``)."""
+        return self.binary is not None and enginestore.image_listed(
+            self.name, self.subprocess_env(), image
+        )
 
     # --- run ---------------------------------------------------------------------------
 
@@ -657,7 +642,7 @@ class Engine:
         """
         argv = self.run_args(spec)  # checks the spec; the CLI's argv when the API is not used
         if self.name == "docker":
-            sock = _docker_socket(self.subprocess_env())
+            sock = enginestore.docker_socket(self.subprocess_env())
             if sock is not None:
                 return self._docker_api_run(sock, spec, timeout)
         try:
@@ -701,7 +686,7 @@ class Engine:
 
         body = docker_create_body(spec)
         try:
-            status, reply = _docker_api(
+            status, reply = enginestore.docker_api(
                 sock, "POST", f"/containers/create?name={quote(spec.name)}", body, timeout
             )
             if status == 409 and "already in use" in reply.lower():
@@ -711,7 +696,9 @@ class Engine:
                 )
             if status == 201:
                 cid = str(json.loads(reply)["Id"])
-                status, reply = _docker_api(sock, "POST", f"/containers/{cid}/start", None, timeout)
+                status, reply = enginestore.docker_api(
+                    sock, "POST", f"/containers/{cid}/start", None, timeout
+                )
                 if status in (204, 304) and _ID_RE.match(cid):
                     return cid
         except OSError as exc:
@@ -1053,80 +1040,6 @@ class Engine:
         )
 
 
-def _docker_socket(env: Mapping[str, str]) -> str | None:
-    """The unix socket the docker CLI would talk to, if las can tell without the CLI.
-
-    ``DOCKER_HOST=unix://...`` or the default socket; None when a docker context (the
-    environment's or the CLI config's current one) or a non-unix host is configured (only
-    the CLI resolves those) or when the socket does not exist (the CLI then reports why).
-    """
-    if env.get("DOCKER_CONTEXT"):
-        return None
-    config = os.path.join(
-        env.get("DOCKER_CONFIG") or os.path.join(env.get("HOME", "/"), ".docker"), "config.json"
-    )
-    try:
-        with open(config, encoding="utf-8") as f:
-            if json.load(f).get("currentContext", "default") != "default":
-                return None
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError, AttributeError):
-        return None
-    host = env.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    if not host.startswith("unix://"):
-        return None
-    path = host[len("unix://") :]
-    try:
-        return path if stat.S_ISSOCK(os.stat(path).st_mode) else None
-    except OSError:
-        return None
-
-
-def _docker_api(
-    sock_path: str, method: str, path: str, body: Any, timeout: float
-) -> tuple[int, str]:
-    """One request to dockerd over its unix socket: (status, response body).
-
-    HTTP/1.0, so the daemon answers with a plain body and closes the connection:
-    ``http.client`` would cost more to import than the request takes.
-
-    Raises:
-        OSError: the socket cannot be reached, or no answer within ``timeout``.
-        ValueError: the answer is not HTTP.
-    """
-    import socket
-
-    data = b"" if body is None else json.dumps(body).encode()
-    head = f"{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: {len(data)}\r\n"
-    if body is not None:
-        head += "Content-Type: application/json\r\n"
-    chunks = []
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(sock_path)
-        sock.sendall(head.encode() + b"\r\n" + data)
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    reply = b"".join(chunks)
-    status_line, _, rest = reply.partition(b"\r\n")
-    parts = status_line.split()
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-        raise ValueError(f"not an HTTP answer: {status_line[:80]!r}")
-    return int(parts[1]), rest.partition(b"\r\n\r\n")[2].decode("utf-8", "replace")
-
-
-def _docker_api_has_image(env: Mapping[str, str], image: str) -> bool:
-    """True if dockerd answers 200 to ``GET /images/IMAGE/json`` (see image_listed)."""
-    sock = _docker_socket(env)
-    if sock is None or "@" in image:
-        return False
-    from urllib.parse import quote
-
-    status, _ = _docker_api(sock, "GET", f"/images/{quote(image, safe='/:')}/json", None, 2.0)
-    return status == 200
-
-
 def docker_create_body(spec: ContainerRunSpec) -> dict[str, Any]:
     """dockerd's ``POST /containers/create`` body for ``spec``: what ``run_args`` asks of
     the CLI, flag for flag (call ``run_args`` first: it checks the spec)."""
@@ -1188,29 +1101,6 @@ def docker_create_body(spec: ContainerRunSpec) -> dict[str, Any]:
     if spec.ports:
         body["ExposedPorts"] = {f"{p.container_port}/{p.protocol}": {} for p in spec.ports}
     return body
-
-
-def _podman_store_lists(env: Mapping[str, str], image: str) -> bool:
-    """True if containers/storage's image list names ``image`` exactly (see image_listed)."""
-    if "@" in image or "/" not in image or env.get("CONTAINERS_STORAGE_CONF"):
-        return False
-    if os.geteuid() == 0:
-        if os.path.exists("/etc/containers/storage.conf"):
-            return False
-        root = "/var/lib/containers/storage"
-    else:
-        home = env.get("HOME", "")
-        if not home or os.path.exists(os.path.join(home, ".config/containers/storage.conf")):
-            return False
-        data = env.get("XDG_DATA_HOME") or os.path.join(home, ".local/share")
-        root = os.path.join(data, "containers/storage")
-    lists = [d for d in os.listdir(root) if d.endswith("-images")]
-    if len(lists) != 1:  # none, or a driver changed: only podman knows which is in use
-        return False
-    if ":" not in image.rsplit("/", 1)[-1]:
-        image += ":latest"
-    with open(os.path.join(root, lists[0], "images.json"), "rb") as f:
-        return any(image in (entry.get("names") or ()) for entry in json.load(f))
 
 
 def _check_name(what: str, name: str) -> None:

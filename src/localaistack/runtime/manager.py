@@ -457,12 +457,16 @@ class Runtime:
         c = plan.container
         if c is None:
             return
-        from localaistack.runtime import engines
-
         for v in c.volumes:
             if not os.path.exists(v.source):
                 raise StartFailed(f"volume source {v.source} does not exist",
                                   hint="create it, or fix the parameter that names it")  # fmt: skip
+        from localaistack.runtime import enginestore
+
+        if shutil.which(c.engine) and enginestore.image_listed(c.engine, os.environ, c.image):
+            return  # found without the engine's CLI (and without importing engines.py)
+        from localaistack.runtime import engines
+
         engine = engines.Engine(c.engine, global_args=c.engine_args)
         try:
             present = engine.image_exists(c.image)
