@@ -28,7 +28,8 @@ def image_listed(engine: str, env: Mapping[str, str], image: str) -> bool:
     * podman: the image list that containers/storage keeps as a JSON file in its graph
       root (written atomically by rename, so it can be read without podman's lock), only
       for the default stores: root's ``/var/lib/containers/storage`` or the user's
-      ``~/.local/share/containers/storage``, with no storage.conf that could move them.
+      ``~/.local/share/containers/storage``, with no storage.conf (in /etc/containers,
+      /usr/share/containers or the user's ~/.config/containers) that could move them.
       Short names, digests and ids are never matched: their resolution is podman's.
 
     If the image vanishes before the container is created, the engine's own "no such
@@ -121,9 +122,9 @@ def _podman_store_lists(env: Mapping[str, str], image: str) -> bool:
     """True if containers/storage's image list names ``image`` exactly (see image_listed)."""
     if "@" in image or "/" not in image or env.get("CONTAINERS_STORAGE_CONF"):
         return False
+    if any(os.path.exists(f"{d}/containers/storage.conf") for d in ("/etc", "/usr/share")):
+        return False  # a configuration may move the stores: only podman reads it
     if os.geteuid() == 0:
-        if os.path.exists("/etc/containers/storage.conf"):
-            return False
         root = "/var/lib/containers/storage"
     else:
         home = env.get("HOME", "")
