@@ -6,7 +6,7 @@ form, and a plan's id (plan.py) is a hash of that form.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 MASK = "***"
@@ -28,7 +28,7 @@ def secret_values(plan: dict[str, Any]) -> list[str]:
     return sorted((v for v in found if v and v != MASK), key=lambda v: (-len(v), v))
 
 
-def mask_text(text: str, values: list[str]) -> str:
+def mask(text: str, values: Iterable[str]) -> str:
     """``text`` with every occurrence of each value replaced by ``***``."""
     for v in values:
         if v:
@@ -47,7 +47,7 @@ def masked(
 
     def walk(obj: Any, path: list[Any]) -> Any:
         if isinstance(obj, str):
-            shown = mask_text(obj, values)
+            shown = mask(obj, values)
             if shown != obj and on_masked is not None:
                 on_masked(path, obj)
             return shown

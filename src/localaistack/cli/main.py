@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from localaistack.cli.launch import fail
+from localaistack.cli.launch import MODES, fail
 from localaistack.errors import LasError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -65,7 +65,7 @@ def plan_options(f: F) -> F:
     )(f)
     f = click.option(
         "--mode",
-        type=click.Choice(["native", "container"]),
+        type=click.Choice(MODES),
         help="Ask for an execution mode; an error if hardware or policy rule it out.",
     )(f)
     return f

@@ -219,7 +219,13 @@ class ContainerSection(_Strict):
 
 
 def _env_string(x: Any) -> Any:
-    return str(x).lower() if isinstance(x, bool) else str(x) if isinstance(x, int | float) else x
+    """A YAML scalar as an env string (true -> "true", 8080 -> "8080"); anything else as it
+    is, for validation to judge (a ``{when, value}`` mapping, or an error)."""
+    if isinstance(x, bool):
+        return str(x).lower()
+    if isinstance(x, int | float):
+        return str(x)
+    return x
 
 
 def _stringify_env(v: Any) -> Any:

@@ -1278,9 +1278,10 @@ def main(argv: list[str] | None = None) -> int:
         import hashlib  # noqa: F401
 
         from localaistack.runtime import engines  # noqa: F401
-    if go is not None and not _wait_for_go(int(go), store, args["run"]):
-        store.close()
-        return 0
+
+        if not _wait_for_go(int(go), store, args["run"]):
+            store.close()
+            return 0
     ready = args.get("ready-fd")
     sup = Supervisor(store, args["run"], int(ready) if ready else None)
     sup.adopt, sup.adopt_since = args.get("adopt"), args.get("since")

@@ -29,14 +29,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from localaistack.masking import MASK, mask_text, masked, secret_values
+from localaistack.masking import MASK, mask, masked, secret_values
 
 __all__ = ["MASK", "mask", "reveal", "secret_values", "split"]
-
-
-def mask(text: str, values: Iterable[str]) -> str:
-    """``text`` with every occurrence of each value replaced by ``***``."""
-    return mask_text(text, list(values))
 
 
 def split(plan: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
