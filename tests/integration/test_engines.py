@@ -514,7 +514,7 @@ def test_docker_api_run_makes_the_cli_runs_container(tmp_path: Path) -> None:
         sock = enginestore.docker_socket(eng.subprocess_env())
         assert sock is not None
         body = engines.docker_create_body(gpus._replace(name=api_name))
-        status, reply = enginestore.docker_api(
+        status, reply = enginestore.api_request(
             sock, "POST", f"/containers/create?name={api_name}", body, 30
         )
         assert status == 201, reply
@@ -524,3 +524,100 @@ def test_docker_api_run_makes_the_cli_runs_container(tmp_path: Path) -> None:
     finally:
         for st in eng.list_labelled(LABEL, label):
             eng.remove(st.id)
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flat(value, f"{prefix}.{key}"))
+    return out
+
+
+@pytest.mark.podman
+def test_podman_api_run_makes_the_cli_runs_container(tmp_path: Path) -> None:
+    """las starts podman containers through podman's API service (``Engine.run``): the
+    container must be the one ``podman run -d`` makes from ``run_args``, setting for
+    setting (an ordered environment and the container's own identity aside)."""
+    eng = Engine("podman", global_args=suggested_global_args("podman"))
+    if not eng.usable()[0] or not eng.image_exists(IMAGE):
+        pytest.skip("podman is not usable here; run scripts/ci-containers-up as root")
+    assert eng.podman_api() is not None, "podman's API service did not start"
+    label = uuid.uuid4().hex
+    spec = ContainerRunSpec(
+        name="", image=IMAGE, argv=["sleep", "60"], env=[("A", "1")], secret_env=[("S", "x")],
+        workdir="/tmp", user=NOBODY, volumes=[VolumeMount(str(tmp_path), "/data", True)],
+        memory=64 * 1024 * 1024, cpus=0.5, pids_limit=100, cap_add=["NET_BIND_SERVICE"],
+        labels={LABEL: label}, ulimits=suggested_ulimits(), stop_signal="SIGINT",
+        log_max_size=1_000_000,
+    )  # fmt: skip
+    # What differs between any two containers: identity, paths, times, addresses.
+    own = ("Id", "Name", "Created", "StartedAt", "Pid", "Hostname", "Path", "Rootfs", "Dir",
+           "Network", "ExitCommand", "Env", "CreateCommand", "Aliases", "Dependencies")  # fmt: skip
+
+    def inspect(cid: str) -> dict[str, Any]:
+        out = subprocess.run(
+            [*eng.base_args(), "inspect", cid], capture_output=True, text=True, check=True
+        ).stdout
+        data: dict[str, Any] = json.loads(out)[0]
+        return data
+
+    try:
+        for ports in ([], [free_port()]):
+            by_cli = spec._replace(
+                name=f"las-t-{uuid.uuid4().hex[:12]}",
+                ports=[PublishedPort("127.0.0.1", p, 8080) for p in ports],
+            )
+            api_ports = [PublishedPort("127.0.0.1", free_port(), 8080) for _ in ports]
+            by_api = by_cli._replace(name=f"las-t-{uuid.uuid4().hex[:12]}", ports=api_ports)
+            subprocess.run(eng.run_args(by_cli), env={**os.environ, "S": "x"},
+                           capture_output=True, check=True, cwd=eng.cwd)  # fmt: skip
+            a, b = inspect(by_cli.name), inspect(eng.run(by_api))
+            for p, q in zip(by_cli.ports, by_api.ports, strict=True):
+                text = json.dumps(b["HostConfig"]).replace(f'"{q.host_port}"', f'"{p.host_port}"')
+                b["HostConfig"] = json.loads(text)
+            fa, fb = _flat(a), _flat(b)
+            differ = {
+                k for k in set(fa) | set(fb)
+                if fa.get(k) != fb.get(k) and not any(word in k for word in own)
+            }  # fmt: skip
+            assert differ == set(), (ports, {k: (fa.get(k), fb.get(k)) for k in differ})
+            envs = [
+                {e for e in c["Config"]["Env"] if not e.startswith("HOSTNAME=")} for c in (a, b)
+            ]
+            assert envs[0] == envs[1] and {"A=1", "S=x"} <= envs[0]
+            assert b["Config"]["CreateCommand"] == eng.run_args(by_api)
+    finally:
+        for st in eng.list_labelled(LABEL, label):
+            eng.remove(st.id)
+
+
+@pytest.mark.podman
+def test_podman_api_start_failure_releases_its_ports() -> None:
+    """podman 4.3's API service keeps the ports of a start that failed in the OCI runtime
+    bound; las then ends the service, so the port is free again (as after `podman run`)."""
+    eng = Engine("podman", global_args=suggested_global_args("podman"))
+    if not eng.usable()[0] or not eng.image_exists(IMAGE):
+        pytest.skip("podman is not usable here; run scripts/ci-containers-up as root")
+    assert eng.podman_api() is not None, "podman's API service did not start"
+    port = free_port()
+    # A file limit above the kernel's nr_open: runc's setrlimit fails at create.
+    spec = ContainerRunSpec(
+        name=f"las-t-{uuid.uuid4().hex[:12]}", image=IMAGE, argv=["sleep", "60"],
+        ports=[PublishedPort("127.0.0.1", port, 8080)], ulimits=["nofile=1073741824:1073741824"],
+    )  # fmt: skip
+    with pytest.raises(EngineError):
+        eng.run(spec)
+
+    def free() -> bool:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+            return True
+
+    wait_until(free, 10, message=f"127.0.0.1:{port} released after the failed start")
+    assert not eng.list_labelled(LABEL, "none") and eng.inspect(spec.name) is None
+    assert eng.podman_api() is not None  # a new service serves the next start

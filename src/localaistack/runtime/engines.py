@@ -94,6 +94,12 @@ _DAEMON_DOWN = (
 )
 
 
+# What podman reads from the environment besides CONTAINERS_*: a service is kept per value.
+_PODMAN_ENV = frozenset(
+    {"HOME", "PATH", "TMPDIR", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME",
+     "REGISTRY_AUTH_FILE", "STORAGE_DRIVER", "STORAGE_OPTS"}
+)  # fmt: skip
+
 _NO_LABELS: Mapping[str, str] = {}  # never mutated: the default of ContainerRunSpec.labels
 
 
@@ -644,7 +650,11 @@ class Engine:
         if self.name == "docker":
             sock = enginestore.docker_socket(self.subprocess_env())
             if sock is not None:
-                return self._docker_api_run(sock, spec, timeout)
+                return self._api_run(sock, spec, timeout, docker_create_body(spec))
+        elif not spec.gpus:  # GPUs (CDI devices) go through the CLI: checked on a real GPU
+            sock = self.podman_api()
+            if sock is not None:
+                return self._api_run(sock, spec, timeout, podman_create_body(spec, argv))
         try:
             proc = self._call(
                 argv[len(self.base_args()) :],
@@ -674,42 +684,82 @@ class Engine:
         self._remove_quietly(spec.name)
         raise error
 
-    def _docker_api_run(self, sock: str, spec: ContainerRunSpec, timeout: float) -> str:
-        """``run`` through dockerd's API: create, then start (what ``docker run -d`` asks).
+    def podman_api(self) -> str | None:
+        """The socket of las's podman API service for this engine (started if need be), or
+        None: the CLI is used then (see ``enginestore.podman_service``).
 
-        The request carries what ``run_args`` gives the CLI (``docker_create_body``), so
-        the container is the same (a test compares both with ``docker inspect``). It saves
-        the CLI's own start, and secret values travel in the request body, on no command
-        line.
+        One service per user, podman binary, global args and the environment podman reads,
+        its socket in the private scratch directory. Not used with ``LAS_PODMAN_SERVICE=0``
+        or when podman is configured to talk to a remote service (``CONTAINER_HOST``,
+        ``CONTAINER_CONNECTION``).
+        """
+        env = self.subprocess_env()
+        if (
+            self.name != "podman"
+            or self.binary is None
+            or env.get("LAS_PODMAN_SERVICE") == "0"
+            or env.get("CONTAINER_HOST")
+            or env.get("CONTAINER_CONNECTION")
+        ):
+            return None
+        import hashlib
+
+        read = sorted((k, v) for k, v in env.items() if k in _PODMAN_ENV or k[:11] == "CONTAINERS_")
+        key = repr((os.getuid(), os.path.realpath(self.binary), self.global_args, read))
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        sock = os.path.join(self.cwd, f"podman-{digest}.sock")
+        if len(sock.encode()) > 100:  # a unix socket's path has room for 107 bytes
+            return None
+        argv = [
+            *self.base_args(), "system", "service",
+            f"--time={enginestore.PODMAN_SERVICE_IDLE}", f"unix://{sock}",
+        ]  # fmt: skip
+        return enginestore.podman_service(sock, argv, env)
+
+    def _api_run(
+        self, sock: str, spec: ContainerRunSpec, timeout: float, body: dict[str, Any]
+    ) -> str:
+        """``run`` through the engine's API: create, then start (what ``run -d`` does).
+
+        ``body`` is what ``run_args`` gives the CLI, in the API's terms
+        (``docker_create_body``, ``podman_create_body``), so the container is the same (a
+        test compares both with the engine's ``inspect``). It saves the CLI's own start,
+        and secret values travel in the request body, on no command line.
         """
         from urllib.parse import quote
 
-        body = docker_create_body(spec)
+        if self.name == "docker":
+            create, start = f"/containers/create?name={quote(spec.name)}", "/containers/{}/start"
+        else:
+            create, start = "/v4.0.0/libpod/containers/create", "/v4.0.0/libpod/containers/{}/start"
         try:
-            status, reply = enginestore.docker_api(
-                sock, "POST", f"/containers/create?name={quote(spec.name)}", body, timeout
-            )
-            if status == 409 and "already in use" in reply.lower():
+            status, reply = enginestore.api_request(sock, "POST", create, body, timeout)
+            low = reply.lower()
+            if status in (409, 500) and "already in use" in low and "name" in low:
                 raise EngineError(
-                    f"a container named {spec.name} already exists in docker",
-                    hint=f"remove it (`docker rm -f {spec.name}`) or choose another name",
+                    f"a container named {spec.name} already exists in {self.name}",
+                    hint=f"remove it (`{self.name} rm -f {spec.name}`) or choose another name",
                 )
             if status == 201:
                 cid = str(json.loads(reply)["Id"])
-                status, reply = enginestore.docker_api(
-                    sock, "POST", f"/containers/{cid}/start", None, timeout
+                status, reply = enginestore.api_request(
+                    sock, "POST", start.format(cid), None, timeout
                 )
                 if status in (204, 304) and _ID_RE.match(cid):
                     return cid
+                if self.name == "podman" and spec.ports:
+                    # podman 4.3's service keeps the ports of a failed start bound (a `run`
+                    # process would exit): end it; the next start begins a new one.
+                    enginestore.stop_podman_service(sock)
         except OSError as exc:
             self._remove_quietly(spec.name)
             raise EngineError(
-                f"docker is not usable: its API at {sock} failed: {exc.strerror or exc}",
+                f"{self.name} is not usable: its API at {sock} failed: {exc.strerror or exc}",
                 hint=self._usable_hint(),
             ) from exc
         except (ValueError, KeyError, TypeError) as exc:
             self._remove_quietly(spec.name)
-            raise EngineError(f"docker's API answered what las cannot read: {exc}") from exc
+            raise EngineError(f"{self.name}'s API answered what las cannot read: {exc}") from exc
         try:
             message = str(json.loads(reply).get("message", reply))
         except (ValueError, AttributeError):
@@ -1100,6 +1150,95 @@ def docker_create_body(spec: ContainerRunSpec) -> dict[str, Any]:
         body["StopSignal"] = spec.stop_signal
     if spec.ports:
         body["ExposedPorts"] = {f"{p.container_port}/{p.protocol}": {} for p in spec.ports}
+    return body
+
+
+def podman_create_body(spec: ContainerRunSpec, argv: Sequence[str]) -> dict[str, Any]:
+    """libpod's ``POST /libpod/containers/create`` body (a SpecGenerator) for ``spec``: what
+    ``run_args`` (``argv``, recorded as the container's create command) asks of the CLI,
+    setting for setting, with the CLI's own defaults where they differ from the API's
+    (umask, stop timeout, the tmpfs mounts of a read-only root). A test compares both
+    containers with ``podman inspect``. No GPUs: those go through the CLI."""
+    import signal
+
+    resources: dict[str, Any] = {"pids": {"limit": spec.pids_limit}}
+    if spec.memory is not None:
+        resources["memory"] = {"limit": spec.memory, "swap": spec.memory}
+    if spec.cpus is not None:
+        resources["cpu"] = {"quota": round(spec.cpus * 100_000), "period": 100_000}
+    mounts = []
+    if spec.read_only_root:
+        mounts.append(
+            {
+                "destination": "/tmp",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["rw", "exec", "nosuid", "nodev", "mode=1777"],
+            }
+        )
+        mounts += [
+            {
+                "destination": d,
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["rw", "rprivate", "nosuid", "nodev", "tmpcopyup"],
+            }
+            for d in ("/run", "/var/tmp")
+        ]  # what podman's --read-only adds
+    mounts += [{"destination": v.target, "type": "bind", "source": v.source,
+                "options": [*(["ro"] if v.read_only else []), "rprivate", "rbind"]}
+               for v in spec.volumes]  # fmt: skip
+    body: dict[str, Any] = {
+        "name": spec.name,
+        "image": spec.image,
+        "containerCreateCommand": list(argv),
+        "env": dict((*spec.env, *spec.secret_env)),
+        "labels": dict(spec.labels),
+        "annotations": {"io.kubernetes.cri-o.TTY": "false"},
+        "init": True,
+        "cap_drop": ["ALL"],
+        "cap_add": [_cap(c) for c in spec.cap_add],
+        "no_new_privileges": True,
+        "read_only_filesystem": spec.read_only_root,
+        "mounts": mounts,
+        "umask": "0022",
+        "stop_timeout": 10,
+        "sdnotifyMode": "container",
+        "resource_limits": resources,
+        "netns": {"nsmode": "bridge" if spec.ports else "none"},
+        "portmappings": [
+            {
+                "host_ip": p.host_ip,
+                "host_port": p.host_port,
+                "container_port": p.container_port,
+                "protocol": p.protocol,
+            }
+            for p in spec.ports
+        ],
+        "r_limits": [],
+    }
+    for u in spec.ulimits:
+        name, _, values = u.partition("=")
+        soft, _, hard = values.partition(":")
+        body["r_limits"].append({"type": name, "soft": int(soft), "hard": int(hard or soft)})
+    if spec.argv:
+        body["command"] = list(spec.argv)
+    if spec.user:
+        body["user"] = spec.user
+    if spec.workdir:
+        body["work_dir"] = spec.workdir
+    if spec.stop_signal:
+        sig = spec.stop_signal.upper()
+        try:
+            body["stop_signal"] = (
+                int(sig)
+                if sig.isdigit()
+                else signal.Signals[sig if sig.startswith("SIG") else "SIG" + sig].value
+            )
+        except KeyError:
+            raise EngineError(f"invalid stop signal {spec.stop_signal!r}") from None
+    if spec.log_max_size is not None:
+        body["log_configuration"] = {"size": int(spec.log_max_size)}
     return body
 
 

@@ -2,10 +2,11 @@
 
 An engine CLI costs 35-70 ms per call here (Go start, configuration, storage lock); las
 run's own start is ~100 ms. So before anything is created, ``las run`` checks the image in
-the engine's own store (``image_listed``), and the docker backend talks to dockerd's API
-on its unix socket (``docker_api``). This module imports only ``os``, ``json`` and ``stat``
-(``socket`` when a request is made): the CLI's start path imports it, engines.py does not
-need to be.
+the engine's own store (``image_listed``), and the container backend talks to the engine's
+API on a unix socket (``api_request``): dockerd's, or the podman API service that las keeps
+for itself (``podman_service``). This module imports only ``os``, ``json`` and ``stat``
+(``socket`` when a request is made, more when a service is started): the CLI's start path
+imports it, engines.py does not need to be.
 """
 
 from __future__ import annotations
@@ -74,12 +75,13 @@ def docker_socket(env: Mapping[str, str]) -> str | None:
         return None
 
 
-def docker_api(
+def api_request(
     sock_path: str, method: str, path: str, body: Any, timeout: float
 ) -> tuple[int, str]:
-    """One request to dockerd over its unix socket: (status, response body).
+    """One request to an engine's API (dockerd's, podman's) on its unix socket: (status,
+    response body).
 
-    HTTP/1.0, so the daemon answers with a plain body and closes the connection:
+    HTTP/1.0, so the engine answers with a plain body and closes the connection:
     ``http.client`` would cost more to import than the request takes.
 
     Raises:
@@ -114,7 +116,7 @@ def _docker_has_image(env: Mapping[str, str], image: str) -> bool:
         return False
     from urllib.parse import quote
 
-    status, _ = docker_api(sock, "GET", f"/images/{quote(image, safe='/:')}/json", None, 2.0)
+    status, _ = api_request(sock, "GET", f"/images/{quote(image, safe='/:')}/json", None, 2.0)
     return status == 200
 
 
@@ -139,3 +141,89 @@ def _podman_store_lists(env: Mapping[str, str], image: str) -> bool:
         image += ":latest"
     with open(os.path.join(root, lists[0], "images.json"), "rb") as f:
         return any(image in (entry.get("names") or ()) for entry in json.load(f))
+
+
+# --- podman's API service ------------------------------------------------------------------
+
+PODMAN_SERVICE_IDLE = 300  # seconds: podman's service exits after this long without a request
+PODMAN_SERVICE_START = 10.0  # seconds to wait for a new service to answer
+
+
+def podman_service(sock_path: str, argv: list[str], env: Mapping[str, str]) -> str | None:
+    """The socket of a podman API service that answers, started with ``argv`` if need be.
+
+    ``argv`` is ``podman [GLOBAL ARGS] system service --time=N unix://SOCK_PATH``. The
+    service is podman's own (``podman system service``): the same code as ``podman run``
+    behind an HTTP API, where creating and starting a container skips the CLI's start
+    (~35 ms here). It exits by itself after ``PODMAN_SERVICE_IDLE`` seconds without a
+    request; containers never depend on it (each has its conmon, as with ``podman run``).
+
+    ``sock_path`` must lie in a directory private to this user (the API is as powerful
+    as podman itself). One starts at a time (a lock file next to the socket); its pid is
+    written next to it (``stop_podman_service``) and its output goes to ``SOCK_PATH.log``.
+    None when no service answers within ``PODMAN_SERVICE_START`` seconds: the caller uses
+    the CLI then, which reports whatever is wrong with podman.
+    """
+    if _answers(sock_path):
+        return sock_path
+    import fcntl
+    import subprocess
+    import time
+
+    with open(sock_path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _answers(sock_path):  # another las started it meanwhile
+            return sock_path
+        if os.path.lexists(sock_path):
+            os.unlink(sock_path)  # a service that ended left it
+        with open(sock_path + ".log", "ab") as log:
+            try:
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=dict(env),
+                    cwd=os.path.dirname(sock_path), close_fds=True, start_new_session=True,
+                )  # fmt: skip
+            except OSError:
+                return None
+        with open(sock_path + ".pid", "w") as f:
+            f.write(f"{proc.pid}\n")
+        deadline = time.monotonic() + PODMAN_SERVICE_START
+        delay = 0.002
+        while time.monotonic() < deadline and proc.poll() is None:
+            if _answers(sock_path):
+                proc.returncode = 0  # it outlives this call: not Popen's to wait for
+                return sock_path
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        try:
+            proc.kill()
+        except OSError:
+            pass
+        return None
+
+
+def stop_podman_service(sock_path: str) -> None:
+    """End the service that ``podman_service`` started on ``sock_path`` (if it still runs).
+
+    For a start that failed in the OCI runtime: podman 4.3's service then keeps the
+    failed container's published ports bound until it exits, where a ``podman run``
+    process would have released them by exiting.
+    """
+    import signal
+
+    try:
+        with open(sock_path + ".pid") as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if f"unix://{sock_path}".encode() not in f.read().split(b"\0"):
+                return  # that pid is another process now
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
+
+
+def _answers(sock_path: str) -> bool:
+    try:
+        status, _ = api_request(sock_path, "GET", "/_ping", None, 2.0)
+    except (OSError, ValueError):
+        return False
+    return status == 200
