@@ -31,16 +31,15 @@ as little as it can: it starts often and lives long.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
+import functools
 import json
 import os
 import re
 import selectors
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -52,6 +51,8 @@ from localaistack.store import secrets
 from localaistack.store.db import Store, add_event, create_run, home_label, set_run_state
 
 if TYPE_CHECKING:
+    import subprocess
+
     from localaistack.runtime import probes
 
 PR_SET_PDEATHSIG = 1
@@ -71,11 +72,20 @@ LISTEN_CHECKS = (0.5, 2.0, 5.0)
 SAMPLE_EVERY = 0.5  # seconds between RSS samples, only where no cgroup enforces a limit
 F_SETPIPE_SZ = 1031
 
-_libc = ctypes.CDLL(None, use_errno=True)
+
+@functools.cache
+def _libc() -> Any:
+    # ctypes costs ~4 ms to import: loaded by the supervisor's first prctl (the child
+    # subreaper's), which comes before any child is forked (and calls this again).
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _prctl(option: int, arg: int) -> None:
-    if _libc.prctl(option, arg, 0, 0, 0) != 0:
+    if _libc().prctl(option, arg, 0, 0, 0) != 0:
+        import ctypes
+
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -303,7 +313,8 @@ class Supervisor:
             signal.signal(s, lambda *_: None)
         self.sigfd = rfd
         self.sel.register(rfd, selectors.EVENT_READ, "signal")
-        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        if not self.container:  # a container's helpers start later (_follow_container)
+            _prctl(PR_SET_CHILD_SUBREAPER, 1)
         while True:
             failure = self.run_attempt()
             if failure is None:
@@ -453,6 +464,8 @@ class Supervisor:
         self, argv: list[str], env: dict[str, str], cwd: str, pipes: bool
     ) -> subprocess.Popen[bytes]:
         """A short-lived helper (engine CLI) that dies with the supervisor."""
+        import subprocess
+
         me = self.me
         out = subprocess.PIPE if pipes else subprocess.DEVNULL
         return subprocess.Popen(
@@ -467,6 +480,8 @@ class Supervisor:
         )
 
     def _launch_native(self) -> tuple[int, dict[int, str], dict[str, Any]] | None:
+        import subprocess
+
         native = self.plan["native"]
         env = {v["name"]: v["value"] for v in native["env"]}
         # A sandbox (bwrap) is an argv prefix: it execs the workload's argv inside.
@@ -613,10 +628,15 @@ class Supervisor:
         pipes; None if they cannot start (the engine CLI vanished): the container is then
         removed and the run recorded as failed.
         """
+        import subprocess
+
         from localaistack.runtime import engines
 
         engine, cid = self.engine, self.cid
         env, cwd = engine.subprocess_env(), engine.cwd
+        # The helpers' orphans come back to us. Not before: on the start path the engine's
+        # own processes (conmon) are not ours, as after a `podman run -d` by hand.
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
         try:
             follow = engine.logs_args(cid, follow=True, since=self.adopt_since)
             logs = self._spawn_helper(follow, env, cwd, True)

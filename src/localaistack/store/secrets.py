@@ -26,8 +26,10 @@ import contextlib
 import json
 import os
 from collections.abc import Iterable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 from localaistack.masking import MASK, mask, masked, secret_values
 
@@ -57,21 +59,25 @@ def reveal(plan: dict[str, Any], secrets: dict[str, Any] | None) -> dict[str, An
     return out
 
 
-def secrets_dir(home: str | Path) -> Path:
-    return Path(home) / "secrets"
+# os.path, not pathlib: the supervisor reads secrets on its start path, and pathlib (with
+# what it imports) costs it several milliseconds.
 
 
-def secrets_path(home: str | Path, instance: str) -> Path:
-    return secrets_dir(home) / f"{instance}.json"
+def secrets_dir(home: str | Path) -> str:
+    return os.path.join(home, "secrets")
+
+
+def secrets_path(home: str | Path, instance: str) -> str:
+    return os.path.join(secrets_dir(home), f"{instance}.json")
 
 
 def write(home: str | Path, instance: str, secrets: dict[str, Any]) -> None:
     """Save an instance's secrets: 0600 from creation, replaced atomically."""
     folder = secrets_dir(home)
-    folder.mkdir(mode=0o700, exist_ok=True)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
     os.chmod(folder, 0o700)
     path = secrets_path(home, instance)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = os.path.join(folder, f".{instance}.json.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "w") as f:
