@@ -494,6 +494,8 @@ def test_docker_api_run_makes_the_cli_runs_container(tmp_path: Path) -> None:
             subprocess.run(eng.run_args(by_cli), env={**eng.subprocess_env(), "S": "x"},
                            capture_output=True, check=True, cwd=eng.cwd)  # fmt: skip
             a, b = inspect(by_cli.name), inspect(eng.run(by_api))
+            for c in (a, b):  # the docker CLI orders the variables it takes from its own
+                c["Config"]["Env"].sort()  # environment (--env=S) at random among the others
             text = json.dumps(b["HostConfig"]).replace('"18082"', '"18081"')
             b["HostConfig"] = json.loads(text)
             for section in ("Config", "HostConfig"):
