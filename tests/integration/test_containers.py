@@ -190,8 +190,8 @@ def test_a_kept_plan_starts_without_an_engine_call(
 ) -> None:
     """On the start path the image check reads the engine's own store (no CLI), and the
     container is created and started through the engine's API (dockerd's; the podman API
-    service that the first run started): no engine command before the container runs. A
-    wrapper logs every call."""
+    service that the first run started, which used podman's CLI meanwhile): no engine
+    command before the container runs. A wrapper logs every call."""
     calls = tmp_path / "calls.log"
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -202,6 +202,9 @@ def test_a_kept_plan_starts_without_an_engine_call(
     path = cmod("quick", ["sleep", "600"])
     las.ok("run", "-d", str(path), "--name", "q1")  # plans, and keeps the plan
     wait_until(lambda: las.ps()["q1"]["pid"] is not None, 20, message="q1 followed")
+    if engine.name == "podman":  # q1 started the service (through the wrapper): wait for it
+        wrapped = Engine("podman", env=las.env, global_args=engine.global_args)
+        assert wrapped.podman_api(wait=True) is not None
     calls.unlink()
     las.ok("run", "-d", str(path), "--name", "q2")
     wait_until(lambda: las.ps()["q2"]["pid"] is not None, 20, message="q2 followed")

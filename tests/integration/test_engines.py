@@ -545,7 +545,8 @@ def test_podman_api_run_makes_the_cli_runs_container(tmp_path: Path) -> None:
     eng = Engine("podman", global_args=suggested_global_args("podman"))
     if not eng.usable()[0] or not eng.image_exists(IMAGE):
         pytest.skip("podman is not usable here; run scripts/ci-containers-up as root")
-    assert eng.podman_api() is not None, "podman's API service did not start"
+    sock = eng.podman_api(wait=True)
+    assert sock is not None, "podman's API service did not start"
     label = uuid.uuid4().hex
     spec = ContainerRunSpec(
         name="", image=IMAGE, argv=["sleep", "60"], env=[("A", "1")], secret_env=[("S", "x")],
@@ -575,7 +576,8 @@ def test_podman_api_run_makes_the_cli_runs_container(tmp_path: Path) -> None:
             by_api = by_cli._replace(name=f"las-t-{uuid.uuid4().hex[:12]}", ports=api_ports)
             subprocess.run(eng.run_args(by_cli), env={**os.environ, "S": "x"},
                            capture_output=True, check=True, cwd=eng.cwd)  # fmt: skip
-            a, b = inspect(by_cli.name), inspect(eng.run(by_api))
+            body = engines.podman_create_body(by_api, eng.run_args(by_api))
+            a, b = inspect(by_cli.name), inspect(eng._api_run(sock, by_api, 30, body))
             for p, q in zip(by_cli.ports, by_api.ports, strict=True):
                 text = json.dumps(b["HostConfig"]).replace(f'"{q.host_port}"', f'"{p.host_port}"')
                 b["HostConfig"] = json.loads(text)
@@ -602,7 +604,9 @@ def test_podman_api_start_failure_releases_its_ports() -> None:
     eng = Engine("podman", global_args=suggested_global_args("podman"))
     if not eng.usable()[0] or not eng.image_exists(IMAGE):
         pytest.skip("podman is not usable here; run scripts/ci-containers-up as root")
-    assert eng.podman_api() is not None, "podman's API service did not start"
+    sock = eng.podman_api(wait=True)
+    assert sock is not None, "podman's API service did not start"
+    service = enginestore._service_pid(sock)
     port = free_port()
     # A file limit above the kernel's nr_open: runc's setrlimit fails at create.
     spec = ContainerRunSpec(
@@ -621,5 +625,6 @@ def test_podman_api_start_failure_releases_its_ports() -> None:
             return True
 
     wait_until(free, 10, message=f"127.0.0.1:{port} released after the failed start")
-    assert not eng.list_labelled(LABEL, "none") and eng.inspect(spec.name) is None
-    assert eng.podman_api() is not None  # a new service serves the next start
+    assert enginestore._service_pid(sock) != service  # the service that held it ended
+    assert eng.inspect(spec.name) is None
+    assert eng.podman_api(wait=True) == sock  # a new service serves the next start

@@ -697,9 +697,10 @@ class Engine:
         self._remove_quietly(spec.name)
         raise error
 
-    def podman_api(self) -> str | None:
-        """The socket of las's podman API service for this engine (started if need be), or
-        None: the CLI is used then (see ``enginestore.podman_service``).
+    def podman_api(self, *, wait: bool = False) -> str | None:
+        """The socket of las's podman API service for this engine; None while it is not
+        there (it is started then; with ``wait``, waited for): the CLI is used then (see
+        ``enginestore.podman_service``).
 
         One service per user, podman binary, global args and the environment podman reads,
         its socket in the private scratch directory. Not used with ``LAS_PODMAN_SERVICE=0``
@@ -727,7 +728,7 @@ class Engine:
             *self.base_args(), "system", "service",
             f"--time={enginestore.PODMAN_SERVICE_IDLE}", f"unix://{sock}",
         ]  # fmt: skip
-        return enginestore.podman_service(sock, argv, env)
+        return enginestore.podman_service(sock, argv, env, wait=wait)
 
     def _api_run(
         self, sock: str, spec: ContainerRunSpec, timeout: float, body: dict[str, Any]

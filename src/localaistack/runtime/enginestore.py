@@ -149,8 +149,10 @@ PODMAN_SERVICE_IDLE = 300  # seconds: podman's service exits after this long wit
 PODMAN_SERVICE_START = 10.0  # seconds to wait for a new service to answer
 
 
-def podman_service(sock_path: str, argv: list[str], env: Mapping[str, str]) -> str | None:
-    """The socket of a podman API service that answers, started with ``argv`` if need be.
+def podman_service(
+    sock_path: str, argv: list[str], env: Mapping[str, str], *, wait: bool = False
+) -> str | None:
+    """The socket of a podman API service that answers; else None, and the service starts.
 
     ``argv`` is ``podman [GLOBAL ARGS] system service --time=N unix://SOCK_PATH``. The
     service is podman's own (``podman system service``): the same code as ``podman run``
@@ -158,11 +160,14 @@ def podman_service(sock_path: str, argv: list[str], env: Mapping[str, str]) -> s
     (~35 ms here). It exits by itself after ``PODMAN_SERVICE_IDLE`` seconds without a
     request; containers never depend on it (each has its conmon, as with ``podman run``).
 
+    When none answers, one is started (unless one is starting already) and None is
+    returned at once: the caller uses the CLI this time, so a first start costs what it
+    did without the service (its own start takes ~50-100 ms here). With ``wait`` the call
+    waits (at most ``PODMAN_SERVICE_START`` seconds) until it answers instead.
+
     ``sock_path`` must lie in a directory private to this user (the API is as powerful
     as podman itself). One starts at a time (a lock file next to the socket); its pid is
     written next to it (``stop_podman_service``) and its output goes to ``SOCK_PATH.log``.
-    None when no service answers within ``PODMAN_SERVICE_START`` seconds: the caller uses
-    the CLI then, which reports whatever is wrong with podman.
     """
     if _answers(sock_path):
         return sock_path
@@ -174,30 +179,29 @@ def podman_service(sock_path: str, argv: list[str], env: Mapping[str, str]) -> s
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _answers(sock_path):  # another las started it meanwhile
             return sock_path
-        if os.path.lexists(sock_path):
-            os.unlink(sock_path)  # a service that ended left it
-        with open(sock_path + ".log", "ab") as log:
-            try:
-                proc = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=dict(env),
-                    cwd=os.path.dirname(sock_path), close_fds=True, start_new_session=True,
-                )  # fmt: skip
-            except OSError:
-                return None
-        with open(sock_path + ".pid", "w") as f:
-            f.write(f"{proc.pid}\n")
-        deadline = time.monotonic() + PODMAN_SERVICE_START
+        pid = _service_pid(sock_path)
+        if pid is None:
+            if os.path.lexists(sock_path):
+                os.unlink(sock_path)  # a service that ended left it
+            with open(sock_path + ".log", "ab") as log:
+                try:
+                    proc = subprocess.Popen(
+                        argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=dict(env),
+                        cwd=os.path.dirname(sock_path), close_fds=True, start_new_session=True,
+                    )  # fmt: skip
+                except OSError:
+                    return None
+            proc.returncode = 0  # it outlives this call: not Popen's to wait for
+            pid = proc.pid
+            with open(sock_path + ".pid", "w") as f:
+                f.write(f"{pid}\n")
+        deadline = time.monotonic() + (PODMAN_SERVICE_START if wait else 0)
         delay = 0.002
-        while time.monotonic() < deadline and proc.poll() is None:
+        while time.monotonic() < deadline and _service_pid(sock_path) == pid:
             if _answers(sock_path):
-                proc.returncode = 0  # it outlives this call: not Popen's to wait for
                 return sock_path
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
-        try:
-            proc.kill()
-        except OSError:
-            pass
         return None
 
 
@@ -210,15 +214,27 @@ def stop_podman_service(sock_path: str) -> None:
     """
     import signal
 
+    pid = _service_pid(sock_path)
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+
+
+def _service_pid(sock_path: str) -> int | None:
+    """The pid in ``SOCK_PATH.pid`` if that process lives and serves ``sock_path``."""
     try:
         with open(sock_path + ".pid") as f:
             pid = int(f.read().strip())
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rpartition(b")")[2].split()[0] == b"Z":
+                return None  # it ended; its parent has not waited for it yet
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if f"unix://{sock_path}".encode() not in f.read().split(b"\0"):
-                return  # that pid is another process now
-        os.kill(pid, signal.SIGTERM)
-    except (OSError, ValueError):
-        pass
+            serves = f"unix://{sock_path}".encode() in f.read().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if serves else None
 
 
 def _answers(sock_path: str) -> bool:
