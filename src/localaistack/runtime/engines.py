@@ -1,9 +1,10 @@
-"""A thin layer over the ``podman`` and ``docker`` command-line tools (and dockerd's API).
+"""A thin layer over the ``podman`` and ``docker`` command-line tools (and their APIs).
 
 The container backend runs workloads through this module and nothing else; it never builds
-an engine command line itself. Two things skip the CLI, for the start path's sake: on a
-unix-socket docker endpoint, ``Engine.run`` creates and starts the container through
-dockerd's API with the settings the CLI would send (``docker_create_body``), and
+an engine command line itself. Two things skip the CLI, for the start path's sake:
+``Engine.run`` creates and starts the container through the engine's API with the settings
+the CLI would apply (``docker_create_body`` for dockerd on a unix socket;
+``podman_create_body`` for the podman API service las keeps, ``Engine.podman_api``), and
 ``Engine.image_exists`` first asks the engine's image store directly (enginestore.py).
 Everything here
 
