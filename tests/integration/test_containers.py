@@ -155,6 +155,46 @@ def test_supervisor_killed_container_is_readopted(
     assert labelled(engine, las) == []
 
 
+def _followers(run_id: str) -> list[int]:
+    """Supervisors that re-adopted run ``run_id``'s container (``--adopt`` on their argv)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if {b"localaistack.runtime.supervisor", b"--adopt", run_id.encode()} <= set(argv):
+            found.append(int(entry))
+    return found
+
+
+def test_concurrent_commands_readopt_a_container_once(
+    las: Las, engine: Engine, cmod: Callable[..., Path]
+) -> None:
+    """Several `las` commands that find the same supervisor dead at once: one of them
+    re-adopts the container (the run is claimed in the store); the others see that."""
+    las.ok("run", "-d", str(cmod("tick", ["sleep", "600"])))
+    wait_until(lambda: las.ps()["tick"]["pid"] is not None, 20, message="tick followed")
+    run_id = las.ps()["tick"]["run_id"]
+    db = sqlite3.connect(las.home / "state.db")
+    sup = db.execute("SELECT sup_pid FROM runs WHERE run_id=?", (run_id,)).fetchone()[0]
+    db.close()
+    os.kill(sup, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(sup), message="supervisor gone")
+    procs = [las.popen("ps") for _ in range(4)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "Traceback" not in err, err
+    followers = _followers(run_id)
+    assert len(followers) == 1, followers
+    assert las.ok("events").out.count("re-adopted") == 1
+    assert las.ps()["tick"]["state"] == "running"
+    las.ok("rm", "-f", "tick")
+    assert labelled(engine, las) == []
+    wait_until(lambda: _followers(run_id) == [], 10, message="its supervisor ended")
+
+
 def test_orphan_containers_are_reported_then_removed(
     las: Las, engine: Engine, las_env: dict[str, str]
 ) -> None:

@@ -139,9 +139,12 @@ class Runtime:
             return
         if state is not None and state.running:
             since = _last_log_time(run["log_path"]) or _iso(float(run["started_at"] or time.time()))
+            pending = self.supervisors.claim(run, ("--adopt", cid, "--since", since))
+            if pending is None:
+                return  # another las command re-adopted it meanwhile
             self.record_event(run["instance"], "re-adopted", f"container {cid[:12]} still runs; "
                               f"a new supervisor follows it (logs since {since})")  # fmt: skip
-            self.supervisors.start(run, extra_args=("--adopt", cid, "--since", since))
+            self.supervisors.start(run, pending=pending)
             return
         if state is None:
             self.fail_run(run["run_id"], f"lost: its supervisor died and container {cid[:12]} "

@@ -127,16 +127,11 @@ class Supervisors:
         """
         run_id = str(run["run_id"])
         if pending is None:
-            try:
-                pending = self.spawn(run_id, extra_args)
-            except StartFailed as exc:
-                with self.store.transaction() as c:
-                    set_run_state(c, run_id, "failed", exc.message)
-                raise
-            with self.store.transaction() as c:
-                c.execute(
-                    "UPDATE runs SET sup_pid=?, sup_start=? WHERE run_id=? AND sup_pid IS NULL",
-                    (pending.pid, pending.start, run_id),
+            pending = self.claim(run, extra_args)
+            if pending is None:
+                raise StartFailed(
+                    f"run {run_id} got another supervisor meanwhile",
+                    hint="another las command started it: see `las ps`",
                 )
         pid, sup_log = pending.pid, pending.sup_log
         try:
@@ -169,6 +164,35 @@ class Supervisors:
             procs.kill_group(pid, signal.SIGKILL, pending.start)
             raise StartFailed(reason, hint=f"see {sup_log}")
         return message
+
+    def claim(self, run: sqlite3.Row, extra_args: tuple[str, ...] = ()) -> Pending | None:
+        """Spawn a supervisor for ``run`` and record it as the run's, unless the run's
+        supervisor changed since ``run`` was read (another las command claimed it first:
+        the new supervisor is let go, and None returned). Give the result to ``start``.
+
+        The check and the record are one UPDATE: of several las commands that find the
+        same supervisor dead at once, exactly one re-adopts its container.
+
+        Raises:
+            StartFailed: the supervisor cannot be started (the run is recorded failed).
+        """
+        run_id = str(run["run_id"])
+        try:
+            pending = self.spawn(run_id, extra_args)
+        except StartFailed as exc:
+            with self.store.transaction() as c:
+                set_run_state(c, run_id, "failed", exc.message)
+            raise
+        with self.store.transaction() as c:
+            claimed = c.execute(
+                "UPDATE runs SET sup_pid=?, sup_start=? WHERE run_id=? AND sup_pid IS ? "
+                "AND sup_start IS ?",
+                (pending.pid, pending.start, run_id, run["sup_pid"], run["sup_start"]),
+            ).rowcount
+        if not claimed:
+            self.cancel(pending)
+            return None
+        return pending
 
     @staticmethod
     def _reap_child(pid: int) -> None:
