@@ -628,3 +628,26 @@ def test_podman_api_start_failure_releases_its_ports() -> None:
     assert enginestore._service_pid(sock) != service  # the service that held it ended
     assert eng.inspect(spec.name) is None
     assert eng.podman_api(wait=True) == sock  # a new service serves the next start
+
+
+@pytest.mark.podman
+def test_podman_service_follows_configuration_and_can_be_refused(tmp_path: Path) -> None:
+    """A service reads podman's configuration once: another configuration (a file
+    written, an environment variable) gets another service; LAS_PODMAN_SERVICE=0 and a
+    remote podman get none (the CLI is used)."""
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    eng = Engine("podman", env=env, global_args=suggested_global_args("podman"))
+    if eng.binary is None:
+        pytest.skip("podman is not installed")
+    first = eng.podman_socket()
+    assert first is not None and first == eng.podman_socket()
+    assert os.stat(os.path.dirname(first)).st_mode & 0o077 == 0  # private to this user
+    (tmp_path / "containers").mkdir()
+    (tmp_path / "containers" / "containers.conf").write_text("[containers]\n")
+    second = eng.podman_socket()
+    assert second not in (None, first)
+    other = Engine("podman", env={**env, "CONTAINERS_CONF": "/dev/null"})
+    assert other.podman_socket() not in (None, first, second)
+    for off in ({"LAS_PODMAN_SERVICE": "0"}, {"CONTAINER_HOST": "ssh://x/run/podman.sock"}):
+        assert Engine("podman", env={**env, **off}).podman_socket() is None
+        assert Engine("podman", env={**env, **off}).podman_api(wait=True) is None

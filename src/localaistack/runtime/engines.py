@@ -102,6 +102,8 @@ _PODMAN_ENV = frozenset(
      "REGISTRY_AUTH_FILE", "STORAGE_DRIVER", "STORAGE_OPTS"}
 )  # fmt: skip
 
+_PODMAN_CONF_DIRS = ("/usr/share/containers", "/etc/containers")
+
 _NO_LABELS: Mapping[str, str] = {}  # never mutated: the default of ContainerRunSpec.labels
 
 
@@ -215,6 +217,15 @@ class ContainerState(NamedTuple):
 
 
 # --- host helpers ----------------------------------------------------------------------------
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    """(mtime in ns, size) of ``path``, or None if it does not exist."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def which(name: str, path: str | None = None) -> str | None:
@@ -700,13 +711,24 @@ class Engine:
 
     def podman_api(self, *, wait: bool = False) -> str | None:
         """The socket of las's podman API service for this engine; None while it is not
-        there (it is started then; with ``wait``, waited for): the CLI is used then (see
-        ``enginestore.podman_service``).
+        there (it is started then; with ``wait``, waited for) or not to be used
+        (``podman_socket``): the CLI is used then (see ``enginestore.podman_service``)."""
+        sock = self.podman_socket()
+        if sock is None:
+            return None
+        argv = [
+            *self.base_args(), "system", "service",
+            f"--time={enginestore.PODMAN_SERVICE_IDLE}", f"unix://{sock}",
+        ]  # fmt: skip
+        return enginestore.podman_service(sock, argv, self.subprocess_env(), wait=wait)
 
-        One service per user, podman binary, global args and the environment podman reads,
-        its socket in the private scratch directory. Not used with ``LAS_PODMAN_SERVICE=0``
-        or when podman is configured to talk to a remote service (``CONTAINER_HOST``,
-        ``CONTAINER_CONNECTION``).
+    def podman_socket(self) -> str | None:
+        """Where las's podman API service for this engine listens (in the private scratch
+        directory), or None where none is used: with ``LAS_PODMAN_SERVICE=0``, or when
+        podman talks to a remote service (``CONTAINER_HOST``, ``CONTAINER_CONNECTION``).
+
+        One service per user, podman binary, global args, environment that podman reads,
+        and version of its configuration files: a service reads them once, when it starts.
         """
         env = self.subprocess_env()
         if (
@@ -720,16 +742,16 @@ class Engine:
         import hashlib
 
         read = sorted((k, v) for k, v in env.items() if k in _PODMAN_ENV or k[:11] == "CONTAINERS_")
-        key = repr((os.getuid(), os.path.realpath(self.binary), self.global_args, read))
+        user = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME", "/"), ".config")
+        dirs = (*_PODMAN_CONF_DIRS, os.path.join(user, "containers"))
+        names = ("containers.conf", "storage.conf", "containers.conf.d")
+        stamps = [
+            _stamp(f) for f in (self.binary, *(os.path.join(d, n) for d in dirs for n in names))
+        ]
+        key = repr((os.getuid(), os.path.realpath(self.binary), self.global_args, read, stamps))
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         sock = os.path.join(self.cwd, f"podman-{digest}.sock")
-        if len(sock.encode()) > 100:  # a unix socket's path has room for 107 bytes
-            return None
-        argv = [
-            *self.base_args(), "system", "service",
-            f"--time={enginestore.PODMAN_SERVICE_IDLE}", f"unix://{sock}",
-        ]  # fmt: skip
-        return enginestore.podman_service(sock, argv, env, wait=wait)
+        return sock if len(sock.encode()) <= 100 else None  # a socket's path: 107 bytes at most
 
     def _api_run(
         self, sock: str, spec: ContainerRunSpec, timeout: float, body: dict[str, Any]
