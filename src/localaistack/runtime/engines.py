@@ -1195,9 +1195,10 @@ def docker_create_body(spec: ContainerRunSpec) -> dict[str, Any]:
 def podman_create_body(spec: ContainerRunSpec, argv: Sequence[str]) -> dict[str, Any]:
     """libpod's ``POST /libpod/containers/create`` body (a SpecGenerator) for ``spec``: what
     ``run_args`` (``argv``, recorded as the container's create command) asks of the CLI,
-    setting for setting, with the CLI's own defaults where they differ from the API's
-    (umask, stop timeout, the tmpfs mounts of a read-only root). A test compares both
-    containers with ``podman inspect``. No GPUs: those go through the CLI."""
+    setting for setting, with what the CLI adds that the API does not (the tmpfs mounts of
+    a read-only root, the sd-notify mode, the TTY annotation); containers.conf's defaults
+    (umask, stop timeout...) apply on both paths. A test compares both containers with
+    ``podman inspect``. No GPUs: those go through the CLI."""
     import signal
 
     resources: dict[str, Any] = {"pids": {"limit": spec.pids_limit}}
@@ -1240,8 +1241,6 @@ def podman_create_body(spec: ContainerRunSpec, argv: Sequence[str]) -> dict[str,
         "no_new_privileges": True,
         "read_only_filesystem": spec.read_only_root,
         "mounts": mounts,
-        "umask": "0022",
-        "stop_timeout": 10,
         "sdnotifyMode": "container",
         "resource_limits": resources,
         "netns": {"nsmode": "bridge" if spec.ports else "none"},
