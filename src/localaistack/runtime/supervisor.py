@@ -19,9 +19,11 @@ workload it
 * when the plan asks for restarts, starts the next attempt (a run of its own) after a
   bounded, growing backoff.
 
-For a container it drives the engine's CLI instead (``run -d``, ``logs --follow``,
-``wait``, ``stop``, ``inspect``, ``rm``), with the same states, logs, probes and restarts;
-``--adopt CONTAINER --since TIME`` follows a container whose supervisor died.
+For a container it drives the engine instead (create and start through its API, or
+``run -d``; then the CLI's ``logs --follow``, ``wait``, ``stop``, ``inspect``, ``rm``), with
+the same states, logs, probes and restarts; it becomes child subreaper only once the
+container runs (the engine's own processes are not its children, as after a ``run -d`` by
+hand). ``--adopt CONTAINER --since TIME`` follows a container whose supervisor died.
 
 It sleeps in ``select`` while nothing happens: no polling (only the probe's cadence, and a
 memory sampler where no cgroup can enforce a limit). Standard library only, and it imports
