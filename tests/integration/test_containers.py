@@ -130,17 +130,23 @@ def test_out_of_memory(las: Las, engine: Engine, cmod: Callable[..., Path]) -> N
         assert "inferred" in reason or "reported by podman" in reason
 
 
-def test_supervisor_killed_container_is_readopted(
-    las: Las, engine: Engine, cmod: Callable[..., Path]
-) -> None:
-    ticker = ["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]
-    las.ok("run", str(cmod("tick", ticker)))
-    run_id = las.ps()["tick"]["run_id"]
+def kill_supervisor(las: Las, name: str) -> str:
+    """SIGKILL the supervisor of instance ``name``'s current run; that run's id."""
+    run_id = str(las.ps()[name]["run_id"])
     db = sqlite3.connect(las.home / "state.db")
     sup = db.execute("SELECT sup_pid FROM runs WHERE run_id=?", (run_id,)).fetchone()[0]
     db.close()
     os.kill(sup, signal.SIGKILL)
     wait_until(lambda: not pid_alive(sup), message="supervisor gone")
+    return run_id
+
+
+def test_supervisor_killed_container_is_readopted(
+    las: Las, engine: Engine, cmod: Callable[..., Path]
+) -> None:
+    ticker = ["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]
+    las.ok("run", str(cmod("tick", ticker)))
+    run_id = kill_supervisor(las, "tick")
     (st,) = labelled(engine, las)
     assert st.running  # the container outlives its supervisor
     info = las.ps()["tick"]  # reconciles: a new supervisor adopts it
@@ -176,12 +182,7 @@ def test_concurrent_commands_readopt_a_container_once(
     re-adopts the container (the run is claimed in the store); the others see that."""
     las.ok("run", "-d", str(cmod("tick", ["sleep", "600"])))
     wait_until(lambda: las.ps()["tick"]["pid"] is not None, 20, message="tick followed")
-    run_id = las.ps()["tick"]["run_id"]
-    db = sqlite3.connect(las.home / "state.db")
-    sup = db.execute("SELECT sup_pid FROM runs WHERE run_id=?", (run_id,)).fetchone()[0]
-    db.close()
-    os.kill(sup, signal.SIGKILL)
-    wait_until(lambda: not pid_alive(sup), message="supervisor gone")
+    run_id = kill_supervisor(las, "tick")
     procs = [las.popen("ps") for _ in range(4)]
     for proc in procs:
         _, err = proc.communicate(timeout=60)

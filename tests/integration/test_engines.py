@@ -457,6 +457,17 @@ def test_image_listed_never_guesses_about_another_endpoint(engine: Engine) -> No
     assert not other.image_listed(IMAGE)
 
 
+def rich_spec(volume: Path, label: str) -> ContainerRunSpec:
+    """A spec that sets every setting las passes (unnamed): for the API/CLI parity tests."""
+    return ContainerRunSpec(
+        name="", image=IMAGE, argv=["sleep", "60"], env=[("A", "1")], secret_env=[("S", "x")],
+        workdir="/tmp", user=NOBODY, volumes=[VolumeMount(str(volume), "/data", True)],
+        memory=64 * 1024 * 1024, cpus=0.5, pids_limit=100, cap_add=["NET_BIND_SERVICE"],
+        labels={LABEL: label}, ulimits=suggested_ulimits(), stop_signal="SIGINT",
+        log_max_size=1_000_000,
+    )  # fmt: skip
+
+
 @pytest.mark.docker
 def test_docker_api_run_makes_the_cli_runs_container(tmp_path: Path) -> None:
     """las starts docker containers through dockerd's API (``Engine.run``): the container
@@ -466,13 +477,7 @@ def test_docker_api_run_makes_the_cli_runs_container(tmp_path: Path) -> None:
     if not eng.usable()[0] or not eng.image_exists(IMAGE):
         pytest.skip("docker is not usable here; run scripts/ci-containers-up as root")
     label = uuid.uuid4().hex
-    spec = ContainerRunSpec(
-        name="", image=IMAGE, argv=["sleep", "60"], env=[("A", "1")], secret_env=[("S", "x")],
-        workdir="/tmp", user=NOBODY, volumes=[VolumeMount(str(tmp_path), "/data", True)],
-        memory=64 * 1024 * 1024, cpus=0.5, pids_limit=100, cap_add=["NET_BIND_SERVICE"],
-        labels={LABEL: label}, ulimits=suggested_ulimits(), stop_signal="SIGINT",
-        log_max_size=1_000_000,
-    )  # fmt: skip
+    spec = rich_spec(tmp_path, label)
 
     def inspect(cid: str) -> dict[str, Any]:
         out = subprocess.run(
@@ -548,13 +553,7 @@ def test_podman_api_run_makes_the_cli_runs_container(tmp_path: Path) -> None:
     sock = eng.podman_api(wait=True)
     assert sock is not None, "podman's API service did not start"
     label = uuid.uuid4().hex
-    spec = ContainerRunSpec(
-        name="", image=IMAGE, argv=["sleep", "60"], env=[("A", "1")], secret_env=[("S", "x")],
-        workdir="/tmp", user=NOBODY, volumes=[VolumeMount(str(tmp_path), "/data", True)],
-        memory=64 * 1024 * 1024, cpus=0.5, pids_limit=100, cap_add=["NET_BIND_SERVICE"],
-        labels={LABEL: label}, ulimits=suggested_ulimits(), stop_signal="SIGINT",
-        log_max_size=1_000_000,
-    )  # fmt: skip
+    spec = rich_spec(tmp_path, label)
     # What differs between any two containers: identity, paths, times, addresses.
     own = ("Id", "Name", "Created", "StartedAt", "Pid", "Hostname", "Path", "Rootfs", "Dir",
            "Network", "ExitCommand", "Env", "CreateCommand", "Aliases", "Dependencies")  # fmt: skip
