@@ -34,14 +34,25 @@ ProbeKind = Literal["http", "tcp", "command"]
 
 
 _T = TypeVar("_T", bound="_Frozen")
-_HINTS: dict[type, dict[str, Any]] = {}
+_HINTS: dict[type, dict[str, Any]] = {}  # per record class
 
 
-def _hints(cls: type) -> dict[str, Any]:
+def _hints(cls: type[_Frozen]) -> dict[str, Any]:
+    """The types of a record's fields, its annotation strings evaluated in its module.
+
+    ``typing.get_type_hints`` does the same for any class, at ~0.4 ms a class: ~3 ms on
+    each ``las run``, which reads a plan back. Records here declare their fields directly
+    (``_Frozen.__init_subclass__``), so their own annotations are all there is to read.
+    """
     hints = _HINTS.get(cls)
     if hints is None:
-        module = sys.modules[cls.__module__]
-        hints = _HINTS[cls] = typing.get_type_hints(cls, vars(module))
+        names = vars(sys.modules[cls.__module__])
+        own: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            own.update(klass.__dict__.get("__annotations__", {}))  # noqa: RUF063
+        hints = _HINTS[cls] = {
+            f: eval(own[f], names) if isinstance(own[f], str) else own[f] for f in cls._fields
+        }
     return hints
 
 

@@ -1295,9 +1295,10 @@ def main(argv: list[str] | None = None) -> int:
     go = args.get("go-fd")
     if go is not None:
         # Also before the wait (idle time while `las` plans): what a container run needs at
-        # once after it, the engine layer and hashlib (its labels), ~10 ms and a few
-        # hundred kB together.
+        # once after it, the engine layer, hashlib (its labels) and socket (the engine's
+        # API; ~4 ms for its enums alone), ~15 ms and a few hundred kB together.
         import hashlib  # noqa: F401
+        import socket  # noqa: F401
 
         from localaistack.runtime import engines  # noqa: F401
 
