@@ -47,6 +47,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from localaistack.osutil import which
 from localaistack.runtime import enginestore
 
 if TYPE_CHECKING:
@@ -226,16 +227,6 @@ def _stamp(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_mtime_ns, st.st_size
-
-
-def which(name: str, path: str | None = None) -> str | None:
-    """``shutil.which`` for a bare command name: the first executable file called ``name``
-    in ``path`` (default ``$PATH``). shutil costs the supervisor's start ~3 ms to import."""
-    for folder in (os.environ.get("PATH", os.defpath) if path is None else path).split(":"):
-        candidate = os.path.join(folder or os.curdir, name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 def scratch_dir() -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import sqlite3
 import time
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from localaistack.errors import (
     StartFailed,
     UsageError,
 )
+from localaistack.osutil import which
 from localaistack.runtime import procs
 from localaistack.runtime.spawn import Pending, new_run_id
 from localaistack.runtime.supervision import Supervisors
@@ -335,6 +335,8 @@ class Runtime:
             )
         secrets.remove(self.home, name)
         if purge:
+            import shutil
+
             shutil.rmtree(self.home / "logs" / name, ignore_errors=True)
 
     # --- views ---------------------------------------------------------------------------
@@ -466,7 +468,7 @@ class Runtime:
                                   hint="create it, or fix the parameter that names it")  # fmt: skip
         from localaistack.runtime import enginestore
 
-        if shutil.which(c.engine) and enginestore.image_listed(c.engine, os.environ, c.image):
+        if which(c.engine) and enginestore.image_listed(c.engine, os.environ, c.image):
             return  # found without the engine's CLI (and without importing engines.py)
         from localaistack.runtime import engines
 
