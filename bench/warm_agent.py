@@ -55,8 +55,11 @@ def main() -> None:
 
 def run(module: Path, reps: int) -> None:
     from localaistack.cli import entry, launch
-    from localaistack.runtime import engines, spawn, supervision, supervisor
+    from localaistack.control import admission, names, plancache  # noqa: F401 (kept warm)
+    from localaistack.plan import ExecutionPlan
+    from localaistack.runtime import engines, manager, spawn, supervision, supervisor  # noqa: F401
     from localaistack.runtime.procs import start_time
+    from localaistack.store import db, paths
     from localaistack.store.home import make_private_dir
 
     engine = engines.Engine("podman", global_args=engines.suggested_global_args("podman"))
@@ -64,6 +67,11 @@ def run(module: Path, reps: int) -> None:
         sys.exit("podman or its API service or the test image is not usable here")
     las = las_cmd()
     subprocess.run([*las, "run", "-d", str(module), "--name", "prime"], check=True)  # plan kept
+    store = db.Store(paths.las_home() / "state.db")  # an agent would have read plans before
+    prime = store.instance("prime")
+    assert prime is not None
+    ExecutionPlan.from_json(prime["plan"])
+    store.close()
     subprocess.run([*las, "rm", "-f", "prime"], check=True, capture_output=True)
 
     def fork_supervisor(
@@ -91,8 +99,8 @@ def run(module: Path, reps: int) -> None:
         os.close(go_r)
         return spawn.Pending(run_id, pid, start_time(pid), go_w, rfd, sup_log, os.fspath(db))
 
-    entry.spawn_supervisor = fork_supervisor  # type: ignore[attr-defined]
-    supervision.spawn_supervisor = fork_supervisor  # type: ignore[assignment]
+    spawn.spawn_supervisor = fork_supervisor  # what cli/entry.py imports when it spawns
+    supervision.spawn_supervisor = fork_supervisor
 
     def worker(i: int) -> float:
         t0 = time.perf_counter()
