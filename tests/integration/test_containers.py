@@ -170,7 +170,8 @@ def _followers(run_id: str) -> list[int]:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if {b"localaistack.runtime.supervisor", b"--adopt", run_id.encode()} <= set(argv):
+        supervisor = any(b"localaistack.runtime.supervisor" in arg for arg in argv)
+        if supervisor and {b"--adopt", run_id.encode()} <= set(argv):
             found.append(int(entry))
     return found
 

@@ -1,8 +1,8 @@
 """The per-instance supervisor: the parent of one workload, native or in a container.
 
-Started by ``las`` as ``python -m localaistack.runtime.supervisor --db DB --run RUN_ID
---ready-fd FD`` in a session of its own, it outlives the ``las`` command. For a native
-workload it
+Started by ``las`` as ``python -S -c "...from localaistack.runtime.supervisor import
+main..." --db DB --run RUN_ID --ready-fd FD`` (runtime/spawn.py) in a session of its own,
+it outlives the ``las`` command. For a native workload it
 
 * starts it in its own session and process group and cgroup (with its memory and CPU
   limits where this process may write them), with ``PR_SET_PDEATHSIG`` so that the workload
