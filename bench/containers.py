@@ -91,7 +91,7 @@ def bench_engine(root: Path, name: str, reps: int) -> Row | None:
 
 def collect(quick: bool) -> list[Row]:
     """Container start for each usable engine."""
-    reps = 2 if quick else 7
+    reps = 2 if quick else 15  # the spread on a shared VM is wide: more pairs, a steadier median
     rows = []
     with workspace() as root:
         for name in ("podman", "docker"):
