@@ -122,12 +122,14 @@ def run(module: Path, reps: int) -> None:
                 sys.stdout.flush()
                 os._exit(0)
         os.close(w)
-        with os.fdopen(r, "rb") as out:
-            line = out.read()
-        took = time.perf_counter() - t0
-        os.waitpid(pid, 0)
-        assert b"running" in line, line
-        subprocess.run([*las, "rm", "-f", f"w{i}"], check=True, capture_output=True)
+        try:
+            with os.fdopen(r, "rb") as out:
+                line = out.read()
+            took = time.perf_counter() - t0
+            os.waitpid(pid, 0)
+            assert b"running" in line, line
+        finally:  # nothing may outlive the experiment
+            subprocess.run([*las, "rm", "-f", f"w{i}"], capture_output=True)
         return took
 
     def client() -> float:
