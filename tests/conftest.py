@@ -44,7 +44,7 @@ def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             state = f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or going while read
         return False
     return state != "Z"
 
@@ -108,6 +108,13 @@ def las_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     monkeypatch.setenv("LAS_HOME", str(home))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    # The las agent (cli/agent.py) is tested by tests/integration/test_agent.py; elsewhere
+    # each `las` runs its commands itself, unless LAS_TEST_AGENT=1 runs the whole suite
+    # through agents (one per test's home, gone at the test's end).
+    if os.environ.get("LAS_TEST_AGENT") == "1":
+        monkeypatch.setenv("LAS_AGENT_IDLE", "30")
+    else:
+        monkeypatch.setenv("LAS_AGENT", "0")
     if "DOCKER_HOST" not in os.environ and os.path.exists(CI_DOCKER_SOCK):
         monkeypatch.setenv("DOCKER_HOST", f"unix://{CI_DOCKER_SOCK}")  # scripts/ci-containers-up
     env = dict(os.environ)
@@ -116,20 +123,42 @@ def las_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return env
 
 
-def _supervisors_of(home: Path) -> list[int]:
-    out = []
-    needle = str(home / "state.db").encode()
+def _processes() -> Iterator[tuple[int, bytes]]:
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        if b"localaistack.runtime.supervisor" in cmd and needle in cmd:
-            out.append(int(entry))
-    return out
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    yield int(entry), f.read()
+            except OSError:
+                continue
+
+
+def _agents_of(home: Path) -> list[int]:
+    """``home``'s las agent (cli/agent.py), if one runs."""
+    needle = b"--home\0" + str(home).encode() + b"\0"
+    return [pid for pid, cmd in _processes() if b"localaistack.cli.agent" in cmd and needle in cmd]
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _supervisors_of(home: Path) -> list[int]:
+    """The supervisors of ``home``'s store (not its agent's supervisor zygote, the
+    agent's child, whose command line its forked supervisors share)."""
+    needle = str(home / "state.db").encode()
+    agents = _agents_of(home)
+    return [
+        pid
+        for pid, cmd in _processes()
+        if b"localaistack.runtime.supervisor" in cmd
+        and needle in cmd
+        and _parent(pid) not in agents
+    ]
 
 
 @pytest.fixture
@@ -138,6 +167,11 @@ def las(tmp_path: Path, las_env: dict[str, str]) -> Iterator[Las]:
     home = tmp_path / "home"
     runner = Las(home, las_env)
     yield runner
+    for pid in _agents_of(home):  # its supervisor zygote exits with it
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     for pid in _supervisors_of(home):
         try:
             os.kill(pid, signal.SIGKILL)

@@ -25,7 +25,7 @@ def _skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "needs root to create cgroups (CI runs these as root)"
     if cgroups.version_at() is None:
-        return f"no cgroup filesystem at {cgroups.CGROUP_ROOT}"
+        return f"no cgroup filesystem at {cgroups.cgroup_root()}"
     run_id = f"test-probe-{uuid.uuid4().hex[:8]}"
     cg, notes = cgroups.create(run_id)
     if cg is None:
@@ -277,7 +277,7 @@ def test_partial_failure_keeps_the_rest(tmp_path: Path) -> None:
     """v1 with no memory hierarchy: processes tracked and CPU capped all the same."""
     if cgroups.version_at() != "v1":
         pytest.skip("builds a v1 root without a memory hierarchy: this machine is not v1")
-    real = cgroups.CGROUP_ROOT
+    real = cgroups.cgroup_root()
     if not os.path.isdir(os.path.join(real, "cpu")):
         pytest.skip("no v1 cpu hierarchy")
     root = tmp_path / "cgroup"
@@ -306,7 +306,7 @@ def test_partial_failure_keeps_the_rest(tmp_path: Path) -> None:
 
 def test_unified_hierarchy_of_a_hybrid_machine() -> None:
     """The v2 code path, on the controller-less cgroup2 of a hybrid machine: tracking only."""
-    root = os.path.join(cgroups.CGROUP_ROOT, "unified")
+    root = os.path.join(cgroups.cgroup_root(), "unified")
     if not os.path.isfile(os.path.join(root, "cgroup.controllers")):
         pytest.skip(f"no cgroup2 at {root} (not a hybrid machine)")
     had_parent = os.path.isdir(os.path.join(root, cgroups.PARENT))

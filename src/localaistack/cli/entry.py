@@ -1,6 +1,12 @@
-"""The ``las`` program's entry point: for ``las run``, the supervisor starts first.
+"""The ``las`` program's entry point.
 
-The plain forms of ``las run`` then run without importing click (cli/launch.py).
+``las run``/``start``/``restart`` go to the las agent first, when one serves this
+``$LAS_HOME`` (cli/handover.py, cli/agent.py): the command then runs in a warm las and
+this process only waits for it. Without an agent, ``las`` runs the command itself (and
+starts an agent for the next command once it is done), as follows.
+
+For ``las run``, the supervisor starts first; the plain forms of ``las run`` then run
+without importing click (cli/launch.py).
 
 A supervisor is a Python process that needs tens of milliseconds to start, and ``las``
 itself needs about as long to import its command-line library. So for ``las run`` (on a
@@ -25,6 +31,31 @@ _early: list[Pending] = []  # at most one
 
 def main() -> None:
     args = sys.argv[1:]
+    from localaistack.cli import handover  # os-only, as is the rest until the spawn
+
+    if handover.wanted(args):
+        from localaistack.store.home import home_dir
+
+        home = home_dir()
+        outcome = handover.hand_over(home, args) if handover.safe_home(home) else "absent"
+        if isinstance(outcome, int):
+            sys.exit(outcome)
+        if outcome in ("absent", "stale"):  # (else an agent that serves others runs)
+            import atexit  # launch.py's fast exit runs these too
+
+            atexit.register(_start_agent, home)  # for the next command, once this one ends
+    run(args)
+
+
+def _start_agent(home: str) -> None:
+    from localaistack.cli import handover
+
+    if handover.safe_home(home):
+        handover.start_agent(home)
+
+
+def run(args: list[str]) -> None:
+    """``las ARGS``, here (also in the agent's workers, cli/agent.py); exits."""
     pending = _spawn_early(args)
     if pending is not None:
         _early.append(pending)
@@ -37,7 +68,7 @@ def main() -> None:
             launch.main(parsed)
     from localaistack.cli.main import main as cli
 
-    cli()
+    cli(args)
 
 
 def _spawn_early(args: list[str]) -> Pending | None:

@@ -101,15 +101,22 @@ def main(args: RunArgs) -> NoReturn:
         sys.stderr.write("\nAborted!\n")  # what click prints
         sys.exit(1)
     except BrokenPipeError:  # stdout closed early (`las run ... | head -0`): as click does
-        os._exit(1)
+        _fast_exit(1)
     # Done, the store closed: skip the interpreter's teardown of every imported module
     # (~10 ms here), which nothing of las's needs; only the output must be flushed.
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     except BrokenPipeError:
-        os._exit(1)
-    os._exit(0)
+        _fast_exit(1)
+    _fast_exit(0)
+
+
+def _fast_exit(code: int) -> NoReturn:
+    import atexit
+
+    atexit._run_exitfuncs()  # what las registered (cli/entry.py: the agent's start)
+    os._exit(code)
 
 
 def run_instance(

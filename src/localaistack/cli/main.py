@@ -331,11 +331,11 @@ def trust(module: str, sets: tuple[str, ...], policy_file: Path | None) -> None:
     click.echo(f"  - {{module: {name}, sha256: {digest}}}")
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> None:
     from localaistack.cli import lifecycle  # noqa: F401  (registers the runtime commands)
 
     try:
-        cli.main(prog_name="las")
+        cli.main(args=args, prog_name="las")
     except LasError as err:  # raised outside a command, e.g. in a callback
         fail(err)
 

@@ -37,8 +37,19 @@ import os
 import signal
 import time
 
-# str paths: pathlib costs the supervisor memory. LAS_CGROUP_ROOT: where cgroupfs is mounted.
-CGROUP_ROOT = os.environ.get("LAS_CGROUP_ROOT", "/sys/fs/cgroup")
+# str paths: pathlib costs the supervisor memory.
+DEFAULT_ROOT = "/sys/fs/cgroup"
+
+
+def cgroup_root() -> str:
+    """Where cgroupfs is mounted: ``$LAS_CGROUP_ROOT``, else /sys/fs/cgroup.
+
+    Read at each call, never at import: the las agent's workers and its supervisor
+    zygote's children run with the environment of the command they serve (cli/agent.py).
+    """
+    return os.environ.get("LAS_CGROUP_ROOT") or DEFAULT_ROOT
+
+
 PARENT = "las"
 CFS_PERIOD_US = 100_000
 MIN_QUOTA_US = 1_000  # the kernel refuses a quota under 1 ms
@@ -234,8 +245,9 @@ def _is_cgroup_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "cgroup.procs"))
 
 
-def version_at(root: str = CGROUP_ROOT) -> str | None:
+def version_at(root: str | None = None) -> str | None:
     """``v2`` when ``root`` is a unified hierarchy, ``v1`` when it holds v1 controllers."""
+    root = root or cgroup_root()
     if os.path.isfile(os.path.join(root, "cgroup.controllers")):
         return "v2"
     if any(_is_cgroup_dir(os.path.join(root, c)) for c in ("pids", "memory", "cpu")):
@@ -243,8 +255,9 @@ def version_at(root: str = CGROUP_ROOT) -> str | None:
     return None
 
 
-def path_for(run_id: str, root: str = CGROUP_ROOT) -> tuple[str, str]:
+def path_for(run_id: str, root: str | None = None) -> tuple[str, str]:
     """Where a run's tracking cgroup lives on this machine, and the cgroup version."""
+    root = root or cgroup_root()
     if version_at(root) == "v2":
         return os.path.join(root, PARENT, run_id), "v2"
     return os.path.join(root, "pids", PARENT, run_id), "v1"
@@ -270,7 +283,7 @@ def create(
     *,
     memory: int | None = None,
     cpus: float | None = None,
-    root: str = CGROUP_ROOT,
+    root: str | None = None,
 ) -> tuple[RunCgroup | None, dict[str, str]]:
     """Create the run's cgroup(s) and apply the limits.
 
@@ -278,6 +291,7 @@ def create(
     aspect: ``processes`` (tracking), ``memory`` and ``cpus``; each says what holds,
     "none requested", or "not enforced: <why>".
     """
+    root = root or cgroup_root()
     version = version_at(root)
     if version is None:
         why = f"not enforced: no cgroup filesystem at {root}"
@@ -460,8 +474,9 @@ def _rmdir_quietly(path: str) -> None:
         os.rmdir(path)
 
 
-def existing(run_id: str, root: str = CGROUP_ROOT) -> RunCgroup | None:
+def existing(run_id: str, root: str | None = None) -> RunCgroup | None:
     """Whatever directories of the run still exist (for cleanup after a supervisor died)."""
+    root = root or cgroup_root()
     version = version_at(root)
     if version == "v2":
         path = os.path.join(root, PARENT, run_id)

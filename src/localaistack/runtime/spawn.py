@@ -14,6 +14,10 @@ from localaistack.errors import StartFailed
 from localaistack.runtime.procs import start_time
 from localaistack.store.home import make_private_dir
 
+TYPE_CHECKING = False  # not typing's: this module is on the start path before anything
+if TYPE_CHECKING:
+    import socket
+
 # The supervisor's entry (``python -S -c SUPERVISOR_MAIN --db ... --run ...``); its command
 # line names the module, which is how `ps` (and the tests) tell a supervisor.
 SUPERVISOR_MAIN = "import sys; from localaistack.runtime.supervisor import main; sys.exit(main())"
@@ -70,38 +74,15 @@ def spawn_supervisor(
     sup_log = os.path.join(run_dir, "supervisor.log")
     rfd, wfd = os.pipe()  # ready: supervisor -> las
     go_r, go_w = os.pipe()  # go: las -> supervisor
-    for fd in (wfd, go_r):
-        os.set_inheritable(fd, True)
     log_fd = os.open(sup_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    argv = [
-        sys.executable,
-        "-S",  # no site: the supervisor needs only the standard library and las
-        "-c",  # not -m: runpy costs ~3 ms more to import, on every start path
-        SUPERVISOR_MAIN,
-        "--db",
-        os.fspath(db),
-        "--run",
-        run_id,
-        "--ready-fd",
-        str(wfd),
-        "--go-fd",
-        str(go_r),
-        *extra_args,
-    ]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
     try:
-        pid = os.posix_spawn(
-            sys.executable,
-            argv,
-            env,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, log_fd, 1),
-                (os.POSIX_SPAWN_DUP2, log_fd, 2),
-            ],
-            setsid=True,
-        )
+        pid = None
+        if zygote is not None and not extra_args:
+            pid = _fork_from_zygote(os.fspath(db), run_id, env, (wfd, go_r, log_fd))
+        if pid is None:
+            pid = _exec_supervisor(os.fspath(db), run_id, env, (wfd, go_r, log_fd), extra_args)
     except OSError as exc:
         os.close(rfd)
         os.close(go_w)
@@ -116,3 +97,97 @@ def spawn_supervisor(
         for fd in (wfd, go_r, log_fd):
             os.close(fd)
     return Pending(run_id, pid, start_time(pid), go_w, rfd, sup_log, os.fspath(db))
+
+
+def _exec_supervisor(
+    db: str, run_id: str, env: dict[str, str], fds: tuple[int, int, int],
+    extra_args: tuple[str, ...],
+) -> int:  # fmt: skip
+    """A new Python: ``python -S -c SUPERVISOR_MAIN ...``, in a session of its own."""
+    wfd, go_r, log_fd = fds
+    for fd in (wfd, go_r):
+        os.set_inheritable(fd, True)
+    argv = [
+        sys.executable,
+        "-S",  # no site: the supervisor needs only the standard library and las
+        "-c",  # not -m: runpy costs ~3 ms more to import, on every start path
+        SUPERVISOR_MAIN,
+        "--db",
+        db,
+        "--run",
+        run_id,
+        "--ready-fd",
+        str(wfd),
+        "--go-fd",
+        str(go_r),
+        *extra_args,
+    ]
+    return os.posix_spawn(
+        sys.executable,
+        argv,
+        env,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, log_fd, 1),
+            (os.POSIX_SPAWN_DUP2, log_fd, 2),
+        ],
+        setsid=True,
+    )
+
+
+# The las agent's supervisor zygote (runtime/supervisor_zygote.py), when this process is
+# one of the agent's workers (cli/agent.py sets it): a SOCK_SEQPACKET socket.
+zygote: socket.socket | None = None
+
+
+def _fork_from_zygote(
+    db: str, run_id: str, env: dict[str, str], fds: tuple[int, int, int]
+) -> int | None:
+    """The supervisor forked by the agent's zygote (no Python to start: ~1 ms), or None
+    when the zygote is gone (the caller then starts a new Python, as without an agent).
+
+    The zygote's child takes this process's environment, working directory, umask and
+    resource limits, as an exec'd supervisor would inherit them.
+    """
+    import json
+    import resource
+    import select
+    import socket
+
+    assert zygote is not None
+    limits = {n: resource.getrlimit(getattr(resource, n)) for n in RLIMITS}
+    umask = os.umask(0o077)
+    os.umask(umask)
+    request = {"db": db, "run": run_id, "env": env, "umask": umask, "rlimits": limits}
+    reply_r, reply_w = os.pipe()
+    try:
+        cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        cwd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        socket.send_fds(zygote, [json.dumps(request).encode()], [*fds, cwd, reply_w])
+        os.close(reply_w)
+        reply_w = -1
+        answer = b""
+        while select.select([reply_r], [], [], ZYGOTE_DEADLINE)[0]:
+            chunk = os.read(reply_r, 64)
+            if not chunk:
+                break
+            answer += chunk
+        return int(answer) if answer.strip().isdigit() else None
+    except OSError:
+        return None
+    finally:
+        for fd in (reply_r, reply_w, cwd):
+            if fd >= 0:
+                os.close(fd)
+
+
+ZYGOTE_DEADLINE = 5.0  # seconds for the zygote to answer (it forks twice: ~1-2 ms)
+
+# What an exec'd supervisor would inherit and the zygote's child is given instead.
+RLIMITS = (
+    "RLIMIT_AS", "RLIMIT_CORE", "RLIMIT_CPU", "RLIMIT_DATA", "RLIMIT_FSIZE",
+    "RLIMIT_MEMLOCK", "RLIMIT_MSGQUEUE", "RLIMIT_NICE", "RLIMIT_NOFILE", "RLIMIT_NPROC",
+    "RLIMIT_RSS", "RLIMIT_RTPRIO", "RLIMIT_RTTIME", "RLIMIT_SIGPENDING", "RLIMIT_STACK",
+)  # fmt: skip

@@ -1,0 +1,438 @@
+"""The las agent: a las that stays, so that ``las run`` does not start Python each time.
+
+One per ``$LAS_HOME``, started in the background by a ``las run``/``start``/``restart``
+that found none (cli/handover.py, the client side), as ``python -c AGENT_MAIN --home
+HOME``. It
+
+* imports, once, everything those commands need, and starts a supervisor zygote
+  (runtime/supervisor_zygote.py), so that a run's supervisor is a fork, not a new Python;
+* listens on ``HOME/agent.sock`` (``SOCK_SEQPACKET``, mode 0600 in a 0700 home), and
+  serves only its own user (``SO_PEERCRED``), only clients that share its Python, las
+  installation, locale, groups and Python flags (else it refuses, and the client runs the
+  command itself), and only while las's files are those it imported: after an upgrade it
+  refuses with ``stale``, stops listening and exits once its commands have ended;
+* for each command, forks a worker that takes the client's standard streams, working
+  directory, umask, resource limits, environment and arguments, runs the command as
+  ``las`` would (cli/entry.py's ``run``) and exits with its status, which the agent sends
+  back; signals the client forwards go to the worker; a client that disappears (killed)
+  takes its worker with it (SIGKILL), as if the command had been that process;
+* exits after ``$LAS_AGENT_IDLE`` seconds (default 300) without a command, when its socket
+  is removed or replaced, or on SIGTERM. It holds no store connection and no thread: a
+  worker is a clean copy. Its own diagnostics go to ``HOME/agent.log``.
+
+``LAS_AGENT=0`` in a client's environment keeps that ``las`` from using or starting it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import io
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+from typing import Any
+
+from localaistack.cli import entry, handover
+from localaistack.runtime import spawn
+from localaistack.runtime.spawn import PACKAGE_ROOT
+from localaistack.runtime.supervisor_zygote import ZYGOTE_MAIN
+
+USAGE = "usage: python -c AGENT_MAIN --home HOME (started by las itself: cli/handover.py)"
+IDLE = 300.0  # seconds without a command before the agent exits ($LAS_AGENT_IDLE)
+TICK = 5.0  # seconds between checks of the socket and las's files while idle
+REQUEST_TIMEOUT = 2.0  # seconds a connected client has to send its command
+MAX_REQUEST = 1 << 20  # bytes: arguments and environment
+LOCK = "agent.lock"
+
+
+def _warm() -> None:
+    """Import what the handed-over commands use, once, before any fork."""
+    import hashlib  # noqa: F401
+    import json  # noqa: F401
+    import sqlite3  # noqa: F401
+    import tempfile  # noqa: F401
+
+    from localaistack.cli import launch, lifecycle, main  # noqa: F401
+    from localaistack.control import admission, names, plancache, planner, ports  # noqa: F401
+    from localaistack.runtime import engines, enginestore, manager, supervision  # noqa: F401
+
+
+class Worker:
+    __slots__ = ("conn", "pid", "pidfd")
+
+    def __init__(self, pid: int, pidfd: int, conn: socket.socket) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.conn: socket.socket | None = conn
+
+
+class Agent:
+    def __init__(self, home: str, listener: socket.socket, dir_fd: int, lock_fd: int) -> None:
+        self.home = home
+        self.listener: socket.socket | None = listener
+        self.dir_fd = dir_fd
+        self.lock_fd = lock_fd
+        self.ino = os.stat(handover.SOCKET, dir_fd=dir_fd).st_ino
+        self.key = handover.key()
+        self.files = _signature()
+        self.idle = float(os.environ.get("LAS_AGENT_IDLE", IDLE))
+        self.last = time.monotonic()
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(listener, selectors.EVENT_READ, None)
+        self.workers: dict[int, Worker] = {}
+        self.zygote: socket.socket | None = None
+        self.zygote_pid: int | None = None
+        self.zygote_pidfd: int | None = None
+
+    # --- the loop -------------------------------------------------------------------
+
+    def serve(self) -> int:
+        self._start_zygote()
+        while self.listener is not None or self.workers:
+            for key, _ in self.sel.select(TICK):
+                if key.data is None:
+                    self._accept()
+                else:
+                    kind, worker = key.data
+                    if kind == "exit":
+                        self._ended(worker)
+                    elif kind == "client":
+                        self._from_client(worker)
+                    else:
+                        self._zygote_ended()
+            if self.listener is not None:
+                why = self._why_stop()
+                if why:
+                    self._stop_listening(why)
+        self._stop_zygote()
+        return 0
+
+    def _why_stop(self) -> str | None:
+        if not self.workers and time.monotonic() - self.last > self.idle:
+            return f"idle for {self.idle:g} s"
+        try:
+            if os.stat(handover.SOCKET, dir_fd=self.dir_fd).st_ino != self.ino:
+                return "its socket was replaced"
+        except OSError:
+            return "its socket was removed"
+        return None
+
+    def _stop_listening(self, why: str) -> None:
+        """No more commands: the socket goes (if still ours) and so does the lock."""
+        _log(f"stops: {why}")
+        assert self.listener is not None
+        self.sel.unregister(self.listener)
+        with contextlib.suppress(OSError):
+            if os.stat(handover.SOCKET, dir_fd=self.dir_fd).st_ino == self.ino:
+                os.unlink(handover.SOCKET, dir_fd=self.dir_fd)
+        self.listener.close()
+        self.listener = None
+        os.close(self.lock_fd)  # a new agent may start now
+
+    # --- a command ------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        self.last = time.monotonic()
+        fds: list[int] = []
+        try:
+            conn.settimeout(REQUEST_TIMEOUT)
+            cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            if struct.unpack("3i", cred)[1] != os.geteuid():
+                return _refuse(conn, "another user")
+            message, fds, flags, _ = socket.recv_fds(conn, MAX_REQUEST, 4)
+            if len(fds) != 4 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                return _refuse(conn, "a malformed request")
+            request = _parse(message)
+            if request is None:
+                return _refuse(conn, "a malformed request")
+            if request["key"] != self.key:
+                return _refuse(conn, "another Python, las installation, locale or groups")
+            if _signature() != self.files:
+                _refuse(conn, "stale")
+                return self._stop_listening("las's files changed (an upgrade)")
+            too_high = _limits_above_own(request["limits"])
+            if too_high:
+                return _refuse(conn, f"{too_high} is above the agent's own hard limit")
+            if self.zygote is None:
+                self._start_zygote()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                self._become_worker(conn, fds, request)  # never returns
+            conn.settimeout(None)
+            conn.send(b"started")
+        except OSError as exc:
+            _log(f"a command failed to start: {exc}")
+            return _close(conn)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        worker = Worker(pid, os.pidfd_open(pid), conn)
+        self.workers[pid] = worker
+        self.sel.register(worker.pidfd, selectors.EVENT_READ, ("exit", worker))
+        self.sel.register(conn, selectors.EVENT_READ, ("client", worker))
+
+    def _from_client(self, worker: Worker) -> None:
+        """A forwarded signal, or the client's end: a client that went away before its
+        command ended was killed, and the command goes with it."""
+        if worker.conn is None:  # its command ended in this same round
+            return
+        try:
+            message = worker.conn.recv(64)
+        except OSError:
+            message = b""
+        word, _, value = message.partition(b" ")
+        if word == b"signal" and value.isdigit() and int(value) in handover.FORWARDED:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(worker.pidfd, int(value))
+            return
+        if not message:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(worker.pidfd, signal.SIGKILL)
+            self.sel.unregister(worker.conn)
+            _close(worker.conn)
+            worker.conn = None
+
+    def _ended(self, worker: Worker) -> None:
+        _, status = os.waitpid(worker.pid, 0)
+        if worker.conn is not None:
+            if os.WIFSIGNALED(status):
+                answer = b"signal %d" % os.WTERMSIG(status)
+            else:
+                answer = b"exit %d" % os.waitstatus_to_exitcode(status)
+            with contextlib.suppress(OSError):
+                worker.conn.send(answer)
+            self.sel.unregister(worker.conn)
+            _close(worker.conn)
+        self.sel.unregister(worker.pidfd)
+        os.close(worker.pidfd)
+        del self.workers[worker.pid]
+        self.last = time.monotonic()
+
+    def _become_worker(self, conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
+        """In the forked worker: become the client's ``las`` process, run, exit."""
+        code = 1
+        try:
+            # Nothing of the agent's may stay open here: its socket, its lock, the other
+            # clients' connections (each must see its own command's end).
+            for other in self.workers.values():
+                os.close(other.pidfd)
+                if other.conn is not None:
+                    other.conn.close()
+            if self.listener is not None:
+                self.listener.close()
+                os.close(self.lock_fd)
+            self.sel.close()
+            os.close(self.dir_fd)
+            if self.zygote_pidfd is not None:
+                os.close(self.zygote_pidfd)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            for target, fd in enumerate(fds[:3]):
+                os.dup2(fd, target)
+            os.fchdir(fds[3])
+            for fd in fds:
+                os.close(fd)
+            os.umask(request["umask"])
+            for name, (soft, hard) in request["limits"].items():
+                import resource
+
+                with contextlib.suppress(AttributeError):
+                    resource.setrlimit(getattr(resource, name), (soft, hard))
+            os.environ.clear()
+            os.environ.update(request["env"])
+            sys.argv = ["las", *request["args"]]
+            sys.stdout = io.TextIOWrapper(
+                io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
+                encoding=sys.stdout.encoding,
+                errors=sys.stdout.errors,
+                line_buffering=os.isatty(1),
+            )
+            spawn.zygote = self.zygote
+            code = _run(request["args"])
+        finally:
+            with contextlib.suppress(BaseException):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            with contextlib.suppress(OSError):
+                conn.send(b"exit %d" % code)
+            os._exit(code)
+
+    # --- the zygote -----------------------------------------------------------------
+
+    def _start_zygote(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        theirs.set_inheritable(True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
+        db = os.path.join(self.home, "state.db")
+        argv = [sys.executable, "-S", "-c", ZYGOTE_MAIN, "--db", db, "--fd", str(theirs.fileno())]
+        try:
+            self.zygote_pid = os.posix_spawn(
+                sys.executable, argv, env,
+                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
+            )  # fmt: skip
+        except OSError as exc:
+            _log(f"no supervisor zygote: {exc} (supervisors start as new Pythons)")
+            ours.close()
+            return
+        finally:
+            theirs.close()
+        self.zygote = ours
+        self.zygote_pidfd = os.pidfd_open(self.zygote_pid)
+        self.sel.register(self.zygote_pidfd, selectors.EVENT_READ, ("zygote", None))
+
+    def _zygote_ended(self) -> None:
+        """The zygote died (killed by someone): the next command starts another."""
+        assert self.zygote is not None and self.zygote_pidfd is not None
+        _, status = os.waitpid(self.zygote_pid or 0, 0)
+        _log(f"the supervisor zygote ended ({os.waitstatus_to_exitcode(status)})")
+        self.sel.unregister(self.zygote_pidfd)
+        os.close(self.zygote_pidfd)
+        self.zygote.close()
+        self.zygote = self.zygote_pid = self.zygote_pidfd = None
+
+    def _stop_zygote(self) -> None:
+        if self.zygote is not None:
+            self.zygote.close()  # it exits when its end reads EOF
+            assert self.zygote_pid is not None
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.zygote_pid, 0)
+
+
+def _run(args: list[str]) -> int:
+    """``las ARGS`` in this worker: its exit status, as the interpreter would make it."""
+    try:
+        entry.run(args)
+        return 0
+    except SystemExit as exc:
+        if exc.code is None:
+            return 0
+        if isinstance(exc.code, int):
+            return exc.code
+        print(exc.code, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # as Python does: the traceback, then death by SIGINT
+        sys.excepthook(*sys.exc_info())
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        return 130
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        return 1
+    finally:
+        atexit._run_exitfuncs()
+
+
+def _parse(message: bytes) -> dict[str, Any] | None:
+    fields = message.decode("utf-8", "surrogateescape").split("\0")
+    try:
+        if fields[0] != handover.PROTOCOL:
+            return None
+        nargs = int(fields[4])
+        limits = {}
+        for item in filter(None, fields[3].split(";")):
+            name, _, values = item.partition("=")
+            soft, hard = values.split(",")
+            limits[name] = (int(soft), int(hard))
+        env = dict(f.split("=", 1) for f in fields[5 + nargs :])
+        return {
+            "key": fields[1],
+            "umask": int(fields[2]),
+            "limits": limits,
+            "args": fields[5 : 5 + nargs],
+            "env": env,
+        }
+    except (IndexError, ValueError):
+        return None
+
+
+def _limits_above_own(limits: dict[str, tuple[int, int]]) -> str | None:
+    """The first limit a worker could not take (a hard limit above the agent's)."""
+    import resource
+
+    for name, (_, hard) in limits.items():
+        which = getattr(resource, name, None)
+        if which is None:
+            continue
+        own = resource.getrlimit(which)[1]
+        if own != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > own):
+            return name
+    return None
+
+
+def _signature() -> list[tuple[str, int, int]]:
+    """las's files as they are now (the agent runs what it imported at its start)."""
+    out = []
+    for folder, _, files in os.walk(handover.PACKAGE_DIR):
+        for name in files:
+            if name.endswith((".py", ".yaml")):
+                path = os.path.join(folder, name)
+                with contextlib.suppress(OSError):
+                    st = os.stat(path)
+                    out.append((path, st.st_mtime_ns, st.st_size))
+    return sorted(out)
+
+
+def _refuse(conn: socket.socket, why: str) -> None:
+    with contextlib.suppress(OSError):
+        conn.send(b"refused " + why.encode())
+    _close(conn)
+
+
+def _close(conn: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        conn.close()
+
+
+def _log(text: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    print(f"{stamp} las agent {os.getpid()}: {text}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "--home":
+        print(USAGE, file=sys.stderr)
+        return 2
+    home = os.path.abspath(args[1])
+    try:
+        lock_fd = os.open(os.path.join(home, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # another agent serves this home
+        if not handover.safe_home(home):
+            _log(f"{home} is not private to this user: no agent")
+            return 1
+        _warm()
+        dir_fd = os.open(home, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(handover.SOCKET, dir_fd=dir_fd)  # a dead agent's
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        umask = os.umask(0o177)
+        try:
+            listener.bind(f"/proc/self/fd/{dir_fd}/{handover.SOCKET}")
+        finally:
+            os.umask(umask)
+        listener.listen(64)
+    except OSError as exc:
+        _log(f"cannot start: {exc}")
+        return 1
+    os.chdir("/")  # it holds no directory busy; each worker takes its client's
+    agent = Agent(home, listener, dir_fd, lock_fd)
+    _log(f"serves {home}")
+    return agent.serve()

@@ -1,0 +1,361 @@
+"""The las agent (cli/agent.py, cli/handover.py): `las run`/`start`/`restart` handed to a
+resident las, with the same outcome as when `las` runs them itself.
+
+Each test compares with `LAS_AGENT=0` where it can: same exit status, output, workload
+environment, limits and umask. Which path served a command shows in its supervisor's
+command line: forked by the agent's supervisor zygote, or a new Python.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import (
+    REPO,
+    TEST_IMAGE,
+    Las,
+    _agents_of,
+    _parent,
+    pid_alive,
+    usable_engine,
+    wait_until,
+    workload,
+)
+
+ZYGOTE = b"localaistack.runtime.supervisor_zygote"
+EXECED = b"localaistack.runtime.supervisor import main"
+
+
+@pytest.fixture
+def alas(las: Las) -> Iterator[Las]:
+    """The CLI with the agent on (the conftest turns it off for every other test)."""
+    las.env.pop("LAS_AGENT", None)
+    las.env["LAS_AGENT_IDLE"] = "120"
+    yield las
+
+
+def las_in(
+    las: Las, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+    limits: dict[int, tuple[int, int]] | None = None, umask: int | None = None,
+    agent: bool = True,
+) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """`las ARGS` from ``cwd``, with extra environment, resource limits and umask."""
+    full = {**las.env, **(env or {})}
+    if not agent:
+        full["LAS_AGENT"] = "0"
+
+    def setup() -> None:
+        for which, value in (limits or {}).items():
+            resource.setrlimit(which, value)
+        if umask is not None:
+            os.umask(umask)
+
+    return subprocess.run(
+        [sys.executable, "-m", "localaistack", *args], env=full, cwd=cwd, text=True,
+        capture_output=True, timeout=60, preexec_fn=setup,
+    )  # fmt: skip
+
+
+def the_agent(las: Las) -> int:
+    """Wait for the home's agent to listen (the first `las run` starts it); its pid."""
+    wait_until(
+        lambda: (las.home / "agent.sock").exists() and len(_agents_of(las.home)) == 1,
+        20, message="the las agent listens",
+    )  # fmt: skip
+    (pid,) = _agents_of(las.home)
+    return pid
+
+
+def cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _parent(int(entry)) == pid:
+            out.append(int(entry))
+    return out
+
+
+def supervisor_of(las: Las, name: str) -> int:
+    """The supervisor process of instance ``name``'s current run (from the store)."""
+    db = sqlite3.connect(las.home / "state.db")
+    try:
+        row = db.execute(
+            "SELECT r.sup_pid FROM runs r JOIN instances i ON i.current_run = r.run_id"
+            " WHERE i.name = ?",
+            (name,),
+        ).fetchone()
+    finally:
+        db.close()
+    assert row is not None and row[0], f"no supervisor recorded for {name}"
+    return int(row[0])
+
+
+def workload_facts(pid: int) -> dict[str, str]:
+    """What a process inherited: its umask, open-files limit, environment variable TZ."""
+    facts = {}
+    with open(f"/proc/{pid}/status") as f:
+        facts["umask"] = next(line.split()[1] for line in f if line.startswith("Umask:"))
+    with open(f"/proc/{pid}/limits") as f:
+        facts["nofile"] = next(" ".join(line.split()[3:5]) for line in f if "open files" in line)
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
+    facts["TZ"] = env.get(b"TZ", b"").decode()
+    return facts
+
+
+def test_a_run_is_handed_to_the_agent_with_the_callers_context(
+    alas: Las, module_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Working directory (a relative module path), environment, umask and resource
+    limits reach the workload as they do when `las` runs the command itself."""
+    path = module_factory("idle", workload("--lines", "1"))
+    first = las_in(alas, "run", "-d", str(path), "--name", "first")
+    assert first.returncode == 0, first.stderr
+    agent = the_agent(alas)
+    wait_until(lambda: len(children(agent)) == 1, 20, message="the agent's zygote runs")
+    context: dict[str, Any] = {
+        "cwd": path.parent,
+        "env": {"TZ": "Pacific/Auckland"},
+        "limits": {resource.RLIMIT_NOFILE: (777, 888)},
+        "umask": 0o027,
+    }
+    seen = {}
+    for name, via_agent in (("direct", False), ("handed", True)):
+        res = las_in(alas, "run", "-d", path.name, "--name", name, agent=via_agent, **context)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith(f"{name}  run ") and "running" in res.stdout
+        seen[name] = workload_facts(alas.inspect(name)["runs"][0]["pid"])
+        sup = supervisor_of(alas, name)
+        seen[name]["supervisor umask"] = workload_facts(sup)["umask"]
+        assert (ZYGOTE in cmdline(sup)) == via_agent and (EXECED in cmdline(sup)) != via_agent
+    assert seen["handed"] == seen["direct"]
+    assert seen["direct"] == {  # (a supervisor gives its workload umask 077, whatever its own)
+        "umask": "0077",
+        "nofile": "777 888",
+        "TZ": "Pacific/Auckland",
+        "supervisor umask": "0027",
+    }
+    assert _agents_of(alas.home) == [agent]  # the same agent served both handed commands
+
+
+def test_concurrent_runs_through_the_agent(alas: Las, module_factory: Callable[..., Path]) -> None:
+    path = module_factory("idle", workload())
+    alas.ok("run", "-d", str(path), "--name", "first")
+    the_agent(alas)
+    procs = [alas.popen("run", "-d", str(path), "--name", f"c{i}") for i in range(4)]
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert "running" in out
+    ps = alas.ps()
+    assert all(ps[f"c{i}"]["state"] == "running" for i in range(4))
+    assert all(ZYGOTE in cmdline(supervisor_of(alas, f"c{i}")) for i in range(4))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("run", "-d", "/nonexistent/module.yaml"),
+        ("run", "--no-such-flag", "x"),
+        ("start", "no-such-instance"),
+        ("restart", "no-such-instance"),
+        ("run", "-d", "idle.yaml"),  # the name is taken
+    ],
+)
+def test_outcomes_are_the_same_as_without_the_agent(
+    alas: Las, module_factory: Callable[..., Path], args: tuple[str, ...]
+) -> None:
+    path = module_factory("idle", workload())
+    alas.ok("run", "-d", str(path))
+    the_agent(alas)
+    handed = las_in(alas, *args, cwd=path.parent)
+    direct = las_in(alas, *args, cwd=path.parent, agent=False)
+    assert handed.returncode != 0
+    assert (handed.returncode, handed.stdout, handed.stderr) == (
+        direct.returncode, direct.stdout, direct.stderr,
+    )  # fmt: skip
+    assert "Traceback" not in handed.stderr
+
+
+def _waiting_module(module_factory: Callable[..., Path]) -> Path:
+    """A workload whose health probe never passes: `las run` waits (up to 60 s)."""
+    return module_factory(
+        "waiting", workload(),
+        ports=[{"name": "http", "port": 18080}],
+        health={"http": {"port": "http", "path": "/"}, "start_timeout": "60s",
+                "interval": "1s", "timeout": "1s"},
+    )  # fmt: skip
+
+
+def test_ctrl_c_reaches_the_command(alas: Las, module_factory: Callable[..., Path]) -> None:
+    """SIGINT to the waiting client ends the command as it ends a `las` that runs it."""
+    path = _waiting_module(module_factory)
+    alas.ok("run", "-d", str(path), "--name", "first")
+    agent = the_agent(alas)
+    outcomes = {}
+    for name, via_agent in (("direct", False), ("handed", True)):
+        env = {**alas.env, **({} if via_agent else {"LAS_AGENT": "0"})}
+        client = subprocess.Popen(
+            [sys.executable, "-m", "localaistack", "run", str(path), "--name", name],
+            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        wait_until(lambda n=name: alas.ps().get(n, {}).get("state") == "running", 30,
+                   message=f"{name} waits for its health probe")  # fmt: skip
+        if via_agent:
+            (worker,) = [p for p in children(agent) if ZYGOTE not in cmdline(p)]
+        client.send_signal(signal.SIGINT)
+        _, err = client.communicate(timeout=30)
+        outcomes[name] = (client.returncode, err.replace(name, "NAME"))
+        if via_agent:
+            wait_until(lambda w=worker: not pid_alive(w), 10, message="the worker ended")
+    assert outcomes["handed"] == outcomes["direct"]
+    assert outcomes["direct"][0] != 0
+
+
+def test_a_killed_client_takes_its_command_with_it(
+    alas: Las, module_factory: Callable[..., Path]
+) -> None:
+    path = _waiting_module(module_factory)
+    alas.ok("run", "-d", str(path), "--name", "first")
+    agent = the_agent(alas)
+    client = alas.popen("run", str(path), "--name", "second")
+    wait_until(lambda: alas.ps().get("second", {}).get("state") == "running", 30,
+               message="the command waits for the health probe")  # fmt: skip
+    (worker,) = [p for p in children(agent) if ZYGOTE not in cmdline(p)]
+    client.kill()
+    client.communicate(timeout=10)
+    wait_until(lambda: not pid_alive(worker), 10, message="the worker ended with its client")
+    assert pid_alive(agent)
+    assert alas.state("second") == "running"  # as after a `las run` killed by hand
+
+
+def test_a_client_of_another_locale_runs_its_command_itself(
+    alas: Las, module_factory: Callable[..., Path]
+) -> None:
+    path = module_factory("idle", workload())
+    alas.ok("run", "-d", str(path), "--name", "first")
+    agent = the_agent(alas)
+    res = las_in(alas, "run", "-d", str(path), "--name", "other", env={"LC_ALL": "C"})
+    assert res.returncode == 0, res.stderr
+    assert EXECED in cmdline(supervisor_of(alas, "other"))
+    assert _agents_of(alas.home) == [agent]  # it still serves the others
+    res = las_in(alas, "run", "-d", str(path), "--name", "same")
+    assert ZYGOTE in cmdline(supervisor_of(alas, "same"))
+
+
+def test_an_upgrade_of_las_replaces_the_agent(
+    alas: Las, module_factory: Callable[..., Path]
+) -> None:
+    """las's files changed under a running agent: it refuses (the command runs as a new
+    las), stops listening and exits; that command starts a new agent."""
+    path = module_factory("idle", workload())
+    alas.ok("run", "-d", str(path), "--name", "first")
+    old = the_agent(alas)
+    touched = REPO / "src" / "localaistack" / "units.py"
+    st = touched.stat()
+    try:
+        os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        res = las_in(alas, "run", "-d", str(path), "--name", "upgraded")
+        assert res.returncode == 0, res.stderr
+        assert EXECED in cmdline(supervisor_of(alas, "upgraded"))
+        wait_until(lambda: not pid_alive(old), 20, message="the old agent exits")
+        new = the_agent(alas)
+        assert new != old
+        res = las_in(alas, "run", "-d", str(path), "--name", "after")
+        assert res.returncode == 0, res.stderr
+        assert ZYGOTE in cmdline(supervisor_of(alas, "after"))
+    finally:
+        os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert "las's files changed" in (alas.home / "agent.log").read_text()
+
+
+def test_an_idle_agent_exits_and_leaves_nothing(
+    alas: Las, module_factory: Callable[..., Path]
+) -> None:
+    alas.env["LAS_AGENT_IDLE"] = "1"
+    path = module_factory("idle", workload())
+    alas.ok("run", "-d", str(path), "--name", "first")
+    agent = the_agent(alas)
+    wait_until(lambda: len(children(agent)) == 1, 20, message="the agent's zygote runs")
+    (zygote,) = children(agent)
+    wait_until(lambda: not pid_alive(agent) and not pid_alive(zygote), 20,
+               message="the idle agent and its zygote exit")  # fmt: skip
+    assert not (alas.home / "agent.sock").exists()
+    assert "stops: idle for 1 s" in (alas.home / "agent.log").read_text()
+    assert alas.state("first") == "running"  # its supervisor is not the agent's
+
+
+def test_a_dead_agents_socket_does_not_stop_las(
+    alas: Las, module_factory: Callable[..., Path]
+) -> None:
+    path = module_factory("idle", workload())
+    alas.ok("run", "-d", str(path), "--name", "first")
+    old = the_agent(alas)
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(old), 10, message="the agent died")
+    assert (alas.home / "agent.sock").exists()  # nobody listens on it
+    started = time.monotonic()
+    res = las_in(alas, "run", "-d", str(path), "--name", "second")
+    assert res.returncode == 0, res.stderr
+    assert time.monotonic() - started < 30
+    assert EXECED in cmdline(supervisor_of(alas, "second"))
+    assert the_agent(alas) != old
+
+
+def test_las_agent_0_neither_uses_nor_starts_one(
+    las: Las, module_factory: Callable[..., Path]
+) -> None:
+    assert las.env["LAS_AGENT"] == "0"  # conftest
+    path = module_factory("idle", workload())
+    las.ok("run", "-d", str(path), "--name", "first")
+    las.ok("run", "-d", str(path), "--name", "second")
+    # A `las` that starts an agent opens agent.log for it first, before it exits.
+    assert not (las.home / "agent.log").exists()
+    assert _agents_of(las.home) == [] and not (las.home / "agent.sock").exists()
+
+
+@pytest.mark.parametrize(
+    "engine_name", [pytest.param(e, marks=getattr(pytest.mark, e)) for e in ("podman", "docker")]
+)
+def test_container_runs_through_the_agent(alas: Las, tmp_path: Path, engine_name: str) -> None:
+    """run -d, stop, start and restart of a container module, each handed to the agent,
+    with the same states and the engine's container labelled as without it."""
+    engine = usable_engine(engine_name)
+    alas.home.mkdir(mode=0o700, exist_ok=True)
+    (alas.home / "policy.yaml").write_text(f"container_engine: {engine_name}\n")
+    path = tmp_path / "tick.yaml"
+    path.write_text(
+        "name: tick\nruntime:\n  modes: [container]\n"
+        f"  container: {{image: {TEST_IMAGE}, command: [sleep, '600']}}\n"
+        "  stop: {timeout: 3s}\n"
+    )
+    alas.ok("run", "-d", str(path), "--name", "first")
+    the_agent(alas)
+    steps = [("run", "-d", str(path)), ("stop", "tick"), ("start", "tick"), ("restart", "tick")]
+    for args in steps:
+        res = las_in(alas, *args)
+        assert res.returncode == 0, res.stderr
+        if args[0] != "stop":
+            assert alas.state("tick") == "running"
+            assert ZYGOTE in cmdline(supervisor_of(alas, "tick"))
+    info = alas.inspect("tick")
+    state = engine.inspect(info["reason"].rsplit(" ", 1)[1])
+    assert state is not None and state.running
+    assert state.labels["las.instance"] == "tick"
+    assert state.labels["las.run"] in [r["run_id"] for r in info["runs"] if r["state"] == "running"]
+    alas.ok("rm", "-f", "tick")
+    assert engine.inspect(state.id) is None
