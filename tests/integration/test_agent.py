@@ -42,6 +42,8 @@ def alas(las: Las) -> Iterator[Las]:
     las.env.pop("LAS_AGENT", None)
     las.env["LAS_AGENT_IDLE"] = "120"
     yield las
+    log = las.home / "agent.log"
+    assert "Traceback" not in (log.read_text() if log.exists() else "")
 
 
 def las_in(
@@ -155,7 +157,9 @@ def test_a_run_is_handed_to_the_agent_with_the_callers_context(
 def test_concurrent_runs_through_the_agent(alas: Las, module_factory: Callable[..., Path]) -> None:
     path = module_factory("idle", workload())
     alas.ok("run", "-d", str(path), "--name", "first")
-    the_agent(alas)
+    agent = the_agent(alas)
+    for i in range(6):  # one after the other: each client goes as soon as it has its status
+        alas.ok("run", "-d", str(path), "--name", f"s{i}")
     procs = [alas.popen("run", "-d", str(path), "--name", f"c{i}") for i in range(4)]
     for p in procs:
         out, err = p.communicate(timeout=60)
@@ -164,6 +168,8 @@ def test_concurrent_runs_through_the_agent(alas: Las, module_factory: Callable[.
     ps = alas.ps()
     assert all(ps[f"c{i}"]["state"] == "running" for i in range(4))
     assert all(ZYGOTE in cmdline(supervisor_of(alas, f"c{i}")) for i in range(4))
+    assert all(ZYGOTE in cmdline(supervisor_of(alas, f"s{i}")) for i in range(6))
+    assert _agents_of(alas.home) == [agent]
 
 
 @pytest.mark.parametrize(

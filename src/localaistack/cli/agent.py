@@ -28,6 +28,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import gc
 import io
 import os
 import selectors
@@ -38,7 +39,7 @@ import sys
 import time
 from typing import Any
 
-from localaistack.cli import entry, handover
+from localaistack.cli import entry, handover, launch
 from localaistack.runtime import spawn
 from localaistack.runtime.spawn import PACKAGE_ROOT
 from localaistack.runtime.supervisor_zygote import ZYGOTE_MAIN
@@ -216,6 +217,7 @@ class Agent:
                 worker.conn.send(answer)
             self.sel.unregister(worker.conn)
             _close(worker.conn)
+            worker.conn = None  # (its client's EOF may be in this same round)
         self.sel.unregister(worker.pidfd)
         os.close(worker.pidfd)
         del self.workers[worker.pid]
@@ -261,13 +263,13 @@ class Agent:
                 line_buffering=os.isatty(1),
             )
             spawn.zygote = self.zygote
+            launch.exit_hooks.append(lambda status: _report(conn, status))
             code = _run(request["args"])
         finally:
             with contextlib.suppress(BaseException):
                 sys.stdout.flush()
                 sys.stderr.flush()
-            with contextlib.suppress(OSError):
-                conn.send(b"exit %d" % code)
+            _report(conn, code)
             os._exit(code)
 
     # --- the zygote -----------------------------------------------------------------
@@ -387,6 +389,12 @@ def _signature() -> list[tuple[str, int, int]]:
     return sorted(out)
 
 
+def _report(conn: socket.socket, code: int) -> None:
+    """The command's exit status, to its client (the agent reports it too, after)."""
+    with contextlib.suppress(OSError):
+        conn.send(b"exit %d" % code)
+
+
 def _refuse(conn: socket.socket, why: str) -> None:
     with contextlib.suppress(OSError):
         conn.send(b"refused " + why.encode())
@@ -435,4 +443,5 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir("/")  # it holds no directory busy; each worker takes its client's
     agent = Agent(home, listener, dir_fd, lock_fd)
     _log(f"serves {home}")
+    gc.freeze()  # what it imported stays shared with its workers: no collection touches it
     return agent.serve()

@@ -38,8 +38,10 @@ def main() -> None:
 
         home = home_dir()
         outcome = handover.hand_over(home, args) if handover.safe_home(home) else "absent"
-        if isinstance(outcome, int):
-            sys.exit(outcome)
+        if isinstance(outcome, int):  # the agent ran it; nothing here needs a teardown
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(outcome & 0xFF)
         if outcome in ("absent", "stale"):  # (else an agent that serves others runs)
             import atexit  # launch.py's fast exit runs these too
 
@@ -97,5 +99,6 @@ def take(db: str | os.PathLike[str]) -> Pending | None:
     if pending is not None and pending.db != os.fspath(db):
         os.close(pending.go_fd)  # another store after all: it exits
         os.close(pending.ready_fd)
+        pending.close_reply()
         return None
     return pending

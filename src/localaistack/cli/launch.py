@@ -20,9 +20,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from localaistack.errors import LasError, StartFailed, UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MODES = ("native", "container")
 
@@ -112,10 +115,17 @@ def main(args: RunArgs) -> NoReturn:
     _fast_exit(0)
 
 
+# Called with the exit status just before `las run` ends with os._exit: the las agent's
+# worker (cli/agent.py) reports it to its client there, before the process's teardown.
+exit_hooks: list[Callable[[int], None]] = []
+
+
 def _fast_exit(code: int) -> NoReturn:
     import atexit
 
     atexit._run_exitfuncs()  # what las registered (cli/entry.py: the agent's start)
+    for hook in exit_hooks:
+        hook(code)
     os._exit(code)
 
 

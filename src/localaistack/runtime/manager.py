@@ -279,6 +279,9 @@ class Runtime:
     ) -> sqlite3.Row:
         backend = "native" if plan_data["mode"] == "native" else plan_data["container"]["engine"]
         log_path = private_dir(self.home, "logs", name) / f"{run_id}.log"
+        # Before the write transaction: a zygote-forked supervisor's pid may still be on
+        # its way (runtime/spawn.py), and nothing may wait while holding the store.
+        sup_pid, sup_start = (pending.pid, pending.start) if pending else (None, None)
         with self.store.transaction() as c:
             inst = c.execute("SELECT * FROM instances WHERE name=?", (name,)).fetchone()
             if inst is None:
@@ -296,8 +299,7 @@ class Runtime:
             create_run(c, run_id=run_id, instance=name, backend=backend, boot_id=self._boot,
                        log_path=str(log_path), reason="requested", owner_pid=me,
                        owner_start=procs.start_time(me),
-                       sup_pid=pending.pid if pending else None,
-                       sup_start=pending.start if pending else None)  # fmt: skip
+                       sup_pid=sup_pid, sup_start=sup_start)  # fmt: skip
         run = self.store.run(run_id)
         assert run is not None
         return run

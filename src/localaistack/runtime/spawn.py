@@ -29,25 +29,75 @@ PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(
 class Pending:
     """A supervisor started for a run that is not recorded yet (``spawn_supervisor``).
 
-    A plain class: ``typing.NamedTuple`` costs this path ~10 ms of imports.
+    A plain class: ``typing.NamedTuple`` costs this path ~10 ms of imports. When the las
+    agent's zygote forks the supervisor, its pid comes back while ``las run`` plans:
+    ``pid`` and ``start`` wait for it on first use (``reply`` is that pipe).
     """
 
-    __slots__ = ("db", "go_fd", "pid", "ready_fd", "run_id", "start", "sup_log")
+    __slots__ = (
+        "_ours", "_pid", "_reply", "_start", "db", "go_fd", "ready_fd", "run_id", "sup_log",
+    )  # fmt: skip
 
     def __init__(
-        self, run_id: str, pid: int, start: int | None, go_fd: int, ready_fd: int,
-        sup_log: str, db: str,
+        self, run_id: str, pid: int | None, start: int | None, go_fd: int, ready_fd: int,
+        sup_log: str, db: str, reply: int | None = None,
     ) -> None:  # fmt: skip
         self.run_id = run_id
-        self.pid = pid
-        self.start = start  # the process's start time, with pid its identity
+        self._pid = pid
+        self._start = start  # the process's start time, with pid its identity
+        self._reply = reply
+        self._ours = reply is None  # spawned by this process (a child to reap)
         self.go_fd = go_fd  # write "go" here once the run is recorded
         self.ready_fd = ready_fd  # the supervisor reports here
         self.sup_log = sup_log  # its own diagnostics
         self.db = db  # the store it will read its run from
 
+    @property
+    def pid(self) -> int:
+        if self._reply is not None:
+            self._settle()
+        assert self._pid is not None
+        return self._pid
+
+    @property
+    def start(self) -> int | None:
+        if self._reply is not None:
+            self._settle()
+        return self._start
+
+    def _settle(self) -> None:
+        """Read the zygote's answer: the supervisor's pid.
+
+        Raises:
+            StartFailed: the zygote did not answer (the go pipe is closed: if a supervisor
+                was forked after all, it exits without running anything).
+        """
+        assert self._reply is not None
+        try:
+            pid = _read_pid(self._reply)
+        finally:
+            os.close(self._reply)
+            self._reply = None
+        if pid is None:
+            raise StartFailed(
+                "the las agent's supervisor zygote did not start the supervisor",
+                hint="see $LAS_HOME/agent.log; LAS_AGENT=0 runs las without its agent",
+            )
+        self._pid = pid
+        self._start = start_time(pid)
+
+    def child(self) -> int | None:
+        """The supervisor's pid when it is this process's child (to reap), else None."""
+        return self._pid if self._ours else None
+
+    def close_reply(self) -> None:
+        """No pid wanted any more (the run is not going ahead)."""
+        if self._reply is not None:
+            os.close(self._reply)
+            self._reply = None
+
     def __repr__(self) -> str:
-        return f"<Pending run={self.run_id} pid={self.pid}>"
+        return f"<Pending run={self.run_id} pid={self._pid}>"
 
 
 def new_run_id() -> str:
@@ -78,11 +128,11 @@ def spawn_supervisor(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
     try:
-        pid = None
         if zygote is not None and not extra_args:
-            pid = _fork_from_zygote(os.fspath(db), run_id, env, (wfd, go_r, log_fd))
-        if pid is None:
-            pid = _exec_supervisor(os.fspath(db), run_id, env, (wfd, go_r, log_fd), extra_args)
+            reply = _ask_zygote(os.fspath(db), run_id, env, (wfd, go_r, log_fd))
+            if reply is not None:  # the pid comes back while las plans
+                return Pending(run_id, None, None, go_w, rfd, sup_log, os.fspath(db), reply)
+        pid = _exec_supervisor(os.fspath(db), run_id, env, (wfd, go_r, log_fd), extra_args)
     except OSError as exc:
         os.close(rfd)
         os.close(go_w)
@@ -140,18 +190,16 @@ def _exec_supervisor(
 zygote: socket.socket | None = None
 
 
-def _fork_from_zygote(
-    db: str, run_id: str, env: dict[str, str], fds: tuple[int, int, int]
-) -> int | None:
-    """The supervisor forked by the agent's zygote (no Python to start: ~1 ms), or None
-    when the zygote is gone (the caller then starts a new Python, as without an agent).
+def _ask_zygote(db: str, run_id: str, env: dict[str, str], fds: tuple[int, int, int]) -> int | None:
+    """Ask the agent's zygote to fork the supervisor (no Python to start: ~1-2 ms): the
+    pipe its pid will come back on, or None when the zygote is gone and nothing was asked
+    (the caller then starts a new Python, as without an agent).
 
     The zygote's child takes this process's environment, working directory, umask and
     resource limits, as an exec'd supervisor would inherit them.
     """
     import json
     import resource
-    import select
     import socket
 
     assert zygote is not None
@@ -159,28 +207,34 @@ def _fork_from_zygote(
     umask = os.umask(0o077)
     os.umask(umask)
     request = {"db": db, "run": run_id, "env": env, "umask": umask, "rlimits": limits}
-    reply_r, reply_w = os.pipe()
     try:
         cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         cwd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    reply_r, reply_w = os.pipe()
     try:
         socket.send_fds(zygote, [json.dumps(request).encode()], [*fds, cwd, reply_w])
-        os.close(reply_w)
-        reply_w = -1
-        answer = b""
-        while select.select([reply_r], [], [], ZYGOTE_DEADLINE)[0]:
-            chunk = os.read(reply_r, 64)
-            if not chunk:
-                break
-            answer += chunk
-        return int(answer) if answer.strip().isdigit() else None
     except OSError:
+        os.close(reply_r)
         return None
     finally:
-        for fd in (reply_r, reply_w, cwd):
-            if fd >= 0:
-                os.close(fd)
+        os.close(reply_w)
+        os.close(cwd)
+    return reply_r
+
+
+def _read_pid(fd: int) -> int | None:
+    """The pid the zygote writes (``N\\n``), or None: it closed the pipe without, or
+    did not answer within ZYGOTE_DEADLINE."""
+    import select
+
+    answer = b""
+    while not answer.endswith(b"\n") and select.select([fd], [], [], ZYGOTE_DEADLINE)[0]:
+        chunk = os.read(fd, 64)
+        if not chunk:
+            break
+        answer += chunk
+    return int(answer) if answer.strip().isdigit() else None
 
 
 ZYGOTE_DEADLINE = 5.0  # seconds for the zygote to answer (it forks twice: ~1-2 ms)

@@ -98,8 +98,11 @@ class Supervisors:
         when no run was recorded)."""
         os.close(pending.go_fd)
         os.close(pending.ready_fd)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pending.pid, 0)
+        pending.close_reply()
+        child = pending.child()
+        if child is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(child, 0)
 
     def start(
         self,
