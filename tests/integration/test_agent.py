@@ -32,6 +32,8 @@ from tests.conftest import (
     workload,
 )
 
+from localaistack.cli.handover import AGENT_MAIN
+
 ZYGOTE = b"localaistack.runtime.supervisor_zygote"
 EXECED = b"localaistack.runtime.supervisor import main"
 
@@ -49,9 +51,10 @@ def alas(las: Las) -> Iterator[Las]:
 def las_in(
     las: Las, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
     limits: dict[int, tuple[int, int]] | None = None, umask: int | None = None,
-    agent: bool = True,
+    cpus: set[int] | None = None, nice: int = 0, agent: bool = True, prefix: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    """`las ARGS` from ``cwd``, with extra environment, resource limits and umask."""
+    """`las ARGS` from ``cwd``, with extra environment, resource limits, umask, CPUs and
+    nice value, after ``prefix`` (a command that runs it: unshare...)."""
     full = {**las.env, **(env or {})}
     if not agent:
         full["LAS_AGENT"] = "0"
@@ -61,9 +64,12 @@ def las_in(
             resource.setrlimit(which, value)
         if umask is not None:
             os.umask(umask)
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        os.nice(nice)
 
     return subprocess.run(
-        [sys.executable, "-m", "localaistack", *args], env=full, cwd=cwd, text=True,
+        [*prefix, sys.executable, "-m", "localaistack", *args], env=full, cwd=cwd, text=True,
         capture_output=True, timeout=60, preexec_fn=setup,
     )  # fmt: skip
 
@@ -107,7 +113,7 @@ def supervisor_of(las: Las, name: str) -> int:
 
 
 def workload_facts(pid: int) -> dict[str, str]:
-    """What a process inherited: its umask, open-files limit, environment variable TZ."""
+    """What a process inherited: umask, open-files limit, TZ, CPUs, nice value."""
     facts = {}
     with open(f"/proc/{pid}/status") as f:
         facts["umask"] = next(line.split()[1] for line in f if line.startswith("Umask:"))
@@ -116,6 +122,10 @@ def workload_facts(pid: int) -> dict[str, str]:
     with open(f"/proc/{pid}/environ", "rb") as f:
         env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
     facts["TZ"] = env.get(b"TZ", b"").decode()
+    with open(f"/proc/{pid}/status") as f:
+        facts["cpus"] = next(line.split()[1] for line in f if line.startswith("Cpus_allowed_list"))
+    with open(f"/proc/{pid}/stat") as f:
+        facts["nice"] = f.read().rsplit(")", 1)[1].split()[16]
     return facts
 
 
@@ -129,11 +139,14 @@ def test_a_run_is_handed_to_the_agent_with_the_callers_context(
     assert first.returncode == 0, first.stderr
     agent = the_agent(alas)
     wait_until(lambda: len(children(agent)) == 1, 20, message="the agent's zygote runs")
+    cpu = max(os.sched_getaffinity(0))
     context: dict[str, Any] = {
         "cwd": path.parent,
         "env": {"TZ": "Pacific/Auckland"},
         "limits": {resource.RLIMIT_NOFILE: (777, 888)},
         "umask": 0o027,
+        "cpus": {cpu},
+        "nice": 3,
     }
     seen = {}
     for name, via_agent in (("direct", False), ("handed", True)):
@@ -143,6 +156,7 @@ def test_a_run_is_handed_to_the_agent_with_the_callers_context(
         seen[name] = workload_facts(alas.inspect(name)["runs"][0]["pid"])
         sup = supervisor_of(alas, name)
         seen[name]["supervisor umask"] = workload_facts(sup)["umask"]
+        assert workload_facts(sup)["cpus"] == str(cpu) and workload_facts(sup)["nice"] == "3"
         assert (ZYGOTE in cmdline(sup)) == via_agent and (EXECED in cmdline(sup)) != via_agent
     assert seen["handed"] == seen["direct"]
     assert seen["direct"] == {  # (a supervisor gives its workload umask 077, whatever its own)
@@ -150,6 +164,8 @@ def test_a_run_is_handed_to_the_agent_with_the_callers_context(
         "nofile": "777 888",
         "TZ": "Pacific/Auckland",
         "supervisor umask": "0027",
+        "cpus": str(cpu),
+        "nice": "3",
     }
     assert _agents_of(alas.home) == [agent]  # the same agent served both handed commands
 
@@ -325,7 +341,7 @@ def test_a_dead_agents_socket_does_not_stop_las(
 def test_las_agent_0_neither_uses_nor_starts_one(
     las: Las, module_factory: Callable[..., Path]
 ) -> None:
-    assert las.env["LAS_AGENT"] == "0"  # conftest
+    las.env["LAS_AGENT"] = "0"  # (conftest's already, but for LAS_TEST_AGENT=1)
     path = module_factory("idle", workload())
     las.ok("run", "-d", str(path), "--name", "first")
     las.ok("run", "-d", str(path), "--name", "second")
@@ -365,3 +381,63 @@ def test_container_runs_through_the_agent(alas: Las, tmp_path: Path, engine_name
     assert state.labels["las.run"] in [r["run_id"] for r in info["runs"] if r["state"] == "running"]
     alas.ok("rm", "-f", "tick", "first")  # (the fixture's teardown would re-adopt them)
     assert engine.inspect(state.id) is None
+
+
+def test_a_client_the_agent_cannot_stand_in_for_runs_its_command_itself(
+    alas: Las, module_factory: Callable[..., Path]
+) -> None:
+    """Another network namespace, no_new_privs, a higher priority than the agent's, a
+    command that is not run/start/restart: the agent refuses, the client runs it."""
+    path = module_factory("idle", workload())
+    home = str(alas.home)
+    env = {**alas.env, "LAS_AGENT": "1"}
+    with open(alas.home / "agent.log", "ab") as log:  # as las starts it (cli/handover.py)
+        niced = subprocess.Popen(
+            ["nice", "-n", "5", sys.executable, "-c", AGENT_MAIN, "--home", home], env=env,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )  # fmt: skip
+    try:
+        agent = the_agent(alas)
+        assert agent == niced.pid
+        refused: list[dict[str, Any]] = [
+            {"prefix": ("unshare", "--net")},
+            {"prefix": ("setpriv", "--no-new-privs")},
+            {},  # nice 0: the agent runs at nice 5 and cannot raise a command's priority
+        ]
+        for i, how in enumerate(refused):
+            res = las_in(alas, "run", "-d", str(path), "--name", f"r{i}", **how)
+            assert res.returncode == 0, res.stderr
+            assert EXECED in cmdline(supervisor_of(alas, f"r{i}")), how
+        res = las_in(alas, "run", "-d", str(path), "--name", "niced", nice=5)
+        assert ZYGOTE in cmdline(supervisor_of(alas, "niced"))  # the same nice: served
+        probe = "from localaistack.cli import handover; print(handover.hand_over({!r}, {!r}))"
+        for args in (["ps"], ["stop", "r0"]):
+            out = subprocess.run(
+                ["nice", "-n", "5", sys.executable, "-c", probe.format(home, args)], env=env,
+                text=True, capture_output=True, check=True,
+            )  # fmt: skip
+            assert out.stdout.strip() == "refused: only run, start, restart are handed over"
+        assert _agents_of(alas.home) == [agent]  # it refused, and stays
+        log = (alas.home / "agent.log").read_text()
+        assert log.count("refused a command: another Python, las, locale, cgroup") == 2
+        assert log.count("refused a command: a higher priority (nice)") == 1
+        assert log.count("refused a command: only run, start, restart") == 2
+    finally:
+        niced.terminate()
+        niced.wait(timeout=10)
+
+
+def test_sigterm_stops_the_agent_and_removes_its_socket(
+    alas: Las, module_factory: Callable[..., Path]
+) -> None:
+    path = module_factory("idle", workload())
+    alas.ok("run", "-d", str(path), "--name", "first")
+    agent = the_agent(alas)
+    wait_until(lambda: len(children(agent)) == 1, 20, message="the agent's zygote runs")
+    (zygote,) = children(agent)
+    os.kill(agent, signal.SIGTERM)
+    wait_until(lambda: not pid_alive(agent) and not pid_alive(zygote), 10,
+               message="the agent and its zygote exit")  # fmt: skip
+    assert not (alas.home / "agent.sock").exists()
+    assert "stops: SIGTERM" in (alas.home / "agent.log").read_text()
+    assert alas.state("first") == "running"

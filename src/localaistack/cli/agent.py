@@ -64,6 +64,14 @@ def _warm() -> None:
     from localaistack.runtime import engines, enginestore, manager, supervision  # noqa: F401
 
 
+class _Stop(Exception):
+    """SIGTERM arrived."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Stop
+
+
 class Worker:
     __slots__ = ("conn", "pid", "pidfd")
 
@@ -95,6 +103,15 @@ class Agent:
 
     def serve(self) -> int:
         self._start_zygote()
+        try:
+            self._loop()
+        except _Stop:  # SIGTERM: no new commands; those running go on without the agent
+            if self.listener is not None:
+                self._stop_listening("SIGTERM")
+        self._stop_zygote()
+        return 0
+
+    def _loop(self) -> None:
         while self.listener is not None or self.workers:
             for key, _ in self.sel.select(TICK):
                 if key.data is None:
@@ -111,8 +128,6 @@ class Agent:
                 why = self._why_stop()
                 if why:
                     self._stop_listening(why)
-        self._stop_zygote()
-        return 0
 
     def _why_stop(self) -> str | None:
         if not self.workers and time.monotonic() - self.last > self.idle:
@@ -157,8 +172,12 @@ class Agent:
             request = _parse(message)
             if request is None:
                 return _refuse(conn, "a malformed request")
+            if not request["args"] or request["args"][0] not in handover.COMMANDS:
+                return _refuse(conn, f"only {', '.join(handover.COMMANDS)} are handed over")
             if request["key"] != self.key:
-                return _refuse(conn, "another Python, las installation, locale or groups")
+                return _refuse(conn, "another Python, las, locale, cgroup, namespace or privileges")
+            if request["nice"] < os.getpriority(os.PRIO_PROCESS, 0):
+                return _refuse(conn, "a higher priority (nice) than the agent's")
             if _signature() != self.files:
                 _refuse(conn, "stale")
                 return self._stop_listening("las's files changed (an upgrade)")
@@ -248,6 +267,8 @@ class Agent:
             for fd in fds:
                 os.close(fd)
             os.umask(request["umask"])
+            os.sched_setaffinity(0, request["cpus"])
+            os.setpriority(os.PRIO_PROCESS, 0, request["nice"])
             for name, (soft, hard) in request["limits"].items():
                 import resource
 
@@ -344,19 +365,20 @@ def _parse(message: bytes) -> dict[str, Any] | None:
     try:
         if fields[0] != handover.PROTOCOL:
             return None
-        nargs = int(fields[4])
+        nargs = int(fields[6])
         limits = {}
         for item in filter(None, fields[3].split(";")):
             name, _, values = item.partition("=")
             soft, hard = values.split(",")
             limits[name] = (int(soft), int(hard))
-        env = dict(f.split("=", 1) for f in fields[5 + nargs :])
         return {
             "key": fields[1],
             "umask": int(fields[2]),
             "limits": limits,
-            "args": fields[5 : 5 + nargs],
-            "env": env,
+            "cpus": {int(c) for c in fields[4].split(",")},
+            "nice": int(fields[5]),
+            "args": fields[7 : 7 + nargs],
+            "env": dict(f.split("=", 1) for f in fields[7 + nargs :]),
         }
     except (IndexError, ValueError):
         return None
@@ -396,6 +418,8 @@ def _report(conn: socket.socket, code: int) -> None:
 
 
 def _refuse(conn: socket.socket, why: str) -> None:
+    """Tell the client to run its command itself (it does so with the same result)."""
+    _log(f"refused a command: {why}")
     with contextlib.suppress(OSError):
         conn.send(b"refused " + why.encode())
     _close(conn)
@@ -444,4 +468,5 @@ def main(argv: list[str] | None = None) -> int:
     agent = Agent(home, listener, dir_fd, lock_fd)
     _log(f"serves {home}")
     gc.freeze()  # what it imported stays shared with its workers: no collection touches it
+    signal.signal(signal.SIGTERM, _on_sigterm)
     return agent.serve()

@@ -28,11 +28,17 @@ AGENT_MAIN = "import sys; from localaistack.cli.agent import main; sys.exit(main
 COMMANDS = ("run", "start", "restart")  # those whose latency is the workload's start
 FORWARDED = (1, 2, 3, 15)  # SIGHUP, SIGINT, SIGQUIT, SIGTERM (no `signal` import: ~2 ms)
 
-# What the agent and its client must share for a command to run the same in both: the
-# interpreter, the las installation, the locale and Python's own variables (the agent
-# was started with its client's environment, so these are read once there), the
-# groups, and Python's flags. PYTHONPATH differs by design (the agent's names las).
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+
+# What a process has from its start and a forked worker cannot take from its client: the
+# agent serves a client only when these are its own (else the client runs the command):
+# the interpreter, the las installation, Python's flags, the locale and Python's own
+# variables (PYTHONPATH differs by design: the agent's names las); the groups; the
+# cgroup and the namespaces the command's processes will be in; the privileges they will
+# have (capabilities, no_new_privs, seccomp, LSM label); the OOM score adjustment and
+# the scheduling policy they will inherit.
+_STATUS_FIELDS = (b"CapInh", b"CapPrm", b"CapEff", b"CapBnd", b"CapAmb", b"NoNewPrivs", b"Seccomp")
+_NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
 
 
 def key() -> str:
@@ -41,15 +47,36 @@ def key() -> str:
         for k, v in os.environ.items()
         if (k.startswith(("PYTHON", "LC_")) or k == "LANG") and k != "PYTHONPATH"
     )
+    status = _read("/proc/self/status").splitlines()
+    namespaces = []
+    for ns in _NAMESPACES:
+        try:
+            namespaces.append(os.readlink(f"/proc/self/ns/{ns}"))
+        except OSError:
+            namespaces.append(f"{ns}:?")
     return "\n".join(
         [
             os.path.realpath(sys.executable),
             PACKAGE_DIR,
-            ",".join(map(str, sorted(os.getgroups()))),
             repr(tuple(sys.flags)),
             *env,
+            ",".join(map(str, sorted(os.getgroups()))),
+            _read("/proc/self/cgroup").decode(errors="replace"),
+            *namespaces,
+            *(line.decode() for line in status if line.split(b":")[0] in _STATUS_FIELDS),
+            _read("/proc/self/attr/current").decode(errors="replace"),
+            _read("/proc/self/oom_score_adj").decode(errors="replace"),
+            str(os.sched_getscheduler(0)),
         ]
     )
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def wanted(args: list[str]) -> bool:
@@ -104,7 +131,9 @@ def _converse(sock: _socket.socket, args: list[str]) -> int | str:
         cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return "refused: the working directory cannot be opened"
-    fields = [PROTOCOL, key(), str(umask), limits, str(len(args)), *args]
+    cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    fields = [PROTOCOL, key(), str(umask), limits, cpus, str(nice), str(len(args)), *args]
     fields += [f"{k}={v}" for k, v in os.environ.items()]
     payload = "\0".join(fields).encode("utf-8", "surrogateescape")
     fds = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (0, 1, 2, cwd))
@@ -166,7 +195,14 @@ def _send(sock: _socket.socket, message: bytes) -> None:
 
 
 def start_agent(home: str) -> None:
-    """Start the agent of ``home`` in the background (it exits at once if one runs)."""
+    """Start the agent of ``home`` in the background (it exits at once if one runs).
+
+    Not from a ``las`` with a lowered priority (``nice``): the agent keeps the priority,
+    resource limits and CPUs of the ``las`` that started it, and serves only commands it
+    can give theirs (it can lower a priority or a hard limit and change CPUs, not raise).
+    """
+    if os.getpriority(os.PRIO_PROCESS, 0) > 0:
+        return
     from localaistack.runtime.spawn import PACKAGE_ROOT
 
     env = dict(os.environ)

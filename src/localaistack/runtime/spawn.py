@@ -195,8 +195,9 @@ def _ask_zygote(db: str, run_id: str, env: dict[str, str], fds: tuple[int, int, 
     pipe its pid will come back on, or None when the zygote is gone and nothing was asked
     (the caller then starts a new Python, as without an agent).
 
-    The zygote's child takes this process's environment, working directory, umask and
-    resource limits, as an exec'd supervisor would inherit them.
+    The zygote's child takes this process's environment, working directory, umask,
+    resource limits, CPU affinity and nice value, as an exec'd supervisor would inherit
+    them (the zygote shares the rest: cgroup, namespaces, privileges; cli/handover.py).
     """
     import json
     import resource
@@ -206,7 +207,10 @@ def _ask_zygote(db: str, run_id: str, env: dict[str, str], fds: tuple[int, int, 
     limits = {n: resource.getrlimit(getattr(resource, n)) for n in RLIMITS}
     umask = os.umask(0o077)
     os.umask(umask)
-    request = {"db": db, "run": run_id, "env": env, "umask": umask, "rlimits": limits}
+    request = {
+        "db": db, "run": run_id, "env": env, "umask": umask, "rlimits": limits,
+        "cpus": sorted(os.sched_getaffinity(0)), "nice": os.getpriority(os.PRIO_PROCESS, 0),
+    }  # fmt: skip
     try:
         cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:

@@ -7,8 +7,8 @@ message with five file descriptors (runtime/spawn.py's ``_fork_from_zygote``):
 
 * the run's ready pipe (write end), its go pipe (read end) and its supervisor.log;
 * the requester's working directory and a reply pipe (write end);
-* JSON: the store, the run id, and the environment, umask and resource limits an exec'd
-  supervisor would have inherited from the requesting ``las``;
+* JSON: the store, the run id, and the environment, umask, resource limits, CPU affinity
+  and nice value an exec'd supervisor would have inherited from the requesting ``las``;
 
 it forks a child that starts a new session and forks the supervisor (so the supervisor is
 not the zygote's child, as an exec'd one is not las's once ``las`` exits), writes the
@@ -113,6 +113,11 @@ def _become_supervisor(request: dict[str, Any], fds: list[int]) -> int:
             resource.setrlimit(getattr(resource, name), (soft, hard))
         except (OSError, ValueError, AttributeError) as exc:
             print(f"supervisor zygote: {name} not set: {exc}", file=sys.stderr, flush=True)
+    os.sched_setaffinity(0, request["cpus"])
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, request["nice"])
+    except OSError as exc:  # a higher priority than the zygote's: the agent refuses those
+        print(f"supervisor zygote: nice {request['nice']} not set: {exc}", file=sys.stderr)
     os.environ.clear()
     os.environ.update(request["env"])
     signal.signal(signal.SIGINT, signal.default_int_handler)
