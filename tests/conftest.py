@@ -134,9 +134,11 @@ def _processes() -> Iterator[tuple[int, bytes]]:
 
 
 def _agents_of(home: Path) -> list[int]:
-    """``home``'s las agent (cli/agent.py), if one runs."""
+    """``home``'s las agent (cli/agent.py), if one runs: not its children, which show its
+    command line (its workers, and a process it spawns until that one's exec)."""
     needle = b"--home\0" + str(home).encode() + b"\0"
-    return [pid for pid, cmd in _processes() if b"localaistack.cli.agent" in cmd and needle in cmd]
+    found = [pid for pid, cmd in _processes() if b"localaistack.cli.agent" in cmd and needle in cmd]
+    return [pid for pid in found if _parent(pid) not in found]
 
 
 def _parent(pid: int) -> int | None:

@@ -102,10 +102,11 @@ class Agent:
     # --- the loop -------------------------------------------------------------------
 
     def serve(self) -> int:
-        self._start_zygote()
         try:
+            self._start_zygote()
             self._loop()
         except _Stop:  # SIGTERM: no new commands; those running go on without the agent
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one ends it at once
             if self.listener is not None:
                 self._stop_listening("SIGTERM")
         self._stop_zygote()
