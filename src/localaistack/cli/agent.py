@@ -114,7 +114,7 @@ class Agent:
 
     def _loop(self) -> None:
         while self.listener is not None or self.workers:
-            for key, _ in self.sel.select(TICK):
+            for key, _ in self.sel.select(min(TICK, self.idle)):
                 if key.data is None:
                     self._accept()
                 else:
@@ -400,8 +400,13 @@ def _limits_above_own(limits: dict[str, tuple[int, int]]) -> str | None:
 
 
 def _signature() -> list[tuple[str, int, int]]:
-    """las's files as they are now (the agent runs what it imported at its start)."""
+    """las's files and the interpreter as they are now (the agent runs what it loaded at
+    its start; a Python upgraded in place would load its newer standard library)."""
     out = []
+    for path in (os.path.realpath(sys.executable), os.__file__):
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            out.append((path, st.st_mtime_ns, st.st_size))
     for folder, _, files in os.walk(handover.PACKAGE_DIR):
         for name in files:
             if name.endswith((".py", ".yaml")):
