@@ -12,44 +12,15 @@ same `las run -d` with `LAS_AGENT=0`: the command run by a new Python, as withou
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench.harness import Row, alternate_all, run_main
-from bench.native import las_cmd, workspace
+from bench.native import las_cmd, stop_agent, wait_for_agent, workspace
 
 IMAGE = "localhost/las-busybox:latest"
-
-
-def wait_for_agent(home: Path, deadline: float = 20.0) -> None:
-    """Until the home's las agent accepts connections (the first `las run` started it)."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
-            try:
-                s.connect(str(home / "agent.sock"))
-                return
-            except OSError:
-                pass
-        time.sleep(0.05)
-    sys.exit(f"the las agent of {home} did not start (see {home / 'agent.log'})")
-
-
-def stop_agent(home: Path) -> None:
-    """SIGTERM to the home's las agent (its supervisor zygote exits with it)."""
-    needle = b"--home\0" + str(home).encode() + b"\0"
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read()
-            if b"localaistack.cli.agent" in cmd and needle in cmd:
-                os.kill(int(entry), signal.SIGTERM)
-        except (OSError, ValueError):
-            continue
 
 
 def bench_engine(root: Path, name: str, reps: int) -> list[Row]:

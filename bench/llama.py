@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from bench.harness import Row, alternate, run_main
-from bench.native import las_cmd, workspace
+from bench.native import las_cmd, stop_agent, workspace
 
 PROMPT = "Write a short story about a robot who learns to paint. Once upon a time,"
 SEED = 42
@@ -230,7 +230,7 @@ class Servers:
         self.procs.remove(proc)
 
     def close(self) -> None:
-        """Whatever is still running, stopped (after an error)."""
+        """Whatever is still running, stopped (after an error), and the las agent."""
         for proc in list(self.procs):
             proc.kill()
             proc.wait(30)
@@ -239,6 +239,7 @@ class Servers:
             # no check: the error that brought us here is the one to see
             subprocess.run([*self.cmd, "rm", "-f", name], env=self.env, capture_output=True)
             self.instances.remove(name)
+        stop_agent(self.home)  # the first `las run` started it (docs/agent.md)
 
 
 def time_to_healthy(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -64,6 +65,49 @@ def policy_text(trusted: list[str]) -> str:
     """Trust the bench modules, as root too: the peers (supervisord, by hand) run them as
     root, and this Python may live where the native user cannot read (pyenv under /root)."""
     return f"trusted_native: {trusted}\nnative_allow_root: {trusted}\n"
+
+
+def agent_of(home: Path) -> int | None:
+    """The las agent of ``home`` (cli/agent.py), not its workers (its children)."""
+    needle = b"--home\0" + str(home).encode() + b"\0"
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"localaistack.cli.agent" in (cmd := f.read()) and needle in cmd:
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return next((p for p in found if _ppid(p) not in found), None)
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def wait_for_agent(home: Path, deadline: float = 20.0) -> None:
+    """Until the home's las agent accepts connections (the first `las run` started it)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+            try:
+                s.connect(str(home / "agent.sock"))
+                return
+            except OSError:
+                pass
+        time.sleep(0.05)
+    sys.exit(f"the las agent of {home} did not start (see {home / 'agent.log'})")
+
+
+def stop_agent(home: Path) -> None:
+    """SIGTERM to the home's las agent (its supervisor zygote exits with it)."""
+    pid = agent_of(home)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
 
 
 class LasBench:
@@ -109,6 +153,14 @@ class LasBench:
         return subprocess.run(
             [*self.cmd, *args], env=self.env, capture_output=True, text=True, check=check
         )
+
+    def prime(self) -> None:
+        """One `las run`, so that the las agent runs (as after any earlier `las run`):
+        every timed las command after it is served by the agent, as a user's is."""
+        path = self.module("prime", ["sleep", "1000"])
+        self.las("run", "-d", str(path))
+        wait_for_agent(self.home)
+        self.las("rm", "-f", "prime")
 
     def db(self) -> sqlite3.Connection:
         return sqlite3.connect(self.home / "state.db", isolation_level=None)
@@ -206,7 +258,16 @@ def bench_start(las: LasBench, sup: SupervisordBench, reps: int) -> list[Row]:
         proc.wait()
         return took
 
-    xs, ys, zs = alternate_all([a, b, c], reps)
+    def d(i: int) -> float:  # the same `las run` without the agent
+        env = {**las.env, "LAS_AGENT": "0"}
+        t0 = time.perf_counter()
+        subprocess.run([*las.cmd, "run", str(path), "--name", f"alone{i}"], env=env,
+                       check=True, capture_output=True)  # fmt: skip
+        took = time.perf_counter() - t0
+        las.las("rm", "-f", f"alone{i}")
+        return took
+
+    xs, ys, zs, ws = alternate_all([a, b, c, d], reps)
     ratio = sorted(xs)[len(xs) // 2] / sorted(ys)[len(ys) // 2]
     return [
         Row(
@@ -217,6 +278,16 @@ def bench_start(las: LasBench, sup: SupervisordBench, reps: int) -> list[Row]:
             ys,
             "<= 1.0x supervisorctl",
             ratio <= 1.0,
+            note="through the las agent (warm), as any `las run` after the first (docs/agent.md)",
+        ),
+        Row(
+            "start until running (CLI included, LAS_AGENT=0)",
+            "s",
+            ws,
+            "supervisorctl start",
+            ys,
+            note="not a goal: the same `las run` without the agent (a new Python, and a "
+            "supervisor started as one)",
         ),
         Row(
             "start until running (CLI included)",
@@ -490,6 +561,9 @@ def bench_idle(las: LasBench, sup: SupervisordBench, k: int, seconds: float) -> 
     sup_cpu = (_cpu_s(sup.proc.pid) - sup_cpu0) / k
     las_pss = [_pss_kb(p) / 1024 for p in sup_pids]
     sup_pss = _pss_kb(sup.proc.pid) / 1024 / k
+    agent = agent_of(las.home)
+    resident = [] if agent is None else [agent, *_children(agent)]
+    agent_pss = sum(_pss_kb(p) for p in resident) / 1024
     for n in names:
         las.las("rm", "-f", n)
     for i in range(k):
@@ -514,7 +588,18 @@ def bench_idle(las: LasBench, sup: SupervisordBench, k: int, seconds: float) -> 
             "~0 (no polling)",
             max(las_cpu) <= 0.02,
         ),
+        Row(
+            "las agent PSS, until its idle exit",
+            "MB",
+            [agent_pss],
+            note="not a goal: the agent and its supervisor zygote (docs/agent.md), whatever "
+            "the number of modules; they exit after 5 idle minutes",
+        ),
     ]
+
+
+def _children(pid: int) -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and _ppid(int(e)) == pid]
 
 
 def bench_ps(las: LasBench, counts: list[int], reps: int) -> list[Row]:
@@ -624,6 +709,7 @@ def collect(quick: bool) -> list[Row]:
         programs["crashloop"] = crash
         sup = SupervisordBench(root, programs)
         try:
+            las.prime()
             rows = bench_start(las, sup, reps) + bench_failure(las, sup, reps)
             rows += bench_logs(las, sup, root, mb, 2 if quick else 5)
             rows += bench_idle(las, sup, idle_k, 3 if quick else 60)
@@ -632,6 +718,7 @@ def collect(quick: bool) -> list[Row]:
             rows.append(bench_probe_cpu(las, root, 3 if quick else 60))
             rows += bench_crash_loop(las, sup, root, 3 if quick else 30)
         finally:
+            stop_agent(las.home)
             sup.close()
     return rows
 
