@@ -45,7 +45,7 @@ def bench_engine(root: Path, name: str, reps: int) -> list[Row]:
         f"  container: {{image: {IMAGE}, command: [sleep, '1000']}}\n"
         "  stop: {timeout: 1s}\n"
     )
-    env = {**os.environ, "LAS_HOME": str(home)}
+    env = {**os.environ, "LAS_HOME": str(home), "LAS_AGENT": "1"}  # as by default
     cmd = las_cmd()
     spec_args = {
         "image": IMAGE,

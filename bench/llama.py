@@ -162,7 +162,7 @@ class Servers:
         # By hand the server runs as whoever runs the bench; so does las's (as root it would
         # otherwise run as las-workload, which may not reach this venv).
         (self.home / "policy.yaml").write_text("native_allow_root: [llama.cpp]\n")
-        self.env = {**os.environ, "LAS_HOME": str(self.home)}
+        self.env = {**os.environ, "LAS_HOME": str(self.home), "LAS_AGENT": "1"}  # as by default
         self.cmd = las_cmd()
         self.sets = [
             *("--set", f"model={model}"),

@@ -114,7 +114,7 @@ class LasBench:
     def __init__(self, root: Path) -> None:
         self.home = root / "las-home"
         self.home.mkdir(mode=0o700)
-        self.env = {**os.environ, "LAS_HOME": str(self.home)}
+        self.env = {**os.environ, "LAS_HOME": str(self.home), "LAS_AGENT": "1"}  # as by default
         self.cmd = las_cmd()
         self.modules = root / "modules"
         self.modules.mkdir()
