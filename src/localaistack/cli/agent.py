@@ -7,12 +7,15 @@ HOME``. It
 * imports, once, everything those commands need, and starts a supervisor zygote
   (runtime/supervisor_zygote.py), so that a run's supervisor is a fork, not a new Python;
 * listens on ``HOME/agent.sock`` (``SOCK_SEQPACKET``, mode 0600 in a 0700 home), and
-  serves only its own user (``SO_PEERCRED``), only clients that share its Python, las
-  installation, locale, groups and Python flags (else it refuses, and the client runs the
-  command itself), and only while las's files are those it imported: after an upgrade it
-  refuses with ``stale``, stops listening and exits once its commands have ended;
+  serves only its own user (``SO_PEERCRED``), only ``run``/``start``/``restart``, only
+  clients that share what a forked process cannot change (cli/handover.py's ``key``:
+  Python, las, locale, groups, cgroup, namespaces, privileges...; else it refuses, and
+  the client runs the command itself), and only while las's files are those it imported:
+  after an upgrade it refuses with ``stale``, stops listening and exits once its
+  commands have ended;
 * for each command, forks a worker that takes the client's standard streams, working
-  directory, umask, resource limits, environment and arguments, runs the command as
+  directory, umask, resource limits, CPU affinity, nice value, environment and
+  arguments, runs the command as
   ``las`` would (cli/entry.py's ``run``) and exits with its status, which the agent sends
   back; signals the client forwards go to the worker; a client that disappears (killed)
   takes its worker with it (SIGKILL), as if the command had been that process;
@@ -46,7 +49,7 @@ from localaistack.runtime.supervisor_zygote import ZYGOTE_MAIN
 
 USAGE = "usage: python -c AGENT_MAIN --home HOME (started by las itself: cli/handover.py)"
 IDLE = 300.0  # seconds without a command before the agent exits ($LAS_AGENT_IDLE)
-TICK = 5.0  # seconds between checks of the socket and las's files while idle
+TICK = 5.0  # seconds between checks of its socket and of how long it has been idle
 REQUEST_TIMEOUT = 2.0  # seconds a connected client has to send its command
 MAX_REQUEST = 1 << 20  # bytes: arguments and environment
 LOCK = "agent.lock"
@@ -193,7 +196,8 @@ class Agent:
             if pid == 0:
                 self._become_worker(conn, fds, request)  # never returns
             conn.settimeout(None)
-            conn.send(b"started")
+            with contextlib.suppress(OSError):  # a client gone already: its EOF says so
+                conn.send(b"started")
         except OSError as exc:
             _log(f"a command failed to start: {exc}")
             return _close(conn)
@@ -247,43 +251,12 @@ class Agent:
         """In the forked worker: become the client's ``las`` process, run, exit."""
         code = 1
         try:
-            # Nothing of the agent's may stay open here: its socket, its lock, the other
-            # clients' connections (each must see its own command's end).
-            for other in self.workers.values():
-                os.close(other.pidfd)
-                if other.conn is not None:
-                    other.conn.close()
-            if self.listener is not None:
-                self.listener.close()
-                os.close(self.lock_fd)
-            self.sel.close()
-            os.close(self.dir_fd)
-            if self.zygote_pidfd is not None:
-                os.close(self.zygote_pidfd)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            for target, fd in enumerate(fds[:3]):
-                os.dup2(fd, target)
-            os.fchdir(fds[3])
-            for fd in fds:
-                os.close(fd)
-            os.umask(request["umask"])
-            os.sched_setaffinity(0, request["cpus"])
-            os.setpriority(os.PRIO_PROCESS, 0, request["nice"])
-            for name, (soft, hard) in request["limits"].items():
-                import resource
-
-                with contextlib.suppress(AttributeError):
-                    resource.setrlimit(getattr(resource, name), (soft, hard))
-            os.environ.clear()
-            os.environ.update(request["env"])
-            sys.argv = ["las", *request["args"]]
-            sys.stdout = io.TextIOWrapper(
-                io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
-                encoding=sys.stdout.encoding,
-                errors=sys.stdout.errors,
-                line_buffering=os.isatty(1),
-            )
+            self._take_over(fds, request)
+        except Exception as exc:  # nothing ran: the client runs the command itself
+            with contextlib.suppress(OSError):
+                conn.send(b"refused the worker could not take the command over: %r" % exc)
+            os._exit(1)
+        try:
             spawn.zygote = self.zygote
             launch.exit_hooks.append(lambda status: _report(conn, status))
             code = _run(request["args"])
@@ -293,6 +266,46 @@ class Agent:
                 sys.stderr.flush()
             _report(conn, code)
             os._exit(code)
+
+    def _take_over(self, fds: list[int], request: dict[str, Any]) -> None:
+        """The client's process state, in this worker (before anything runs)."""
+        # Nothing of the agent's may stay open here: its socket, its lock, the other
+        # clients' connections (each must see its own command's end).
+        for other in self.workers.values():
+            os.close(other.pidfd)
+            if other.conn is not None:
+                other.conn.close()
+        if self.listener is not None:
+            self.listener.close()
+            os.close(self.lock_fd)
+        self.sel.close()
+        os.close(self.dir_fd)
+        if self.zygote_pidfd is not None:
+            os.close(self.zygote_pidfd)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for target, fd in enumerate(fds[:3]):
+            os.dup2(fd, target)
+        os.fchdir(fds[3])
+        for fd in fds:
+            os.close(fd)
+        os.umask(request["umask"])
+        os.sched_setaffinity(0, request["cpus"])
+        os.setpriority(os.PRIO_PROCESS, 0, request["nice"])
+        for name, (soft, hard) in request["limits"].items():
+            import resource
+
+            with contextlib.suppress(AttributeError):
+                resource.setrlimit(getattr(resource, name), (soft, hard))
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = ["las", *request["args"]]
+        sys.stdout = io.TextIOWrapper(
+            io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
+            encoding=sys.stdout.encoding,
+            errors=sys.stdout.errors,
+            line_buffering=os.isatty(1),
+        )
 
     # --- the zygote -----------------------------------------------------------------
 
@@ -469,6 +482,11 @@ def main(argv: list[str] | None = None) -> int:
         listener.listen(64)
     except OSError as exc:
         _log(f"cannot start: {exc}")
+        return 1
+    try:
+        os.close(os.pidfd_open(os.getpid()))  # Linux >= 5.3: how it follows its workers
+    except (OSError, AttributeError) as exc:
+        _log(f"cannot start: no pidfd_open ({exc}); las runs its commands itself")
         return 1
     os.chdir("/")  # it holds no directory busy; each worker takes its client's
     agent = Agent(home, listener, dir_fd, lock_fd)

@@ -8,8 +8,8 @@ there, in a process forked from the warm agent, with this process's arguments,
 environment, working directory, umask, resource limits and standard streams (passed as
 file descriptors), and this process waits, forwards the signals it gets and exits with
 the command's status. The command does exactly what it does here; only its start is
-shorter. When there is no agent, or it refuses (another Python, las version or locale),
-``las`` runs the command itself, which is the same command.
+shorter. When there is no agent, or it refuses (see ``key`` and docs/agent.md), ``las``
+runs the command itself, which is the same command.
 
 So this module imports ``os`` and ``sys`` and the C-level ``_socket`` (``socket`` costs
 ~4 ms of enum set-up): it runs before anything else in ``las``.
@@ -26,7 +26,7 @@ LOG = "agent.log"
 PROTOCOL = "las-agent-1"
 AGENT_MAIN = "import sys; from localaistack.cli.agent import main; sys.exit(main())"
 COMMANDS = ("run", "start", "restart")  # those whose latency is the workload's start
-FORWARDED = (1, 2, 3, 15)  # SIGHUP, SIGINT, SIGQUIT, SIGTERM (no `signal` import: ~2 ms)
+FORWARDED = (1, 2, 3, 15)  # SIGHUP, SIGINT, SIGQUIT, SIGTERM (no `signal` import: ~7 ms)
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
@@ -173,7 +173,10 @@ def _wait(sock: _socket.socket, payload: bytes, fds: bytes) -> int | str:
         elif word == "exit" and value.lstrip("-").isdigit():
             return int(value)
         elif word == "signal" and value.isdigit():
-            _signal.signal(int(value), _signal.SIG_DFL)
+            try:
+                _signal.signal(int(value), _signal.SIG_DFL)
+            except (OSError, ValueError):  # SIGKILL, SIGSTOP: their default is the only one
+                pass
             os.kill(os.getpid(), int(value))  # ends this process as the command ended
             return 128 + int(value)
         elif not started:  # the agent went away before it ran anything

@@ -1,9 +1,10 @@
 """The las agent's supervisor zygote: supervisors forked from a warm Python.
 
-Started by the las agent (cli/agent.py) as ``python -S -c ZYGOTE_MAIN --fd N`` with one
-end of a ``SOCK_SEQPACKET`` socket pair as fd N. It imports what a supervisor needs
+Started by the las agent (cli/agent.py) as ``python -S -c ZYGOTE_MAIN --db DB --fd N``
+with one end of a ``SOCK_SEQPACKET`` socket pair as fd N (``--db`` only names the store
+in ``ps``). It imports what a supervisor needs
 before its ``go`` (runtime/supervisor.py's ``main``), then waits. For each request, one
-message with five file descriptors (runtime/spawn.py's ``_fork_from_zygote``):
+message with five file descriptors (runtime/spawn.py's ``_ask_zygote``):
 
 * the run's ready pipe (write end), its go pipe (read end) and its supervisor.log;
 * the requester's working directory and a reply pipe (write end);
@@ -13,8 +14,9 @@ message with five file descriptors (runtime/spawn.py's ``_fork_from_zygote``):
 it forks a child that starts a new session and forks the supervisor (so the supervisor is
 not the zygote's child, as an exec'd one is not las's once ``las`` exits), writes the
 supervisor's pid to the reply pipe and exits. The supervisor sets up the state it was
-given and runs ``supervisor.main`` as if it had been exec'd. A supervisor thus starts in
-~1-2 ms instead of ~40-60 ms; its command line is the zygote's (it names
+given, copies the pages it shares with the zygote (one collection, while ``las`` plans)
+and runs ``supervisor.main`` as if it had been exec'd. A supervisor thus starts in a few
+ms instead of ~40-60 ms; its command line is the zygote's (it names
 ``localaistack.runtime.supervisor_zygote`` and the store).
 
 Nothing here reads the environment at import time, and the zygote opens no store: a
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(fds) != 5 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
             for fd in fds:
                 os.close(fd)
-            continue  # the requester sees its reply pipe close and starts a new Python
+            continue  # the reply pipe closes without a pid: that `las run` fails, and says so
         try:
             pid = os.fork()
             if pid == 0:
