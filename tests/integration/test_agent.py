@@ -8,6 +8,7 @@ command line: forked by the agent's supervisor zygote, or a new Python.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -97,6 +98,26 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def the_zygote(agent: int) -> int:
+    """The agent's supervisor zygote, once it runs."""
+    found: list[int] = []
+    wait_until(lambda: bool(found.extend(p for p in children(agent) if ZYGOTE in cmdline(p))
+                            or found), 20, message="the agent's zygote runs")  # fmt: skip
+    return found[0]
+
+
+def workers(las: Las, agent: int) -> list[int]:
+    """The agent's workers running a command: its children but the zygote and the spare
+    worker (which still writes to agent.log, not to a client's stdout)."""
+    log = str(las.home / "agent.log")
+    out = []
+    for pid in children(agent):
+        with contextlib.suppress(OSError):
+            if ZYGOTE not in cmdline(pid) and os.readlink(f"/proc/{pid}/fd/1") != log:
+                out.append(pid)
+    return out
+
+
 def supervisor_of(las: Las, name: str) -> int:
     """The supervisor process of instance ``name``'s current run (from the store)."""
     db = sqlite3.connect(las.home / "state.db")
@@ -138,7 +159,7 @@ def test_a_run_is_handed_to_the_agent_with_the_callers_context(
     first = las_in(alas, "run", "-d", str(path), "--name", "first")
     assert first.returncode == 0, first.stderr
     agent = the_agent(alas)
-    wait_until(lambda: len(children(agent)) == 1, 20, message="the agent's zygote runs")
+    the_zygote(agent)
     cpu = max(os.sched_getaffinity(0))
     context: dict[str, Any] = {
         "cwd": path.parent,
@@ -238,7 +259,7 @@ def test_ctrl_c_reaches_the_command(alas: Las, module_factory: Callable[..., Pat
         wait_until(lambda n=name: alas.ps().get(n, {}).get("state") == "running", 30,
                    message=f"{name} waits for its health probe")  # fmt: skip
         if via_agent:
-            (worker,) = [p for p in children(agent) if ZYGOTE not in cmdline(p)]
+            (worker,) = workers(alas, agent)
         client.send_signal(signal.SIGINT)
         _, err = client.communicate(timeout=30)
         outcomes[name] = (client.returncode, err.replace(name, "NAME"))
@@ -257,7 +278,7 @@ def test_a_killed_client_takes_its_command_with_it(
     client = alas.popen("run", str(path), "--name", "second")
     wait_until(lambda: alas.ps().get("second", {}).get("state") == "running", 30,
                message="the command waits for the health probe")  # fmt: skip
-    (worker,) = [p for p in children(agent) if ZYGOTE not in cmdline(p)]
+    (worker,) = workers(alas, agent)
     client.kill()
     client.communicate(timeout=10)
     wait_until(lambda: not pid_alive(worker), 10, message="the worker ended with its client")
@@ -312,8 +333,7 @@ def test_an_idle_agent_exits_and_leaves_nothing(
     path = module_factory("idle", workload())
     alas.ok("run", "-d", str(path), "--name", "first")
     agent = the_agent(alas)
-    wait_until(lambda: len(children(agent)) == 1, 20, message="the agent's zygote runs")
-    (zygote,) = children(agent)
+    zygote = the_zygote(agent)
     wait_until(lambda: not pid_alive(agent) and not pid_alive(zygote), 20,
                message="the idle agent and its zygote exit")  # fmt: skip
     assert not (alas.home / "agent.sock").exists()
@@ -433,11 +453,43 @@ def test_sigterm_stops_the_agent_and_removes_its_socket(
     path = module_factory("idle", workload())
     alas.ok("run", "-d", str(path), "--name", "first")
     agent = the_agent(alas)
-    wait_until(lambda: len(children(agent)) == 1, 20, message="the agent's zygote runs")
-    (zygote,) = children(agent)
+    zygote = the_zygote(agent)
     os.kill(agent, signal.SIGTERM)
     wait_until(lambda: not pid_alive(agent) and not pid_alive(zygote), 10,
                message="the agent and its zygote exit")  # fmt: skip
     assert not (alas.home / "agent.sock").exists()
     assert "stops: SIGTERM" in (alas.home / "agent.log").read_text()
     assert alas.state("first") == "running"
+
+
+def spares(las: Las, agent: int) -> list[int]:
+    """The agent's spare worker, once ready (it names itself las-spare while it waits)."""
+    out = []
+    for pid in children(agent):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as f:
+            if f.read().strip() == "las-spare":
+                out.append(pid)
+    return out
+
+
+def test_a_command_goes_to_the_spare_worker_and_a_new_spare_follows(
+    alas: Las, module_factory: Callable[..., Path]
+) -> None:
+    path = _waiting_module(module_factory)
+    alas.ok("run", "-d", str(path), "--name", "first")
+    agent = the_agent(alas)
+    wait_until(lambda: len(spares(alas, agent)) == 1, 20, message="a spare worker waits")
+    (spare,) = spares(alas, agent)
+    client = alas.popen("run", str(path), "--name", "second")  # waits for its health probe
+    try:
+        wait_until(lambda: workers(alas, agent) == [spare], 20,
+                   message="the spare runs the command")  # fmt: skip
+        wait_until(lambda: len(spares(alas, agent)) == 1 and spares(alas, agent) != [spare],
+                   20, message="a new spare follows")  # fmt: skip
+        with open(f"/proc/{spare}/comm") as f:
+            assert f.read().strip() != "las-spare"  # a worker now
+    finally:
+        client.send_signal(signal.SIGINT)
+        _, err = client.communicate(timeout=30)
+    assert client.returncode == 1 and "Aborted!" in err
+    wait_until(lambda: not pid_alive(spare), 10, message="the command's worker ended")
