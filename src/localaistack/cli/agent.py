@@ -44,7 +44,6 @@ from typing import Any
 
 from localaistack.cli import entry, handover, launch
 from localaistack.runtime import spawn
-from localaistack.runtime.spawn import PACKAGE_ROOT
 from localaistack.runtime.supervisor_zygote import ZYGOTE_MAIN
 
 USAGE = "usage: python -c AGENT_MAIN --home HOME (started by las itself: cli/handover.py)"
@@ -429,15 +428,10 @@ class Agent:
     def _start_zygote(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         theirs.set_inheritable(True)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
         db = os.path.join(self.home, "state.db")
         argv = [sys.executable, "-S", "-c", ZYGOTE_MAIN, "--db", db, "--fd", str(theirs.fileno())]
-        try:
-            self.zygote_pid = os.posix_spawn(
-                sys.executable, argv, env,
-                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
-            )  # fmt: skip
+        try:  # its output: the agent's log
+            self.zygote_pid = spawn.spawn_python(argv, spawn.python_env(), None)
         except OSError as exc:
             _log(f"no supervisor zygote: {exc} (supervisors start as new Pythons)")
             ours.close()

@@ -206,26 +206,14 @@ def start_agent(home: str) -> None:
     """
     if os.getpriority(os.PRIO_PROCESS, 0) > 0:
         return
-    from localaistack.runtime.spawn import PACKAGE_ROOT
+    from localaistack.runtime.spawn import python_env, spawn_python
 
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
     try:
         log = os.open(os.path.join(home, LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     except OSError:
         return
     try:
-        os.posix_spawn(
-            sys.executable,
-            [sys.executable, "-c", AGENT_MAIN, "--home", home],
-            env,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, log, 1),
-                (os.POSIX_SPAWN_DUP2, log, 2),
-            ],
-            setsid=True,
-        )
+        spawn_python([sys.executable, "-c", AGENT_MAIN, "--home", home], python_env(), log)
     except OSError:
         pass  # only an optimisation: the next `las run` runs itself again
     finally:

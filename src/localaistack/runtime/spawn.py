@@ -17,6 +17,7 @@ from localaistack.store.home import make_private_dir
 TYPE_CHECKING = False  # not typing's: this module is on the start path before anything
 if TYPE_CHECKING:
     import socket
+    from typing import Any
 
 # The supervisor's entry (``python -S -c SUPERVISOR_MAIN --db ... --run ...``); its command
 # line names the module, which is how `ps` (and the tests) tell a supervisor.
@@ -125,8 +126,7 @@ def spawn_supervisor(
     rfd, wfd = os.pipe()  # ready: supervisor -> las
     go_r, go_w = os.pipe()  # go: las -> supervisor
     log_fd = os.open(sup_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    env = python_env()
     try:
         if zygote is not None and not extra_args:
             reply = _ask_zygote(os.fspath(db), run_id, env, (wfd, go_r, log_fd))
@@ -172,17 +172,23 @@ def _exec_supervisor(
         str(go_r),
         *extra_args,
     ]
-    return os.posix_spawn(
-        sys.executable,
-        argv,
-        env,
-        file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_DUP2, log_fd, 1),
-            (os.POSIX_SPAWN_DUP2, log_fd, 2),
-        ],
-        setsid=True,
-    )
+    return spawn_python(argv, env, log_fd)
+
+
+def python_env() -> dict[str, str]:
+    """This process's environment, with las on PYTHONPATH: for a new Python of las's."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    return env
+
+
+def spawn_python(argv: list[str], env: dict[str, str], log_fd: int | None) -> int:
+    """Start ``argv`` (this Python) in a session of its own, its input /dev/null, its
+    output and errors to ``log_fd`` (None: this process's). Raises OSError."""
+    actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+    if log_fd is not None:
+        actions += [(os.POSIX_SPAWN_DUP2, log_fd, 1), (os.POSIX_SPAWN_DUP2, log_fd, 2)]
+    return os.posix_spawn(sys.executable, argv, env, file_actions=actions, setsid=True)
 
 
 # The las agent's supervisor zygote (runtime/supervisor_zygote.py), when this process is
