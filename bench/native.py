@@ -104,9 +104,9 @@ def wait_for_agent(home: Path, deadline: float = 20.0) -> None:
 
 
 def wait_for_spare(home: Path, deadline: float = 10.0) -> None:
-    """Until the agent's next spare worker is ready (cli/agent.py): it is made ~0.3 s
-    after a command, and its page copying (~25 ms of CPU) must not fall into the next
-    timed step, of las or of a peer."""
+    """Until the agent's next spare worker is ready (cli/agent.py): it is made 1 s after
+    the last command ended, and its page copying (~25 ms of CPU) must not fall into the
+    next timed step, of las or of a peer."""
     agent = agent_of(home)
     end = time.monotonic() + deadline
     while agent is not None and time.monotonic() < end:

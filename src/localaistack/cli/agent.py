@@ -50,7 +50,10 @@ USAGE = "usage: python -c AGENT_MAIN --home HOME (started by las itself: cli/han
 IDLE = 300.0  # seconds without a command before the agent exits ($LAS_AGENT_IDLE)
 TICK = 5.0  # seconds between checks of its socket and of how long it has been idle
 REQUEST_TIMEOUT = 2.0  # seconds a connected client has to send its command
-SPARE_DELAY = 0.3  # seconds after a command starts before the next spare worker is made
+# Seconds without a running command before the next spare worker is made: its page
+# copying (~25 ms of CPU) must not compete with a command, nor with the start of the
+# workload a `las run` waited for.
+SPARE_DELAY = 1.0
 MAX_REQUEST = 1 << 20  # bytes: arguments and environment
 LOCK = "agent.lock"
 
@@ -133,7 +136,7 @@ class Agent:
     def _loop(self) -> None:
         while self.listener is not None or self.workers:
             wait = min(TICK, self.idle)
-            if self.listener is not None and self.spare is None:
+            if self.listener is not None and self.spare is None and not self.workers:
                 wait = max(0.0, min(wait, self.spare_due - time.monotonic()))
             for key, _ in self.sel.select(wait):
                 if key.data is None:
@@ -152,7 +155,7 @@ class Agent:
                 why = self._why_stop()
                 if why:
                     self._stop_listening(why)
-                elif self.spare is None and time.monotonic() >= self.spare_due:
+                elif self.spare is None and not self.workers and time.monotonic() >= self.spare_due:
                     self._fork_spare()
 
     def _why_stop(self) -> str | None:
@@ -224,7 +227,6 @@ class Agent:
                         self._become_worker(conn, fds, request)
                     finally:
                         os._exit(1)  # (it exits itself, with the command's status)
-            self.spare_due = time.monotonic() + SPARE_DELAY  # not while this one starts
             with contextlib.suppress(OSError):  # a client gone already: its EOF says so
                 conn.send(b"started")
         except OSError as exc:
@@ -282,6 +284,7 @@ class Agent:
         os.close(worker.pidfd)
         del self.workers[worker.pid]
         self.last = time.monotonic()
+        self.spare_due = self.last + SPARE_DELAY
 
     def _drop_inherited(self) -> None:
         """In a forked worker or spare, at once: nothing of the agent's may stay open, not
@@ -630,6 +633,8 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"cannot start: no pidfd_open ({exc}); las runs its commands itself")
         return 1
     os.chdir("/")  # it holds no directory busy; each worker takes its client's
+    with contextlib.suppress(OSError):  # not the CPUs of the `las` that started it (a
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))  # pinned benchmark, say)
     agent = Agent(home, listener, dir_fd, lock_fd)
     _log(f"serves {home}")
     gc.freeze()  # what it imported stays shared with its workers: no collection touches it
