@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench.harness import Row, alternate_all, run_main
-from bench.native import las_cmd, stop_agent, wait_for_agent, wait_for_spare, workspace
+from bench.native import las_cmd, stop_agent, wait_for_agent, workspace
 
 IMAGE = "localhost/las-busybox:latest"
 
@@ -66,7 +66,6 @@ def bench_engine(root: Path, name: str, reps: int) -> list[Row]:
         )
         took = time.perf_counter() - t0
         subprocess.run([*cmd, "rm", "-f", f"{prefix}{i}"], env=env, check=True, capture_output=True)
-        wait_for_spare(home)
         return took
 
     def las_alone(i: int) -> float:
@@ -84,7 +83,6 @@ def bench_engine(root: Path, name: str, reps: int) -> list[Row]:
 
     las_start(-1)  # the plan is made and kept, and the agent starts
     wait_for_agent(home)
-    wait_for_spare(home)
     try:
         xs, ys, zs = alternate_all([las_start, engine_start, las_alone], reps)
     finally:

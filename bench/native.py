@@ -103,23 +103,6 @@ def wait_for_agent(home: Path, deadline: float = 20.0) -> None:
     sys.exit(f"the las agent of {home} did not start (see {home / 'agent.log'})")
 
 
-def wait_for_spare(home: Path, deadline: float = 10.0) -> None:
-    """Until the agent's next spare worker is ready (cli/agent.py): it is made 1 s after
-    the last command ended, and its page copying (~25 ms of CPU) must not fall into the
-    next timed step, of las or of a peer."""
-    agent = agent_of(home)
-    end = time.monotonic() + deadline
-    while agent is not None and time.monotonic() < end:
-        for pid in _children(agent):
-            try:
-                with open(f"/proc/{pid}/comm") as f:
-                    if f.read().strip() == "las-spare":
-                        return
-            except OSError:
-                continue
-        time.sleep(0.02)
-
-
 def stop_agent(home: Path) -> None:
     """SIGTERM to the home's las agent (its supervisor zygote exits with it)."""
     pid = agent_of(home)
@@ -178,7 +161,6 @@ class LasBench:
         self.las("run", "-d", str(path))
         wait_for_agent(self.home)
         self.las("rm", "-f", "prime")
-        wait_for_spare(self.home)
 
     def db(self) -> sqlite3.Connection:
         return sqlite3.connect(self.home / "state.db", isolation_level=None)
@@ -258,7 +240,6 @@ def bench_start(las: LasBench, sup: SupervisordBench, reps: int) -> list[Row]:
         las.las("run", str(path), "--name", f"start{i}")
         took = time.perf_counter() - t0
         las.las("rm", "-f", f"start{i}")
-        wait_for_spare(las.home)
         return took
 
     def b(_i: int) -> float:
@@ -325,7 +306,6 @@ def bench_failure(las: LasBench, sup: SupervisordBench, reps: int) -> list[Row]:
 
     def a(i: int) -> float:
         las.las("run", str(path), "--name", f"victim{i}")
-        wait_for_spare(las.home)  # the agent's next spare is made before the timed part
         row = las.run_row(f"victim{i}")
         c = las.db()
         t0 = time.perf_counter()

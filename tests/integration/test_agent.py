@@ -107,8 +107,8 @@ def the_zygote(agent: int) -> int:
 
 
 def workers(las: Las, agent: int) -> list[int]:
-    """The agent's workers running a command: its children but the zygote and the spare
-    worker (which still writes to agent.log, not to a client's stdout)."""
+    """The agent's workers running a command: its children but the zygote, and but a
+    process it has just spawned (which writes to agent.log, not to a client's stdout)."""
     log = str(las.home / "agent.log")
     out = []
     for pid in children(agent):
@@ -461,37 +461,3 @@ def test_sigterm_stops_the_agent_and_removes_its_socket(
     assert not (alas.home / "agent.sock").exists()
     assert "stops: SIGTERM" in (alas.home / "agent.log").read_text()
     assert alas.state("first") == "running"
-
-
-def spares(las: Las, agent: int) -> list[int]:
-    """The agent's spare worker, once ready (it names itself las-spare while it waits)."""
-    out = []
-    for pid in children(agent):
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as f:
-            if f.read().strip() == "las-spare":
-                out.append(pid)
-    return out
-
-
-def test_a_command_goes_to_the_spare_worker_and_a_new_spare_follows(
-    alas: Las, module_factory: Callable[..., Path]
-) -> None:
-    """The spare runs the next command; the next spare comes once no command runs."""
-    path = _waiting_module(module_factory)
-    alas.ok("run", "-d", str(path), "--name", "first")
-    agent = the_agent(alas)
-    wait_until(lambda: len(spares(alas, agent)) == 1, 20, message="a spare worker waits")
-    (spare,) = spares(alas, agent)
-    client = alas.popen("run", str(path), "--name", "second")  # waits for its health probe
-    try:
-        wait_until(lambda: workers(alas, agent) == [spare], 20,
-                   message="the spare runs the command")  # fmt: skip
-        with open(f"/proc/{spare}/comm") as f:
-            assert f.read().strip() != "las-spare"  # a worker now
-        assert spares(alas, agent) == []  # none while a command runs
-    finally:
-        client.send_signal(signal.SIGINT)
-        _, err = client.communicate(timeout=30)
-    assert client.returncode == 1 and "Aborted!" in err
-    wait_until(lambda: not pid_alive(spare), 10, message="the command's worker ended")
-    wait_until(lambda: len(spares(alas, agent)) == 1, 20, message="a new spare follows")

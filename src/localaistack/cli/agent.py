@@ -50,10 +50,6 @@ USAGE = "usage: python -c AGENT_MAIN --home HOME (started by las itself: cli/han
 IDLE = 300.0  # seconds without a command before the agent exits ($LAS_AGENT_IDLE)
 TICK = 5.0  # seconds between checks of its socket and of how long it has been idle
 REQUEST_TIMEOUT = 2.0  # seconds a connected client has to send its command
-# Seconds without a running command before the next spare worker is made: its page
-# copying (~25 ms of CPU) must not compete with a command, nor with the start of the
-# workload a `las run` waited for.
-SPARE_DELAY = 1.0
 MAX_REQUEST = 1 << 20  # bytes: arguments and environment
 LOCK = "agent.lock"
 
@@ -87,19 +83,6 @@ class Worker:
         self.conn: socket.socket | None = conn
 
 
-class Spare:
-    """A worker forked ahead of its command, its pages already copied (``_fork_spare``):
-    a command handed to it skips the fork and most copy-on-write faults (~7 ms)."""
-
-    __slots__ = ("chan", "pid", "pidfd", "ready")
-
-    def __init__(self, pid: int, pidfd: int, chan: socket.socket) -> None:
-        self.pid = pid
-        self.pidfd = pidfd
-        self.chan = chan  # the command comes to it here; it says "ready" here first
-        self.ready = False
-
-
 class Agent:
     def __init__(self, home: str, listener: socket.socket, dir_fd: int, lock_fd: int) -> None:
         self.home = home
@@ -117,8 +100,6 @@ class Agent:
         self.zygote: socket.socket | None = None
         self.zygote_pid: int | None = None
         self.zygote_pidfd: int | None = None
-        self.spare: Spare | None = None
-        self.spare_due = time.monotonic()  # when to make the next spare worker
 
     # --- the loop -------------------------------------------------------------------
 
@@ -135,10 +116,7 @@ class Agent:
 
     def _loop(self) -> None:
         while self.listener is not None or self.workers:
-            wait = min(TICK, self.idle)
-            if self.listener is not None and self.spare is None and not self.workers:
-                wait = max(0.0, min(wait, self.spare_due - time.monotonic()))
-            for key, _ in self.sel.select(wait):
+            for key, _ in self.sel.select(min(TICK, self.idle)):
                 if key.data is None:
                     self._accept()
                 else:
@@ -147,16 +125,12 @@ class Agent:
                         self._ended(worker)
                     elif kind == "client":
                         self._from_client(worker)
-                    elif kind == "spare":
-                        self._from_spare()
                     else:
                         self._zygote_ended()
             if self.listener is not None:
                 why = self._why_stop()
                 if why:
                     self._stop_listening(why)
-                elif self.spare is None and not self.workers and time.monotonic() >= self.spare_due:
-                    self._fork_spare()
 
     def _why_stop(self) -> str | None:
         if not self.workers and time.monotonic() - self.last > self.idle:
@@ -179,8 +153,6 @@ class Agent:
         self.listener.close()
         self.listener = None
         os.close(self.lock_fd)  # a new agent may start now
-        if self.spare is not None:  # its end closed, it exits
-            self._drop_spare()
 
     # --- a command ------------------------------------------------------------------
 
@@ -218,15 +190,13 @@ class Agent:
             if self.zygote is None:
                 self._start_zygote()
             conn.settimeout(None)
-            pid = self._hand_to_spare(message, conn, fds)
-            if pid is None:
-                pid = _fork()
-                if pid == 0:
-                    try:
-                        self._drop_inherited()
-                        self._become_worker(conn, fds, request)
-                    finally:
-                        os._exit(1)  # (it exits itself, with the command's status)
+            pid = _fork()
+            if pid == 0:
+                try:
+                    self._drop_inherited()
+                    self._become_worker(conn, fds, request)
+                finally:
+                    os._exit(1)  # (it exits itself, with the command's status)
             with contextlib.suppress(OSError):  # a client gone already: its EOF says so
                 conn.send(b"started")
         except OSError as exc:
@@ -235,14 +205,7 @@ class Agent:
         finally:
             for fd in fds:
                 os.close(fd)
-        pidfd = os.pidfd_open(pid) if self.spare is None or pid != self.spare.pid else -1
-        if pidfd < 0:  # the spare became this command's worker
-            assert self.spare is not None
-            pidfd = self.spare.pidfd
-            self.sel.unregister(self.spare.chan)
-            self.spare.chan.close()
-            self.spare = None
-        worker = Worker(pid, pidfd, conn)
+        worker = Worker(pid, os.pidfd_open(pid), conn)
         self.workers[pid] = worker
         self.sel.register(worker.pidfd, selectors.EVENT_READ, ("exit", worker))
         self.sel.register(conn, selectors.EVENT_READ, ("client", worker))
@@ -284,10 +247,9 @@ class Agent:
         os.close(worker.pidfd)
         del self.workers[worker.pid]
         self.last = time.monotonic()
-        self.spare_due = self.last + SPARE_DELAY
 
     def _drop_inherited(self) -> None:
-        """In a forked worker or spare, at once: nothing of the agent's may stay open, not
+        """In a forked worker, at once: nothing of the agent's may stay open, not
         its socket (clients would queue on it), its lock (a new agent could not start),
         the other clients' connections (each must see its own command's end)."""
         for other in self.workers.values():
@@ -304,10 +266,6 @@ class Agent:
         if self.zygote_pidfd is not None:
             os.close(self.zygote_pidfd)
             self.zygote_pidfd = None
-        if self.spare is not None:
-            os.close(self.spare.pidfd)
-            self.spare.chan.close()
-            self.spare = None
 
     def _become_worker(self, conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
         """In the forked worker: become the client's ``las`` process, run, exit."""
@@ -355,77 +313,6 @@ class Agent:
             line_buffering=os.isatty(1),
         )
 
-    # --- the spare worker -----------------------------------------------------------
-
-    def _fork_spare(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = _fork()
-        if pid == 0:
-            try:
-                ours.close()
-                self._drop_inherited()
-                self._be_spare(theirs)
-            finally:
-                os._exit(1)  # (it exits itself, with its command's status)
-        theirs.close()
-        self.spare = Spare(pid, os.pidfd_open(pid), ours)
-        self.sel.register(ours, selectors.EVENT_READ, ("spare", None))
-
-    def _be_spare(self, chan: socket.socket) -> None:
-        """In the spare: copy the pages shared with the agent, wait for a command, run it."""
-        try:
-            gc.unfreeze()
-            gc.collect()  # writes to every tracked object: the copies happen now
-            gc.freeze()
-            name = _comm(SPARE_COMM)  # `ps -o comm` tells it, while it waits
-            chan.send(b"ready")
-            message, fds, _, _ = socket.recv_fds(chan, MAX_REQUEST, 5)
-        except OSError:
-            os._exit(0)
-        if not message or len(fds) != 5:  # the agent closed its end: no command comes
-            os._exit(0)
-        _comm(name)
-        chan.close()
-        request = _parse(message)
-        assert request is not None  # the agent parsed it before
-        self._become_worker(socket.socket(fileno=fds[0]), fds[1:], request)
-
-    def _hand_to_spare(self, message: bytes, conn: socket.socket, fds: list[int]) -> int | None:
-        """The spare's pid once the command is handed to it, or None (no spare ready)."""
-        spare = self.spare
-        if spare is None or not spare.ready:
-            return None
-        try:
-            socket.send_fds(spare.chan, [message], [conn.fileno(), *fds])
-        except OSError:
-            self._drop_spare()
-            return None
-        return spare.pid
-
-    def _from_spare(self) -> None:
-        """The spare says it is ready; or it ended (killed): a new one comes later."""
-        assert self.spare is not None
-        try:
-            said = self.spare.chan.recv(16)
-        except OSError:
-            said = b""
-        if said == b"ready":
-            self.spare.ready = True
-        else:
-            self._drop_spare()
-            self.spare_due = time.monotonic() + SPARE_DELAY
-
-    def _drop_spare(self) -> None:
-        assert self.spare is not None
-        spare, self.spare = self.spare, None
-        self.sel.unregister(spare.chan)
-        spare.chan.close()  # it exits on EOF, if it lives
-        with contextlib.suppress(OSError):
-            signal.pidfd_send_signal(spare.pidfd, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(spare.pid, 0)
-        os.close(spare.pidfd)
-
     # --- the zygote -----------------------------------------------------------------
 
     def _start_zygote(self) -> None:
@@ -461,21 +348,6 @@ class Agent:
             assert self.zygote_pid is not None
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.zygote_pid, 0)
-
-
-SPARE_COMM = "las-spare"
-
-
-def _comm(name: str) -> str:
-    """Set this process's name (``comm``, what ``ps -o comm`` shows); the old one."""
-    try:
-        with open("/proc/self/comm", "r+") as f:
-            old = f.read().strip()
-            f.seek(0)
-            f.write(name)
-        return old
-    except OSError:
-        return name
 
 
 def _fork() -> int:
