@@ -210,7 +210,9 @@ def _ask_zygote(db: str, run_id: str, env: dict[str, str], fds: tuple[int, int, 
     import socket
 
     assert zygote is not None
-    limits = {n: resource.getrlimit(getattr(resource, n)) for n in RLIMITS}
+    # every limit this Python knows, as cli/handover.py sends them to the agent
+    names = [n for n in dir(resource) if n.startswith("RLIMIT_")]
+    limits = {n: resource.getrlimit(getattr(resource, n)) for n in names}
     umask = os.umask(0o077)
     os.umask(umask)
     request = {
@@ -248,10 +250,3 @@ def _read_pid(fd: int) -> int | None:
 
 
 ZYGOTE_DEADLINE = 5.0  # seconds for the zygote to answer (it forks twice: ~1-2 ms)
-
-# What an exec'd supervisor would inherit and the zygote's child is given instead.
-RLIMITS = (
-    "RLIMIT_AS", "RLIMIT_CORE", "RLIMIT_CPU", "RLIMIT_DATA", "RLIMIT_FSIZE",
-    "RLIMIT_MEMLOCK", "RLIMIT_MSGQUEUE", "RLIMIT_NICE", "RLIMIT_NOFILE", "RLIMIT_NPROC",
-    "RLIMIT_RSS", "RLIMIT_RTPRIO", "RLIMIT_RTTIME", "RLIMIT_SIGPENDING", "RLIMIT_STACK",
-)  # fmt: skip
