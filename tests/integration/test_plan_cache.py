@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import yaml
 from tests.conftest import Las, workload
 
@@ -165,3 +166,30 @@ def test_a_kept_plan_starts_without_the_planning_models(
     # ...nor click: the plain forms of `las run` skip it (cli/launch.py).
     assert {m for m in imported if m.split(".")[0] in ("pydantic", "click") or m in heavy} == set()
     assert las.state("l2") == "running"
+
+
+def test_the_agents_warm_up_reads_a_kept_plan_and_writes_nothing(
+    las: Las, module_factory: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localaistack.control import plancache
+
+    path = module_factory("warm", workload())
+    las.ok("run", "-d", str(path), "--name", "w")
+    (entry,) = (las.home / "cache" / "plans").glob("*.json")
+    kept = json.loads(entry.read_text())["plan"]
+
+    def files() -> dict[str, tuple[int, int]]:
+        return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in las.home.rglob("*")}
+
+    before = files()
+    parsed: list[str] = []
+    real = plancache.ExecutionPlan.from_json
+    monkeypatch.setattr(
+        plancache.ExecutionPlan, "from_json", lambda text: parsed.append(text) or real(text)
+    )
+    plancache.warm_up(las.home)
+    assert parsed == [kept]  # read as a hit reads it
+    assert files() == before  # nothing written, nothing dropped
+    entry.write_text("{not json")  # a broken entry is the hit path's to drop
+    plancache.warm_up(las.home)
+    assert entry.read_text() == "{not json"

@@ -54,16 +54,23 @@ MAX_REQUEST = 1 << 20  # bytes: arguments and environment
 LOCK = "agent.lock"
 
 
-def _warm() -> None:
-    """Import what the handed-over commands use, once, before any fork."""
+def _warm(home: str) -> None:
+    """Import what the handed-over commands use, once, before any fork, and go once
+    through the plan cache's reading (``plancache.warm_up``)."""
     import hashlib  # noqa: F401
     import json  # noqa: F401
     import sqlite3  # noqa: F401
     import tempfile  # noqa: F401
+    from pathlib import Path
 
     from localaistack.cli import launch, lifecycle, main  # noqa: F401
     from localaistack.control import admission, names, plancache, planner, ports  # noqa: F401
     from localaistack.runtime import engines, enginestore, manager, supervision  # noqa: F401
+
+    try:
+        plancache.warm_up(Path(home))
+    except Exception as exc:  # only time is lost: the workers read it all themselves
+        _log(f"warm-up: {exc!r}")
 
 
 class _Stop(Exception):
@@ -485,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         if not handover.safe_home(home):
             _log(f"{home} is not private to this user: no agent")
             return 1
-        _warm()
+        _warm(home)
         dir_fd = os.open(home, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(handover.SOCKET, dir_fd=dir_fd)  # a dead agent's

@@ -298,6 +298,26 @@ class PlanCache:
             old.unlink(missing_ok=True)
 
 
+def warm_up(home: Path) -> None:
+    """Go once through what a cache hit reads, writing nothing: for the las agent
+    (cli/agent.py), whose workers are its forks. They then start with the glob's regular
+    expression compiled and this code path's bytecode specialised, and copy fewer pages
+    from the agent (~2-3 ms less per handed-over ``las run`` here).
+
+    The key of a module that cannot exist (so never an entry, never a drop), and the
+    first cached plan of ``home``, if there is one, read as a hit reads it.
+    """
+    cache = PlanCache(home, Request(str(home / "cache" / "warm-up.yaml"), None, (), None))
+    cache.get()
+    for path in sorted(cache.dir.glob("*.json"))[:1]:
+        try:
+            entry = json.loads(path.read_bytes())
+            ExecutionPlan.from_json(entry["plan"])
+            Capacity.from_dict(entry["capacity"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a broken entry: the hit path drops it, not this
+
+
 def cacheable(plan: ExecutionPlan, loaded: LoadedManifest, profile: HardwareProfile) -> bool:
     """Whether the plan may be kept: it holds no secret, and depends only on what the key
     covers (not on the VRAM free now)."""
