@@ -461,3 +461,40 @@ def test_sigterm_stops_the_agent_and_removes_its_socket(
     assert not (alas.home / "agent.sock").exists()
     assert "stops: SIGTERM" in (alas.home / "agent.log").read_text()
     assert alas.state("first") == "running"
+
+
+def test_a_worker_lets_go_of_its_clients_streams_before_it_reports_the_status() -> None:
+    """A reader of `las run`'s output (a pipe) sees its end when the client exits: the
+    worker, still alive, no longer holds the client's stdout."""
+    import select
+    import socket
+
+    from localaistack.cli import agent
+
+    out_r, out_w = os.pipe()
+    release_r, release_w = os.pipe()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:  # the worker, its standard streams the client's pipe
+        try:
+            for fd in (0, 1, 2):
+                os.dup2(out_w, fd)
+            os.close(out_w)
+            os.close(out_r)
+            agent._report(theirs, 3)
+            os.read(release_r, 1)  # alive until the test has looked
+        finally:
+            os._exit(0)
+    os.close(out_w)
+    try:
+        assert ours.recv(64) == b"exit 3"
+        assert select.select([out_r], [], [], 10)[0], "the worker still holds the pipe"
+        assert os.read(out_r, 1) == b""  # its end, while the worker lives
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)
+    finally:
+        os.write(release_w, b"x")
+        os.waitpid(pid, 0)
+        for fd in (out_r, release_r, release_w):
+            os.close(fd)
+        ours.close()
+        theirs.close()

@@ -454,7 +454,17 @@ def _signature() -> list[tuple[str, int, int]]:
 
 
 def _report(conn: socket.socket, code: int) -> None:
-    """The command's exit status, to its client (the agent reports it too, after)."""
+    """The command's exit status, to its client (the agent reports it too, after).
+
+    Its output is out by now (flushed): the worker first lets go of the client's standard
+    streams, so that a reader of them (a pipe, ``$(las run ...)``) sees their end when the
+    client exits, not after this worker's own teardown too (~2 ms here).
+    """
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
     with contextlib.suppress(OSError):
         conn.send(b"exit %d" % code)
 
