@@ -113,7 +113,7 @@ def bench_engine(root: Path, name: str, reps: int) -> list[Row]:
 
 def collect(quick: bool) -> list[Row]:
     """Container start for each usable engine."""
-    reps = 2 if quick else 15  # the spread on a shared VM is wide: more pairs, a steadier median
+    reps = 2 if quick else 21  # the spread on a shared VM is wide: more pairs, a steadier median
     rows = []
     with workspace() as root:
         for name in ("podman", "docker"):
