@@ -106,11 +106,32 @@ MIGRATIONS: tuple[str, ...] = (
 def _connect(path: str | Path, timeout: float) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
+    _use_wal(conn, timeout)
     # FULL: a committed state change survives a power loss, not only a crash of las.
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
     return conn
+
+
+def _use_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Put the database in WAL mode (the file keeps it: only a new database changes).
+
+    Processes that open a new database at the same moment all try to change its mode,
+    and SQLite answers all but one "database is locked" at once, without waiting (each
+    holds the read lock that the first must see released). Those try again, for up to
+    ``timeout`` seconds: by then the first has changed it. Two `las` commands on a new
+    home at once failed so before (tests/unit/test_store.py).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 class Store:
