@@ -13,6 +13,8 @@ import re
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?B?)?\s*$", re.IGNORECASE)
 _SIZE_FACTORS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
+MAX_SIZE = 1 << 63  # sizes go to the kernel (cgroup limits) as signed 64-bit numbers
+
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -28,12 +30,16 @@ def parse_size(value: object) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"invalid size {value}: must not be negative")
+        if value >= MAX_SIZE:
+            raise ValueError(f"invalid size {value}: more than 8EiB")
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"invalid size {value}: must be a finite number of bytes")
         if value < 0:
             raise ValueError(f"invalid size {value}: must not be negative")
+        if value >= MAX_SIZE:
+            raise ValueError(f"invalid size {value}: more than 8EiB")
         return int(value)
     if not isinstance(value, str):
         raise ValueError(f"invalid size {value!r}: expected e.g. 512MiB, 8GB or a byte count")
@@ -44,7 +50,10 @@ def parse_size(value: object) -> int:
     if not m:
         raise ValueError(f"invalid size {value!r}: expected e.g. 512MiB, 8GB or a byte count")
     number, prefix, _suffix = m.groups()
-    return int(float(number) * _SIZE_FACTORS[prefix.upper()])
+    size = float(number) * _SIZE_FACTORS[prefix.upper()]
+    if not size < MAX_SIZE:
+        raise ValueError(f"invalid size {value!r}: more than 8EiB")
+    return int(size)
 
 
 def parse_duration(value: object) -> float:
@@ -56,6 +65,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}: expected e.g. 500ms, 10s, 5m")
     if isinstance(value, int | float):
+        if isinstance(value, int) and abs(value) >= MAX_SIZE:  # float() would overflow
+            raise ValueError(f"invalid duration {value}: too large")
         if not math.isfinite(value):
             raise ValueError(f"invalid duration {value}: must be a finite number of seconds")
         if value < 0:
@@ -67,7 +78,10 @@ def parse_duration(value: object) -> float:
     if not m:
         raise ValueError(f"invalid duration {value!r}: expected e.g. 500ms, 10s, 5m")
     number, unit = m.groups()
-    return float(number) * _DURATION_FACTORS[unit]
+    seconds = float(number) * _DURATION_FACTORS[unit]
+    if not math.isfinite(seconds):
+        raise ValueError(f"invalid duration {value!r}: must be a finite number of seconds")
+    return seconds
 
 
 def format_size(n: int) -> str:

@@ -78,12 +78,29 @@ def parse_simple(args: list[str]) -> RunArgs | None:
     return RunArgs(module, **{**found, "sets": tuple(found["sets"])})
 
 
+def shown(text: str) -> str:
+    """``text`` safe to print on a terminal: control and format characters (NUL, ESC, a
+    carriage return, bidi overrides...) and undecodable bytes escaped, as Python writes them
+    (``\\x00``, ``\\u202e``, ``\\xff``); newlines and tabs kept."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch in "\n\t" or ch.isprintable():
+            out.append(ch)
+        elif 0xDC80 <= ord(ch) <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
 def fail(err: LasError) -> NoReturn:
     """Print ``err`` (message, problems, hint) to stderr and exit with its code."""
-    lines = [f"error: {err.message}"]
-    lines += [f"  {p}" for p in getattr(err, "problems", None) or [] if p != err.message]
+    lines = [f"error: {shown(err.message)}"]
+    lines += [f"  {shown(p)}" for p in getattr(err, "problems", None) or [] if p != err.message]
     if err.hint:
-        lines.append(f"hint: {err.hint}")
+        lines.append(f"hint: {shown(err.hint)}")
     sys.stdout.flush()
     sys.stderr.write("\n".join(lines) + "\n")
     sys.exit(err.exit_code)
@@ -91,7 +108,7 @@ def fail(err: LasError) -> NoReturn:
 
 def warn(notes: list[str]) -> None:
     for note in notes:
-        sys.stderr.write(f"warning: {note}\n")
+        sys.stderr.write(f"warning: {shown(note)}\n")
 
 
 def main(args: RunArgs) -> NoReturn:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from localaistack.cli.launch import MODES, fail
+from localaistack.cli.launch import MODES, fail, shown
 from localaistack.errors import LasError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -154,7 +154,7 @@ def modules(as_json: bool) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 def validate(files: tuple[Path, ...]) -> None:
     """Check manifest files; list every problem with file, line and field."""
-    from localaistack.control.manifest import load_manifest_file
+    from localaistack.control.manifest import FIELDS_HINT, load_manifest_file
     from localaistack.errors import ManifestError
 
     bad = 0
@@ -164,11 +164,14 @@ def validate(files: tuple[Path, ...]) -> None:
         except ManifestError as err:
             bad += 1
             for problem in err.problems or [err.message]:
-                click.echo(f"error: {problem}", err=True)
+                click.echo(f"error: {shown(problem)}", err=True)
+            if err.hint and err.hint != FIELDS_HINT:  # about the file as a whole
+                click.echo(f"hint: {shown(err.hint)}", err=True)
             continue
         for warning in loaded.warnings:
-            click.echo(f"warning: {warning}", err=True)
-        click.echo(f"{path}: ok ({loaded.manifest.name} {loaded.manifest.version})")
+            click.echo(f"warning: {shown(warning)}", err=True)
+        m = loaded.manifest
+        click.echo(shown(f"{path}: ok ({m.name} {m.version})"))
     if bad:
         click.echo(f"{bad} of {len(files)} manifest(s) invalid", err=True)
         sys.exit(1)

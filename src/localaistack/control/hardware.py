@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from localaistack.control.boundedload import InputError, decode_text, load_json, read_limited
 from localaistack.errors import HardwareProfileError
 from localaistack.units import format_size
 
@@ -738,22 +739,19 @@ def load_profile(path: str | os.PathLike[str]) -> HardwareProfile:
     p = Path(path)
     hint = "write one with `las hw --save FILE`"
     try:
-        raw = p.read_bytes()
+        raw = read_limited(p)  # at most 1 MiB
     except FileNotFoundError:
         raise HardwareProfileError(f"hardware profile {p} does not exist", hint) from None
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise HardwareProfileError(f"cannot read hardware profile {p}: {reason}", hint) from None
+    except InputError as exc:
+        raise HardwareProfileError(f"hardware profile {p}: {exc.problem}", hint) from None
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        msg = f"hardware profile {p} is not valid JSON: not UTF-8 ({exc.reason})"
-        raise HardwareProfileError(msg, hint) from None
-    except json.JSONDecodeError as exc:
-        msg = (
-            f"hardware profile {p} is not valid JSON: {exc.msg} "
-            f"at line {exc.lineno} column {exc.colno}"
-        )
+        data = load_json(decode_text(raw))  # within boundedload's depth and size bounds
+    except InputError as exc:
+        problem = exc.problem.removeprefix("not valid JSON: ")
+        msg = f"hardware profile {p} is not valid JSON: {problem}"
         raise HardwareProfileError(msg, hint) from None
     if not isinstance(data, dict):
         msg = f"hardware profile {p} must be a JSON object, not {type(data).__name__}"

@@ -17,11 +17,28 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from localaistack.control.boundedload import (
+    MAX_FILE_BYTES,
+    InputError,
+    check_text,
+    decode_text,
+    load_yaml,
+    nul_paths,
+    read_limited,
+)
 from localaistack.control.names import check_name
 from localaistack.errors import ManifestError
 from localaistack.units import parse_duration, parse_size
@@ -64,17 +81,64 @@ def _size(v: object) -> int:
     return parse_size(v)
 
 
-def _duration(v: object) -> float:
-    return parse_duration(v)
+# Durations: (least, most) seconds. Zero is refused where it means nothing a process can
+# do (probe every 0 s, wait 0 s for a stop...); the maxima keep deadlines within reach.
+HOUR = 3600.0
+DURATION_BOUNDS: dict[str, tuple[float, float]] = {
+    "health.start_timeout": (0.001, 24 * HOUR),
+    "health.interval": (0.1, HOUR),
+    "health.timeout": (0.001, HOUR),
+    "restart.backoff": (0.0, HOUR),
+    "restart.window": (0.001, 7 * 24 * HOUR),
+    "restart.reset_after": (0.001, 7 * 24 * HOUR),
+    "stop.timeout": (0.001, HOUR),
+}
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("h", HOUR), ("s", 1.0), ("ms", 0.001)):
+        if seconds >= size:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _bounded_duration(field: str) -> Any:
+    least, most = DURATION_BOUNDS[field]
+
+    def check(v: object) -> float:
+        seconds = parse_duration(v)
+        if seconds < least:
+            raise ValueError(f"{v!r:.40} is too short: at least {_human(least)}")
+        if seconds > most:
+            raise ValueError(f"{v!r:.40} is too long: at most {_human(most)}")
+        return seconds
+
+    return check
+
+
+def _env_name(name: str) -> str:
+    if not name:
+        raise ValueError("an environment variable needs a name (this one is empty)")
+    if "=" in name:
+        raise ValueError(
+            f"environment variable name {name!r} contains '=', which ends a name: no process "
+            "can be given such a variable"
+        )
+    return name
+
+
+# An int that YAML's true/false (or "8080") does not become: pydantic's strict int.
+StrictCount = Annotated[int, Field(strict=True)]
+EnvName = Annotated[str, AfterValidator(_env_name)]
 
 
 class CpuReq(_Strict):
-    cores_min: int = Field(default=0, ge=0)
+    cores_min: int = Field(default=0, ge=0, strict=True)
 
 
 class MemoryReq(_Strict):
     ram_min: int = 0
-    ram_min_gb: float | None = Field(default=None, ge=0)  # original LocalAIStack spelling
+    ram_min_gb: float | None = Field(default=None, ge=0, strict=True)  # LocalAIStack's
 
     _ram = field_validator("ram_min", mode="before")(_size)
 
@@ -87,10 +151,10 @@ class MemoryReq(_Strict):
 
 class GpuReq(_Strict):
     vram_min: int = 0
-    vram_min_gb: float | None = Field(default=None, ge=0)
+    vram_min_gb: float | None = Field(default=None, ge=0, strict=True)
     multi_gpu: bool = False
     optional: bool = False
-    count_min: int = Field(default=0, ge=0)
+    count_min: int = Field(default=0, ge=0, strict=True)
 
     _vram = field_validator("vram_min", mode="before")(_size)
 
@@ -158,8 +222,8 @@ def command_strings(command: list[CommandItem], where: str) -> list[tuple[str, s
 
 class NativeSection(_Strict):
     command: list[CommandItem] = Field(min_length=1)
-    env: dict[str, EnvValue] = {}
-    workdir: str | None = None
+    env: dict[EnvName, EnvValue] = {}
+    workdir: str | None = None  # relative: to the manifest's directory (planner.py)
     # Where to find the executable besides PATH (argv[0] a bare name): an environment
     # variable naming it (tried first), then a Python package function returning its path
     # ("module:function", tried after PATH).
@@ -171,6 +235,8 @@ class NativeSection(_Strict):
     def _first_is_plain(cls, v: list[CommandItem]) -> list[CommandItem]:
         if not isinstance(v[0], str):
             raise ValueError("the first element of a command is the executable: a string")
+        if not v[0].strip():
+            raise ValueError("the first element of a command is the executable: not empty")
         return v
 
     @field_validator("env", mode="before")
@@ -184,11 +250,18 @@ class VolumeSpec(_Strict):
     target: str
     read_only: bool = True
 
+    @field_validator("target")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"{v!r}: a path inside the container is absolute (starts with /)")
+        return v
+
 
 class ContainerSection(_Strict):
     image: str = Field(min_length=1)
     command: list[CommandItem] = []
-    env: dict[str, EnvValue] = {}
+    env: dict[EnvName, EnvValue] = {}
     workdir: str | None = None
     volumes: list[VolumeSpec] = []
     user: str | None = None
@@ -199,6 +272,13 @@ class ContainerSection(_Strict):
     @classmethod
     def _env_strings(cls, v: Any) -> Any:
         return _stringify_env(v)
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError(f"{v!r}: a container's workdir is absolute (starts with /)")
+        return v
 
     @field_validator("cap_add")
     @classmethod
@@ -236,7 +316,7 @@ def _stringify_env(v: Any) -> Any:
 
 class PortSpec(_Strict):
     name: str
-    port: int = Field(ge=1, le=65535)
+    port: int = Field(ge=1, le=65535, strict=True)  # strict: `port: true` is not port 1
     protocol: Literal["tcp", "udp"] = "tcp"
 
     @field_validator("name")
@@ -263,9 +343,13 @@ class HealthSection(_Strict):
     start_timeout: float = 60.0
     interval: float = 10.0
     timeout: float = 2.0
-    failure_threshold: int = Field(default=3, ge=1)
+    failure_threshold: int = Field(default=3, ge=1, strict=True)
 
-    _durations = field_validator("start_timeout", "interval", "timeout", mode="before")(_duration)
+    _start = field_validator("start_timeout", mode="before")(
+        _bounded_duration("health.start_timeout")
+    )
+    _interval = field_validator("interval", mode="before")(_bounded_duration("health.interval"))
+    _timeout = field_validator("timeout", mode="before")(_bounded_duration("health.timeout"))
 
     @model_validator(mode="after")
     def _one_probe(self) -> HealthSection:
@@ -288,8 +372,8 @@ class VramFromGguf(_Strict):
 
 class ResourcesSection(_Strict):
     memory: int | None = None
-    cpus: float | None = Field(default=None, gt=0)
-    gpus: int = Field(default=0, ge=0)
+    cpus: float | None = Field(default=None, gt=0, strict=True)
+    gpus: int = Field(default=0, ge=0, strict=True)
     vram: int = 0
     vram_from_gguf: VramFromGguf | None = None
 
@@ -303,13 +387,15 @@ class ResourcesSection(_Strict):
 
 class RestartSection(_Strict):
     policy: Literal["never", "on-failure"] = "never"
-    max_restarts: int = Field(default=3, ge=0)
+    max_restarts: int = Field(default=3, ge=0, strict=True)
     backoff: float = 1.0
     on_unhealthy: bool = False
     window: float = 600.0
     reset_after: float = 300.0
 
-    _durations = field_validator("backoff", "window", "reset_after", mode="before")(_duration)
+    _backoff = field_validator("backoff", mode="before")(_bounded_duration("restart.backoff"))
+    _window = field_validator("window", mode="before")(_bounded_duration("restart.window"))
+    _reset = field_validator("reset_after", mode="before")(_bounded_duration("restart.reset_after"))
 
 
 SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL")
@@ -319,7 +405,7 @@ class StopSection(_Strict):
     signal: str = "SIGTERM"
     timeout: float = 10.0
 
-    _timeout = field_validator("timeout", mode="before")(_duration)
+    _timeout = field_validator("timeout", mode="before")(_bounded_duration("stop.timeout"))
 
     @field_validator("signal")
     @classmethod
@@ -332,7 +418,7 @@ class StopSection(_Strict):
 
 class LogsSection(_Strict):
     max_size: int = 50 * 1024 * 1024
-    keep: int = Field(default=5, ge=1)
+    keep: int = Field(default=5, ge=1, strict=True)
 
     _max = field_validator("max_size", mode="before")(_size)
 
@@ -550,31 +636,21 @@ class LoadedManifest:
 # --- loading -------------------------------------------------------------------------------
 
 
-class _LineLoader(yaml.SafeLoader):
-    """A SafeLoader that remembers the line of every mapping key and sequence item."""
-
-
-def _compose_lines(text: str) -> dict[tuple[str | int, ...], int]:
-    """Map field paths to 1-based line numbers by walking the YAML node tree."""
+def _node_lines(root: yaml.Node | None) -> dict[tuple[str | int, ...], int]:
+    """Map field paths to 1-based line numbers by walking the YAML node graph (bounded by
+    boundedload's node count, aliases included)."""
     lines: dict[tuple[str | int, ...], int] = {}
-    try:
-        root = yaml.compose(text, Loader=_LineLoader)
-    except yaml.YAMLError:
-        return lines
-
-    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
+    stack: list[tuple[yaml.Node, tuple[str | int, ...]]] = [(root, ())] if root else []
+    while stack:
+        node, path = stack.pop()
         lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
                 key = k.value if isinstance(k, yaml.ScalarNode) else str(k)
                 lines[(*path, key)] = k.start_mark.line + 1
-                walk(v, (*path, key))
+                stack.append((v, (*path, key)))
         elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                walk(item, (*path, i))
-
-    if root is not None:
-        walk(root, ())
+            stack += [(item, (*path, i)) for i, item in enumerate(node.value)]
     return lines
 
 
@@ -617,13 +693,39 @@ def _split_msg_path(loc: tuple[str | int, ...], msg: str) -> tuple[tuple[str | i
     return (*loc, *parts), m.group(2)
 
 
-def parse_manifest(text: str, path: Path, source: str = "file") -> LoadedManifest:
-    """Parse and validate manifest text.
+MAX_PROBLEMS = 50  # listed per file; the rest are counted
+FIELDS_HINT = "fix the fields named above; `las validate FILE` lists them all"
+_MAX_MESSAGE = 300  # characters of one problem's message (a value may be long)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+def _input_error(where: str, exc: InputError) -> ManifestError:
+    msg = exc.where(where)
+    if exc.line is None:
+        msg = f"{where}: (top level): {exc.problem}"
+    return ManifestError(msg, hint=exc.hint or "fix the file", problems=[msg])
+
+
+def parse_manifest(text: str | bytes, path: Path, source: str = "file") -> LoadedManifest:
+    """Parse and validate manifest text (or the bytes of a manifest file).
+
+    The bounds of ``boundedload`` hold: at most 1 MiB, UTF-8 without control characters,
+    64 levels, 20000 values counting aliases.
 
     Raises:
         ManifestError: listing every problem as ``FILE:LINE: FIELD: message``.
     """
     where = str(path)
+    raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    try:
+        if len(raw) > MAX_FILE_BYTES:
+            raise InputError(f"the manifest is larger than the limit of {MAX_FILE_BYTES} bytes")
+        text = decode_text(raw) if isinstance(text, bytes) else check_text(text)
+    except InputError as exc:
+        raise _input_error(where, exc) from None
     if not text.strip():
         raise ManifestError(
             f"{where}: the file is empty",
@@ -631,13 +733,9 @@ def parse_manifest(text: str, path: Path, source: str = "file") -> LoadedManifes
             problems=[f"{where}: (top level): the file is empty; expected a mapping"],
         )
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        msg = f"{where}{line}: YAML syntax error: {problem}"
-        raise ManifestError(msg, hint="fix the YAML syntax", problems=[msg]) from exc
+        data, root = load_yaml(text)
+    except InputError as exc:
+        raise _input_error(where, exc) from None
     if not isinstance(data, dict):
         kind = type(data).__name__ if data is not None else "nothing"
         kind = {"list": "a list", "str": "a string", "int": "a number"}.get(kind, kind)
@@ -645,22 +743,32 @@ def parse_manifest(text: str, path: Path, source: str = "file") -> LoadedManifes
         raise ManifestError(
             msg, hint="a manifest is a YAML mapping (name:, runtime:, ...)", problems=[msg]
         )
-    lines = _compose_lines(text)
+    lines = _node_lines(root)
+    found: list[tuple[int, str]] = []  # (line, problem), in the order of the file
+
+    def add(loc: tuple[str | int, ...], msg: str) -> None:
+        lineno = _line_for(lines, loc)
+        at = f"{where}:{lineno}" if lineno else where
+        found.append((lineno or 0, f"{at}: {_clip(_fmt_loc(loc))}: {_clip(msg)}"))
+
+    for loc in nul_paths(data):
+        add(loc, "contains a NUL character (\\0), which no process can take in an argument, "
+                 "a variable or a path")  # fmt: skip
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
-        problems = []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-            loc, msg = _split_msg_path(loc, _clean_pydantic_msg(err["msg"]))
-            lineno = _line_for(lines, loc)
-            at = f"{where}:{lineno}" if lineno else where
-            problems.append(f"{at}: {_fmt_loc(loc)}: {msg}")
+            add(*_split_msg_path(loc, _clean_pydantic_msg(err["msg"])))
+    problems = [text for _line, text in sorted(found, key=lambda f: f[0])]
+    if problems:
+        more = len(problems) - MAX_PROBLEMS
+        shown = problems[:MAX_PROBLEMS] + ([f"{where}: and {more} more"] if more > 0 else [])
         raise ManifestError(
             f"{where}: {len(problems)} problem(s) in manifest",
-            hint="fix the fields named above; `las validate FILE` lists them all",
-            problems=problems,
-        ) from exc
+            hint=FIELDS_HINT,
+            problems=shown,
+        )
     warnings = []
     for key in manifest.legacy_keys:
         lineno = lines.get((key,))
@@ -671,28 +779,24 @@ def parse_manifest(text: str, path: Path, source: str = "file") -> LoadedManifes
             f"{where}: runtime.modes: only install variants "
             f"({', '.join(manifest.runtime.install_variants)}); las cannot execute this module"
         )
-    digest = hashlib.sha256(text.encode()).hexdigest()
+    digest = hashlib.sha256(raw).hexdigest()
     return LoadedManifest(manifest, path, source, digest, tuple(warnings))
 
 
 def load_manifest_file(path: Path, source: str = "file") -> LoadedManifest:
-    """Read and validate a manifest file.
+    """Read and validate a manifest file (at most 1 MiB is read).
 
     Raises:
         ManifestError: when the file cannot be read or is invalid.
     """
     try:
-        raw = path.read_bytes()
+        raw = read_limited(path)
     except FileNotFoundError as exc:
         raise ManifestError(f"{path}: no such file", hint="check the path") from exc
     except IsADirectoryError as exc:
         raise ManifestError(f"{path}: is a directory, not a manifest file") from exc
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read: {exc.strerror}") from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ManifestError(
-            f"{path}: not UTF-8 text", problems=[f"{path}: (top level): not UTF-8 text"]
-        ) from exc
-    return parse_manifest(text, path, source)
+    except InputError as exc:
+        raise _input_error(str(path), exc) from None
+    return parse_manifest(raw, path, source)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -90,11 +91,25 @@ class RecordingEnviron(Mapping[str, str]):
         return len(self._env)
 
 
+MAX_INPUT = 1 << 20  # what planning reads of a manifest or policy (boundedload.py)
+
+
 def _read(path: Path) -> str | None:
+    """The sha256 of a file's first MAX_INPUT + 1 bytes (a larger one is refused when
+    planning). A pipe or device is never the same input twice: a random key, never read."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return os.urandom(16).hex()
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return hashlib.sha256(f.read(MAX_INPUT + 1)).hexdigest()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _stat_id(path: str | None) -> list[int] | None:

@@ -1026,6 +1026,8 @@ def make_plan(
                 )
             )
         workdir = _substitute(rt.native.workdir, values) if rt.native.workdir else None
+        if workdir is not None:  # a relative workdir is the manifest's, not the caller's
+            workdir = os.path.normpath(loaded.path.parent.absolute() / Path(workdir).expanduser())
         if workdir is not None and not Path(workdir).is_dir():
             raise PlanningError(
                 f"workdir {workdir} does not exist or is not a directory",

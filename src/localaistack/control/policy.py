@@ -38,6 +38,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from localaistack.control.boundedload import (
+    MAX_FILE_BYTES,
+    InputError,
+    check_text,
+    decode_text,
+    load_yaml,
+    nul_paths,
+    read_limited,
+)
 from localaistack.errors import PolicyError
 from localaistack.units import parse_size
 
@@ -115,7 +124,7 @@ class TierConditions(_Strict):
     gpu_vram_max: int | None = None
     ram_min: int | None = None
     ram_max: int | None = None
-    gpu_count_min: int | None = None
+    gpu_count_min: int | None = Field(default=None, strict=True)  # `true` is not a count
     nvlink: bool | None = None
 
     @field_validator("gpu_vram_min", "gpu_vram_max", "ram_min", "ram_max", mode="before")
@@ -228,39 +237,59 @@ def default_policy() -> Policy:
     return parse_policy(DEFAULT_POLICY_YAML, "built-in default")
 
 
-def parse_policy(text: str, source: str, *, base: dict[str, Any] | None = None) -> Policy:
-    """Parse policy text; top-level keys it sets replace those of ``base``.
+MAX_PROBLEMS = 8  # named in the message; the rest are counted
+_MAX_PROBLEM = 200  # characters of one
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_PROBLEM else text[: _MAX_PROBLEM - 3] + "..."
+
+
+def parse_policy(text: str | bytes, source: str, *, base: dict[str, Any] | None = None) -> Policy:
+    """Parse policy text (or a policy file's bytes); top-level keys it sets replace those of
+    ``base``. The bounds of ``boundedload`` hold (1 MiB, UTF-8, depth, aliases).
 
     Raises:
         PolicyError: naming the file and each invalid field.
     """
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise PolicyError(
-            f"{source}{line}: YAML syntax error: {getattr(exc, 'problem', exc)}",
-            hint="fix the policy file's YAML",
-        ) from exc
+        size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "replace"))
+        if size > MAX_FILE_BYTES:
+            raise InputError(f"the policy is larger than the limit of {MAX_FILE_BYTES} bytes")
+        text = decode_text(text) if isinstance(text, bytes) else check_text(text)
+        data, _root = load_yaml(text)
+    except InputError as exc:
+        raise PolicyError(exc.where(source), hint=exc.hint or "fix the policy file") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise PolicyError(f"{source}: a policy is a YAML mapping, found {type(data).__name__}")
+        raise PolicyError(
+            f"{source}: a policy is a YAML mapping, found {type(data).__name__}",
+            hint="see docs/policy.md for the format",
+        )
+    problems = [
+        f"{'.'.join(str(p) for p in loc)}: contains a NUL character (\\0)"
+        for loc in nul_paths(data)
+    ]
     try:
         policy = Policy.model_validate({**(base or {}), **data, "source": source})
     except ValidationError as exc:
-        problems = "; ".join(
+        problems += [
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
             for e in exc.errors()
-        )
+        ]
+    if problems:
+        more = len(problems) - MAX_PROBLEMS
+        text = "; ".join(_clip(p) for p in problems[:MAX_PROBLEMS])
         raise PolicyError(
-            f"{source}: invalid policy: {problems}", hint="see docs/policy.md for the format"
-        ) from exc
+            f"{source}: invalid policy: {text}" + (f"; and {more} more" if more > 0 else ""),
+            hint="see docs/policy.md for the format",
+        )
     if policy.default_mode not in policy.allowed_modes:
         raise PolicyError(
             f"{source}: default_mode {policy.default_mode!r} is not in allowed_modes "
-            f"{policy.allowed_modes}"
+            f"{policy.allowed_modes}",
+            hint="add it to allowed_modes or choose another default_mode",
         )
     return policy
 
@@ -277,10 +306,16 @@ def load_policy(path: Path | None, home: Path) -> Policy:
             return default_policy()
         path = candidate
     try:
-        text = path.read_text()
+        raw = read_limited(path)
     except FileNotFoundError as exc:
         raise PolicyError(f"policy file {path}: no such file", hint="check --policy") from exc
+    except IsADirectoryError as exc:
+        raise PolicyError(f"policy file {path}: is a directory", hint="check --policy") from exc
     except OSError as exc:
-        raise PolicyError(f"policy file {path}: cannot read: {exc.strerror}") from exc
+        raise PolicyError(
+            f"policy file {path}: cannot read: {exc.strerror}", hint="check its permissions"
+        ) from exc
+    except InputError as exc:
+        raise PolicyError(exc.where(str(path)), hint=exc.hint) from None
     # A policy file states what it changes: keys it leaves out keep the built-in default.
-    return parse_policy(text, str(path), base=yaml.safe_load(DEFAULT_POLICY_YAML))
+    return parse_policy(raw, str(path), base=yaml.safe_load(DEFAULT_POLICY_YAML))
