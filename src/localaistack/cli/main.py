@@ -230,13 +230,13 @@ def planner_for(
 
     home = las_home()
     loaded = resolve_module(module, home)
+    policy = load_policy(policy_file, home)  # the files first: a bad one fails before probing
     if hardware_file:
         profile = hardware.load_profile(hardware_file)
     else:
         # Asking the engines costs a few hundred ms: only when a container plan is possible.
         wants_engine = "container" in loaded.manifest.runtime.modes and mode != "native"
         profile = hardware.detect_hardware(probe_engines=wants_engine)
-    policy = load_policy(policy_file, home)
     request = PlanRequest(mode=mode, sets=parse_sets(sets), gpu_held=gpu_held)
     return Planner(loaded, profile, policy, request, local=hardware_file is None, environ=environ)
 

@@ -591,7 +591,10 @@ def _resolve_parameters(
 def _coerce(name: str, kind: str, raw: str, choices: list[str] | None, secret: bool = False) -> str:
     shown = "***" if secret else repr(raw)  # an error never quotes a secret
     if "\x00" in raw:
-        raise UsageError(f"parameter {name!r} contains a NUL byte")
+        raise UsageError(
+            f"parameter {name!r} contains a NUL byte",
+            hint="no process can take a NUL in an argument, a variable or a path: remove it",
+        )
     if choices is not None and raw not in choices:
         raise UsageError(f"parameter {name!r} must be one of {', '.join(choices)}; got {shown}")
     try:
