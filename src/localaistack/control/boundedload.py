@@ -321,9 +321,12 @@ class _Constructor(SafeConstructor):
     def construct_object(self, node: Node, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep)
-        except (ValueError, OverflowError, TypeError) as exc:  # a timestamp's month 13...
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # a month 13, an empty `!!int`...: a bad value, not a bug
+            kind = str(node.tag).rsplit(":", 1)[-1]
             raise ConstructorError(
-                None, None, f"{_short(node.value)}: {exc}", node.start_mark
+                None, None, f"{_short(node.value)} is not a valid {kind}: {exc}", node.start_mark
             ) from None
 
     def construct_yaml_int(self, node: ScalarNode) -> int:
