@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import resource
 import signal
 import subprocess
@@ -99,15 +100,14 @@ def env(las_env: dict[str, str]) -> dict[str, str]:
     return {**las_env, "LAS_AGENT": "0", "LAS_PLAN_CACHE": "0"}
 
 
-def assert_refused(child: Child, named: str, code: int = 1, *, hint: bool = True) -> None:
+def assert_refused(child: Child, named: str, code: int = 1) -> None:
     """Non-zero exit, a message naming the file (and a hint), no traceback, within bounds."""
     assert "Traceback" not in child.err, child.err
     assert child.code == code, f"exit {child.code}:\n{child.err}"
     errors = child.errors()
     assert errors, child.err
     assert named in errors[0], f"{named!r} not in {errors[0]!r}"
-    if hint:
-        assert any(line.startswith("hint: ") for line in child.err.splitlines()), child.err
+    assert any(line.startswith("hint: ") for line in child.err.splitlines()), child.err
     assert len(child.err) < 20_000, "one clear message, not pages"
     assert child.cpu < CPU_LIMIT_S, f"{child.cpu:.2f}s of CPU"
     assert child.rss_kb < RSS_LIMIT_KB, f"peak RSS {child.rss_kb} KiB"
@@ -373,7 +373,7 @@ def manifest_with(**native: object) -> dict[str, object]:
 FIELD_CASES: list[tuple[str, dict[str, object], str, str]] = [
     ("env-name-equals", {"native__env": {"A=B": "x"}}, "runtime.native.env.A=B", "contains '='"),
     ("env-name-equals-lead", {"native__env": {"=X": "x"}}, "runtime.native.env.=X", "'='"),
-    ("env-name-empty", {"native__env": {"": "x"}}, "runtime.native.env", "empty"),
+    ("env-name-empty", {"native__env": {"": "x"}}, "runtime.native.env.:", "empty"),
     ("env-name-nul", {"native__env": {"A\0B": "x"}}, "runtime.native.env.A\\x00B", "NUL"),
     ("env-value-nul", {"native__env": {"A": "x\0y"}}, "runtime.native.env.A", "NUL"),
     ("argv-nul", {"native__command": ["/bin/sleep", "3\0"]}, "runtime.native.command[1]", "NUL"),
@@ -445,14 +445,7 @@ FIELD_CASES: list[tuple[str, dict[str, object], str, str]] = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("changes", "field", "phrase"),
-    [c[1:] for c in FIELD_CASES],
-    ids=[c[0] for c in FIELD_CASES],
-)
-def test_validate_refuses_what_no_process_can_take(
-    env: dict[str, str], tmp_path: Path, changes: dict[str, object], field: str, phrase: str
-) -> None:
+def field_case_file(directory: Path, case: str, changes: dict[str, object]) -> Path:
     data = manifest_with(**{k: v for k, v in changes.items() if "__" in k})
     runtime = data["runtime"]
     assert isinstance(runtime, dict)
@@ -462,18 +455,54 @@ def test_validate_refuses_what_no_process_can_take(
                 runtime.pop(key, None)
             else:
                 runtime[key] = value
-    path = tmp_path / "fields.yaml"
-    text = yaml.safe_dump(data, allow_unicode=True)
-    path.write_text(text)
-    child = run_bounded(env, "validate", str(path))
-    assert_refused(child, str(path), hint=False)
-    lines = text.splitlines()
-    hits = [e for e in child.errors() if field in e and phrase in e]
-    assert hits, f"no error naming {field!r} / {phrase!r}:\n{child.err}"
-    # FILE:LINE: the line is the field's own (or its mapping's) line in the file
+    path = directory / f"{case}.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return path
+
+
+def check_field_error(path: Path, errors: list[str], field: str, phrase: str) -> None:
+    """An error line ``FILE:LINE: FIELD: ...phrase...``, LINE being where the field is."""
+    lines = path.read_text().splitlines()
+    hits = [e for e in errors if e.startswith(f"error: {path}:") and field in e and phrase in e]
+    assert hits, f"no error naming {field!r} / {phrase!r}:\n" + "\n".join(errors)
     where = hits[0].removeprefix(f"error: {path}:").split(":", 1)[0]
     assert where.isdigit() and 1 <= int(where) <= len(lines), hits[0]
-    assert "\0" not in child.err, "a NUL is never printed raw"
+    key = re.split(r"[.\[]", field)[-1]
+    if key.isidentifier():  # the line of the key itself (not a NUL or '=' name)
+        assert key in lines[int(where) - 1], (hits[0], lines[int(where) - 1])
+
+
+@pytest.mark.parametrize(
+    ("case", "changes", "field", "phrase"), FIELD_CASES, ids=[c[0] for c in FIELD_CASES]
+)
+def test_validate_refuses_what_no_process_can_take(
+    tmp_path: Path, case: str, changes: dict[str, object], field: str, phrase: str
+) -> None:
+    """In this process (click's runner), one case each; the real CLI runs them all below."""
+    from click.testing import CliRunner
+
+    from localaistack.cli.main import cli
+
+    path = field_case_file(tmp_path, case, changes)
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert isinstance(result.exception, SystemExit), result.exc_info
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    check_field_error(path, errors, field, phrase)
+    assert "hint: " in result.stderr
+    assert "\0" not in result.stderr, "a NUL is never printed raw"
+
+
+def test_validate_refuses_every_field_case_in_one_bounded_run(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    paths = [field_case_file(tmp_path, c[0], c[1]) for c in FIELD_CASES]
+    child = run_bounded(env, "validate", *map(str, paths))
+    assert_refused(child, str(paths[0]))
+    for path, (_case, _changes, field, phrase) in zip(paths, FIELD_CASES, strict=True):
+        check_field_error(path, child.errors(), field, phrase)
+    assert f"{len(paths)} of {len(paths)} manifest(s) invalid" in child.err
+    assert "\0" not in child.err
 
 
 def test_validate_lists_every_field_problem_at_once(env: dict[str, str], tmp_path: Path) -> None:
@@ -488,7 +517,7 @@ def test_validate_lists_every_field_problem_at_once(env: dict[str, str], tmp_pat
         "  stop: {timeout: 48h}\n"
     )
     child = run_bounded(env, "validate", str(path))
-    assert_refused(child, str(path), hint=False)
+    assert_refused(child, str(path))
     errors = child.errors()
     for line, field in (
         (4, "runtime.native.command[1]"),

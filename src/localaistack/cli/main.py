@@ -147,6 +147,7 @@ def modules(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
+        rows = [[shown(str(cell)) for cell in row] for row in rows]  # a name or description
         click.echo(table(["name", "version", "category", "modes", "source", "description"], rows))
 
 
@@ -158,6 +159,7 @@ def validate(files: tuple[Path, ...]) -> None:
     from localaistack.errors import ManifestError
 
     bad = 0
+    fields = False  # a manifest had field problems: one hint for them at the end
     for path in files:
         try:
             loaded = load_manifest_file(path)
@@ -165,7 +167,9 @@ def validate(files: tuple[Path, ...]) -> None:
             bad += 1
             for problem in err.problems or [err.message]:
                 click.echo(f"error: {shown(problem)}", err=True)
-            if err.hint and err.hint != FIELDS_HINT:  # about the file as a whole
+            if err.hint == FIELDS_HINT:
+                fields = True
+            elif err.hint:  # about the file as a whole
                 click.echo(f"hint: {shown(err.hint)}", err=True)
             continue
         for warning in loaded.warnings:
@@ -174,6 +178,12 @@ def validate(files: tuple[Path, ...]) -> None:
         click.echo(shown(f"{path}: ok ({m.name} {m.version})"))
     if bad:
         click.echo(f"{bad} of {len(files)} manifest(s) invalid", err=True)
+        if fields:
+            click.echo(
+                "hint: fix the fields named above (docs/manifest.md gives each one's format "
+                "and bounds)",
+                err=True,
+            )
         sys.exit(1)
 
 
