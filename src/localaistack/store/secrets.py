@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 from localaistack.masking import (
     MASK,
     SECRET_POSITIONS,
+    SHOWN_POSITIONS,
     differences,
     mask,
     masked,
@@ -84,17 +85,30 @@ def reveal(plan: dict[str, Any], secrets: dict[str, Any] | None) -> dict[str, An
     return out
 
 
+def _may_hold_secret(real: dict[str, Any], path: list[Any]) -> bool:
+    """Whether a secret can sit at ``path`` of the (real) plan."""
+    where = position(path)
+    if where in SHOWN_POSITIONS:  # a secret parameter may have been substituted here
+        return True
+    if where == ("parameters", "#", "value"):
+        return bool(real["parameters"][path[1]].get("secret"))
+    if where in SECRET_POSITIONS:  # an env entry's value
+        return bool(real[path[0]]["env"][path[2]].get("secret"))
+    if path[0] == "decisions":  # one that quotes a path which may hold a secret
+        return len(path) > 1 and real["decisions"][path[1]].get("topic") in _QUOTING_TOPICS
+    return False
+
+
 def repaired(plan: dict[str, Any], secrets: dict[str, Any] | None) -> dict[str, Any]:
     """A stored plan as shown: one stored before format 2 with its true text back in every
-    field its masking by substitution changed where no secret sits; ``plan`` is not changed.
-    """
+    field its masking by substitution changed where no secret can sit; ``plan`` is not
+    changed."""
     if not secrets or secrets.get("format", 1) >= FORMAT:
         return plan
+    real = reveal(plan, secrets)
     out: dict[str, Any] = json.loads(json.dumps(plan))
     for path, text in secrets["fields"]:
-        if position(path) in SECRET_POSITIONS:
-            continue
-        if path[0] == "decisions" and out["decisions"][path[1]]["topic"] in _QUOTING_TOPICS:
+        if _may_hold_secret(real, path):
             continue
         target: Any = out
         for key in path[:-1]:
