@@ -394,3 +394,101 @@ def test_a_container_plan_masks_where_the_secret_sits(
     assert f"volume   {tmp_path}/data-*** -> /data (read-only)" in text
     assert "argv     sh -c 'exec sleep 1000' '--key=***' default e" in text
     assert "env      'KEY=***' 'PLAIN=default e'" in text
+
+
+# --- the masking functions themselves ------------------------------------------------------
+
+
+def test_masking_touches_only_where_secrets_sit() -> None:
+    from localaistack.masking import masked
+    from localaistack.store import secrets
+
+    plan: dict[str, Any] = {
+        "module": {"name": "e", "source": "/e/e.yaml"},
+        "parameters": [
+            {"name": "k", "value": "e", "source": "set", "secret": True},
+            {"name": "level", "value": "e", "source": "default", "secret": False},
+            {"name": "unset", "value": None, "source": "unset", "secret": True},
+        ],
+        "native": {
+            "argv": ["/usr/bin/e", "--k=e", "e"],
+            "env": [
+                {"name": "K", "value": "e", "secret": True},
+                {"name": "P", "value": "e e", "secret": False},
+                {"name": "EMPTY_KEY", "value": "", "secret": True},
+            ],
+            "workdir": "/e",
+        },
+        "health": {"kind": "command", "command": ["/bin/e", "e"]},
+        "decisions": [{"topic": "mode", "choice": "native", "reason": "because e"}],
+        "shown": [{"path": "native.argv.1", "text": "--k=***"}],
+    }
+    before = json.dumps(plan)
+    shown = masked(plan)
+    assert json.dumps(plan) == before  # the caller's data is never changed
+    expected = json.loads(before)
+    del expected["shown"]
+    expected["parameters"][0]["value"] = "***"
+    expected["native"]["argv"][1] = "--k=***"
+    expected["native"]["env"][0]["value"] = "***"
+    assert shown == expected
+    stored, hidden = secrets.split(plan)
+    assert stored == expected and hidden is not None and hidden["format"] == 2
+    real = json.loads(before)
+    del real["shown"]
+    assert secrets.reveal(stored, hidden) == real
+    assert secrets.repaired(stored, hidden) is stored  # format 2: nothing to repair
+    # A shown entry is only applied where a secret parameter can be substituted.
+    for path in ("module.name", "parameters.1.source", "native.argv.9", "decisions.0.reason"):
+        with pytest.raises(ValueError):
+            masked({**plan, "shown": [{"path": path, "text": "***"}]})
+
+
+def test_old_format_repair_restores_only_where_no_secret_can_sit() -> None:
+    from localaistack.store import secrets
+
+    real: dict[str, Any] = {
+        "parameters": [
+            {"name": "k", "value": "default", "source": "set", "secret": True},
+            {"name": "level", "value": "default", "source": "default", "secret": False},
+        ],
+        "native": {"argv": ["/x", "--k=default"], "env": [], "workdir": None},
+        "decisions": [
+            {"topic": "parameters", "choice": "k=***, level=default", "reason": "r"},
+            {"topic": "executable", "choice": "/opt/default/x", "reason": "given as a path"},
+        ],
+    }
+    stored, hidden = old_split(real)
+    assert stored["parameters"][1]["source"] == "***"  # what made it unloadable
+    fixed = secrets.repaired(stored, hidden)
+    assert fixed["parameters"][1] == real["parameters"][1]
+    assert fixed["parameters"][0]["value"] == "***" and fixed["parameters"][0]["source"] == "set"
+    assert fixed["native"]["argv"] == ["/x", "--k=***"]  # where a secret can sit: kept
+    assert fixed["decisions"][0] == real["decisions"][0]
+    assert fixed["decisions"][1]["choice"] == "/opt/***/x"  # it may quote a secret: kept
+    assert secrets.reveal(fixed, hidden) == real
+
+
+@pytest.mark.parametrize("secret", ["e", "default", ".*"])
+def test_a_planning_error_shows_the_path_as_shown(
+    secret: str, las: Las, module_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    params = {"key": {"type": "string", "secret": True}}
+    mod = module_factory("perr", workload(), workdir=str(tmp_path / "wd-${key}"), parameters=params)
+    res = las("plan", str(mod), "--set", f"key={secret}")
+    assert res.code != 0
+    assert res.err.startswith(
+        f"error: workdir {tmp_path}/wd-*** does not exist or is not a directory\n"
+    ), res.err
+    tool = tmp_path / f"tool-{secret}"
+    mod = module_factory("perr2", [str(tmp_path / "tool-${key}")], parameters=params)
+    res = las("plan", str(mod), "--set", f"key={secret}")
+    assert res.code != 0
+    assert res.err.startswith(f"error: executable {tmp_path}/tool-*** does not exist\n"), res.err
+    # Found, it is shown resolved with the secret masked, and the workload runs it.
+    tool.write_text(f"#!/bin/sh\nexec {sys.executable} {PROGRAMS / 'workload.py'}\n")
+    tool.chmod(0o755)
+    plan = las.ok("plan", str(mod), "--set", f"key={secret}", "--json").json()
+    assert plan["native"]["argv"] == [f"{tmp_path}/tool-***"]
+    executable = next(d for d in plan["decisions"] if d["topic"] == "executable")
+    assert executable["choice"] == f"{tmp_path}/tool-***"

@@ -64,8 +64,10 @@ _QUOTING_TOPICS = frozenset({"executable", "vram estimate", "trust"})
 def split(plan: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The plan as stored (secrets masked where they sit), and what ``reveal`` needs (None:
     no secret)."""
-    shown = masked(plan)
     values = secret_values(plan)
+    if not values and not plan.get("shown"):  # nothing to mask (the start path: no walk)
+        return plan, None
+    shown = masked(plan)
     fields = differences(plan, shown)
     if not values and not fields:
         return shown, None
