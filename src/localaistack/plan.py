@@ -351,6 +351,14 @@ class StopSpec(_Frozen):
     timeout: float = 10.0
 
 
+class ShownText(_Frozen):
+    """A string of the plan into which the planner substituted a secret parameter, as
+    shown: the same template rendered with the secret as ``***`` (masking.py)."""
+
+    path: str  # dotted, list indexes as numbers: "native.argv.3", "health.command.1"
+    text: str
+
+
 class LogSpec(_Frozen):
     max_size: int = 50 * 1024 * 1024
     keep: int = 5
@@ -373,12 +381,16 @@ class ExecutionPlan(_Frozen):
     stop: StopSpec = field(default_factory=StopSpec)
     logs: LogSpec = field(default_factory=LogSpec)
     decisions: tuple[Decision, ...] = ()
+    # Where secret parameters were substituted, as shown. The stored plan is the shown
+    # form, this list applied (store/secrets.py); the plan id does not hash it.
+    shown: tuple[ShownText, ...] = ()
 
     @property
     def plan_id(self) -> str:
-        """A hash of what the plan shows, its secret values masked: two plans that differ
-        only in a secret have the same id, the id tells nothing about a secret, and a
-        stored (masked) plan keeps the id `las plan` showed."""
+        """A hash of the plan as shown (masking.masked: each secret masked where it sits,
+        the ``shown`` list left out): two plans that differ only in a secret have the same
+        id, the id tells nothing about a secret, and a stored (masked) plan keeps the id
+        `las plan` showed."""
         text = json.dumps(masked(self.to_dict()), separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -7,6 +7,7 @@ shows ``***`` everywhere, and keeps the values only in the instance's 0600 secre
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -209,10 +210,14 @@ def test_container_secrets_reach_the_workload_and_nothing_else(
     home = las.home
     home.mkdir(mode=0o700, exist_ok=True)
     (home / "policy.yaml").write_text(yaml.safe_dump({"container_engine": engine.name}))
+    # The literal token is checked by its digest: written into argv as it is, it would be
+    # shown there (a literal, not a substituted secret parameter: masking is structural).
     script = (
-        'test "$ACCESS_TOKEN" = "$1" && test "$SERVICE_TOKEN" = "$2" && echo env-ok; '
-        "exec sleep 1000"
+        'test "$ACCESS_TOKEN" = "$1" && '
+        'test "$(printf %s "$SERVICE_TOKEN" | sha256sum | cut -d" " -f1)" = "$2" && '
+        "echo env-ok; exec sleep 1000"
     )
+    digest = hashlib.sha256(s["static"].encode()).hexdigest()
     manifest: dict[str, Any] = {
         "name": "csec",
         "parameters": PARAMS,
@@ -221,7 +226,7 @@ def test_container_secrets_reach_the_workload_and_nothing_else(
             "stop": {"timeout": "3s"},
             "container": {
                 "image": TEST_IMAGE,
-                "command": ["sh", "-c", script, "sh", "${access_token}", s["static"]],
+                "command": ["sh", "-c", script, "sh", "${access_token}", digest],
                 "env": {"ACCESS_TOKEN": "${access_token}", "SERVICE_TOKEN": s["static"]},
             },
         },

@@ -270,10 +270,13 @@ def inspect(name: str, as_json: bool) -> None:
     if current is not None and current["state"] == "failed":
         hidden = secrets.read(rt.home, name) or {"values": []}  # the workload may print them
         last_lines = [
-            secrets.mask(
-                format_record(rec, False).decode("utf-8", "replace"), hidden["values"]
+            (
+                line  # las's own note: composed from the shown plan
+                if rec.stream == "L"
+                else secrets.mask(line, hidden["values"])  # the workload's output, quoted
             ).rstrip("\n")
             for rec in tail_records(Path(current["log_path"]), 20)
+            for line in [format_record(rec, False).decode("utf-8", "replace")]
         ]
     data = {
         "name": name,

@@ -1,4 +1,8 @@
-"""Human output for plans and tables. Formatting only: no decisions are made here."""
+"""Human output for plans and tables. Formatting only: no decisions are made here.
+
+Every form of a plan (text and JSON) is made from its shown form (``masked_plan_dict``):
+what can hold a secret is read from there, never from the plan itself.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,13 @@ import shlex
 from collections.abc import Sequence
 from typing import Any
 
-from localaistack.masking import MASK, masked
-from localaistack.plan import EnvVar, ExecutionPlan
+from localaistack.masking import masked
+from localaistack.plan import ExecutionPlan
 from localaistack.units import format_duration, format_size
 
 
 def masked_plan_dict(plan: ExecutionPlan) -> dict[str, Any]:
-    """The plan as JSON data with every secret value replaced by ``***`` (as stored)."""
+    """The plan as JSON data with each secret shown as ``***`` where it sits (as stored)."""
     return masked(plan.to_dict())
 
 
@@ -23,8 +27,8 @@ def plan_json(plan: ExecutionPlan) -> str:
     return json.dumps(data, indent=2)
 
 
-def _env_line(env: Sequence[EnvVar]) -> str:
-    shown = [f"{v.name}={MASK if v.secret else v.value}" for v in env]
+def _env_line(env: Sequence[dict[str, Any]]) -> str:
+    shown = [f"{v['name']}={v['value']}" for v in env]  # shown form: secrets are ***
     return " ".join(shlex.quote(s) for s in shown) or "(none)"
 
 
@@ -45,7 +49,7 @@ def plan_lines(plan: ExecutionPlan) -> list[str]:
     if data.get("native"):
         n = data["native"]
         out.append(f"  argv     {shlex.join(n['argv'])}")
-        out.append(f"  env      {_env_line([EnvVar(**v) for v in n['env']])}")
+        out.append(f"  env      {_env_line(n['env'])}")
         if n["workdir"]:
             out.append(f"  workdir  {n['workdir']}")
     if data.get("container"):
@@ -54,7 +58,7 @@ def plan_lines(plan: ExecutionPlan) -> list[str]:
         out.append(f"  image    {c['image']}")
         out.append(f"  argv     {shlex.join(c['argv']) or '(image default)'}")
         if c["env"]:
-            out.append(f"  env      {_env_line([EnvVar(**v) for v in c['env']])}")
+            out.append(f"  env      {_env_line(c['env'])}")
         for v in c["volumes"]:
             out.append(
                 f"  volume   {v['source']} -> {v['target']}"
@@ -63,17 +67,17 @@ def plan_lines(plan: ExecutionPlan) -> list[str]:
     for b in plan.ports:
         inside = f" -> container {b.container_port}" if plan.mode == "container" else ""
         out.append(f"  port     {b.name}: {b.host_ip}:{b.host_port}/{b.protocol}{inside}")
-    h = plan.health
+    h = data.get("health")
     if h:
         what = {
-            "http": f"GET {h.path} on port {h.port}",
-            "tcp": f"connect to port {h.port}",
-            "command": shlex.join(h.command),
-        }[h.kind]
+            "http": f"GET {h['path']} on port {h['port']}",
+            "tcp": f"connect to port {h['port']}",
+            "command": shlex.join(h["command"]),  # the shown form: a secret in it is ***
+        }[h["kind"]]
         out.append(
-            f"  health   {h.kind}: {what}; start within {format_duration(h.start_timeout)}, "
-            f"every {format_duration(h.interval)}, timeout {format_duration(h.timeout)}, "
-            f"unhealthy after {h.failure_threshold} failures"
+            f"  health   {h['kind']}: {what}; start within {format_duration(h['start_timeout'])}, "
+            f"every {format_duration(h['interval'])}, timeout {format_duration(h['timeout'])}, "
+            f"unhealthy after {h['failure_threshold']} failures"
         )
     else:
         out.append("  health   none declared (health is 'unknown')")

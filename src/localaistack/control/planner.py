@@ -36,6 +36,7 @@ from localaistack.errors import (
     RequirementUnmet,
     UsageError,
 )
+from localaistack.masking import MASK, mask
 from localaistack.plan import (
     MODES,
     ContainerSpec,
@@ -56,6 +57,7 @@ from localaistack.plan import (
     Rejected,
     Resources,
     RestartSpec,
+    ShownText,
     StopSpec,
     Volume,
 )
@@ -328,8 +330,13 @@ def _denied(path: str, user: _NativeUser, bits: int) -> str | None:
     return None
 
 
-def _check_user_access(argv: Sequence[str], workdir: str | None, user: _NativeUser) -> None:
+def _check_user_access(
+    argv: Sequence[str], workdir: str | None, user: _NativeUser,
+    show: Mapping[str, str] | None = None,
+) -> None:  # fmt: skip
     """Refuse a plan whose executable, workdir or path arguments the user cannot reach.
+
+    ``show`` maps a path holding a secret parameter to its shown form (for the message).
 
     Raises:
         PlanningError: naming the path, what blocks it, and the user.
@@ -344,7 +351,8 @@ def _check_user_access(argv: Sequence[str], workdir: str | None, user: _NativeUs
         why = _denied(path, user, bits)
         if why is not None:
             raise PlanningError(
-                f"the native workload runs as {user.name}, which cannot {verb} {path}: {why}",
+                f"the native workload runs as {user.name}, which cannot {verb} "
+                f"{(show or {}).get(path, path)}: {why}",
                 hint="install it where that user can read it, or list the module in the "
                 "policy's native_allow_root to run it as root",
             )
@@ -359,11 +367,13 @@ def _sandbox(
     which: Callable[[str, str | None], str | None],
     dev_glob: Callable[[str], list[str]],
     local: bool,
+    show: Mapping[str, str] | None = None,
 ) -> tuple[tuple[str, ...], Decision]:
     """The bwrap argv prefix the policy asks for (empty: none), and the decision.
 
     ``paths`` are the workload's executable, workdir and absolute path arguments: none may
-    be under /tmp, which the sandbox replaces with its own.
+    be under /tmp, which the sandbox replaces with its own. ``show`` maps a path holding a
+    secret parameter to its shown form (for the message).
 
     Raises:
         PlanningError: the policy asks for bwrap and it is not installed (never a silent
@@ -380,7 +390,7 @@ def _sandbox(
             "(not found on PATH)",
             hint="install bubblewrap (apt-get install bubblewrap), or set native_sandbox: none",
         )
-    hidden = [p for p in paths if p == "/tmp" or p.startswith("/tmp/")]
+    hidden = [(show or {}).get(p, p) for p in paths if p == "/tmp" or p.startswith("/tmp/")]
     if hidden:
         raise PlanningError(
             f"policy native_sandbox is bwrap ({policy.source}), whose private /tmp hides "
@@ -739,6 +749,32 @@ def _expand_env(
     return out
 
 
+def _shown_texts(
+    where: str, real: Sequence[str], shown: Sequence[str], suffix: str = ""
+) -> list[ShownText]:
+    """The shown entries of a list of strings rendered twice (real values, secrets as ***):
+    one for each string that a secret parameter went into."""
+    return [
+        ShownText(path=f"{where}.{i}{suffix}", text=text)
+        for i, (value, text) in enumerate(zip(real, shown, strict=True))
+        if value != text
+    ]
+
+
+def _shown_executable(given: str, resolved: str, shown: str, how: str) -> str:
+    """The resolved executable as shown, when argv[0] (``given``; ``shown`` with its secret
+    as ***) was found on PATH or made absolute: the part resolution added, then ``shown``.
+    Where the two cannot be told apart, the whole path is shown as ***."""
+    if shown == given or not how.startswith(("given as a path", "found ")):
+        return resolved  # no secret in it, or found elsewhere ($VAR, a Python package)
+    tail, shown_tail = str(Path(given)), str(Path(shown))
+    if resolved == tail:
+        return shown_tail
+    if resolved.endswith("/" + tail):
+        return resolved[: len(resolved) - len(tail)] + shown_tail
+    return MASK
+
+
 def _memory_fraction(gpus: tuple[GpuAssignment, ...], hw: HardwareProfile) -> str:
     """The share of each assigned GPU's memory the reservation amounts to (for vLLM)."""
     if not gpus:
@@ -772,6 +808,8 @@ def _estimate_vram(
     model = values.get(vfg.model)
     if not model:
         return 0
+    secret = any(p.secret for p in params if p.name == vfg.model)
+    shown_model = MASK if secret else model  # a decision never quotes a secret
     if estimator is None:
         from localaistack.control.gguf_estimate import estimate
 
@@ -783,15 +821,17 @@ def _estimate_vram(
             model, ctx_size=int(ctx) if ctx else None, n_gpu_layers=int(layers) if layers else None
         )
     except PlanningError as exc:
+        # The estimator's message quotes the path: the secret in it masked (by value).
+        why = mask(exc.message, [model]) if secret else exc.message
         decisions.append(
-            Decision(topic="vram estimate", choice="none", reason=f"not estimated: {exc.message}")
+            Decision(topic="vram estimate", choice="none", reason=f"not estimated: {why}")
         )
         return 0
     decisions.append(
         Decision(
             topic="vram estimate",
             choice=format_size(est.total),
-            reason=f"from {model}'s GGUF metadata: {est.how}",
+            reason=f"from {shown_model}'s GGUF metadata: {est.how}",
         )
     )
     return int(est.total)
@@ -813,14 +853,17 @@ def _resolve_executable(
     which: Callable[[str, str | None], str | None],
     native: NativeSection | None = None,
     environ: Mapping[str, str] | None = None,
+    shown: str | None = None,
 ) -> tuple[str, str]:
     """argv[0] as an absolute path, and how it was found.
 
     A path is checked as given. A bare name is looked for in the manifest's
     ``executable_env`` variable, then on PATH, then through ``executable_python``.
+    ``shown`` is argv[0] as messages show it (a secret parameter in it as ``***``).
     """
+    name = argv0 if shown is None else shown
     if "/" in argv0:
-        return _check_executable(argv0), "given as a path"
+        return _check_executable(argv0, name), "given as a path"
     tried = []
     if native is not None and native.executable_env:
         var = native.executable_env
@@ -830,7 +873,7 @@ def _resolve_executable(
         tried.append(f"${var} (unset)")
     found = which(argv0, path_env)
     if found:
-        return str(Path(found).absolute()), f"found {argv0!r} on PATH"
+        return str(Path(found).absolute()), f"found {name!r} on PATH"
     tried.append("PATH")
     if native is not None and native.executable_python:
         path, why = _from_python_package(native.executable_python)
@@ -838,21 +881,22 @@ def _resolve_executable(
             return _check_executable(path), why
         tried.append(why)
     raise PlanningError(
-        f"executable {argv0!r} not found on PATH"
+        f"executable {name!r} not found on PATH"
         + (f" (tried: {'; '.join(tried)})" if len(tried) > 1 else ""),
-        hint=f"install {argv0} or put its directory on PATH",
+        hint=f"install {name} or put its directory on PATH",
     )
 
 
-def _check_executable(path: str) -> str:
+def _check_executable(path: str, shown: str | None = None) -> str:
     p = Path(path).expanduser().absolute()
+    name = path if shown is None else shown  # as messages show it
     if not p.exists():
         raise PlanningError(
-            f"executable {path} does not exist", hint="check the module's runtime.native.command"
+            f"executable {name} does not exist", hint="check the module's runtime.native.command"
         )
     if p.is_dir() or not os.access(p, os.X_OK):
         raise PlanningError(
-            f"{path} is not an executable file", hint=f"make it executable (chmod +x {path})"
+            f"{name} is not an executable file", hint=f"make it executable (chmod +x {name})"
         )
     return str(p)
 
@@ -999,12 +1043,18 @@ def make_plan(
     decisions.append(gpu_decision)
     is_set = {p.name for p in params if p.value not in (None, "")}
     secret_params = {p.name for p in params if p.secret}
+    # The same templates rendered with each secret (set, non-empty) as ***: where a secret
+    # parameter is substituted, the plan records that rendering (ExecutionPlan.shown), and
+    # text the planner composes from such a string uses it (masking.py).
+    shown_values = {**values, **{p.name: MASK for p in params if p.secret and p.value}}
+    shown: list[ShownText] = []
 
     rt = m.runtime
     native_spec = container_spec = None
     if mode == "native":
         assert rt.native is not None
         argv = _expand_command(rt.native.command, values, is_set)
+        shown_argv = _expand_command(rt.native.command, shown_values, is_set)
         env: dict[str, EnvVar] = {}
         for name in PASSTHROUGH_ENV:
             if name in environ:
@@ -1015,8 +1065,12 @@ def make_plan(
             env[var.name] = var
         path_env = env["PATH"].value if "PATH" in env else None
         if resolve_executables:
-            argv[0], how = _resolve_executable(argv[0], path_env, which, rt.native, environ)
-            decisions.append(Decision(topic="executable", choice=argv[0], reason=how))
+            resolved, how = _resolve_executable(
+                argv[0], path_env, which, rt.native, environ, shown_argv[0]
+            )
+            shown_argv[0] = _shown_executable(argv[0], resolved, shown_argv[0], how)
+            argv[0] = resolved
+            decisions.append(Decision(topic="executable", choice=shown_argv[0], reason=how))
             pin = _check_pin(m.name, argv[0], policy)
             if pin is not None:
                 decisions.append(pin)
@@ -1024,16 +1078,27 @@ def make_plan(
             decisions.append(
                 Decision(
                     topic="executable",
-                    choice=argv[0],
+                    choice=shown_argv[0],
                     reason=f"not resolved: this plan is for another machine ({hw.source})",
                 )
             )
         workdir = _substitute(rt.native.workdir, values) if rt.native.workdir else None
+        shown_workdir = _substitute(rt.native.workdir, shown_values) if rt.native.workdir else None
         if workdir is not None:  # a relative workdir is the manifest's, not the caller's
-            workdir = os.path.normpath(loaded.path.parent.absolute() / Path(workdir).expanduser())
+            assert shown_workdir is not None
+            base = loaded.path.parent.absolute()
+            workdir = os.path.normpath(base / Path(workdir).expanduser())
+            shown_workdir = os.path.normpath(base / Path(shown_workdir).expanduser())
+        # What messages show for a path that holds a secret (whole strings, looked up).
+        show = {real: text for real, text in zip(argv, shown_argv, strict=True) if real != text}
+        if workdir is not None and shown_workdir != workdir:
+            assert shown_workdir is not None
+            show[workdir] = shown_workdir
+            shown.append(ShownText(path="native.workdir", text=shown_workdir))
+        shown += _shown_texts("native.argv", argv, shown_argv)
         if workdir is not None and not Path(workdir).is_dir():
             raise PlanningError(
-                f"workdir {workdir} does not exist or is not a directory",
+                f"workdir {shown_workdir} does not exist or is not a directory",
                 hint="create it or fix runtime.native.workdir",
             )
         run_as, user_decision = _native_user(
@@ -1041,7 +1106,7 @@ def make_plan(
         )
         decisions.append(user_decision)
         if run_as is not None:
-            _check_user_access(argv, workdir, run_as)
+            _check_user_access(argv, workdir, run_as, show)
             # The caller's identity would be root's: the workload gets its own user's.
             who = (("HOME", run_as.home), ("USER", run_as.name), ("LOGNAME", run_as.name))
             for key, value in who:
@@ -1050,7 +1115,7 @@ def make_plan(
         paths = [argv[0], *(a for a in argv[1:] if a.startswith("/"))]
         paths += [workdir] if workdir else []
         sandbox, sandbox_decision = _sandbox(
-            policy, paths, ports, gpus, path_env, which, dev_glob, resolve_executables
+            policy, paths, ports, gpus, path_env, which, dev_glob, resolve_executables, show
         )
         decisions.append(sandbox_decision)
         native_spec = NativeSpec(
@@ -1078,6 +1143,16 @@ def make_plan(
             Volume(source=_substitute(v.source, values), target=v.target, read_only=v.read_only)
             for v in c.volumes
         )
+        shown += _shown_texts(
+            "container.volumes",
+            [v.source for v in volumes],
+            [_substitute(v.source, shown_values) for v in c.volumes],
+            ".source",
+        )
+        cargv = _expand_command(c.command, values, is_set)
+        shown += _shown_texts(
+            "container.argv", cargv, _expand_command(c.command, shown_values, is_set)
+        )
         user = c.user or "65534:65534"
         decisions.append(
             Decision(
@@ -1102,7 +1177,7 @@ def make_plan(
         container_spec = ContainerSpec(
             engine=cast(EngineName, engine),
             image=c.image,
-            argv=tuple(_expand_command(c.command, values, is_set)),
+            argv=tuple(cargv),
             env=tuple(cenv),
             workdir=c.workdir,
             volumes=volumes,
@@ -1117,12 +1192,15 @@ def make_plan(
         h = rt.health
         kind: ProbeKind = "http" if h.http else "tcp" if h.tcp else "command"
         port_name = h.http.port if h.http else h.tcp.port if h.tcp else None
+        command = [_substitute(a, values) for a in (h.command or [])]
+        shown_command = [_substitute(a, shown_values) for a in (h.command or [])]
+        shown += _shown_texts("health.command", command, shown_command)
         health = HealthSpec(
             kind=kind,
             port=port_name,
             host_port=next((b.host_port for b in ports if b.name == port_name), None),
             path=h.http.path if h.http else "/",
-            command=tuple(_substitute(a, values) for a in (h.command or [])),
+            command=tuple(command),
             start_timeout=h.start_timeout,
             interval=h.interval,
             timeout=h.timeout,
@@ -1184,4 +1262,5 @@ def make_plan(
         stop=StopSpec(signal=rt.stop.signal, timeout=rt.stop.timeout),
         logs=LogSpec(max_size=rt.logs.max_size, keep=rt.logs.keep),
         decisions=tuple(decisions),
+        shown=tuple(shown),
     )

@@ -129,7 +129,7 @@ class Runtime:
 
         handle = json.loads(run["handle"])
         cid = handle["container"]
-        plan = json.loads(self.require_instance(run["instance"])["plan"])
+        plan = self.stored_plan(run["instance"])
         engine = engines.Engine(run["backend"], global_args=plan["container"]["engine_args"])
         try:
             state = engine.inspect(cid)
@@ -217,10 +217,17 @@ class Runtime:
         inst = self.require_instance(name)
         return self.store.run(inst["current_run"]) if inst["current_run"] else None
 
+    def stored_plan(self, name: str) -> dict[str, Any]:
+        """The instance's plan as stored (as shown: secrets masked), as JSON data."""
+        return secrets.stored_plan(self.home, name, self.require_instance(name)["plan"])
+
     def plan_of(self, name: str) -> ExecutionPlan:
         from localaistack.plan import ExecutionPlan
 
-        return ExecutionPlan.from_json(self.require_instance(name)["plan"])
+        try:
+            return ExecutionPlan.from_dict(self.stored_plan(name))
+        except TypeError as exc:  # as from_json: a plan that does not fit is a ValueError
+            raise ValueError(str(exc)) from exc
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -249,7 +256,7 @@ class Runtime:
         """
         try:
             self.reconcile()
-            plan_data = json.loads(self.require_instance(name)["plan"])
+            plan_data = self.stored_plan(name)
             run_id = pending.run_id if pending else new_run_id()
             run = self._create_run(name, run_id, plan_data, pending)
         except BaseException:

@@ -133,11 +133,15 @@ def _size(n: int) -> str:
     return f"{n}B"
 
 
-def describe_start_error(exc: OSError, argv0: str, workdir: str | None) -> str:
+def describe_start_error(
+    exc: OSError, argv0: str, workdir: str | None, shown_workdir: str | None = None
+) -> str:
+    """Why the exec failed; ``argv0`` and ``shown_workdir`` as shown (secrets masked),
+    ``workdir`` the real one (to tell which path failed)."""
     name = errno.errorcode.get(exc.errno or 0, "")
     what = exc.strerror or str(exc)
     if exc.filename is not None and workdir is not None and str(exc.filename) == workdir:
-        return f"could not start: workdir {workdir}: {what} ({name})"
+        return f"could not start: workdir {shown_workdir or workdir}: {what} ({name})"
     if exc.errno == errno.ENOENT:
         return f"could not start: executable not found: {argv0} ({what})"
     if exc.errno == errno.EACCES:
@@ -207,11 +211,14 @@ class Supervisor:
         assert inst is not None
         self.instance = str(inst["name"])
         self.boot_id = str(run["boot_id"])
-        # The stored plan has its secrets masked: the real values come from the instance's
-        # secrets file, and are masked again in every line this process writes.
+        # The stored plan is the plan as shown (its secrets masked where they sit): the real
+        # values come from the instance's secrets file. What this process writes is composed
+        # from the shown plan; only what it quotes from elsewhere is masked by value (hide).
         hidden = secrets.read(os.path.dirname(os.path.abspath(store.path)), self.instance)
+        stored = json.loads(inst["plan"])
         self.secrets: list[str] = list(hidden["values"]) if hidden else []
-        self.plan: dict[str, Any] = secrets.reveal(json.loads(inst["plan"]), hidden)
+        self.shown: dict[str, Any] = secrets.repaired(stored, hidden)
+        self.plan: dict[str, Any] = secrets.reveal(stored, hidden)
         self.health_spec: dict[str, Any] | None = self.plan.get("health")
         self.restart: dict[str, Any] = self.plan["restart"]
         self.attempt = Attempt(run_id, str(run["log_path"]))
@@ -254,18 +261,20 @@ class Supervisor:
     # --- reporting ---------------------------------------------------------------------
 
     def hide(self, text: str) -> str:
-        """``text`` with the plan's secret values shown as ``***``."""
+        """Quoted text (the workload's output, an engine's or a probe's message) with the
+        plan's secret values shown as ``***``. Never for a whole message las composes: a
+        short secret would change its words. Compose those from ``self.shown``."""
         return secrets.mask(text, self.secrets) if self.secrets else text
 
     def _note(self, text: str) -> None:
-        """A line of las's own in the run's log (secrets masked)."""
-        self.writer.note(self.hide(text))
+        """A line of las's own in the run's log (composed from the shown plan, and from
+        quoted text already passed through ``hide``)."""
+        self.writer.note(text)
 
     def report_ready(self, message: dict[str, Any], *, close: bool = True) -> None:
-        """Tell the waiting `las run` (if any) how the start went."""
+        """Tell the waiting `las run` (if any) how the start went (composed as ``_note``)."""
         if self.ready_fd is None:
             return
-        message = {k: self.hide(v) if isinstance(v, str) else v for k, v in message.items()}
         try:
             os.write(self.ready_fd, (json.dumps(message) + "\n").encode())
         except OSError:
@@ -279,10 +288,9 @@ class Supervisor:
 
         Retries for a few seconds (the database may be locked, or the disk briefly full);
         then says so in the run's log and in the supervisor's own log and carries on. The
-        next `las` command's reconciliation records what the store missed.
+        next `las` command's reconciliation records what the store missed. ``reason`` is
+        composed as for ``_note``.
         """
-        if reason is not None:
-            reason = self.hide(reason)
         self._write(
             lambda c: set_run_state(c, self.run_id, state, reason, **fields),
             f"state {state!r} ({reason})",
@@ -297,7 +305,7 @@ class Supervisor:
                 return
             except (sqlite3.Error, StoreError) as exc:
                 if time.monotonic() > deadline:
-                    msg = self.hide(f"las: could not record {what}: {exc}")
+                    msg = f"las: could not record {what}: {exc}"
                     print(msg, file=sys.stderr, flush=True)
                     with contextlib.suppress(Exception):
                         self.writer.note(msg)
@@ -435,7 +443,6 @@ class Supervisor:
         dropped = self.writer.dropped_lines  # the workload's lines (not our final note)
         if dropped:
             reason += f"; {dropped} log line(s) could not be written"
-        reason = self.hide(reason)  # it may quote the workload's output
         restart = (
             state == "failed"
             and not self.stop_requested
@@ -533,7 +540,11 @@ class Supervisor:
                 cg.remove()
             return None
         except OSError as exc:
-            reason = describe_start_error(exc, argv[0], native.get("workdir"))
+            # Told from the real workdir, shown from the shown plan.
+            shown = [*native.get("sandbox", ()), *self.shown["native"]["argv"]]
+            reason = describe_start_error(
+                exc, shown[0], native.get("workdir"), self.shown["native"].get("workdir")
+            )
             self._start_failed(reason)
             if cg:
                 cg.remove()
@@ -612,8 +623,9 @@ class Supervisor:
             cid = self.adopt or engine.run(spec)
             self.adopt = None
         except engines.EngineError as exc:
-            self._start_failed(
-                f"could not start: {exc.message}" + (f" ({exc.hint})" if exc.hint else "")
+            self._start_failed(  # the engine's message may quote argv or env: masked
+                f"could not start: {self.hide(exc.message)}"
+                + (f" ({self.hide(exc.hint)})" if exc.hint else "")
             )
             return None
         self.cid = cid
@@ -715,7 +727,8 @@ class Supervisor:
             st = engine.final_state(cid)
         except engines.EngineError as exc:
             st = None
-            last = f"{last}; inspect failed: {exc.message}" if last else exc.message
+            why = self.hide(exc.message)  # the engine's words
+            last = f"{last}; inspect failed: {why}" if last else why
         with contextlib.suppress(engines.EngineError):
             engine.remove(cid)
         if st is None or st.exit_code is None:
@@ -925,6 +938,7 @@ class Supervisor:
         return ProbeResult(False, "cancelled", 0.0)
 
     def _probe_done(self, result: probes.ProbeResult) -> None:
+        result.message = self._shown_probe_message(result.message)
         if self.probe is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self.sel.unregister(self.probe_fd)
@@ -950,9 +964,26 @@ class Supervisor:
             time.monotonic() - self.attempt.started
         )
 
+    def _shown_probe_message(self, message: str) -> str:
+        """A probe's message as shown. A command probe's names the command (shown from the
+        shown plan) or quotes its output (masked by value); an HTTP or TCP probe's holds
+        only the plan's address, port and path, where no secret sits."""
+        if not self.secrets or self.health_spec is None or self.health_spec["kind"] != "command":
+            return message
+        real0 = str(self.health_spec["command"][0]) if self.health_spec["command"] else ""
+        shown = self.shown.get("health") or {}
+        shown0 = str(shown["command"][0]) if shown.get("command") else real0
+        head = f"cannot run {real0}: "
+        if message.startswith(head):  # CommandProbe: "cannot run ARGV0: why"
+            return f"cannot run {shown0}: {self.hide(message[len(head) :])}"
+        code, sep, tail = message.partition(": ")
+        if sep and code.startswith("exit "):  # "exit N: the output's last line"
+            return f"{code}: {self.hide(tail)}"
+        return message
+
     def _record_health(self, old: str, new: str, result: probes.ProbeResult) -> None:
         history = json.dumps([r.as_dict() for r in self.health.history])
-        message = self.hide(f"{new}: {result.message} ({result.latency * 1000:.1f} ms)")
+        message = f"{new}: {result.message} ({result.latency * 1000:.1f} ms)"
 
         def write(c: sqlite3.Connection) -> None:
             c.execute(
@@ -989,7 +1020,7 @@ class Supervisor:
         self.restart_times = [t for t in self.restart_times if now - t < window]
         if len(self.restart_times) >= int(self.restart["max_restarts"]):
             attempts = len(self.restart_times) + 1
-            reason = self.hide(
+            reason = (
                 f"restart budget exhausted after {attempts} attempts (first failure: "
                 f"{self.failures[0]}; last: {self.failures[-1]})"
             )
@@ -1017,7 +1048,7 @@ class Supervisor:
         run_id = os.urandom(6).hex()  # the same form as las's uuid4().hex[:12]
         log_path = os.path.join(os.path.dirname(self.attempt.log_path), f"{run_id}.log")
         n = len(self.restart_times) + 1
-        reason = self.hide(
+        reason = (
             f"restart {n} of at most {self.restart['max_restarts']} in {delay:.2f}s "
             f"after: {failure}"
         )
@@ -1108,10 +1139,11 @@ class Supervisor:
         if not lines:
             return ""
         recent = lines[-20:]
+        # Quoted: masked by value before it is cut (a cut must not leave part of a secret).
         for line in recent[:-1]:
             if ERROR_LINE.search(line):
-                return f"error: {line[:300]}"
-        return f"last output: {recent[-1][:300]}"
+                return f"error: {self.hide(line)[:300]}"
+        return f"last output: {self.hide(recent[-1])[:300]}"
 
     def _begin_stop(self, reason_text: str | None = None) -> None:
         if self.stopping or (self.pid is None and not self.cid):
@@ -1315,7 +1347,7 @@ def main(argv: list[str] | None = None) -> int:
         # goes to the supervisor's own log file.
         if sup.pid is not None:
             sup._kill_all(sup.pid)
-        reason = sup.hide(f"lost: the supervisor failed: {type(exc).__name__}: {exc}")
+        reason = f"lost: the supervisor failed: {type(exc).__name__}: {sup.hide(str(exc))}"
         try:
             sup.record("failed", reason)
             with sup.store.transaction() as c:

@@ -4,18 +4,29 @@ A plan marks secrets (``Parameter.secret``, ``EnvVar.secret``: declared ``secret
 or named like ``*_KEY``, ``*_TOKEN``, ``*PASSWORD*``, ``*SECRET*``). The runtime must still
 pass the real values to the workload, so they are split off when an instance is created:
 
-* the plan stored in ``state.db`` has every occurrence of a secret value replaced by
-  ``***`` in the fields a value can be substituted into (argv, env, workdir, volumes,
-  health command, parameters, decisions); ports, GPUs and resources are never touched, so
-  what other commands read from the stored plan stays true;
-* ``$LAS_HOME/secrets/INSTANCE.json`` (0600, in a 0700 directory) holds the secret values
-  and, for each masked field, its path in the plan and its real text. Only the supervisor
-  reads it, at exec time (``reveal``); ``las rm`` deletes it; a file whose instance is gone
-  (a creation rolled back) is deleted when the next instance is created.
+* the plan stored in ``state.db`` is the plan as shown (``masking.masked``): the value of
+  each secret parameter and of each secret env entry is ``***``, and each argv item,
+  workdir, volume source or health command item into which the planner substituted a
+  secret parameter is the planner's rendering of the same template with the secret as
+  ``***`` (``--key=***``). Nothing else is touched: a secret that equals a word, a port
+  number or a letter elsewhere in the plan changes nothing there, so the stored plan
+  always loads and what other commands read from it stays true;
+* ``$LAS_HOME/secrets/INSTANCE.json`` (0600, in a 0700 directory) holds ``values`` (the
+  secret values), ``fields`` (for each masked field, its path in the plan and its real
+  text) and ``format`` (2). Only the supervisor reads the real text, at exec time
+  (``reveal``); ``las rm`` deletes the file; a file whose instance is gone (a creation
+  rolled back) is deleted when the next instance is created.
 
-``mask`` replaces secret values in any text las writes itself (reasons, events, its lines
-in a run's log, the supervisor's log). The workload's own output is the workload's: a
-module that prints its secret prints it into its log.
+Text las composes itself (reasons, events, its lines in a run's log, the supervisor's
+log) is composed from the shown plan. ``mask`` (by value) is only applied to what las
+quotes from elsewhere: a workload's output line in a reason, an engine's error, a health
+command's output. The workload's own output is the workload's: a module that prints its
+secret prints it into its log (``las logs``).
+
+Plans stored before format 2 were masked by search and replace over whole fields, which
+could hit a field where no secret sits (a parameter's ``source`` "default", a word in a
+decision). ``stored_plan`` gives such fields their true text back on reading (from the
+file's ``fields``); fields where a secret can sit keep their old masking.
 
 Standard library only: the supervisor imports this.
 """
@@ -31,19 +42,36 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pathlib import Path
 
-from localaistack.masking import MASK, mask, masked, secret_values
+from localaistack.masking import (
+    MASK,
+    SECRET_POSITIONS,
+    SHOWN_POSITIONS,
+    differences,
+    mask,
+    masked,
+    position,
+    secret_values,
+)
 
-__all__ = ["MASK", "mask", "reveal", "secret_values", "split"]
+__all__ = ["MASK", "mask", "reveal", "secret_values", "split", "stored_plan"]
+
+FORMAT = 2  # the secrets file's format: 2 = structural masking (1: none, by substitution)
+# Decisions of plans stored before format 2 that quoted a path which could hold a secret:
+# their old masking is kept.
+_QUOTING_TOPICS = frozenset({"executable", "vram estimate", "trust"})
 
 
 def split(plan: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The plan with its secrets masked, and what ``reveal`` needs (None: no secret)."""
+    """The plan as stored (secrets masked where they sit), and what ``reveal`` needs (None:
+    no secret)."""
     values = secret_values(plan)
-    if not values:
+    if not values and not plan.get("shown"):  # nothing to mask (the start path: no walk)
         return plan, None
-    fields: list[list[Any]] = []
-    shown = masked(plan, lambda path, original: fields.append([path, original]))
-    return shown, {"values": values, "fields": fields}
+    shown = masked(plan)
+    fields = differences(plan, shown)
+    if not values and not fields:
+        return shown, None
+    return shown, {"format": FORMAT, "values": values, "fields": fields}
 
 
 def reveal(plan: dict[str, Any], secrets: dict[str, Any] | None) -> dict[str, Any]:
@@ -57,6 +85,46 @@ def reveal(plan: dict[str, Any], secrets: dict[str, Any] | None) -> dict[str, An
             target = target[key]
         target[path[-1]] = text
     return out
+
+
+def _may_hold_secret(real: dict[str, Any], path: list[Any]) -> bool:
+    """Whether a secret can sit at ``path`` of the (real) plan."""
+    where = position(path)
+    if where in SHOWN_POSITIONS:  # a secret parameter may have been substituted here
+        return True
+    if where == ("parameters", "#", "value"):
+        return bool(real["parameters"][path[1]].get("secret"))
+    if where in SECRET_POSITIONS:  # an env entry's value
+        return bool(real[path[0]]["env"][path[2]].get("secret"))
+    if path[0] == "decisions":  # one that quotes a path which may hold a secret
+        return len(path) > 1 and real["decisions"][path[1]].get("topic") in _QUOTING_TOPICS
+    return False
+
+
+def repaired(plan: dict[str, Any], secrets: dict[str, Any] | None) -> dict[str, Any]:
+    """A stored plan as shown: one stored before format 2 with its true text back in every
+    field its masking by substitution changed where no secret can sit; ``plan`` is not
+    changed."""
+    if not secrets or secrets.get("format", 1) >= FORMAT:
+        return plan
+    real = reveal(plan, secrets)
+    out: dict[str, Any] = json.loads(json.dumps(plan))
+    for path, text in secrets["fields"]:
+        if _may_hold_secret(real, path):
+            continue
+        target: Any = out
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = text
+    return out
+
+
+def stored_plan(home: str | Path, instance: str, text: str) -> dict[str, Any]:
+    """An instance's stored plan (its JSON text) as data, as shown (see ``repaired``)."""
+    plan: dict[str, Any] = json.loads(text)
+    if MASK not in text:  # nothing masked: no secrets file to read
+        return plan
+    return repaired(plan, read(home, instance))
 
 
 # os.path, not pathlib: the supervisor reads secrets on its start path, and pathlib (with
