@@ -141,8 +141,22 @@ def analyse(
     Raises:
         PlanningError: a program a launcher names cannot be found, or the chain is too long.
     """
-    base = workdir or os.getcwd()
     scope = Scope(executable=argv[0])
+
+    def where(raw: str) -> str:
+        """A file argument's absolute path, as the workload will open it."""
+        if raw.startswith("/"):
+            return raw
+        if workdir is None:
+            # Relative to the cwd of whoever runs las: a plan used again elsewhere (the
+            # plan cache) would run another file than the one checked.
+            raise PlanningError(
+                f"cannot pin {raw!r}: a relative path without a workdir depends on where "
+                "las runs",
+                hint="name it by its absolute path, or set runtime.native.workdir",
+            )
+        return os.path.join(workdir, raw)
+
     scope.loader_env = [f"{k}={env[k]}" for k in LOADER_ENV if k in env]
     path_env = env.get("PATH")
     prog, args, kind = argv[0], list(argv[1:]), kind_of(argv[0])
@@ -169,7 +183,7 @@ def analyse(
                     f"{prog} runs {name!r}, which is not found on PATH: it cannot be pinned",
                     hint="name the program by its absolute path",
                 )
-            found = os.path.join(base, found)
+            found = where(found)
             scope.words.append(name)
             scope.files.append((f"program run by {os.path.basename(prog)}", found))
             prog, args, kind = found, args[rest + 1 :], kind_of(found)
@@ -177,7 +191,7 @@ def analyse(
         if kind is None:
             return scope  # a plain executable: its arguments are its data
         scope.interpreters.append(kind)
-        _interpreter(kind, args, scope, base, path_env, which)
+        _interpreter(kind, args, scope, where, path_env, which)
         return scope
     raise PlanningError(
         f"{argv[0]}: more than {MAX_CHAIN} launchers in a row: the trust pin cannot follow",
@@ -230,7 +244,7 @@ def _interpreter(
     kind: str,
     args: list[str],
     scope: Scope,
-    base: str,
+    where: Callable[[str], str],
     path_env: str | None,
     which: Callable[[str, str | None], str | None],
 ) -> None:
@@ -247,13 +261,13 @@ def _interpreter(
     end, files, script = parse(args, scope)
     scope.words += args[:end]
     for role, raw in files:
-        scope.files.append((role, os.path.join(base, raw)))
+        scope.files.append((role, where(raw)))
     if script is not None and script < len(args):
         raw = args[script]
         if kind == "ruby" and "-S" in args[:end] and "/" not in raw:
             found = which(raw, path_env)  # ruby -S: the script is looked up on PATH
             raw = found or raw
-        scope.files.append(("script", os.path.join(base, raw)))
+        scope.files.append(("script", where(raw)))
     elif script is None:
         pass
     else:
