@@ -117,3 +117,15 @@ def test_a_program_env_cannot_find_is_an_error() -> None:
 def test_a_directory_cannot_be_pinned(tmp_path: Path) -> None:
     with pytest.raises(PlanningError, match="is a directory"):
         trust.sha256_file(str(tmp_path))
+
+
+def test_secret_values_are_digested_but_never_shown() -> None:
+    s = trust.analyse(
+        ["/usr/bin/bash", "-c", "tok=s3cr3t; exec srv"], {"LD_PRELOAD": "/s3cr3t.so"}, "/w",
+        which, ["s3cr3t"],
+    )  # fmt: skip
+    shown = trust.describe_words(s)
+    assert "s3cr3t" not in shown and "***" in shown
+    assert s.argv_digest == trust.argv_digest(
+        ["-c", "tok=s3cr3t; exec srv"], ["LD_PRELOAD=/s3cr3t.so"]
+    )

@@ -323,8 +323,10 @@ def trust(module: str, sets: tuple[str, ...], policy_file: Path | None) -> None:
     )
     assert plan.native is not None
     env = {v.name: v.value for v in plan.native.env}
+    hidden = [p.value or "" for p in plan.parameters if p.secret]
+    hidden += [v.value for v in plan.native.env if v.secret]
     scope = trust.analyse(
-        plan.native.argv, env, plan.native.workdir, lambda c, p: shutil.which(c, path=p)
+        plan.native.argv, env, plan.native.workdir, lambda c, p: shutil.which(c, path=p), hidden
     )
     now = trust.measure(scope)
     click.echo(f"# {name}: what runs natively, and what this pin covers:")

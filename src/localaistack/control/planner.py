@@ -220,6 +220,7 @@ def _check_pin(
     workdir: str | None,
     policy: Policy,
     which: Callable[[str, str | None], str | None],
+    secrets: Sequence[str] = (),
 ) -> tuple[Decision | None, tuple[PinnedFile, ...]]:
     """Verify a ``trusted_native`` sha256 pin against what the plan runs: the executable,
     and for an interpreter the files it executes and its argv digest (control/trust.py).
@@ -231,7 +232,7 @@ def _check_pin(
     entries = [t for t in policy.trusted_native if t.module == name]
     if not entries or any(t.sha256 is None for t in entries):
         return None, ()
-    now = trust.measure(trust.analyse(argv, env, workdir, which))
+    now = trust.measure(trust.analyse(argv, env, workdir, which, secrets))
     how = trust.check(name, now, entries, policy.source)
     reason = f"{how} in policy trusted_native ({policy.source}); not covered: {trust.NOT_COVERED}"
     for note in now.scope.notes:
@@ -1064,7 +1065,9 @@ def make_plan(
         pinned: tuple[PinnedFile, ...] = ()
         if resolve_executables:
             plain_env = {k: v.value for k, v in env.items()}
-            pin, pinned = _check_pin(m.name, argv, plain_env, workdir, policy, which)
+            hidden = [p.value or "" for p in params if p.secret]
+            hidden += [v.value for v in env.values() if v.secret]
+            pin, pinned = _check_pin(m.name, argv, plain_env, workdir, policy, which, hidden)
             if pin is not None:
                 decisions.append(pin)
         elif any(t.module == m.name and t.sha256 for t in policy.trusted_native):

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from localaistack.control.policy import TrustEntry
 from localaistack.errors import PlanningError, PolicyViolation
+from localaistack.masking import mask
 
 # Environment variables that make a program load code it does not name in argv.
 LOADER_ENV = (
@@ -76,6 +77,7 @@ class Scope:
     loader_env: list[str] = field(default_factory=list)  # NAME=VALUE, pinned literally
     interpreters: list[str] = field(default_factory=list)  # kinds met on the way, in order
     notes: list[str] = field(default_factory=list)  # what runs that the pin cannot cover
+    secrets: list[str] = field(default_factory=list)  # values never shown (digested only)
 
     @property
     def needs_full_pin(self) -> bool:
@@ -135,13 +137,15 @@ def analyse(
     env: Mapping[str, str],
     workdir: str | None,
     which: Callable[[str, str | None], str | None],
+    secrets: Sequence[str] = (),
 ) -> Scope:
     """What a pin of ``argv`` (argv[0] resolved) must cover, run with ``env`` in ``workdir``.
+    ``secrets``: values that messages show as ``***`` (the digest covers them as they are).
 
     Raises:
         PlanningError: a program a launcher names cannot be found, or the chain is too long.
     """
-    scope = Scope(executable=argv[0])
+    scope = Scope(executable=argv[0], secrets=[v for v in secrets if v])
 
     def where(raw: str) -> str:
         """A file argument's absolute path, as the workload will open it."""
@@ -151,8 +155,7 @@ def analyse(
             # Relative to the cwd of whoever runs las: a plan used again elsewhere (the
             # plan cache) would run another file than the one checked.
             raise PlanningError(
-                f"cannot pin {raw!r}: a relative path without a workdir depends on where "
-                "las runs",
+                f"cannot pin {raw!r}: a relative path without a workdir depends on where las runs",
                 hint="name it by its absolute path, or set runtime.native.workdir",
             )
         return os.path.join(workdir, raw)
@@ -503,7 +506,7 @@ def describe_words(scope: Scope) -> str:
     """The argv digest's input, briefly (long words shortened)."""
     words = [w if len(w) <= 40 else f"<{len(w.encode())} bytes>" for w in scope.words]
     env = [e if len(e) <= 60 else e[:57] + "..." for e in scope.loader_env]
-    return json.dumps([words, env], ensure_ascii=False)
+    return mask(json.dumps([words, env], ensure_ascii=False), sorted(scope.secrets, key=len)[::-1])
 
 
 def measure(scope: Scope) -> Measured:
