@@ -129,3 +129,38 @@ def test_secret_values_are_digested_but_never_shown() -> None:
     assert s.argv_digest == trust.argv_digest(
         ["-c", "tok=s3cr3t; exec srv"], ["LD_PRELOAD=/s3cr3t.so"]
     )
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"module": "m", "sha256": "a" * 64, "files": {"s.py": "b" * 64}}, "absolute path"),
+        ({"module": "m", "files": {"/s.py": "b" * 64}}, "needs sha256"),
+        ({"module": "m", "sha256": "a" * 64, "argv_sha256": "xyz"}, "64 hexadecimal"),
+        ({"module": "m", "sha256": "a" * 64, "files": {"/s.py": "B" * 63}}, "64 hexadecimal"),
+    ],
+)
+def test_malformed_pins_are_policy_errors(entry: dict[str, object], message: str) -> None:
+    import yaml
+
+    from localaistack.control.policy import parse_policy
+    from localaistack.errors import PolicyError
+
+    with pytest.raises(PolicyError, match=message) as exc:
+        parse_policy(yaml.safe_dump({"trusted_native": [entry]}), "p.yaml")
+    assert exc.value.message.startswith("p.yaml: invalid policy: trusted_native.0")
+
+
+def test_a_full_pin_round_trips() -> None:
+    import yaml
+
+    from localaistack.control.policy import parse_policy
+
+    entry = {
+        "module": "m",
+        "sha256": "A" * 64,
+        "files": {"/s.py": "b" * 64},
+        "argv_sha256": "c" * 64,
+    }
+    (t,) = parse_policy(yaml.safe_dump({"trusted_native": [entry]}), "p.yaml").trusted_native
+    assert (t.sha256, t.files, t.argv_sha256) == ("a" * 64, {"/s.py": "b" * 64}, "c" * 64)
