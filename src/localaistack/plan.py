@@ -252,6 +252,13 @@ class Parameter(_Frozen):
     secret: bool = False
 
 
+class PinnedFile(_Frozen):
+    """A file a trust pin covers, with the sha256 it was checked to have at planning."""
+
+    path: str  # absolute
+    sha256: str
+
+
 class NativeSpec(_Frozen):
     """How to run the workload as a host process."""
 
@@ -264,6 +271,9 @@ class NativeSpec(_Frozen):
     uid: int | None = None
     gid: int | None = None
     sandbox: tuple[str, ...] = ()  # argv prefix that runs the workload in a sandbox (bwrap ...)
+    # A trust pin's files (the executable first): the runtime hashes them again right
+    # before exec and refuses to start on any difference (docs/policy.md).
+    pinned: tuple[PinnedFile, ...] = ()
 
 
 class Volume(_Frozen):

@@ -90,7 +90,7 @@ def test_gpu_module_on_a_gpu_profile_and_on_this_machine(las_path) -> None:
     if not hw.gpus:
         assert here["gpus"] == []
         assert h["gpus"]["choice"] == "none"
-        assert "this machine has no GPU" in h["gpus"]["reason"]
+        assert "this machine has none that las found (" in h["gpus"]["reason"]
         assert native_env(here)["CUDA_VISIBLE_DEVICES"] == ""
     elif not fitting:
         assert here["gpus"] == []
@@ -135,7 +135,8 @@ def test_preferred_container_falls_back_to_trusted_native(las_path) -> None:
     assert plan["mode"] == "native"
     reason = decisions(plan)["mode"]["reason"]
     assert "the manifest prefers container, which is unavailable" in reason
-    assert "no usable container engine (podman: not installed; docker: not installed)" in reason
+    engines = "podman: not found on PATH; docker: not found on PATH"
+    assert f"no usable container engine ({engines})" in reason
     rejected = decisions(plan)["mode"]["rejected"]
     assert [r["option"] for r in rejected] == ["container"]
     assert plan["native"]["argv"][0] == "cf-server"  # --hardware: another machine
@@ -174,7 +175,7 @@ def test_container_mode_without_engine(las_path) -> None:
     )
     assert res.code == 3
     assert "--mode container is not possible: no usable container engine" in res.err
-    assert "podman: not installed" in res.err
+    assert "podman: not found on PATH" in res.err
     assert "hint: install and start Podman or Docker" in res.err
 
 

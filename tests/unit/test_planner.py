@@ -218,7 +218,7 @@ def test_fallback_reason_names_the_unavailable_preferred_mode() -> None:
     assert d.choice == "native"
     assert "prefers container, which is unavailable" in d.reason
     assert "no usable container engine" in d.reason
-    assert "podman: not installed" in d.reason
+    assert "podman: not found on PATH" in d.reason
 
 
 def test_policy_default_mode_reason() -> None:
@@ -243,8 +243,8 @@ def test_requested_container_without_engine_names_the_engines() -> None:
     with pytest.raises(NoCompatibleMode) as exc:
         plan(loaded, "no-engine", mode="container")
     assert "no usable container engine" in exc.value.message
-    assert "podman: not installed" in exc.value.message
-    assert "docker: not installed" in exc.value.message
+    assert "podman: not found on PATH" in exc.value.message
+    assert "docker: not found on PATH" in exc.value.message
 
 
 def test_requested_undeclared_mode() -> None:
@@ -271,7 +271,7 @@ def test_container_engine_policy() -> None:
     with pytest.raises(NoCompatibleMode) as exc:
         plan(loaded, "cpu-only", policy(container_engine="docker"))
     assert "podman: policy container_engine is 'docker'" in exc.value.message
-    assert "docker: not installed" in exc.value.message
+    assert "docker: not found on PATH" in exc.value.message
     p = plan(loaded, "2x24gib", policy(container_engine="docker"))
     assert p.container is not None and p.container.engine == "docker"
     engine = decision(p, "container engine")
@@ -299,7 +299,9 @@ def test_trust_pinned_to_the_executable_hash(tmp_path: Path) -> None:
     pinned = policy(trusted_native=[{"module": "svc", "sha256": digest}])
     p = plan(loaded, "cpu-only", pinned, which=lambda cmd, path: exe)
     assert p.mode == "native"
-    assert decision(p, "trust").choice == f"sha256 {digest}"
+    assert decision(p, "trust").choice == f"executable {exe}: sha256 {digest}"
+    assert decision(p, "trust").reason.startswith("matches the pin of the executable in")
+    assert p.native is not None and [(f.path, f.sha256) for f in p.native.pinned] == [(exe, digest)]
 
 
 def test_pinned_hash_mismatch_refuses_and_names_both_hashes(tmp_path: Path) -> None:
@@ -320,7 +322,7 @@ def test_unreadable_pinned_executable_is_a_planning_error(tmp_path: Path) -> Non
     loaded = manifest("svc", ("native",), "native")
     pinned = policy(trusted_native=[{"module": "svc", "sha256": "0" * 64}])
     missing = str(tmp_path / "gone")
-    with pytest.raises(PlanningError, match="cannot verify the pinned sha256"):
+    with pytest.raises(PlanningError, match="cannot verify the trust pin"):
         plan(loaded, "cpu-only", pinned, which=lambda cmd, path: missing)
 
 
@@ -447,7 +449,7 @@ def test_no_gpu_on_a_cpu_machine_is_explained_and_hidden() -> None:
     assert p.gpus == ()
     d = decision(p, "gpus")
     assert d.choice == "none"
-    assert "this machine has no GPU" in d.reason
+    assert "this machine has none, according to the hardware profile" in d.reason
     assert env_of(p)["CUDA_VISIBLE_DEVICES"] == ""
     assert p.resources.gpus == 0 and p.resources.vram == 0
 

@@ -292,14 +292,18 @@ def plan(
     help="Policy file (default: $LAS_HOME/policy.yaml, else built-in).",
 )
 def trust(module: str, sets: tuple[str, ...], policy_file: Path | None) -> None:
-    """Print the trusted_native entry that pins MODULE's executable (edits nothing).
+    """Print the trusted_native entry that pins what MODULE runs natively (edits nothing).
 
-    Resolves the executable a native plan would run and prints its sha256, as the line to
-    add to trusted_native in your policy. las never edits the policy for you.
+    Resolves what a native plan would run and prints each file it pins with its sha256
+    (the executable; for an interpreter, the files it executes) and the argv digest where
+    it pins one, then the entry to add to trusted_native in your policy. las never edits
+    the policy for you.
     """
-    import hashlib
+    import shutil
 
-    from localaistack.control import hardware
+    import yaml
+
+    from localaistack.control import hardware, trust
     from localaistack.control.catalog import resolve_module
     from localaistack.control.planner import PlanRequest, make_plan
     from localaistack.control.policy import TrustEntry, load_policy
@@ -312,7 +316,7 @@ def trust(module: str, sets: tuple[str, ...], policy_file: Path | None) -> None:
         raise UsageError(f"module {loaded.manifest.name!r} has no native mode: nothing to trust")
     policy = load_policy(policy_file, home)
     name = loaded.manifest.name
-    # Plan as if trusted (without a pin), only to learn which executable would run.
+    # Plan as if trusted (without a pin), only to learn what would run.
     probe = policy.model_copy(
         update={
             "trusted_native": [
@@ -320,7 +324,7 @@ def trust(module: str, sets: tuple[str, ...], policy_file: Path | None) -> None:
                 TrustEntry(module=name),
             ],
             "allowed_modes": ["native", "container"],
-            "native_allow_root": [name],  # only the executable matters here, not its user
+            "native_allow_root": [name],  # only what runs matters here, not its user
         }
     )
     plan = make_plan(
@@ -331,17 +335,34 @@ def trust(module: str, sets: tuple[str, ...], policy_file: Path | None) -> None:
         lambda host, _n: free_port(host),
     )
     assert plan.native is not None
-    exe = plan.native.argv[0]
-    digest = hashlib.sha256(Path(exe).read_bytes()).hexdigest()
+    env = {v.name: v.value for v in plan.native.env}
+    hidden = [p.value or "" for p in plan.parameters if p.secret]
+    hidden += [v.value for v in plan.native.env if v.secret]
+    scope = trust.analyse(
+        plan.native.argv, env, plan.native.workdir, lambda c, p: shutil.which(c, path=p), hidden
+    )
+    now = trust.measure(scope)
+    click.echo(f"# {name}: what runs natively, and what this pin covers:")
+    for line in now.lines():
+        click.echo(f"#   {line}")
+    for note in scope.notes:
+        click.echo(f"#   not covered: {note}")
+    click.echo(f"#   not covered: {trust.NOT_COVERED}")
     current = policy.trust_for(name)
-    click.echo(f"# {name}: native executable {exe}")
     if current is not None:
         state = "pinned to " + current.sha256 if current.sha256 else "trusted without a pin"
         click.echo(f"# {policy.source}: {name} is {state}")
     else:
         click.echo(f"# {policy.source}: {name} is not trusted for native execution")
     click.echo("# add (or replace) this entry under trusted_native in your policy file:")
-    click.echo(f"  - {{module: {name}, sha256: {digest}}}")
+    entry: dict[str, object] = {"module": name, "sha256": now.exe_sha256}
+    if now.argv_sha256 is None:
+        click.echo(f"  - {{module: {name}, sha256: {now.exe_sha256}}}")
+        return
+    entry["files"] = now.files
+    entry["argv_sha256"] = now.argv_sha256
+    text = yaml.safe_dump([entry], sort_keys=False, width=1 << 16, default_flow_style=False)
+    click.echo("".join(f"  {line}\n" for line in text.splitlines()), nl=False)
 
 
 def main(args: list[str] | None = None) -> None:

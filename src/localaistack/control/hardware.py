@@ -126,6 +126,8 @@ class EngineInfo(_Frozen):
     usable: bool
     version: str | None = None
     reason: str | None = None
+    # False: las did not ask (``probe_engines=False``): installed and usable say nothing.
+    probed: bool = True
 
 
 class CgroupInfo(_Frozen):
@@ -681,7 +683,7 @@ def detect_hardware(
     """Probe this machine. GPU and engine probes run concurrently; none of them raises.
 
     With ``probe_engines=False`` the container engines are not asked (that takes a few
-    hundred milliseconds) and are reported as not usable, with "not probed" as the reason.
+    hundred milliseconds) and are reported as not probed (``probed=False``, not usable).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -703,6 +705,7 @@ def detect_hardware(
                 usable=False,
                 version=None,
                 reason="not probed: not needed for this plan",
+                probed=False,
             )
             for n in ENGINE_NAMES
         )
@@ -765,8 +768,16 @@ def load_profile(path: str | os.PathLike[str]) -> HardwareProfile:
 
 
 def profile_json(profile: HardwareProfile) -> str:
-    """The profile as saved: indented JSON without ``source``, newline-terminated."""
-    return json.dumps(profile.model_dump(mode="json", exclude={"source"}), indent=2) + "\n"
+    """The profile as saved: indented JSON without ``source``, newline-terminated.
+
+    An engine's ``probed`` is written only when false (profiles written before it existed
+    stay byte-identical).
+    """
+    data = profile.model_dump(mode="json", exclude={"source"})
+    for engine in data["engines"]:
+        if engine.get("probed", True):
+            engine.pop("probed", None)
+    return json.dumps(data, indent=2) + "\n"
 
 
 def save_profile(profile: HardwareProfile, path: str | os.PathLike[str]) -> None:
@@ -831,7 +842,9 @@ def render_lines(profile: HardwareProfile) -> list[str]:
         why = "; ".join(f"{n.source}: {n.detail}" for n in profile.gpu_detection)
         lines.append(f"GPUs: none ({why})" if why else "GPUs: none")
     for e in profile.engines:
-        if e.usable:
+        if not e.probed:
+            lines.append(f"{e.name}: not probed")
+        elif e.usable:
             lines.append(f"{e.name}: usable, {e.version or 'version unknown'}")
         elif e.installed:
             version = f" {e.version}" if e.version else ""

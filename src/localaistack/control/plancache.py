@@ -19,7 +19,8 @@ without a cache. ``las plan`` never reads the cache. What a plan is keyed by:
   Docker's socket answers;
 * every environment variable the planner read, with its value (recorded while planning);
 * the executable the plan runs: its device, inode, size, mtime and ctime, so that a
-  replaced binary is planned (and its sha256 checked against a trust pin) again.
+  replaced binary is planned (and its sha256 checked against a trust pin) again; the same
+  for every file a trust pin covers (a script; the supervisor also hashes them before exec).
 
 Never cached: plans that hold a secret (a secret is written only to the instance's 0600
 secrets file), plans that assign a GPU, and plans made on a machine with GPUs for a module
@@ -261,6 +262,10 @@ class PlanCache:
             exe = entry["exe"]
             if exe is not None and _stat_id(exe[0]) != exe[1]:
                 return None
+            # A trust pin's files (a script, an interpreter found by env): changed, they
+            # are planned (and checked against the pin) again.
+            if any(_stat_id(path) != st for path, st in entry.get("pinned", ())):
+                return None
             plan = ExecutionPlan.from_json(entry["plan"])
             capacity = Capacity.from_dict(entry["capacity"])
             workdir = plan.native.workdir if plan.native else None
@@ -288,6 +293,9 @@ class PlanCache:
             "capacity": capacity.to_dict(),
             "env": env.read,
             "exe": [exe, _stat_id(exe)] if exe is not None else None,
+            "pinned": [[f.path, _stat_id(f.path)] for f in plan.native.pinned]
+            if plan.native is not None
+            else [],
         }
         try:
             private_dir(self.home, "cache", "plans")

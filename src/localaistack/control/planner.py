@@ -10,7 +10,6 @@ policy rules out is an error naming the rule.
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import pwd
 import shutil
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from localaistack.control import trust
 from localaistack.control.hardware import GpuInfo, HardwareProfile
 from localaistack.control.manifest import (
     TEMPLATE_RE,
@@ -52,6 +52,7 @@ from localaistack.plan import (
     NativeSpec,
     Parameter,
     ParamSource,
+    PinnedFile,
     PortBinding,
     ProbeKind,
     Rejected,
@@ -132,7 +133,7 @@ def _check_requirements(m: Manifest, hw: HardwareProfile) -> list[str]:
             unmet.append(
                 "this module requires a GPU"
                 + (f" with {format_size(vram)} of VRAM" if vram else "")
-                + "; this machine has none"
+                + f"; {_no_gpu(hw)}"
             )
         else:
             best = max(g.memory_total for g in hw.gpus)
@@ -155,6 +156,18 @@ def _check_requirements(m: Manifest, hw: HardwareProfile) -> list[str]:
     return unmet
 
 
+def _no_gpu(hw: HardwareProfile) -> str:
+    """Why the profile has no GPU, as far as it is known: what the probes said, or that a
+    saved profile lists none (las probed nothing here)."""
+    if hw.source != "detected":
+        return (
+            f"this machine has none, according to the hardware profile {hw.source} "
+            f"(collected {hw.collected_at}; not probed by las)"
+        )
+    why = "; ".join(f"{n.source}: {n.detail}" for n in hw.gpu_detection)
+    return "this machine has none that las found" + (f" ({why})" if why else "")
+
+
 def _engine_choice(hw: HardwareProfile, policy: Policy) -> tuple[str | None, str, list[Rejected]]:
     """The container engine to use, why, and the engines rejected."""
     rejected: list[Rejected] = []
@@ -170,8 +183,14 @@ def _engine_choice(hw: HardwareProfile, policy: Policy) -> tuple[str | None, str
                 )
             )
             continue
-        if info is None or not info.installed:
-            rejected.append(Rejected(option=name, reason="not installed"))
+        if info is None:
+            rejected.append(Rejected(option=name, reason="not in the hardware profile"))
+            continue
+        if not info.probed:
+            rejected.append(Rejected(option=name, reason="not probed"))
+            continue
+        if not info.installed:
+            rejected.append(Rejected(option=name, reason=info.reason or "not found on PATH"))
             continue
         if not info.usable:
             rejected.append(Rejected(option=name, reason=f"not usable: {info.reason}"))
@@ -196,42 +215,32 @@ def _untrusted(name: str, policy: Policy) -> str | None:
     return f"module {name!r} is not in policy trusted_native ({policy.source})"
 
 
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise PlanningError(
-            f"cannot verify the pinned sha256 of {path}: {exc.strerror}",
-            hint="the policy pins this module's executable; it must be readable",
-        ) from exc
-    return digest.hexdigest()
-
-
-def _check_pin(name: str, executable: str, policy: Policy) -> Decision | None:
-    """Verify a ``trusted_native`` sha256 pin against the resolved executable.
+def _check_pin(
+    name: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    workdir: str | None,
+    policy: Policy,
+    which: Callable[[str, str | None], str | None],
+    secrets: Sequence[str] = (),
+) -> tuple[Decision | None, tuple[PinnedFile, ...]]:
+    """Verify a ``trusted_native`` sha256 pin against what the plan runs: the executable,
+    and for an interpreter the files it executes and its argv digest (control/trust.py).
 
     Raises:
-        PolicyViolation: the executable's hash matches no pin (naming both hashes).
+        PolicyViolation: no pin matches (naming each pinned and actual digest).
+        PlanningError: a file the pin covers cannot be read.
     """
     entries = [t for t in policy.trusted_native if t.module == name]
     if not entries or any(t.sha256 is None for t in entries):
-        return None
-    pins = [t.sha256 for t in entries if t.sha256]
-    actual = _sha256_file(executable)
-    if actual not in pins:
-        raise PolicyViolation(
-            f"policy trusted_native pins {name!r} to sha256 {', '.join(pins)}, but "
-            f"{executable} has sha256 {actual} ({policy.source})",
-            hint="if the executable was replaced on purpose, update the pin in the policy",
-        )
-    return Decision(
-        topic="trust",
-        choice=f"sha256 {actual}",
-        reason=f"matches the pin in policy trusted_native ({policy.source})",
-    )
+        return None, ()
+    now = trust.measure(trust.analyse(argv, env, workdir, which, secrets))
+    how = trust.check(name, now, entries, policy.source)
+    reason = f"{how} in policy trusted_native ({policy.source}); not covered: {trust.NOT_COVERED}"
+    for note in now.scope.notes:
+        reason += f"; {note}"
+    pinned = tuple(PinnedFile(path=p, sha256=d) for p, d in now.pinned_files())
+    return Decision(topic="trust", choice="; ".join(now.lines()), reason=reason), pinned
 
 
 @dataclass(frozen=True)
@@ -444,7 +453,7 @@ def _container_refusal(m: Manifest, policy: Policy) -> str | None:
 
 
 def _check_modes(
-    m: Manifest, hw: HardwareProfile, policy: Policy, tier: Tier | None
+    m: Manifest, hw: HardwareProfile, policy: Policy, tier: Tier | None, requested: str | None
 ) -> tuple[dict[str, _ModeCheck], tuple[str | None, str, list[Rejected]]]:
     engine = _engine_choice(hw, policy)
     untrusted = _untrusted(m.name, policy)
@@ -471,14 +480,34 @@ def _check_modes(
             checks[mode] = _ModeCheck(
                 mode, False, _container_refusal(m, policy) or "", "container_privileges"
             )
+        elif mode == "container" and engine[0] is None and _unprobed(engine[2]):
+            # las did not ask the engines (--mode native): nothing is known about them.
+            why = (
+                f"--mode {requested} asked for"
+                if requested
+                else "the container engines were not probed"
+            )
+            checks[mode] = _ModeCheck(mode, False, f"not considered: {why}", "not_probed")
         elif mode == "container" and engine[0] is None:
             why = "; ".join(f"{r.option}: {r.reason}" for r in engine[2])
+            where = (
+                ""
+                if hw.source == "detected"
+                else f", according to the hardware profile {hw.source} (collected "
+                f"{hw.collected_at}; not probed by las)"
+            )
             checks[mode] = _ModeCheck(
-                mode, False, f"no usable container engine ({why})", "hardware"
+                mode, False, f"no usable container engine ({why}){where}", "hardware"
             )
         else:
             checks[mode] = _ModeCheck(mode, True, "")
     return checks, engine
+
+
+def _unprobed(rejected: Sequence[Rejected]) -> bool:
+    """Whether an engine las did not ask is among those rejected (then the container
+    mode's availability is unknown, and no claim about it is made)."""
+    return any(r.reason == "not probed" for r in rejected)
 
 
 def _select_mode(
@@ -507,6 +536,7 @@ def _select_mode(
                 "allowed_modes": "allow the mode in the policy's allowed_modes",
                 "tier": "the hardware tier of the policy decides; choose another mode",
                 "hardware": "install and start Podman or Docker, or use --mode native",
+                "not_probed": "plan on this machine (without --hardware) to probe the engines",
                 "container_privileges": "allow it in the policy's containers section, or "
                 "change the manifest",
             }[check.rule]
@@ -658,7 +688,7 @@ def _pick_gpus(
         return (), Decision(
             topic="gpus",
             choice="none",
-            reason="this machine has no GPU (hardware.gpu.optional allows running without one)",
+            reason=f"{_no_gpu(hw)} (hardware.gpu.optional allows running without one)",
         )
     held = held or {}
 
@@ -991,7 +1021,9 @@ def make_plan(
         )
     )
 
-    checks, (engine, engine_reason, engine_rejected) = _check_modes(m, hw, policy, tier)
+    checks, (engine, engine_reason, engine_rejected) = _check_modes(
+        m, hw, policy, tier, request.mode
+    )
     mode_decision = _select_mode(m, policy, checks, request.mode)
     decisions.append(mode_decision)
     mode = mode_decision.choice
@@ -1029,7 +1061,9 @@ def make_plan(
             Decision(
                 topic=f"port {spec.name}",
                 choice=f"{host}:{host_port}{inside}",
-                reason="a free port on the host address",
+                reason="a free port on the host address"
+                if resolve_executables
+                else f"free on this machine now; not checked on {hw.hostname} ({hw.source})",
             )
         )
 
@@ -1071,9 +1105,6 @@ def make_plan(
             shown_argv[0] = _shown_executable(argv[0], resolved, shown_argv[0], how)
             argv[0] = resolved
             decisions.append(Decision(topic="executable", choice=shown_argv[0], reason=how))
-            pin = _check_pin(m.name, argv[0], policy)
-            if pin is not None:
-                decisions.append(pin)
         else:
             decisions.append(
                 Decision(
@@ -1101,6 +1132,23 @@ def make_plan(
                 f"workdir {shown_workdir} does not exist or is not a directory",
                 hint="create it or fix runtime.native.workdir",
             )
+        pinned: tuple[PinnedFile, ...] = ()
+        if resolve_executables:
+            plain_env = {k: v.value for k, v in env.items()}
+            hidden = [p.value or "" for p in params if p.secret]
+            hidden += [v.value for v in env.values() if v.secret]
+            pin, pinned = _check_pin(m.name, argv, plain_env, workdir, policy, which, hidden)
+            if pin is not None:
+                decisions.append(pin)
+        elif any(t.module == m.name and t.sha256 for t in policy.trusted_native):
+            decisions.append(
+                Decision(
+                    topic="trust",
+                    choice="pinned, not checked",
+                    reason=f"this plan is for another machine ({hw.source}): its files "
+                    "are not here to hash; `las run` there checks the pin",
+                )
+            )
         run_as, user_decision = _native_user(
             m.name, policy, os.geteuid() if euid is None else euid, getpwnam, resolve_executables
         )
@@ -1126,6 +1174,7 @@ def make_plan(
             uid=run_as.uid if run_as else None,
             gid=run_as.gid if run_as else None,
             sandbox=sandbox,
+            pinned=pinned,
         )
     else:
         assert rt.container is not None and engine is not None

@@ -14,7 +14,7 @@ Two formats are read:
     allowed_modes: [container, native]
     default_mode: container
     container_engine: auto            # auto | podman | docker
-    trusted_native: [llama.cpp, {module: vllm, sha256: "..."}]
+    trusted_native: [llama.cpp, {module: vllm, sha256: "...", files: {...}, argv_sha256: "..."}]
     network: {host: 127.0.0.1, expose: {open-webui: 0.0.0.0}}
     overcommit: deny                  # deny | allow
     restarts: allow                   # allow | deny: may manifests ask for restarts?
@@ -36,7 +36,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from localaistack.control.boundedload import (
     MAX_FILE_BYTES,
@@ -62,16 +69,45 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _sha256_hex(v: str) -> str:
+    if len(v) != 64 or any(c not in "0123456789abcdef" for c in v.lower()):
+        raise ValueError("sha256 must be 64 hexadecimal characters")
+    return v.lower()
+
+
 class TrustEntry(_Strict):
+    """A module trusted for native execution; with ``sha256``, pinned (docs/policy.md).
+
+    ``sha256`` is argv[0]'s digest. ``files`` (absolute path -> sha256) and ``argv_sha256``
+    pin what an interpreter runs: the files it executes and the words that choose the
+    program (control/trust.py). An entry with ``sha256`` only is an executable-only pin.
+    """
+
     module: str
     sha256: str | None = None
+    files: dict[str, str] | None = None
+    argv_sha256: str | None = None
 
-    @field_validator("sha256")
+    @field_validator("sha256", "argv_sha256")
     @classmethod
     def _hex(cls, v: str | None) -> str | None:
-        if v is not None and (len(v) != 64 or any(c not in "0123456789abcdef" for c in v.lower())):
-            raise ValueError("sha256 must be 64 hexadecimal characters")
-        return v.lower() if v else v
+        return None if v is None else _sha256_hex(v)
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is None:
+            return None
+        for path in v:
+            if not path.startswith("/"):
+                raise ValueError(f"{path!r}: a pinned file is named by its absolute path")
+        return {path: _sha256_hex(digest) for path, digest in v.items()}
+
+    @model_validator(mode="after")
+    def _full_pin_has_executable(self) -> TrustEntry:
+        if (self.files is not None or self.argv_sha256 is not None) and self.sha256 is None:
+            raise ValueError("a pin with files or argv_sha256 needs sha256 (the executable's)")
+        return self
 
 
 def _check_address(v: str) -> str:

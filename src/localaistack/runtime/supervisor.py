@@ -92,6 +92,28 @@ def _prctl(option: int, arg: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def _pin_changed(pinned: Any) -> str | None:
+    """How a trust pin's file differs from its planned sha256 now (None: none does).
+
+    Hashed right before exec, to narrow the window between the planner's check and the
+    exec (docs/policy.md gives the cost: ~5 ms for a 10 MB binary here).
+    """
+    import hashlib
+
+    for item in pinned:
+        path, want = item["path"], item["sha256"]
+        digest = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+        except OSError as exc:
+            return f"{path} cannot be read ({exc.strerror}): pinned sha256 {want}"
+        if digest.hexdigest() != want:
+            return f"{path} changed: pinned sha256 {want}, now {digest.hexdigest()}"
+    return None
+
+
 def _child_setup(
     supervisor_pid: int,
     cgroup_procs: list[str] | None,
@@ -492,6 +514,14 @@ class Supervisor:
         import subprocess
 
         native = self.plan["native"]
+        changed = _pin_changed(native.get("pinned", ()))
+        if changed is not None:  # a trust pin's file changed since planning: never exec it
+            name = self.plan["module"]["name"]
+            self._start_failed(
+                f"refused to start: {changed}; the trust pin covers it (re-pin with "
+                f"`las trust {name}` if the change is intended)"
+            )
+            return None
         env = {v["name"]: v["value"] for v in native["env"]}
         # A sandbox (bwrap) is an argv prefix: it execs the workload's argv inside.
         self.sandboxed = bool(native.get("sandbox"))
