@@ -657,7 +657,10 @@ def test_listener_on_a_forbidden_address_is_stopped(
     wait_until(lambda: las.state("open") == "failed", message="stopped for its listener")
     info = las.ps()["open"]
     port = info["ports"][0].split("->")[0].rsplit(":", 1)[1]
-    assert info["reason"] == f"listening on 0.0.0.0:{port}; policy allows 127.0.0.1 only"
+    pid = las.inspect("open")["runs"][0]["pid"]
+    assert info["reason"] == (
+        f"listening on 0.0.0.0:{port} (TCP, pid {pid}); policy allows 127.0.0.1 only"
+    )
     assert not pid_alive(las.inspect("open")["runs"][0]["pid"])
 
 
