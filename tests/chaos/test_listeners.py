@@ -11,6 +11,7 @@ for this loaded machine. Loopback listeners and a connected UDP client must not 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sqlite3
 import sys
@@ -152,3 +153,24 @@ def test_a_connected_udp_client_is_no_listener(
     # It is bound to 0.0.0.0 first, then connected: its local address is not loopback.
     assert stamp.read_text().split()[2] == local
     assert os.path.exists(stamp)
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap not installed")
+def test_a_listener_in_the_sandbox_network_namespace(
+    las: Las, module_factory: ModuleFactory
+) -> None:
+    # No ports: bwrap gives the workload a network namespace of its own (only lo). The
+    # check dumps that namespace too (setns, as root) and applies the same policy.
+    if os.geteuid() != 0:
+        pytest.skip("the sandbox's namespace is reached with setns, which needs root")
+    path = module_factory(
+        "sbx", [*LISTENER, "--stamp", "-", "--delay", "2"], policy={"native_sandbox": "bwrap"}
+    )
+    las.ok("run", str(path))
+    wait_until(lambda: "stamp " in las.ok("logs", "sbx").out, timeout=30, message="opened")
+    opened, port, _ = las.ok("logs", "sbx").out.split("stamp ")[1].split()[:3]
+    wait_until(lambda: las.state("sbx") == "failed", timeout=CATCH + MARGIN + 10, message="caught")
+    info = las.inspect("sbx")
+    assert str(info["reason"]).startswith(f"listening on 0.0.0.0:{port} (TCP, pid "), info
+    stopping, _ = _times(las, info["runs"][0]["run_id"])
+    assert stopping is not None and stopping - float(opened) < CATCH + MARGIN

@@ -3,7 +3,7 @@
 After ``--delay`` seconds it (or, ``--via grandchild``, a double-forked descendant in a
 session of its own) opens a ``--proto`` socket bound to ``--addr`` (TCP: listening; UDP:
 bound, or with ``--connect HOST`` connected to HOST port 9, a client), writes the time and
-the port to ``--stamp`` right after, prints ``opened`` and sleeps.
+the port to ``--stamp`` right after (``-``: to stdout), prints ``opened`` and sleeps.
 """
 
 from __future__ import annotations
@@ -24,8 +24,12 @@ def open_socket(args: argparse.Namespace) -> socket.socket:
         s.listen()
     elif args.connect:
         s.connect((args.connect, 9))
+    line = f"{time.time()} {s.getsockname()[1]} {s.getsockname()[0]}\n"
+    if args.stamp == "-":  # (a sandbox cannot write files) on stdout
+        print("stamp", line, end="", flush=True)
+        return s
     with open(args.stamp + ".tmp", "w") as f:
-        f.write(f"{time.time()} {s.getsockname()[1]} {s.getsockname()[0]}\n")
+        f.write(line)
     os.replace(args.stamp + ".tmp", args.stamp)
     return s
 

@@ -13,9 +13,14 @@ it outlives the ``las`` command. For a native workload it
 * captures stdout and stderr into the run's log file, never blocking the workload on a full
   disk (lost lines are counted);
 * runs the health probe (non-blocking, in the same event loop) and records transitions;
-* on SIGTERM (what ``las stop`` sends it), sends the plan's stop signal to the group and the
-  cgroup, waits the stop timeout, then SIGKILLs them, and records which of the two ended it;
-* reaps the workload, kills what is left of its tree, and records the end durably;
+* on SIGTERM (what ``las stop`` sends it), sends the plan's stop signal to every process of
+  the run (its cgroup's members and our descendants: those that left the process group
+  too), waits the stop timeout, then SIGKILLs them, and records which of the two ended it;
+* reaps the workload, kills what is left of the run until nothing is (counted in the
+  reason), removes the cgroup, and records the end durably;
+* once a second, checks the run's listening sockets (sock_diag: TCP and UDP, IPv4 and
+  IPv6) against the policy and, without a cgroup, records the run's processes for the next
+  ``las`` command should this process die;
 * when the plan asks for restarts, starts the next attempt (a run of its own) after a
   bounded, growing backoff.
 
@@ -25,8 +30,9 @@ the same states, logs, probes and restarts; it becomes child subreaper only once
 container runs (the engine's own processes are not its children, as after a ``run -d`` by
 hand). ``--adopt CONTAINER --since TIME`` follows a container whose supervisor died.
 
-It sleeps in ``select`` while nothing happens: no polling (only the probe's cadence, and a
-memory sampler where no cgroup can enforce a limit). Standard library only, and it imports
+It sleeps in ``select`` while nothing happens, but for the probe's cadence, the once-a-second
+watch above (~0.1 % of a core, bench/native.py), and a memory sampler where no cgroup can
+enforce a limit. Standard library only, and it imports
 as little as it can: it starts often and lives long.
 """
 
@@ -834,15 +840,17 @@ class Supervisor:
         if self.listen_allowed is None and not untracked:
             return
         self.next_watch = time.monotonic() + WATCH_FIRST
-        if self.listen_allowed is not None and not hasattr(self, "dumpers"):
-            from localaistack.runtime import sockdiag  # only a native run pays for it
 
-            self.sockdiag = sockdiag
-            self.own_netns = sockdiag.netns_of(self.me)
-            # network namespace inode -> its sock_diag socket (None: cannot be made)
-            self.dumpers: dict[int | None, sockdiag.Dumper | None] = {}
-            self.netns: dict[int, int | None] = {}  # member -> its namespace
-            self.foreign: set[int] = set()  # socket inodes on a bad address, not the run's
+    def _listen_setup(self) -> None:
+        """At the first check (off the start path: importing socket costs ~4 ms)."""
+        from localaistack.runtime import sockdiag
+
+        self.sockdiag = sockdiag
+        self.own_netns = sockdiag.netns_of(self.me)
+        # network namespace inode -> its sock_diag socket (None: cannot be made)
+        self.dumpers: dict[int | None, sockdiag.Dumper | None] = {}
+        self.netns: dict[int, int | None] = {}  # member -> its namespace
+        self.foreign: set[int] = set()  # socket inodes on a bad address, not the run's
 
     def _watch_tree(self, pid: int) -> None:
         """The periodic look at the run's processes (every WATCH_EVERY seconds)."""
@@ -889,6 +897,8 @@ class Supervisor:
         unconnected UDP sockets, IPv4 and IPv6, of any process of the run)."""
         allowed = self.listen_allowed
         assert allowed is not None
+        if not hasattr(self, "dumpers"):
+            self._listen_setup()
         # The namespaces of the run's processes (a sandbox may give it one of its own).
         self.netns = {p: self.netns.get(p) or self.sockdiag.netns_of(p) for p in members}
         spaces = {self.own_netns: self.me}
