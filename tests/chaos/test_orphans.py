@@ -76,7 +76,7 @@ def _start(
     las: Las, module_factory: ModuleFactory, tmp_path: Path, name: str, *flags: str, **rt: object
 ) -> tuple[Tree, str]:
     pidfile = tmp_path / f"{name}.pids"
-    las.ok("run", str(module_factory(name, [*ESCAPER, "--pidfile", str(pidfile), *flags], **rt)))
+    las("run", str(module_factory(name, [*ESCAPER, "--pidfile", str(pidfile), *flags], **rt)))
     wait_until(
         lambda: "ready" in las.ok("logs", name).out or las.state(name) != "running",
         timeout=30,
@@ -213,6 +213,40 @@ def test_main_crashes_leaving_escaped_children(
     assert info["state"] == "failed"
     sig = {"segv": "SIGSEGV", "abort": "SIGABRT"}[how]
     assert str(info["reason"]).startswith(f"killed by signal {sig}"), info["reason"]
+    assert _leftovers(str(info["reason"])) == 2, info["reason"]
+
+
+def test_out_of_memory_leaves_nothing(
+    las: Las, module_factory: ModuleFactory, tmp_path: Path, boundary: str
+) -> None:
+    # cgroup: the kernel's OOM killer ends the main process (the largest); no cgroup: the
+    # supervisor's RSS sampler kills the run. Either way its escaped children go too.
+    tree, run_id = _start(
+        las, module_factory, tmp_path, "hog", "--many", "2", "--main", "hog",
+        resources={"memory": "96MiB"},
+    )  # fmt: skip
+    wait_until(lambda: las.state("hog") != "running", timeout=30, message="killed for memory")
+    info = _assert_ended(las, "hog", tree, run_id)
+    assert info["state"] == "failed"
+    assert str(info["reason"]).startswith("out of memory (limit 96MiB; "), info["reason"]
+    assert _leftovers(str(info["reason"])) == 2, info["reason"]
+
+
+def test_a_health_failure_stop_leaves_nothing(
+    las: Las, module_factory: ModuleFactory, tmp_path: Path, boundary: str
+) -> None:
+    # Never healthy: stopped at the start timeout with the stop signal, which its escaped
+    # children ignore: SIGKILL after the stop timeout. The probe's own process is las's,
+    # not the workload's: it is not counted.
+    tree, run_id = _start(
+        las, module_factory, tmp_path, "sick", "--many", "2",
+        health={"command": ["false"], "interval": "300ms", "start_timeout": "3s"},
+        stop={"timeout": "1s"},
+    )  # fmt: skip
+    wait_until(lambda: las.state("sick") != "running", timeout=30, message="the health stop")
+    info = _assert_ended(las, "sick", tree, run_id)
+    assert info["state"] == "failed"
+    assert str(info["reason"]).startswith("did not become healthy within 3s"), info["reason"]
     assert _leftovers(str(info["reason"])) == 2, info["reason"]
 
 

@@ -5,7 +5,7 @@ exiting, as a daemon does), ignores SIGTERM unless ``--obey-term``, appends its 
 ``--pidfile`` and sleeps; ``--chain N`` makes each one start the next (N generations),
 ``--many N`` starts N of them side by side. Once every pid is in the file the main process
 prints ``ready`` and then does what ``--main`` says: ``wait`` (sleep; ``--main-ignore-term``
-ignores SIGTERM), ``exit0``, ``segv`` or ``abort``.
+ignores SIGTERM), ``exit0``, ``segv``, ``abort`` or ``hog`` (allocate memory until killed).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main() -> None:
     p.add_argument("--many", type=int, default=1)
     p.add_argument("--double-fork", action="store_true")
     p.add_argument("--obey-term", action="store_true")
-    p.add_argument("--main", choices=["wait", "exit0", "segv", "abort"], default="wait")
+    p.add_argument("--main", choices=["wait", "exit0", "segv", "abort", "hog"], default="wait")
     p.add_argument("--main-ignore-term", action="store_true")
     args = p.parse_args()
     if args.main_ignore_term:
@@ -70,6 +70,10 @@ def main() -> None:
         os.kill(os.getpid(), signal.SIGSEGV)
     if args.main == "abort":
         os.abort()
+    hog = []
+    while args.main == "hog":
+        hog.append(bytearray(8 << 20))
+        time.sleep(0.01)
     while True:
         time.sleep(3600)
 
