@@ -1197,10 +1197,6 @@ class Supervisor:
 
     def _kill_members(self, exclude: int | None = None) -> int:
         """SIGKILL every live member once (counted as leftovers); returns how many."""
-        cg = self.attempt.cgroup
-        if cg is not None and cg.version == "v2":
-            with contextlib.suppress(OSError):  # kernel 5.14+: every member, forks included
-                cgroups._write(os.path.join(cg.path, "cgroup.kill"), "1")
         n = 0
         for member in self._members():
             st = procs.stat(member)
@@ -1210,6 +1206,10 @@ class Supervisor:
                 os.kill(member, signal.SIGKILL)
                 self.leftovers.add(member)
                 n += 1
+        cg = self.attempt.cgroup
+        if cg is not None and cg.version == "v2" and n:
+            with contextlib.suppress(OSError):  # kernel 5.14+: forks since the look too
+                cgroups._write(os.path.join(cg.path, "cgroup.kill"), "1")
         return n
 
     def _sweep(self) -> None:
