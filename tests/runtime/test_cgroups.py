@@ -239,6 +239,33 @@ def test_existing_finds_and_remove_removes(make: Make) -> None:
     cg.remove()  # twice is harmless
 
 
+def test_kill_all_without_waiting_still_signals(make: Make) -> None:
+    # timeout=0 once returned before signalling anyone: a run's leftovers survived it.
+    cg, _ = make()
+    proc = _start(cg, "import time; print('up', flush=True); time.sleep(30)")
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+    assert cg.kill_all(timeout=0) == 1
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+    proc.communicate()
+
+
+def test_remove_says_what_stays(make: Make) -> None:
+    cg, _ = make()
+    proc = _start(cg, "import time; print('up', flush=True); time.sleep(30)")
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+    try:
+        failed = cg.remove(retries=2)  # a member is alive: the directory is busy
+        assert failed and all("busy" in f for f in failed), failed
+        assert failed[0].startswith(cg.paths[0])
+    finally:
+        _stop(proc)
+    wait = time.monotonic() + 5
+    while cg.remove() and time.monotonic() < wait:
+        time.sleep(0.01)
+    assert cg.remove() == []  # gone, and gone again is no failure
+    assert cgroups.existing(os.path.basename(cg.path)) is None
+
+
 def test_join_accepts_a_single_file(make: Make) -> None:
     cg, _ = make()
     procs_file = cg.procs_file

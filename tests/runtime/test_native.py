@@ -140,7 +140,11 @@ def test_natural_exit_kills_leftover_descendants(las: Las, module_factory: Modul
         if e.isdigit() and pid_alive(int(e)) and _pgid(int(e)) == pgid
     ]
     assert left == []
-    assert las.ps()["leaver"]["reason"] == "exited on its own with code 0"
+    # The reason counts what had to be killed (the background sleep).
+    assert (
+        las.ps()["leaver"]["reason"]
+        == "exited on its own with code 0; 1 leftover process(es) killed"
+    )
 
 
 def _pgid(pid: int) -> int | None:
@@ -657,7 +661,10 @@ def test_listener_on_a_forbidden_address_is_stopped(
     wait_until(lambda: las.state("open") == "failed", message="stopped for its listener")
     info = las.ps()["open"]
     port = info["ports"][0].split("->")[0].rsplit(":", 1)[1]
-    assert info["reason"] == f"listening on 0.0.0.0:{port}; policy allows 127.0.0.1 only"
+    pid = las.inspect("open")["runs"][0]["pid"]
+    assert info["reason"] == (
+        f"listening on 0.0.0.0:{port} (TCP, pid {pid}); policy allows 127.0.0.1 only"
+    )
     assert not pid_alive(las.inspect("open")["runs"][0]["pid"])
 
 

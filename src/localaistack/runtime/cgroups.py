@@ -104,15 +104,23 @@ class RunCgroup:
         ``timeout=0`` signals the members once and returns at once (no waiting for them to
         leave the cgroup).
         """
+        return len(self.kill_members(timeout))
+
+    def members(self) -> set[int]:
+        """Members of every directory (v1: one may have left one hierarchy, not another)."""
+        found: set[int] = set()
+        for f in self.procs_files:
+            found.update(_read_pids(f))
+        return found
+
+    def kill_members(self, timeout: float = 2.0) -> set[int]:
+        """``kill_all``, returning the pids it signalled."""
         killed: set[int] = set()
         deadline = time.monotonic() + timeout
-        files = self.procs_files
         while True:
-            members: set[int] = set()
-            for f in files:  # v1: a member may have left one hierarchy but not another
-                members.update(_read_pids(f))
-            if not members or time.monotonic() > deadline:
-                return len(killed)
+            members = self.members()
+            if not members:
+                return killed
             if self.version == "v2":  # kernel 5.14+: kills every member, forks included
                 with contextlib.suppress(OSError):
                     _write(os.path.join(self.path, "cgroup.kill"), "1")
@@ -121,21 +129,30 @@ class RunCgroup:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                     killed.add(pid)
-            if timeout <= 0:
-                return len(killed)
+            if timeout <= 0 or time.monotonic() > deadline:
+                return killed
             time.sleep(0.005)
 
-    def remove(self, retries: int = 20) -> None:
-        """Remove every directory; one still busy after ``retries`` tries (10 ms apart) stays."""
+    def remove(self, retries: int = 20) -> list[str]:
+        """Remove every directory; returns what could not be removed, with why.
+
+        A directory still busy after ``retries`` tries (10 ms apart) stays; so does one
+        that is not ours to remove. A directory already gone is no failure.
+        """
+        failed: list[str] = []
         for path in self.paths:
-            for _ in range(retries):
+            for attempt in range(retries):
                 try:
                     os.rmdir(path)
                 except OSError as exc:
-                    if exc.errno == errno.EBUSY:  # members still exiting
-                        time.sleep(0.01)
+                    if exc.errno == errno.ENOENT:
+                        break
+                    if exc.errno == errno.EBUSY and attempt < retries - 1:
+                        time.sleep(0.01)  # members still exiting
                         continue
-                break  # gone (or ENOENT, or not ours to remove)
+                    failed.append(f"{path}: {_why(exc)}")
+                break
+        return failed
 
     def oom_kills(self) -> int:
         """Processes the kernel's OOM killer ended in this cgroup (0 when unknown)."""

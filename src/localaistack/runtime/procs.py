@@ -107,6 +107,37 @@ def children_of(pid: int) -> list[ProcStat]:
     return [s for s in all_stats() if s.ppid == pid and s.state != "Z"]
 
 
+def descendants(pid: int, skip: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """Every descendant of ``pid`` (zombies too), from ``/proc/PID/task/TID/children``,
+    but not those in ``skip`` and their own descendants.
+
+    The cost is that of the tree, not of every process on the machine. Processes forked or
+    re-parented during the walk may be missed: callers that must reach all of them (the
+    supervisor's end of a run) walk again until none is left.
+    """
+    out: list[int] = []
+    todo = [pid]
+    seen = {pid, *skip}
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children", "rb") as f:
+                    kids = f.read().split()
+            except OSError:
+                continue
+            for kid in map(int, kids):
+                if kid not in seen:
+                    seen.add(kid)
+                    out.append(kid)
+                    todo.append(kid)
+    return out
+
+
 def signal_name(num: int) -> str:
     try:
         import signal  # imported here: spawn.py uses this module before the spawn

@@ -13,9 +13,14 @@ it outlives the ``las`` command. For a native workload it
 * captures stdout and stderr into the run's log file, never blocking the workload on a full
   disk (lost lines are counted);
 * runs the health probe (non-blocking, in the same event loop) and records transitions;
-* on SIGTERM (what ``las stop`` sends it), sends the plan's stop signal to the group and the
-  cgroup, waits the stop timeout, then SIGKILLs them, and records which of the two ended it;
-* reaps the workload, kills what is left of its tree, and records the end durably;
+* on SIGTERM (what ``las stop`` sends it), sends the plan's stop signal to every process of
+  the run (its cgroup's members and our descendants: those that left the process group
+  too), waits the stop timeout, then SIGKILLs them, and records which of the two ended it;
+* reaps the workload, kills what is left of the run until nothing is (counted in the
+  reason), removes the cgroup, and records the end durably;
+* once a second, checks the run's listening sockets (sock_diag: TCP and UDP, IPv4 and
+  IPv6) against the policy and, without a cgroup, records the run's processes for the next
+  ``las`` command should this process die;
 * when the plan asks for restarts, starts the next attempt (a run of its own) after a
   bounded, growing backoff.
 
@@ -25,8 +30,9 @@ the same states, logs, probes and restarts; it becomes child subreaper only once
 container runs (the engine's own processes are not its children, as after a ``run -d`` by
 hand). ``--adopt CONTAINER --since TIME`` follows a container whose supervisor died.
 
-It sleeps in ``select`` while nothing happens: no polling (only the probe's cadence, and a
-memory sampler where no cgroup can enforce a limit). Standard library only, and it imports
+It sleeps in ``select`` while nothing happens, but for the probe's cadence, the once-a-second
+watch above (~0.1 % of a core, bench/native.py), and a memory sampler where no cgroup can
+enforce a limit. Standard library only, and it imports
 as little as it can: it starts often and lives long.
 """
 
@@ -68,9 +74,13 @@ TAIL_BYTES = 8192  # of each stream, kept to quote in a failure's reason
 ERROR_LINE = re.compile(
     r"(^|\s)(E|ERROR|FATAL|CRITICAL)(\s|:)|(?i:\b(error|failed|cannot|couldn't|invalid|fatal)\b)"
 )
-# When to look at the workload's listening sockets: seconds after its start, then at the
-# health cadence (every 30 s without a probe).
-LISTEN_CHECKS = (0.5, 2.0, 5.0)
+# How often the supervisor looks at the run's processes: their listening sockets (a TCP
+# listener or unbound UDP socket on an address the policy does not allow is caught within
+# ~WATCH_EVERY of being opened) and, where no cgroup tracks them, which of them left the
+# process group (recorded, for the next las command should this process die).
+WATCH_FIRST = 0.3  # seconds after the start
+WATCH_EVERY = 1.0
+SWEEP_LIMIT = 5.0  # seconds the end of a run goes on killing what is left of the run
 SAMPLE_EVERY = 0.5  # seconds between RSS samples, only where no cgroup enforces a limit
 F_SETPIPE_SZ = 1031
 
@@ -372,8 +382,10 @@ class Supervisor:
         self.sample_memory: int | None = None
         self.next_sample: float | None = None
         self.violation: str | None = None
-        self.next_listen_check: float | None = None
-        self.listen_checks = 0
+        self.next_watch: float | None = None
+        self.leftovers: set[int] = set()  # processes other than the main one SIGKILLed
+        self.probe_pids: set[int] = set()  # command probes: ours, not the workload's
+        self.known: dict[int, int | None] = {}  # members seen by the watch -> start time
         self.last_lines = {}
         launched = self._launch_container() if self.container else self._launch_native()
         if launched is None:
@@ -410,8 +422,7 @@ class Supervisor:
         else:
             if self.sample_memory:
                 self.next_sample = time.monotonic()
-            if self._allowed_listen() is not None:  # something to check
-                self.next_listen_check = time.monotonic() + LISTEN_CHECKS[0]
+            self._watch_setup(cg is None)
         if self.stop_requested:
             self._begin_stop()
         elif self.health_spec is not None:
@@ -421,11 +432,14 @@ class Supervisor:
         self._cancel_probe()
         self.next_probe = None
 
-        # The workload is gone: end what is left of its group and any orphan that came back
-        # to us as subreaper, then read what they wrote until the pipes close. (For a
-        # container, `logs --follow` ends by itself once the container has stopped.)
+        # The workload is gone: end what is left of the run (its cgroup, and every
+        # descendant of ours: orphans came back to us as subreaper), then read what they
+        # wrote until the pipes close. (For a container, `logs --follow` ends by itself once
+        # the container has stopped.)
+        self.next_watch = None
         if not self.container:
-            self._kill_all(main_pid, wait=False)
+            self._stop_grace(streams)
+            self._sweep()
         deadline = time.monotonic() + DRAIN_AFTER_EXIT
         while streams and time.monotonic() < deadline:
             for key, _ in self.sel.select(max(0.0, deadline - time.monotonic())):
@@ -462,6 +476,13 @@ class Supervisor:
             state, reason = "failed", self.health_failure
         elif oom is not None and not by_request:
             state, reason = "failed", oom
+        if self.leftovers:
+            reason += f"; {len(self.leftovers)} leftover process(es) killed"
+        if cg:
+            # Before the record, so that a directory that stays is in the reason.
+            not_removed = cg.remove()
+            if not_removed:
+                reason += f"; cgroup not removed: {', '.join(not_removed)}"
         dropped = self.writer.dropped_lines  # the workload's lines (not our final note)
         if dropped:
             reason += f"; {dropped} log line(s) could not be written"
@@ -484,8 +505,6 @@ class Supervisor:
             lines_dropped=dropped,
             health=self.health.state,
         )
-        if cg:
-            cg.remove()  # after the record: removal can wait on the kernel for a moment
         if restart:
             return reason
         self.report_ready({"state": state, "reason": reason})
@@ -565,9 +584,8 @@ class Supervisor:
             )
         except subprocess.SubprocessError as exc:  # the child's setup failed (not the exec)
             user = f" as {native['user']} (uid {native['uid']})" if creds else ""
-            self._start_failed(f"could not start{user}: the process setup failed: {exc}")
-            if cg:
-                cg.remove()
+            reason = f"could not start{user}: the process setup failed: {exc}"
+            self._start_failed(reason + self._remove_cgroup(cg))
             return None
         except OSError as exc:
             # Told from the real workdir, shown from the shown plan.
@@ -575,9 +593,7 @@ class Supervisor:
             reason = describe_start_error(
                 exc, shown[0], native.get("workdir"), self.shown["native"].get("workdir")
             )
-            self._start_failed(reason)
-            if cg:
-                cg.remove()
+            self._start_failed(reason + self._remove_cgroup(cg))
             return None
         self.attempt.pid = proc.pid
         self.attempt.pid_start = procs.start_time(proc.pid)
@@ -588,11 +604,14 @@ class Supervisor:
         streams = {proc.stdout.fileno(): "O", proc.stderr.fileno(): "E"}
         self._watch(streams)
         self._keep = [proc]
-        return (
-            proc.pid,
-            streams,
-            {"cgroup": cg.paths if cg else None, "limits": limit_notes},
-        )
+        self.handle: dict[str, Any] = {"cgroup": cg.paths if cg else None, "limits": limit_notes}
+        return proc.pid, streams, self.handle
+
+    @staticmethod
+    def _remove_cgroup(cg: cgroups.RunCgroup | None) -> str:
+        """Remove the run's cgroup; what stays, as a reason's suffix ("" when all went)."""
+        failed = cg.remove() if cg else []
+        return f"; cgroup not removed: {', '.join(failed)}" if failed else ""
 
     @staticmethod
     def _affinity_read_back(pid: int, pin: list[int], note: str) -> str:
@@ -802,7 +821,7 @@ class Supervisor:
                 t
                 for t in (
                     self.next_sample,
-                    self.next_listen_check,
+                    self.next_watch,
                     self.stop_deadline,
                     self.next_probe,
                     self.probe.deadline if self.probe else None,
@@ -846,8 +865,8 @@ class Supervisor:
                 self._start_probe()
             if self.next_sample is not None and now >= self.next_sample:
                 self._sample_memory(pid)
-            if self.next_listen_check is not None and now >= self.next_listen_check:
-                self._check_listeners(pid)
+            if self.next_watch is not None and now >= self.next_watch:
+                self._watch_tree(pid)
 
     def _allowed_listen(self) -> set[str] | None:
         """Addresses the workload may listen on besides loopback; None: anything goes."""
@@ -856,36 +875,119 @@ class Supervisor:
             return None  # the policy exposes this module on every address
         return hosts
 
-    def _check_listeners(self, pid: int) -> None:
-        """Stop a workload listening where the policy does not allow (a late bind too)."""
-        allowed = self._allowed_listen()
-        assert allowed is not None
+    def _watch_setup(self, untracked: bool) -> None:
+        """Arm the watch of the run's processes: the listener check (unless the policy
+        exposes the module everywhere) and, ``untracked`` (no cgroup), the record of them."""
+        self.listen_allowed = self._allowed_listen()
+        self.track = untracked
+        if self.listen_allowed is None and not untracked:
+            return
+        self.next_watch = time.monotonic() + WATCH_FIRST
+
+    def _listen_setup(self) -> None:
+        """At the first check (off the start path: importing socket costs ~4 ms)."""
+        from localaistack.runtime import sockdiag
+
+        self.sockdiag = sockdiag
+        self.own_netns = sockdiag.netns_of(self.me)
+        # network namespace inode -> its sock_diag socket (None: cannot be made)
+        self.dumpers: dict[int | None, sockdiag.Dumper | None] = {}
+        self.netns: dict[int, int | None] = {}  # member -> its namespace
+        self.foreign: set[int] = set()  # socket inodes on a bad address, not the run's
+
+    def _watch_tree(self, pid: int) -> None:
+        """The periodic look at the run's processes (every WATCH_EVERY seconds)."""
+        self.next_watch = time.monotonic() + WATCH_EVERY
         cg = self.attempt.cgroup
-        members = cg.pids() if cg else [p.pid for p in procs.group_members(pid)]
-        for addr, port in procs.listening_sockets(members):
-            if addr in allowed or addr.startswith("127.") or addr == "::1":
+        members = cg.members() if cg else set(procs.descendants(self.me, self.probe_pids))
+        if self.track:
+            self._record_members(members - {pid})
+        if self.listen_allowed is not None and not self.stopping:
+            self._check_listeners(members | {pid})
+
+    def _record_members(self, others: set[int]) -> None:
+        """No cgroup: keep the run's processes but the main one (pid, start time) in the
+        run's handle, for the next las command to kill should this process die (they have
+        no parent-death signal, and would be re-parented to init). Written on a change."""
+        if others == set(self.known):
+            return
+        self.known = {p: self.known.get(p) or procs.start_time(p) for p in others}
+        self.handle["descendants"] = sorted([p, s] for p, s in self.known.items() if s)
+        handle = json.dumps(self.handle)
+        self._write(
+            lambda c: c.execute("UPDATE runs SET handle=? WHERE run_id=?", (handle, self.run_id)),
+            "the run's processes",
+        )
+
+    def _dumper(self, netns: int | None, pid: int) -> Any:
+        """The sock_diag socket of a network namespace (made once; None: it cannot be)."""
+        if netns in self.dumpers:
+            return self.dumpers[netns]
+        where = None if netns == self.own_netns else f"/proc/{pid}/ns/net"
+        try:
+            dumper = self.sockdiag.Dumper(where)
+        except OSError as exc:
+            dumper = None
+            self._note(
+                f"las: the listener check cannot see the network namespace of pid {pid}: "
+                f"{exc.strerror or exc}"
+            )
+        self.dumpers[netns] = dumper
+        return dumper
+
+    def _check_listeners(self, members: set[int]) -> None:
+        """Stop a workload that listens where the policy does not allow (TCP listeners and
+        unconnected UDP sockets, IPv4 and IPv6, of any process of the run)."""
+        allowed = self.listen_allowed
+        assert allowed is not None
+        if not hasattr(self, "dumpers"):
+            self._listen_setup()
+        # The namespaces of the run's processes (a sandbox may give it one of its own).
+        self.netns = {p: self.netns.get(p) or self.sockdiag.netns_of(p) for p in members}
+        spaces = {self.own_netns: self.me}
+        for p, ns in self.netns.items():
+            if ns is not None:
+                spaces.setdefault(ns, p)
+        suspects = []
+        for ns, p in spaces.items():
+            dumper = self._dumper(ns, p)
+            if dumper is None:
                 continue
-            shown = f"[{addr}]" if ":" in addr else addr
+            try:
+                found = dumper.listeners()
+            except OSError as exc:
+                self._note(f"las: the listener check failed: {exc.strerror or exc}")
+                self.dumpers[ns] = None
+                continue
+            suspects += [
+                s
+                for s in found
+                if s.addr not in allowed and not s.addr.startswith("127.") and s.addr != "::1"
+            ]
+        self.foreign &= {s.inode for s in suspects}  # forget sockets that are gone
+        new = [s for s in suspects if s.inode not in self.foreign]
+        if not new:
+            return
+        owners = self.sockdiag.socket_inodes(sorted(members))  # only now: a few readlinks
+        for s in new:
+            owner = owners.get(s.inode)
+            if owner is None:
+                self.foreign.add(s.inode)  # another program's: not looked at again
+                continue
             self.violation = (
-                f"listening on {shown}:{port}; policy allows {', '.join(sorted(allowed))} only"
+                f"listening on {s.shown()} ({s.proto.upper()}, pid {owner}); "
+                f"policy allows {', '.join(sorted(allowed))} only"
             )
             self._note(f"las: {self.violation}; stopping it")
-            self.next_listen_check = None
             self._begin_stop(reason_text=self.violation)
             return
-        self.listen_checks += 1
-        if self.listen_checks < len(LISTEN_CHECKS):
-            delay = LISTEN_CHECKS[self.listen_checks] - LISTEN_CHECKS[self.listen_checks - 1]
-        else:  # then at the health cadence (or every 30 s without a probe)
-            delay = float(self.health_spec["interval"]) if self.health_spec else 30.0
-        self.next_listen_check = time.monotonic() + delay
 
     def _sample_memory(self, pid: int) -> None:
         """The fallback when no cgroup enforces the memory limit: RSS of the whole tree."""
         limit = self.sample_memory
         assert limit is not None
         cg = self.attempt.cgroup
-        members = cg.pids() if cg else [p.pid for p in procs.group_members(pid)]
+        members = cg.pids() if cg else procs.descendants(self.me, self.probe_pids)
         rss = cgroups.tree_rss(members)
         if rss > limit and not self.stopping:
             self.sampled_oom = (
@@ -946,6 +1048,11 @@ class Supervisor:
                 self.health_spec, host, env, lambda: _child_setup(me, None, creds)
             )
         result = probe.start()
+        child = getattr(probe, "proc", None)
+        if child is not None:  # a command probe: its process is no part of the workload
+            if len(self.probe_pids) > 16:
+                self.probe_pids = {p for p in self.probe_pids if procs.stat(p) is not None}
+            self.probe_pids.add(child.pid)
         if result is not None:
             self._probe_done(result)
             return
@@ -1122,11 +1229,12 @@ class Supervisor:
             self.stop_requested = True
             self._begin_stop()
 
-    def _kill_all(self, pid: int, wait: bool = True) -> None:
-        """SIGKILL the workload's group, its cgroup, and orphans that came back to us.
+    def _kill_all(self, pid: int) -> None:
+        """SIGKILL the workload's group and every other member of the run (its cgroup, and
+        our descendants: what left the group came back to us as subreaper).
 
-        ``wait=False`` (the workload has exited): signal what is left once; the cgroup's
-        removal, after the end is recorded, waits for the stragglers.
+        While the workload (``pid``) may still be alive: the event loop reaps it; the end
+        of the run sweeps (``_sweep``) what is left.
         """
         if self.container and self.cid:
             from localaistack.runtime import engines
@@ -1135,15 +1243,69 @@ class Supervisor:
                 self.engine.kill(self.cid)
             return
         # The group id is our own child's pid: while any member lives, the kernel cannot
-        # reuse it, so one killpg reaches exactly the workload's group (no /proc scan).
+        # reuse it, so one killpg reaches exactly the workload's group.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
-        if self.attempt.cgroup:
-            self.attempt.cgroup.kill_all(timeout=2.0 if wait else 0)  # also what left the group
-            return
-        for child in procs.children_of(os.getpid()):  # no cgroup: orphans came back to us
+        self._kill_members(exclude=pid)
+
+    def _members(self) -> set[int]:
+        """Every process of the run: its cgroup's members, and our descendants but the
+        health probes' (zombies too: see ``_kill_members``)."""
+        cg = self.attempt.cgroup
+        found = cg.members() if cg else set()
+        found.update(procs.descendants(self.me, self.probe_pids))
+        return found
+
+    def _kill_members(self, exclude: int | None = None) -> int:
+        """SIGKILL every live member once (counted as leftovers); returns how many."""
+        n = 0
+        for member in self._members():
+            st = procs.stat(member)
+            if member == exclude or st is None or st.state == "Z":
+                continue  # a zombie runs nothing: its parent (or we) will reap it
             with contextlib.suppress(ProcessLookupError):
-                os.kill(child.pid, signal.SIGKILL)
+                os.kill(member, signal.SIGKILL)
+                self.leftovers.add(member)
+                n += 1
+        cg = self.attempt.cgroup
+        if cg is not None and cg.version == "v2" and n:
+            with contextlib.suppress(OSError):  # kernel 5.14+: forks since the look too
+                cgroups._write(os.path.join(cg.path, "cgroup.kill"), "1")
+        return n
+
+    def _sweep(self) -> None:
+        """The end of a run (the workload has been reaped): SIGKILL what is left of it, and
+        again what it forked meanwhile, until nothing is left (at most SWEEP_LIMIT)."""
+        deadline = time.monotonic() + SWEEP_LIMIT
+        while True:
+            n = self._kill_members()
+            self._reap_orphans()
+            if n == 0:
+                return
+            if time.monotonic() > deadline:
+                self._note(f"las: processes of the run still alive after {SWEEP_LIMIT:g}s "
+                           "of SIGKILL")  # fmt: skip
+                return
+            time.sleep(0.005)
+
+    def _stop_grace(self, streams: dict[int, str]) -> None:
+        """On a stop, the workload exited before the stop timeout: the rest of the run (it
+        had the stop signal too) gets until the same deadline to exit, then the sweep."""
+        if not self.stopping or self.killed or self.stop_deadline is None:
+            return
+        deadline = self.stop_deadline
+        while time.monotonic() < deadline:
+            self._reap_orphans()
+            if not any(
+                (st := procs.stat(p)) is not None and st.state != "Z" for p in self._members()
+            ):
+                return
+            left = max(0.0, min(0.05, deadline - time.monotonic()))
+            for key, _ in self.sel.select(left):
+                if key.data == "output":
+                    self._read(key.fd, streams)
+                elif key.data == "signal":
+                    self._signals()
 
     def _read(self, fd: int, streams: dict[int, str]) -> None:
         try:
@@ -1206,20 +1368,20 @@ class Supervisor:
             return
         sig = getattr(signal, sig_name)
         assert self.pid is not None
-        if self.sandboxed:
-            # bwrap (our child) dies on the stop signal and, with --die-with-parent, SIGKILLs
-            # the workload at once: send it to the workload's processes only.
-            for member in procs.group_members(self.pid):
-                if member.pid != self.pid:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(member.pid, sig)
-        else:
+        if not self.sandboxed:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, sig)  # our live child leads the group: no /proc scan needed
-        for pid in self.attempt.cgroup.pids() if self.attempt.cgroup else []:
-            if not (self.sandboxed and pid == self.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)  # descendants that left the process group
+                os.killpg(self.pid, sig)  # our live child leads the group
+        # Then every other member of the run, once: those that left the group too (the
+        # cgroup's, our descendants). bwrap (our child) dies on the stop signal and, with
+        # --die-with-parent, SIGKILLs the workload at once: it gets none.
+        for member in self._members():
+            st = procs.stat(member)
+            if st is None or st.state == "Z" or member == self.pid:
+                continue
+            if st.pgid == self.pid and not self.sandboxed:
+                continue  # the killpg reached it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, sig)
         self.stop_deadline = time.monotonic() + timeout
 
     def _reap(self, pid: int) -> int | None:
@@ -1377,6 +1539,9 @@ def main(argv: list[str] | None = None) -> int:
         # goes to the supervisor's own log file.
         if sup.pid is not None:
             sup._kill_all(sup.pid)
+            if not sup.container:
+                with contextlib.suppress(Exception):
+                    sup._sweep()
         reason = f"lost: the supervisor failed: {type(exc).__name__}: {sup.hide(str(exc))}"
         try:
             sup.record("failed", reason)
