@@ -294,6 +294,13 @@ def _create_database(path: str, timeout: float) -> bool:
             conn.execute("COMMIT")
         finally:
             conn.close()  # the last connection: its WAL is checkpointed into the file
+        # A -wal or -shm without its database is what a removed one left (a process may
+        # still hold it open): SQLite would replay it into the new file. Unlinked, the new
+        # database gets its own; a holder keeps writing to the old, harmlessly.
+        for suffix in ("-wal", "-shm"):
+            if not os.path.exists(path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path + suffix)
         try:
             os.link(tmp, path)
         except FileExistsError:
