@@ -91,7 +91,12 @@ def test_empty_state_db_is_refused_not_reinitialised(
     las.ok("run", str(tmp_path / "zero.yaml"), "--detach")
     db = las.home / "state.db"
     os.truncate(db, 0)
-    for args in (("ps",), ("ps", "--all"), ("inspect", "zero"), ("run", str(tmp_path / "zero.yaml"))):
+    for args in (
+        ("ps",),
+        ("ps", "--all"),
+        ("inspect", "zero"),
+        ("run", str(tmp_path / "zero.yaml")),
+    ):
         res = las(*args)
         assert res.code == 5, (args, res)
         assert "empty (0 bytes)" in res.err and "mv " in res.err, res.err

@@ -93,6 +93,8 @@ class Runtime:
         # What a read-only command could not do (state not updated: disk full...), for the
         # CLI to print on stderr.
         self.warnings: list[str] = []
+        if self.store.unwritable is not None:
+            self._warn_not_updated(self.store.unwritable)
         if self.store.created:
             self._warn_unknown_at_creation()
 

@@ -344,11 +344,42 @@ class Store:
                 hint=corrupt_hint(spath),
                 cause="empty",
             )
+        # Set when the database can be read but not written (see _open_unwritable): every
+        # write transaction raises it, reads go on.
+        self.unwritable: StoreError | None = None
         try:
             self.conn = _connect(path, timeout)
             self._migrate()
+        except (sqlite3.Error, StoreError) as exc:
+            err = store_error(exc, spath, "opening")
+            if self.created or err.cause not in ("full", "readonly"):
+                raise err from exc
+            self._open_unwritable(spath, err)
+
+    def _open_unwritable(self, path: str, err: StoreError) -> None:
+        """Open a database that cannot be written (a full disk, a read-only filesystem)
+        for reading, so that `las ps`, `inspect` and `logs` still work.
+
+        Opening a WAL database needs its shared-memory file, which SQLite creates when no
+        other connection holds it (and sizes by writing: ENOSPC on a full disk). With none,
+        no -wal file is left either (the last connection checkpointed it into the main
+        file): the main file alone is the whole state, read as immutable.
+        """
+        from urllib.parse import quote
+
+        if os.path.exists(path + "-wal") and os.path.getsize(path + "-wal") > 0:
+            raise err  # the newest state is in the WAL: an immutable read would miss it
+        try:
+            self.conn = sqlite3.connect(
+                f"file:{quote(path)}?immutable=1", uri=True, isolation_level=None, factory=_Conn
+            )
+            self.conn.db_path = path
+            self.conn.row_factory = sqlite3.Row
+            if self._schema_version() != len(MIGRATIONS):
+                raise err
         except sqlite3.Error as exc:
-            raise store_error(exc, spath, "opening") from exc
+            raise err from exc
+        self.unwritable = err
 
     def __repr__(self) -> str:
         return f"<Store {self.path}>"
@@ -382,6 +413,8 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error)."""
+        if self.unwritable is not None:
+            raise self.unwritable
         self.conn.execute("BEGIN IMMEDIATE")  # errors: StoreError naming the cause (_Conn)
         try:
             yield self.conn
