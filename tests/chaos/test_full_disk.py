@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import Las, pid_alive, wait_until
 
 from localaistack.runtime.logfile import LogWriter
 from localaistack.runtime.logread import iter_records
-from tests.conftest import Las, pid_alive, wait_until
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ def _sup(home: Path, name: str) -> tuple[int, int, str]:
         ).fetchone()
     finally:
         conn.close()
-    return int(row[0]), int(row[1]), str(row[2])
+    return int(row[0]), int(row[1] or 0), str(row[2])  # a container's pid comes later
 
 
 def _sleeper(module_factory: Any, name: str, *flags: str, **runtime: Any) -> Path:
@@ -108,7 +108,7 @@ def test_garbage_state_db_says_corrupt_and_what_to_do(
 ) -> None:
     _sleeper(module_factory, "junk")
     las.ok("run", str(tmp_path / "junk.yaml"), "--detach")
-    sup, pid, run_id = _sup(las.home, "junk")
+    _, pid, run_id = _sup(las.home, "junk")
     db = las.home / "state.db"
     with open(db, "r+b") as f:  # the same file (inode): the supervisor does not notice
         f.write(os.urandom(8192))
@@ -186,7 +186,6 @@ def test_rm_force_ends_an_unknown_workload(las: Las, module_factory: Any, tmp_pa
 def test_home_lost_stops_a_container(las: Las, tmp_path: Path) -> None:
     """A container run's supervisor stops its container when the home is removed."""
     import yaml
-
     from tests.conftest import TEST_IMAGE, usable_engine
 
     eng = usable_engine("docker")
@@ -208,6 +207,42 @@ def test_home_lost_stops_a_container(las: Las, tmp_path: Path) -> None:
             timeout=60,
             message="container stopped",
         )
+    finally:
+        for c in eng.list_labelled("las.home", label):
+            eng.remove(c.id)
+
+
+@pytest.mark.docker
+def test_ps_all_lists_an_unknown_container_and_stop_ends_it(las: Las, tmp_path: Path) -> None:
+    """Its supervisor SIGKILLed and the home removed: only the container's labels are left."""
+    import yaml
+
+    from tests.conftest import TEST_IMAGE, usable_engine
+
+    eng = usable_engine("docker")
+    las.home.mkdir(mode=0o700, exist_ok=True)
+    (las.home / "policy.yaml").write_text(yaml.safe_dump({"container_engine": "docker"}))
+    container = {"image": TEST_IMAGE, "command": ["sleep", "300"]}
+    manifest = {"name": "boxed2", "runtime": {"modes": ["container"], "container": container,
+                                              "stop": {"timeout": "2s"}}}  # fmt: skip
+    path = tmp_path / "boxed2.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    las.ok("run", str(path), "--detach")
+    sup, _, run_id = _sup(las.home, "boxed2")
+    label = home_label(las.home / "state.db")
+    try:
+        os.kill(sup, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(sup), message="supervisor gone")
+        shutil.rmtree(las.home)
+        (st,) = [c for c in eng.list_labelled("las.home", label) if c.running]
+        rows = {r["name"]: r for r in las.ok("ps", "--all", "--json").json()}
+        row = rows[f"?{run_id}"]
+        assert row["state"] == "orphaned" and row["mode"] == "docker"
+        assert st.id[:12] in row["reason"]
+        out = las.ok("stop", f"?{run_id}", "--timeout", "1").out
+        assert "stopped and removed docker container" in out
+        assert eng.list_labelled("las.home", label) == []
+        assert f"?{run_id}" not in {r["name"] for r in las.ok("ps", "--all", "--json").json()}
     finally:
         for c in eng.list_labelled("las.home", label):
             eng.remove(c.id)

@@ -433,7 +433,7 @@ class Runtime:
         runs) and by containers labelled ``las.home=LABEL``; a home removed or replaced
         while they ran leaves such. Each is a ``ps`` row named ``?RUN_ID``, state
         ``orphaned``; `las stop ?RUN_ID` (or `las rm -f ?RUN_ID`) ends it. Containers are
-        asked of the engines installed here (``engines_too``; a few hundred ms each).
+        asked of the engines (``engines_too``; see ``_unknown_containers``).
         """
         from localaistack.runtime import cgroups
 
@@ -478,9 +478,14 @@ class Runtime:
     def _unknown_containers(self, label: str, active: set[str]) -> list[dict[str, Any]]:
         from localaistack.runtime import engines
 
+        # The engines this home's runs used; all installed ones when it has no run at all
+        # (a fresh database: a lost home's containers may be anywhere). Asking costs an
+        # engine call or two (~0.1 s each), so `ps --all` of a home that only ran native
+        # workloads asks none.
+        used = {str(r[0]) for r in self.store.conn.execute("SELECT DISTINCT backend FROM runs")}
         out = []
         for name in ("podman", "docker"):
-            if not which(name):
+            if (used and name not in used) or not which(name):
                 continue
             try:
                 found = engines.Engine(name).list_labelled("las.home", label)
