@@ -216,7 +216,6 @@ def test_home_lost_stops_a_container(las: Las, tmp_path: Path) -> None:
 def test_ps_all_lists_an_unknown_container_and_stop_ends_it(las: Las, tmp_path: Path) -> None:
     """Its supervisor SIGKILLed and the home removed: only the container's labels are left."""
     import yaml
-
     from tests.conftest import TEST_IMAGE, usable_engine
 
     eng = usable_engine("docker")
