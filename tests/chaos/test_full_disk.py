@@ -71,23 +71,28 @@ def _run_row(home: Path, name: str) -> sqlite3.Row:
         conn.close()
 
 
-def _waiter(module_factory: Any, name: str, trigger: Path, *, lines: int = 0) -> Path:
-    """A workload that prints 'up', waits for ``trigger``, prints ``lines`` lines, exits 0."""
-    code = (
+def _waiter(
+    module_factory: Any, name: str, trigger: Path, *, lines: int = 0, code: int = 0
+) -> Path:
+    """A workload that prints 'up', waits for ``trigger``, prints ``lines`` lines, exits
+    with ``code``."""
+    text = (
         "import os, sys, time\n"
         "print('up', flush=True)\n"
         f"while not os.path.exists({str(trigger)!r}): time.sleep(0.05)\n"
         f"for i in range({lines}): sys.stdout.write('line %06d of the workload\\n' % i)\n"
         "sys.stdout.flush()\n"
+        f"sys.exit({code})\n"
     )
-    return module_factory(name, [sys.executable, "-c", code])  # type: ignore[no-any-return]
+    return module_factory(name, [sys.executable, "-c", text])  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize("code", [0, 3])
 def test_run_ending_on_a_full_disk_is_recorded_truly_once_space_returns(
-    las: Las, module_factory: Any, full_home: Path, tmp_path: Path
+    las: Las, module_factory: Any, full_home: Path, tmp_path: Path, code: int
 ) -> None:
     trigger = tmp_path / "go"
-    _waiter(module_factory, "ender", trigger)
+    _waiter(module_factory, "ender", trigger, code=code)
     las.ok("run", str(tmp_path / "ender.yaml"), "--detach")
     wait_until(lambda: "up" in las.ok("logs", "ender").out, message="workload up")
     run = _run_row(full_home, "ender")
@@ -106,13 +111,15 @@ def test_run_ending_on_a_full_disk_is_recorded_truly_once_space_returns(
         assert pid_alive(sup), "the supervisor exited before recording the outcome"
         time.sleep(0.5)
     filler.unlink()
-    wait_until(lambda: las.state("ender") == "stopped", timeout=20, message="outcome recorded")
+    want = "stopped" if code == 0 else "failed"
+    wait_until(lambda: las.state("ender") == want, timeout=20, message="outcome recorded")
     wait_until(lambda: not pid_alive(sup), timeout=15, message="supervisor exited")
     info = las.inspect("ender")
     reason = info["runs"][-1]["reason"]
-    assert reason.startswith("exited on its own with code 0"), reason
+    start = "exited on its own with code 0" if code == 0 else f"exited with code {code}"
+    assert reason.startswith(start), reason
     assert "recorded late" in reason and "disk full (ENOSPC)" in reason, reason
-    assert info["runs"][-1]["exit_code"] == 0
+    assert info["runs"][-1]["exit_code"] == code
     events = las.ok("events").out
     assert "store-late" in events and "recorded late" in events
 

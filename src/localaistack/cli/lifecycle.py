@@ -424,7 +424,8 @@ def events(follow: bool, as_json: bool, tail: int | None) -> None:
     """Show the event log (state changes, creations, removals)."""
     rt = _runtime()
     try:
-        rt.reconcile()
+        rt.reconcile(read_only=True)
+        _warnings(rt)
         last = 0
         rows = rt.store.events(0, tail)
         while True:
@@ -452,7 +453,7 @@ def events(follow: bool, as_json: bool, tail: int | None) -> None:
                 break
             sys.stdout.flush()
             time.sleep(0.2)
-            rt.reconcile()
+            rt.reconcile(read_only=True)
             rows = rt.store.events(last)
     except KeyboardInterrupt:
         pass
