@@ -114,6 +114,16 @@ class NotSupported(ExecutionError):
 
 
 class StoreError(LasError):
-    """Raised when the state database or LAS_HOME cannot be used."""
+    """Raised when the state database or LAS_HOME cannot be used.
+
+    ``cause`` names the kind of trouble, for callers that carry on without writing (a
+    read-only `las ps` on a full disk): ``full`` (no space), ``readonly`` (a read-only
+    filesystem), ``permission``, ``corrupt`` (not a database, or damaged), ``empty`` (a
+    0-byte database file), ``busy`` (locked by another process), ``io`` or ``other``.
+    """
 
     exit_code = 5
+
+    def __init__(self, message: str, hint: str | None = None, cause: str = "other") -> None:
+        super().__init__(message, hint)
+        self.cause = cause

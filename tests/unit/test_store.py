@@ -39,3 +39,93 @@ def test_processes_that_open_a_new_state_database_at_once_all_get_it(tmp_path: P
             os.close(go_w)
         failed = [p.communicate(timeout=60)[1].decode()[-300:] for p in openers]
         assert [p.returncode for p in openers] == [0] * 4, (attempt, failed)
+
+
+# --- damaged, lost and unwritable databases (issue #17, items 6 and 7) ---------------------
+
+
+def test_a_new_database_is_complete_when_it_appears(tmp_path: Path) -> None:
+    from localaistack.store.db import MIGRATIONS, Store
+
+    db = tmp_path / "state.db"
+    s = Store(db)
+    assert s.created and db.stat().st_size > 0
+    assert (db.stat().st_mode & 0o777) == 0o600
+    assert s._schema_version() == len(MIGRATIONS)
+    s.close()
+    assert not Store(db).created
+    assert sorted(p.name for p in tmp_path.iterdir() if ".new-" in p.name) == []
+
+
+def test_an_empty_database_is_refused_not_reinitialised(tmp_path: Path) -> None:
+    import pytest
+
+    from localaistack.errors import StoreError
+    from localaistack.store.db import Store
+
+    db = tmp_path / "state.db"
+    db.touch(mode=0o600)
+    with pytest.raises(StoreError) as err:
+        Store(db)
+    assert err.value.cause == "empty" and err.value.exit_code == 5
+    assert "empty (0 bytes)" in err.value.message
+    assert err.value.hint is not None and f"mv {db} {db}.corrupt" in err.value.hint
+    assert db.stat().st_size == 0
+
+
+def test_a_garbage_database_says_corrupt_not_permissions(tmp_path: Path) -> None:
+    import pytest
+
+    from localaistack.errors import StoreError
+    from localaistack.store.db import Store
+
+    db = tmp_path / "state.db"
+    db.write_bytes(b"not a database at all " * 500)
+    with pytest.raises(StoreError) as err:
+        Store(db)
+    assert err.value.cause == "corrupt"
+    assert "corrupt" in err.value.message
+    assert err.value.hint is not None and "mv " in err.value.hint
+    assert "permission" not in (err.value.hint + err.value.message).lower()
+
+
+def test_a_removed_databases_wal_is_not_replayed_into_a_new_one(tmp_path: Path) -> None:
+    from localaistack.store.db import Store, insert_instance
+
+    db = tmp_path / "state.db"
+    keep = Store(db)  # holds the WAL open, as a supervisor would
+    plan = '{"ports": [], "gpus": [], "mode": "native"}'
+    with keep.transaction() as c:
+        insert_instance(c, "old", "m", "native", plan)
+    db.unlink()  # the records are lost; its -wal and -shm stay
+    fresh = Store(db)
+    assert fresh.created and fresh.instances() == []
+    fresh.close()
+    keep.close()
+
+
+def test_store_errors_name_their_cause(tmp_path: Path) -> None:
+    import errno
+    import sqlite3
+
+    from localaistack.store.db import store_error
+
+    path = str(tmp_path / "state.db")
+
+    def sqlite_error(code: int, text: str) -> sqlite3.Error:
+        exc = sqlite3.OperationalError(text)
+        exc.sqlite_errorcode = code  # type: ignore[attr-defined]
+        exc.sqlite_errorname = "X"  # type: ignore[attr-defined]
+        return exc
+
+    full = store_error(sqlite_error(13, "database or disk is full"), path)
+    assert full.cause == "full" and full.exit_code == 5
+    assert full.message == f"disk full (ENOSPC) writing {path}: free space and retry"
+    assert store_error(OSError(errno.ENOSPC, "No space left on device"), path).cause == "full"
+    assert store_error(OSError(errno.EROFS, "Read-only file system"), path).cause == "readonly"
+    assert store_error(OSError(errno.EACCES, "Permission denied"), path).cause == "permission"
+    assert store_error(sqlite_error(26, "file is not a database"), path).cause == "corrupt"
+    assert (
+        store_error(sqlite_error(11, "database disk image is malformed"), path).cause == "corrupt"
+    )
+    assert store_error(sqlite_error(5, "database is locked"), path).cause == "busy"

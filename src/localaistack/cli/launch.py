@@ -169,6 +169,7 @@ def run_instance(
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
     rt = Runtime(las_home())
+    warn(rt.warnings)  # a new home that finds a lost one's workloads running says so
     try:
         # The supervisor starts first and gets ready while the plan is made and admitted.
         from localaistack.cli import entry

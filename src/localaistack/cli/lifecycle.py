@@ -13,14 +13,24 @@ import click
 
 from localaistack.cli.launch import report_start, run_instance, warn
 from localaistack.cli.main import cli, plan_options
-from localaistack.errors import UsageError
+from localaistack.errors import InstanceConflict, UsageError
 
 
 def _runtime() -> Any:
     from localaistack.runtime.manager import Runtime
     from localaistack.store.paths import las_home
 
-    return Runtime(las_home())
+    rt = Runtime(las_home())
+    _warnings(rt)  # a new home that finds workloads of a lost one running says so
+    return rt
+
+
+def _warnings(rt: Any) -> None:
+    """What the runtime could not do or found amiss (state not updated: disk full), on
+    stderr, each once."""
+    for text in rt.warnings:
+        click.echo(f"warning: {text}", err=True)
+    rt.warnings.clear()
 
 
 def _ts(value: float | None) -> str:
@@ -143,6 +153,10 @@ def stop(name: str, timeout: float | None) -> None:
         raise UsageError("--timeout must not be negative")
     rt = _runtime()
     try:
+        unknown = rt.unknown_ref(name)  # ?RUN_ID: a workload of this home with no record
+        if unknown is not None:
+            click.echo(rt.end_unknown(unknown, timeout))
+            return
         click.echo(_stop_line(name, rt.stop(name, timeout)))
     finally:
         rt.close()
@@ -172,6 +186,15 @@ def rm(names: tuple[str, ...], purge: bool, force: bool) -> None:
     rt = _runtime()
     try:
         for name in names:
+            unknown = rt.unknown_ref(name) if name.startswith("?") else None
+            if unknown is not None:  # a workload of this home with no record
+                if not force:
+                    raise InstanceConflict(
+                        f"{name} is a workload that runs with no record",
+                        hint=f"`las stop {name}` or `las rm -f {name}` ends it",
+                    )
+                click.echo(rt.end_unknown(unknown))
+                continue
             rt.remove(name, purge=purge, force=force)
             click.echo(name)
     finally:
@@ -188,6 +211,7 @@ def ps(all_: bool, as_json: bool) -> None:
     rt = _runtime()
     try:
         items = rt.ps(all_)
+        _warnings(rt)
     finally:
         rt.close()
     if as_json:
@@ -218,7 +242,7 @@ def ps(all_: bool, as_json: bool) -> None:
                 str(it["pid"] or ""),
                 ", ".join(it["ports"]),
                 when,
-                (it["reason"] or "") if it["state"] == "failed" else "",
+                (it["reason"] or "") if it["state"] in ("failed", "orphaned") else "",
             ]
         )
     click.echo(
@@ -255,7 +279,8 @@ def inspect(name: str, as_json: bool) -> None:
 
     rt = _runtime()
     try:
-        rt.reconcile()
+        rt.reconcile(read_only=True)
+        _warnings(rt)
         inst = rt.require_instance(name)
         plan = rt.plan_of(name)
         runs = rt.run_rows(name)
@@ -370,7 +395,8 @@ def logs(name: str, follow: bool, tail: int | None, run_id: str | None, timestam
         raise UsageError("--tail must not be negative")
     rt = _runtime()
     try:
-        rt.reconcile()
+        rt.reconcile(read_only=True)
+        _warnings(rt)
         row = rt.find_run(name, run_id)
         path = Path(row["log_path"])
         out = sys.stdout.buffer
@@ -401,7 +427,8 @@ def events(follow: bool, as_json: bool, tail: int | None) -> None:
     """Show the event log (state changes, creations, removals)."""
     rt = _runtime()
     try:
-        rt.reconcile()
+        rt.reconcile(read_only=True)
+        _warnings(rt)
         last = 0
         rows = rt.store.events(0, tail)
         while True:
@@ -429,7 +456,7 @@ def events(follow: bool, as_json: bool, tail: int | None) -> None:
                 break
             sys.stdout.flush()
             time.sleep(0.2)
-            rt.reconcile()
+            rt.reconcile(read_only=True)
             rows = rt.store.events(last)
     except KeyboardInterrupt:
         pass

@@ -28,6 +28,17 @@ class LasGroup(click.Group):
             return super().invoke(ctx)
         except LasError as err:
             fail(err)
+        except Exception as err:
+            # A SQLite error that escaped the store's own wrapping (a damaged page met
+            # while rows are fetched): a StoreError naming the cause, not a traceback.
+            import sqlite3
+
+            if not isinstance(err, sqlite3.Error):
+                raise
+            from localaistack.store.db import store_error
+            from localaistack.store.paths import las_home
+
+            fail(store_error(err, str(las_home() / "state.db"), "reading"))
 
 
 def parse_sets(values: tuple[str, ...]) -> dict[str, str]:

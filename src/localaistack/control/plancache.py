@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from localaistack.control.admission import Capacity
 from localaistack.control.names import BUILTIN_DIR, is_manifest_path
+from localaistack.errors import StoreError
 from localaistack.osutil import which
 from localaistack.plan import ExecutionPlan
 from localaistack.store.paths import private_dir
@@ -305,7 +306,7 @@ class PlanCache:
                 json.dump(entry, f)
             os.replace(tmp, self.path)
             self._prune()
-        except OSError:
+        except (OSError, StoreError):  # private_dir names the cause as a StoreError
             return False  # a cache that cannot be written only costs time
         return True
 

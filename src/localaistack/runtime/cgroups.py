@@ -7,15 +7,19 @@ every one of them before ``exec`` (so no child escapes in between, and every byt
 allocates is charged to the run), and the supervisor kills every member at the end and
 removes the directories.
 
-* cgroup v2 (unified at the root): one directory, ``ROOT/las/RUN_ID``; ``memory``, ``cpu``
+* cgroup v2 (unified at the root): one directory, ``ROOT/las/HOME-RUN_ID``; ``memory``, ``cpu``
   and ``pids`` are enabled in ``ROOT`` and ``ROOT/las`` ``cgroup.subtree_control`` as
   needed. Memory: ``memory.max``, ``memory.swap.max = 0``, ``memory.oom.group = 1``.
   CPU: ``cpu.max``.
-* cgroup v1 (or hybrid): one directory per controller, ``ROOT/CONTROLLER/las/RUN_ID``:
+* cgroup v1 (or hybrid): one directory per controller, ``ROOT/CONTROLLER/las/HOME-RUN_ID``:
   ``pids`` always (it tracks every descendant), ``memory`` when a memory limit is asked
   for (``memory.limit_in_bytes``, and ``memory.memsw.limit_in_bytes`` to the same value
   where swap is accounted), ``cpu`` when a CPU limit is asked for
   (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``).
+
+``HOME`` is the label of the run's ``$LAS_HOME`` (``store.db.home_label``, as on containers):
+it tells this home's cgroups from another's, so that a home that lost its records still
+finds the workloads it started (``of_home``; `las ps --all`).
 
 Nothing here sets ``RLIMIT_AS``: address space is not memory (GPU runtimes and mmapped
 model files reserve far more than they use).
@@ -272,20 +276,26 @@ def version_at(root: str | None = None) -> str | None:
     return None
 
 
-def path_for(run_id: str, root: str | None = None) -> tuple[str, str]:
+def dir_name(run_id: str, home: str | None) -> str:
+    """A run's directory name under ``las/``: ``HOME-RUN_ID`` (``RUN_ID`` without a home)."""
+    return f"{home}-{run_id}" if home else run_id
+
+
+def path_for(run_id: str, root: str | None = None, home: str | None = None) -> tuple[str, str]:
     """Where a run's tracking cgroup lives on this machine, and the cgroup version."""
     root = root or cgroup_root()
+    name = dir_name(run_id, home)
     if version_at(root) == "v2":
-        return os.path.join(root, PARENT, run_id), "v2"
-    return os.path.join(root, "pids", PARENT, run_id), "v1"
+        return os.path.join(root, PARENT, name), "v2"
+    return os.path.join(root, "pids", PARENT, name), "v1"
 
 
-def _mkdir_run(base: str, run_id: str) -> str:
-    """Create ``base/las/RUN_ID`` (either may exist already); raises OSError."""
+def _mkdir_run(base: str, name: str) -> str:
+    """Create ``base/las/NAME`` (either may exist already); raises OSError."""
     parent = os.path.join(base, PARENT)
     with contextlib.suppress(FileExistsError):
         os.mkdir(parent)
-    path = os.path.join(parent, run_id)
+    path = os.path.join(parent, name)
     with contextlib.suppress(FileExistsError):
         os.mkdir(path)
     return path
@@ -301,8 +311,9 @@ def create(
     memory: int | None = None,
     cpus: float | None = None,
     root: str | None = None,
+    home: str | None = None,
 ) -> tuple[RunCgroup | None, dict[str, str]]:
-    """Create the run's cgroup(s) and apply the limits.
+    """Create the run's cgroup(s) (``las/HOME-RUN_ID``) and apply the limits.
 
     Returns the cgroup (None when no directory could be created at all) and a note per
     aspect: ``processes`` (tracking), ``memory`` and ``cpus``; each says what holds,
@@ -317,9 +328,10 @@ def create(
             "memory": why if memory is not None else NONE_REQUESTED,
             "cpus": why if cpus is not None else NONE_REQUESTED,
         }
+    name = dir_name(run_id, home)
     if version == "v2":
-        return _create_v2(run_id, memory, cpus, root)
-    return _create_v1(run_id, memory, cpus, root)
+        return _create_v2(name, memory, cpus, root)
+    return _create_v1(name, memory, cpus, root)
 
 
 def _create_v1(
@@ -491,21 +503,67 @@ def _rmdir_quietly(path: str) -> None:
         os.rmdir(path)
 
 
-def existing(run_id: str, root: str | None = None) -> RunCgroup | None:
+def _find_name(run_id: str, home: str | None, parents: list[str]) -> str | None:
+    """The directory name of ``run_id`` under ``parents`` (any home's when ``home`` is
+    None: run ids are random, 48 bits)."""
+    if home is not None:
+        return dir_name(run_id, home)
+    for parent in parents:
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(parent):
+                if entry == run_id or entry.endswith("-" + run_id):
+                    return entry
+    return None
+
+
+def existing(run_id: str, root: str | None = None, home: str | None = None) -> RunCgroup | None:
     """Whatever directories of the run still exist (for cleanup after a supervisor died)."""
     root = root or cgroup_root()
     version = version_at(root)
-    if version == "v2":
-        path = os.path.join(root, PARENT, run_id)
-        return RunCgroup({"unified": path}, "v2") if os.path.isdir(path) else None
     if version is None:
         return None
+    controllers = ("pids", "memory", "cpu")
+    parents = (
+        [os.path.join(root, PARENT)]
+        if version == "v2"
+        else [os.path.join(root, c, PARENT) for c in controllers]
+    )
+    name = _find_name(run_id, home, parents)
+    if name is None:
+        return None
+    if version == "v2":
+        path = os.path.join(root, PARENT, name)
+        return RunCgroup({"unified": path}, "v2") if os.path.isdir(path) else None
     dirs: dict[str, str] = {}
-    for controller in ("pids", "memory", "cpu"):
-        path = os.path.join(root, controller, PARENT, run_id)
+    for controller in controllers:
+        path = os.path.join(root, controller, PARENT, name)
         if os.path.isdir(path):
             dirs[controller] = path
     return RunCgroup(dirs, "v1") if dirs else None
+
+
+def of_home(home: str, root: str | None = None) -> dict[str, RunCgroup]:
+    """Every run cgroup of the home labelled ``home`` on this machine, by run id.
+
+    One ``listdir`` per hierarchy: what `las ps --all` asks to find workloads that no
+    record knows (a home removed or replaced while they ran).
+    """
+    root = root or cgroup_root()
+    version = version_at(root)
+    if version is None:
+        return {}
+    prefix = home + "-"
+    found: dict[str, dict[str, str]] = {}
+    bases = {"unified": root} if version == "v2" else {
+        c: os.path.join(root, c) for c in ("pids", "memory", "cpu")
+    }  # fmt: skip
+    for key, base in bases.items():
+        parent = os.path.join(base, PARENT)
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(parent):
+                if entry.startswith(prefix) and os.path.isdir(os.path.join(parent, entry)):
+                    found.setdefault(entry[len(prefix) :], {})[key] = os.path.join(parent, entry)
+    return {run_id: RunCgroup(dirs, version) for run_id, dirs in found.items()}
 
 
 def join(procs_files: list[str] | str) -> None:

@@ -150,12 +150,15 @@ def _timestamp() -> bytes:
 _BLOB = 0  # complete line records in one bytes object; may be split between files at newlines
 _BLOCK = 1  # a block record (header + body buffers); written whole
 _NOTE = 2  # the "lines could not be written" note: a one-record blob
+_LAS = 3  # las's own notes: a blob whose records are not the workload's lines
 
 
 class _Item:
     """Something to write: a blob of line records or a block record."""
 
-    __slots__ = ("bufs", "kind", "lines", "reported", "size", "src", "src_end", "src_off")
+    __slots__ = (
+        "bufs", "code", "flags", "kind", "lines", "reported", "size", "src", "src_end", "src_off"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -167,8 +170,14 @@ class _Item:
         src: bytes = b"",
         src_end: int = 0,
         src_off: int = 0,
+        code: bytes = b"",
+        flags: bytes | None = None,
     ) -> None:
         self.bufs = bufs
+        # The workload's stream, and for a blob of pieces of long lines one flag per record:
+        # F ends a line of the workload, P is a piece of one (None: each record is a line).
+        self.code = code
+        self.flags = flags
         self.size = size
         # -1: not counted yet.  A block's lines are those of src[:src_end], which is written
         # from offset src_off of the item on (after the header and the pending text).
@@ -183,6 +192,14 @@ class _Item:
         if self.lines < 0:
             self.lines = self.src.count(b"\n", 0, self.src_end)
         return self.lines
+
+    def lost_from(self, k: int) -> int:
+        """How many of the workload's lines end in records ``k``... of a blob."""
+        if self.kind in (_NOTE, _LAS):
+            return 0
+        if self.flags is None:
+            return self.lines - k
+        return self.flags.count(b"F", k)
 
     def lines_in(self, n: int) -> int:
         """How many of a block's lines lie wholly in its first ``n`` bytes."""
@@ -216,9 +233,10 @@ class LogWriter:
     never block it: the lines that could not be written are counted in ``dropped_lines``, and
     the next successful write is preceded by an ``L`` note saying how many were lost.  A
     record cut short by a failed write is held (at most one) and completed before anything
-    else is written to the file (so that the file stays parseable); the lines of it that did
-    not make it are counted as dropped when it is cut, and stay counted even if it is
-    completed later.
+    else is written to the file (so that the file stays parseable).  ``dropped_lines`` is
+    exact: each line the workload wrote that is not in the log counts once (a line longer
+    than ``max_line`` once, however many of its pieces were lost; las's own notes never);
+    the lines of a record cut short count until it is completed (``settle``, ``close``).
 
     ``written_lines`` counts the records written: one per line record (las's notes included)
     and one per block record, however many lines the block holds -- counting every line as it
@@ -250,6 +268,8 @@ class LogWriter:
         self._torn: list[_Buffer] | None = None  # the unwritten rest of a cut-short record
         self._torn_size = 0
         self._torn_records = 0  # records to count as written once it is complete
+        self._torn_lines = 0  # the workload's lines in it: counted dropped until completed
+        self._damaged: set[bytes] = set()  # streams whose current long line lost a piece
         self._lock = threading.Lock()
         self._closed = False
         self._fd = -1
@@ -308,7 +328,16 @@ class LogWriter:
                 bufs: list[_Buffer] = [header, pend, body] if pend else [header, body]
                 src_off = len(header) + plen
                 items.append(
-                    _Item(bufs, src_off + end, -1, _BLOCK, src=data, src_end=end, src_off=src_off)
+                    _Item(
+                        bufs,
+                        src_off + end,
+                        -1,
+                        _BLOCK,
+                        src=data,
+                        src_end=end,
+                        src_off=src_off,
+                        code=code,
+                    )
                 )
             if end < len(data):
                 rest = bytearray(memoryview(data)[end:])
@@ -335,7 +364,7 @@ class LogWriter:
             ts = _timestamp()
             prefix = ts + b" L F "
             blob = prefix + (b"\n" + prefix).join(lines) + b"\n"
-            self._emit(ts, [_Item([blob], len(blob), len(lines), _BLOB)])
+            self._emit(ts, [_Item([blob], len(blob), len(lines), _LAS)])
 
     def close(self) -> None:
         """Flush buffered partial lines, try to report pending drops, close the file."""
@@ -392,7 +421,7 @@ class LogWriter:
     def _line_records(ts: bytes, code: bytes, complete: bytes) -> _Item:
         prefix = ts + b" " + code + b" F "
         blob = prefix + complete[:-1].replace(b"\n", b"\n" + prefix) + b"\n"
-        return _Item([blob], len(blob), complete.count(b"\n"), _BLOB)
+        return _Item([blob], len(blob), complete.count(b"\n"), _BLOB, code=code)
 
     def _split_long(self, ts: bytes, code: bytes, complete: bytes) -> _Item:
         """Line records for ``complete`` (ends in a newline), long lines cut into pieces."""
@@ -400,17 +429,20 @@ class LogWriter:
         pprefix = ts + b" " + code + b" P "
         max_line = self.max_line
         recs: list[bytes] = []
+        flags = bytearray()
         parts = complete.split(b"\n")
         parts.pop()
         for line in parts:
             if len(line) <= max_line:
                 recs.append(fprefix + line + b"\n")
+                flags += b"F"
                 continue
             last = (len(line) - 1) // max_line * max_line
             recs.extend(pprefix + line[i : i + max_line] + b"\n" for i in range(0, last, max_line))
             recs.append(fprefix + line[last:] + b"\n")
+            flags += b"P" * (last // max_line) + b"F"
         blob = b"".join(recs)
-        return _Item([blob], len(blob), len(recs), _BLOB)
+        return _Item([blob], len(blob), len(recs), _BLOB, code=code, flags=bytes(flags))
 
     def _cut(self, ts: bytes, code: bytes, buf: bytearray) -> _Item:
         """``P`` records for the front of an incomplete line longer than ``max_line``.
@@ -422,14 +454,15 @@ class LogWriter:
         pprefix = ts + b" " + code + b" P "
         blob = b"".join(pprefix + buf[i : i + max_line] + b"\n" for i in range(0, cut, max_line))
         del buf[:cut]
-        return _Item([blob], len(blob), cut // max_line, _BLOB)
+        n = cut // max_line
+        return _Item([blob], len(blob), n, _BLOB, code=code, flags=b"P" * n)
 
     def _flush_partial(self, code: bytes) -> None:
         rest = self._pending.pop(code, None)
         if rest:
             ts = _timestamp()
             blob = ts + b" " + code + b" P " + rest + b"\n"
-            self._emit(ts, [_Item([blob], len(blob), 1, _BLOB)])
+            self._emit(ts, [_Item([blob], len(blob), 1, _BLOB, code=code)])
 
     def _drop_note(self, ts: bytes) -> bytes:
         n = self._unreported
@@ -524,39 +557,82 @@ class LogWriter:
         if w == self._torn_size:
             self.written_lines += self._torn_records
             self._torn = None
+            # Its lines reached the log after all: no longer dropped, nor to be reported
+            # (nothing else is written while a record is torn, so no note counted them).
+            self.dropped_lines -= self._torn_lines
+            self._unreported -= self._torn_lines
+            self._torn_lines = 0
             return True
         if w:
             self._torn = _advance(self._torn, w)
             self._torn_size -= w
         return False
 
-    def _tear(self, rest: list[_Buffer], size: int) -> None:
+    def _tear(self, rest: list[_Buffer], size: int, lines: int) -> None:
         """Hold the unwritten rest of a record cut short, to complete it before all else.
 
-        The lines whose newline did not make it are counted as dropped right away (the
-        supervisor reports the count before it closes the writer); they stay counted even if
-        the record is completed later.
+        Its ``lines`` (the workload's lines that lack their end in the file) are counted
+        as dropped at once, the supervisor reads the count when the workload has ended;
+        they are taken off again when the record is completed (``_finish_torn``), so that
+        each line the workload wrote is counted once, and only if it is not in the log.
         """
         self._torn = rest
         self._torn_size = size
         self._torn_records = 1
+        self._torn_lines = lines
 
     def _lost(self, item: _Item, lines: int) -> None:
-        if item.kind != _NOTE:  # the note itself is not a lost line; it is retried
+        if item.kind not in (_NOTE, _LAS):  # las's own lines are not the workload's
             self.dropped_lines += lines
             self._unreported += lines
 
+    def settle(self) -> None:
+        """Complete a record cut short, if the file takes it now (and report drops).
+
+        After it, ``dropped_lines`` counts the workload's lines that are not in the log,
+        each once: the supervisor calls it before it records the count.
+        """
+        with self._lock:
+            if not self._closed and (self._torn is not None or self._unreported):
+                self._emit(_timestamp(), [])
+
     def _emit(self, ts: bytes, items: list[_Item]) -> None:
         """Write ``items`` in order, rotating as needed; never raises."""
-        if self._unreported:
+        ok = self._torn is None or self._finish_torn()
+        if ok and self._unreported:
             note = self._drop_note(ts)
             items.insert(0, _Item([note], len(note), 1, _NOTE, self._unreported))
-        ok = self._torn is None or self._finish_torn()
         for item in items:
             if ok:
                 ok = self._put(item)
             else:
-                self._lost(item, item.nlines())
+                self._lost_whole(item)
+
+    def _lost_whole(self, item: _Item) -> None:
+        """An item not written at all: its lines are dropped (a long line's once)."""
+        if item.kind in (_NOTE, _LAS):
+            return
+        lines = item.nlines() if item.kind == _BLOCK else item.lost_from(0)
+        damaged = item.code in self._damaged
+        if item.flags is not None and item.flags.endswith(b"P"):  # the line goes on later
+            if not damaged:
+                self._damaged.add(item.code)
+                lines += 1  # counted now, once: whatever of it is written later
+        elif damaged:
+            self._damaged.discard(item.code)
+            lines -= 1  # its first line is the damaged one, counted already
+        self._lost(item, lines)
+
+    def _ended_line(self, item: _Item, first_written: bool) -> None:
+        """After ``item`` was (partly) written: settle the stream's damaged long line."""
+        if item.kind in (_NOTE, _LAS) or item.code not in self._damaged:
+            return
+        if item.flags is not None and item.flags.endswith(b"P"):
+            return  # more pieces of the same line: it stays damaged, counted once
+        self._damaged.discard(item.code)
+        if not first_written:
+            self.dropped_lines -= 1  # counted as lost with this item: counted already
+            self._unreported -= 1
 
     def _put(self, item: _Item) -> bool:
         """Write one item; on failure do the accounting and return False."""
@@ -568,17 +644,20 @@ class LogWriter:
                     self._rotate()
             except OSError as exc:
                 self._fail(exc)
-                self._lost(item, item.nlines())
+                self._lost_whole(item)
                 return False
             w = self._write(item.bufs, item.size)
             if w == item.size:
                 self.written_lines += 1
+                self._ended_line(item, True)
                 return True
             if w == 0:
-                self._lost(item, item.nlines())
+                self._lost_whole(item)
             else:
-                self._tear(_advance(item.bufs, w), item.size - w)
-                self._lost(item, item.nlines() - item.lines_in(w))
+                lost = item.nlines() - item.lines_in(w)
+                self._tear(_advance(item.bufs, w), item.size - w, lost)
+                self._lost(item, lost)
+                self._ended_line(item, item.lines_in(w) > 0)
             return False
         blob = cast(bytes, item.bufs[0])
         n = item.size
@@ -610,18 +689,27 @@ class LogWriter:
             self.written_lines += item.lines
             if item.kind == _NOTE:
                 self._unreported -= item.reported
+            self._ended_line(item, True)
             return True
+        if pos == 0:
+            self._lost_whole(item)
+            return False
         done = blob.count(b"\n", 0, pos)
         self.written_lines += done
-        lost = item.lines - done
-        if pos > 0 and blob[pos - 1] != 0x0A:  # a record cut short: complete it later
+        lost = item.lost_from(done)
+        if blob[pos - 1] != 0x0A:  # a record cut short: complete it later
             rec_end = blob.find(b"\n", pos) + 1
-            self._tear([memoryview(blob)[pos:rec_end]], rec_end - pos)
+            torn = item.lost_from(done) - item.lost_from(done + 1)
+            self._tear([memoryview(blob)[pos:rec_end]], rec_end - pos, torn)
         if item.kind == _NOTE:
-            if pos > 0:
-                self._unreported -= item.reported  # written, or completed later
+            self._unreported -= item.reported  # written, or completed later
         else:
+            long_goes_on = item.flags is not None and item.flags.endswith(b"P")
+            if long_goes_on and item.code not in self._damaged:
+                self._damaged.add(item.code)
+                lost += 1  # the long line goes on in a later item: counted once, now
             self._lost(item, lost)
+            self._ended_line(item, done > 0)
         return False
 
 

@@ -21,6 +21,7 @@ from localaistack.errors import (
     InstanceNotFound,
     NotSupported,
     StartFailed,
+    StoreError,
     UsageError,
 )
 from localaistack.osutil import which
@@ -89,6 +90,27 @@ class Runtime:
         self.store = store or Store(self.home / "state.db")
         self.supervisors = Supervisors(self.store, self.home)
         self._boot = procs.boot_id()
+        # What a read-only command could not do (state not updated: disk full...), for the
+        # CLI to print on stderr.
+        self.warnings: list[str] = []
+        if self.store.unwritable is not None:
+            self._warn_not_updated(self.store.unwritable)
+        if self.store.created:
+            self._warn_unknown_at_creation()
+
+    def _warn_unknown_at_creation(self) -> None:
+        """A fresh state database, yet cgroups of this home's label hold live processes:
+        the home was lost while they ran. Say so (containers: `las ps --all` asks)."""
+        from localaistack.runtime import cgroups
+
+        live = [r for r, cg in cgroups.of_home(home_label(self.store.path)).items() if cg.pids()]
+        if live:
+            self.warnings.append(
+                f"a new state database was made in {self.home}, but {len(live)} workload(s) "
+                "that las started for this home still run with no record "
+                f"({', '.join('?' + r for r in sorted(live))}): see `las ps --all`; "
+                "`las stop ?RUN_ID` ends one"
+            )
 
     def __repr__(self) -> str:
         return f"<Runtime home={self.home}>"
@@ -98,13 +120,35 @@ class Runtime:
 
     # --- reconcile -----------------------------------------------------------------------
 
-    def reconcile(self) -> int:
+    def reconcile(self, *, read_only: bool = False) -> int:
         """Record runs whose supervisor is gone; returns how many were found.
 
         A native run whose supervisor died is over (its workload died with it). A container
         outlives its supervisor: a running one is re-adopted by a new supervisor, an exited
         one is recorded with its exit code, a vanished one ends ``failed: lost``.
+
+        ``read_only`` (`las ps`, `inspect`, `logs`): when the store cannot be written (disk
+        full, read-only filesystem) the command goes on with the state as recorded, and
+        ``warnings`` says that it could not be updated and why.
         """
+        if not read_only:
+            return self._reconcile()
+        try:
+            return self._reconcile()
+        except StoreError as exc:
+            if exc.cause not in ("full", "readonly", "io", "permission", "busy"):
+                raise
+            self._warn_not_updated(exc)
+            return 0
+
+    def _warn_not_updated(self, exc: StoreError) -> None:
+        why = {"full": "the disk is full"}.get(exc.cause, exc.cause.replace("readonly", "the "
+               "filesystem is read-only"))  # fmt: skip
+        text = f"state could not be updated because {why}: {exc.message}; shown as last recorded"
+        if text not in self.warnings:
+            self.warnings.append(text)
+
+    def _reconcile(self) -> int:
         suspects = [r for r in self.store.active_runs() if not self._alive(r)]
         if not suspects:
             return 0
@@ -351,8 +395,13 @@ class Runtime:
     # --- views ---------------------------------------------------------------------------
 
     def ps(self, all_: bool = False) -> list[dict[str, Any]]:
-        self.reconcile()
-        self.sweep_orphans()
+        """The instances (active ones; ``all_``: every one, and the workloads of this home
+        that run with no record: see ``unknown_workloads``)."""
+        self.reconcile(read_only=True)
+        try:
+            self.sweep_orphans()
+        except StoreError as exc:  # its event could not be written: removal is retried
+            self._warn_not_updated(exc)
         out = []
         for row in self.store.instances_with_runs():
             state = row["state"] or "created"
@@ -378,7 +427,135 @@ class Runtime:
                     "gpus": [g["uuid"] for g in plan["gpus"]],
                 }
             )
+        if all_:
+            out.extend(self.unknown_workloads())
         return out
+
+    # --- workloads with no record ----------------------------------------------------------
+
+    def unknown_workloads(self, engines_too: bool = True) -> list[dict[str, Any]]:
+        """Workloads of this home that run although no active run records them.
+
+        Found by las's cgroups named for this home's label (``las/LABEL-RUN_ID``: native
+        runs) and by containers labelled ``las.home=LABEL``; a home removed or replaced
+        while they ran leaves such. Each is a ``ps`` row named ``?RUN_ID``, state
+        ``orphaned``; `las stop ?RUN_ID` (or `las rm -f ?RUN_ID`) ends it. Containers are
+        asked of the engines (``engines_too``; see ``_unknown_containers``).
+        """
+        from localaistack.runtime import cgroups
+
+        label = home_label(self.store.path)
+        active = {str(r["run_id"]) for r in self.store.active_runs()}
+        out: list[dict[str, Any]] = []
+        now = time.time()
+        for run_id, cg in sorted(cgroups.of_home(label).items()):
+            if run_id in active:
+                continue
+            pids = cg.pids()
+            if not pids:
+                continue
+            row = self.store.run(run_id)
+            if row is not None and row["finished_at"] and now - float(row["finished_at"]) < 5:
+                continue  # its supervisor recorded the end and is emptying the cgroup now
+            out.append(self._unknown_row(run_id, "native", pids[0], f"{len(pids)} process(es) "
+                                         f"in cgroup {cg.path}", row))  # fmt: skip
+        if engines_too:
+            out.extend(self._unknown_containers(label, active))
+        return out
+
+    def _unknown_row(
+        self, run_id: str, mode: str, pid: int | None, what: str, row: sqlite3.Row | None
+    ) -> dict[str, Any]:
+        known = f"its run is recorded {row['state']}" if row is not None else "no record knows it"
+        return {
+            "name": f"?{run_id}",
+            "module": str(row["instance"]) if row is not None else "?",
+            "mode": mode,
+            "state": "orphaned",
+            "health": "",
+            "pid": pid,
+            "run_id": run_id,
+            "started_at": None,
+            "finished_at": None,
+            "reason": f"runs although {known} ({what}); `las stop ?{run_id}` ends it",
+            "ports": [],
+            "gpus": [],
+        }
+
+    def _unknown_containers(self, label: str, active: set[str]) -> list[dict[str, Any]]:
+        from localaistack.runtime import engines
+
+        # The engines this home's runs used; all installed ones when it has no run at all
+        # (a fresh database: a lost home's containers may be anywhere). Asking costs an
+        # engine call or two (~0.1 s each), so `ps --all` of a home that only ran native
+        # workloads asks none.
+        used = {str(r[0]) for r in self.store.conn.execute("SELECT DISTINCT backend FROM runs")}
+        out = []
+        for name in ("podman", "docker"):
+            if (used and name not in used) or not which(name):
+                continue
+            try:
+                found = engines.Engine(name).list_labelled("las.home", label)
+            except engines.EngineError:
+                continue
+            for st in found:
+                run_id = st.labels.get("las.run", "")
+                if not st.running or not run_id or run_id in active:
+                    continue
+                row = self.store.run(run_id)
+                what = f"{name} container {st.name} ({st.id[:12]})"
+                out.append(self._unknown_row(run_id, name, st.pid or None, what, row))
+        return out
+
+    def unknown_ref(self, ref: str) -> str | None:
+        """The run id that ``ref`` (``?RUN_ID``, or a run id no instance is named) names
+        among the workloads with no record, or None."""
+        run_id = ref[1:] if ref.startswith("?") else ref
+        if not run_id or (not ref.startswith("?") and self.store.instance(ref) is not None):
+            return None
+        if len(run_id) != 12 or any(ch not in "0123456789abcdef" for ch in run_id):
+            return None
+        return run_id if any(u["run_id"] == run_id for u in self.unknown_workloads()) else None
+
+    def end_unknown(self, run_id: str, timeout: float | None = None) -> str:
+        """End a workload with no record (``unknown_workloads``): SIGTERM to every process
+        of its cgroup, SIGKILL after ``timeout`` (default 10 s), the cgroup removed; a
+        container is stopped by its engine (same timeout) and removed. Returns what was done.
+        """
+        import signal
+
+        from localaistack.runtime import cgroups, engines
+
+        wait = 10.0 if timeout is None else timeout
+        label = home_label(self.store.path)
+        cg = cgroups.of_home(label).get(run_id)
+        if cg is not None and cg.pids():
+            for pid in cg.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + wait
+            while cg.pids() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            killed = cg.kill_all() if cg.pids() else 0
+            cg.remove()
+            how = f"killed {killed} with SIGKILL after {wait:g}s" if killed else "exited on SIGTERM"
+            return f"?{run_id}: stopped (a workload with no record; {how}; cgroup removed)"
+        for u in self._unknown_containers(label, set()):
+            if u["run_id"] != run_id:
+                continue
+            engine = engines.Engine(u["mode"])
+            for st in engine.list_labelled("las.run", run_id):
+                if st.labels.get("las.home") != label:
+                    continue
+                try:
+                    engine.stop(st.id, wait)
+                    engine.remove(st.id)
+                except engines.EngineError as exc:
+                    raise StartFailed(f"cannot end container {st.id[:12]}: {exc.message}",
+                                      hint=exc.hint) from exc  # fmt: skip
+                return f"?{run_id}: stopped and removed {u['mode']} container {st.name}"
+        raise InstanceNotFound(f"no workload with no record is known as ?{run_id}",
+                               hint="see `las ps --all`")  # fmt: skip
 
     def run_rows(self, name: str) -> list[sqlite3.Row]:
         self.require_instance(name)
@@ -402,7 +579,7 @@ class Runtime:
         return matches[0]
 
     def is_active(self, run_id: str) -> bool:
-        self.reconcile()
+        self.reconcile(read_only=True)
         row = self.store.run(run_id)
         return row is not None and row["state"] in ACTIVE_STATES
 

@@ -56,7 +56,14 @@ from localaistack.errors import StoreError
 from localaistack.runtime import cgroups, procs
 from localaistack.runtime.logfile import LogWriter
 from localaistack.store import secrets
-from localaistack.store.db import Store, add_event, create_run, home_label, set_run_state
+from localaistack.store.db import (
+    FINAL_STATES,
+    Store,
+    add_event,
+    create_run,
+    home_label,
+    set_run_state,
+)
 
 if TYPE_CHECKING:
     import subprocess
@@ -82,6 +89,9 @@ WATCH_FIRST = 0.3  # seconds after the start
 WATCH_EVERY = 1.0
 SWEEP_LIMIT = 5.0  # seconds the end of a run goes on killing what is left of the run
 SAMPLE_EVERY = 0.5  # seconds between RSS samples, only where no cgroup enforces a limit
+HOME_CHECK_EVERY = 1.0  # seconds between looks at the state database's identity (one stat)
+STORE_RETRY_FIRST = 0.1  # seconds before the first retry of a write the store refused
+STORE_RETRY_MAX = 2.0  # the longest wait between retries (doubling up to it)
 F_SETPIPE_SZ = 1031
 
 
@@ -278,6 +288,20 @@ class Supervisor:
         self._keep: list[subprocess.Popen[bytes]] = []
         self.sandboxed = False  # the plan runs the native workload under bwrap
         self.creds: tuple[int, int, list[int]] | None = None  # the native workload's user
+        # The state database as opened (device, inode): another file there, or none, means
+        # the home was removed or replaced: its records are gone, so the workload is
+        # stopped rather than left running where no las command can see it (_home_lost).
+        st = os.stat(self.db_path)
+        self.db_ident = (st.st_dev, st.st_ino)
+        self.home_lost: str | None = None
+        self.next_home_check: float | None = None
+        # Writes the store refused (disk full...), kept in order and retried until they
+        # are committed; the first failure's cause and time, for the note that says so.
+        self.deferred: list[tuple[Any, str]] = []
+        self.store_trouble: str | None = None
+        self.trouble_since = 0.0
+        self.next_store_retry: float | None = None
+        self.retry_wait = STORE_RETRY_FIRST
 
     def __repr__(self) -> str:
         return f"<Supervisor instance={self.instance} {self.attempt!r} stopping={self.stopping}>"
@@ -318,31 +342,109 @@ class Supervisor:
     def record(self, state: str, reason: str | None, **fields: Any) -> None:
         """Record a state change; a store that cannot be written never stops supervision.
 
-        Retries for a few seconds (the database may be locked, or the disk briefly full);
-        then says so in the run's log and in the supervisor's own log and carries on. The
-        next `las` command's reconciliation records what the store missed. ``reason`` is
-        composed as for ``_note``.
+        A write the store refuses (a full disk, a read-only or failing filesystem) is kept,
+        with the time it happened, and retried in order with a bounded backoff
+        (``STORE_RETRY_FIRST`` doubling up to ``STORE_RETRY_MAX`` s) for as long as this
+        supervisor lives: the event loop goes on meanwhile. The final state is waited for:
+        the supervisor does not exit before it is committed (unless its home is gone), so
+        no other `las` command takes the run for lost. A final state recorded late says so
+        in its reason, and an event says from when to when the store refused writes.
         """
-        self._write(
-            lambda c: set_run_state(c, self.run_id, state, reason, **fields),
-            f"state {state!r} ({reason})",
-        )
+        at = time.time()
+        final = state in FINAL_STATES
 
-    def _write(self, action: Any, what: str) -> None:
-        deadline = time.monotonic() + 5.0
-        while True:
-            try:
-                with self.store.transaction() as c:
-                    action(c)
+        def action(c: sqlite3.Connection) -> None:
+            why = reason
+            if final and why is not None and self.store_trouble:
+                why += f"; recorded late: {self.store_trouble}"
+            set_run_state(c, self.run_id, state, why, at=at, **fields)
+
+        self._write(action, f"state {state!r} ({reason})", final=final)
+
+    def _write(self, action: Any, what: str, *, final: bool = False) -> None:
+        """Commit ``action`` (after any writes still waiting: order is kept); see record."""
+        self.deferred.append((action, what))
+        if self._flush_deferred() or not final:
+            return
+        while not self._flush_deferred():
+            if self._home_lost() is not None:
+                self._say(f"las: gave up recording {what}: {self.home_lost}")
+                self.deferred.clear()
                 return
-            except (sqlite3.Error, StoreError) as exc:
-                if time.monotonic() > deadline:
-                    msg = f"las: could not record {what}: {exc}"
-                    print(msg, file=sys.stderr, flush=True)
-                    with contextlib.suppress(Exception):
-                        self.writer.note(msg)
-                    return
-                time.sleep(0.1)
+            time.sleep(self.retry_wait)
+
+    def _flush_deferred(self) -> bool:
+        """Try the waiting writes, in one transaction; True when none is left."""
+        if not self.deferred:
+            return True
+        try:
+            with self.store.transaction() as c:
+                for action, _ in self.deferred:
+                    action(c)
+                if self.store_trouble:
+                    since = time.strftime("%H:%M:%S", time.gmtime(self.trouble_since))
+                    add_event(c, "store-late", f"state changes from {since} UTC on were "
+                              f"recorded late: {self.store_trouble}", instance=self.instance,
+                              run_id=self.run_id)  # fmt: skip
+        except (sqlite3.Error, StoreError) as exc:
+            if self.store_trouble is None:
+                self.store_trouble = str(exc)
+                self.trouble_since = time.time()
+                self._say(f"las: could not record {self.deferred[0][1]}: {exc}; retrying "
+                          f"every {STORE_RETRY_MAX:g}s at most until it can")  # fmt: skip
+            else:
+                self.retry_wait = min(self.retry_wait * 2, STORE_RETRY_MAX)
+            self.next_store_retry = time.monotonic() + self.retry_wait
+            return False
+        if self.store_trouble:
+            self._say(f"las: recorded {len(self.deferred)} state change(s) late "
+                      f"({self.store_trouble})")  # fmt: skip
+        self.deferred.clear()
+        self.store_trouble = None
+        self.next_store_retry = None
+        self.retry_wait = STORE_RETRY_FIRST
+        return True
+
+    def _say(self, msg: str) -> None:
+        """A line in the supervisor's own log and, while it is open, in the run's log."""
+        with contextlib.suppress(OSError, ValueError):
+            print(msg, file=sys.stderr, flush=True)
+        with contextlib.suppress(Exception):
+            if not self.writer.closed:
+                self.writer.note(msg)
+
+    def _home_lost(self) -> str | None:
+        """Why this supervisor's home is gone (its database removed or replaced), or None.
+
+        One ``stat``, a few microseconds: the event loop calls it every ``HOME_CHECK_EVERY``.
+        """
+        if self.home_lost is not None:
+            return self.home_lost
+        try:
+            st = os.stat(self.db_path)
+        except FileNotFoundError:
+            home = os.path.dirname(self.db_path)
+            self.home_lost = (
+                f"its LAS_HOME {home} was removed" if not os.path.isdir(home)
+                else f"its state database {self.db_path} was removed"
+            )  # fmt: skip
+        except OSError:
+            return None  # cannot tell (a permission change): not a reason to stop
+        else:
+            if (st.st_dev, st.st_ino) != self.db_ident:
+                self.home_lost = f"its state database {self.db_path} was replaced by another file"
+        return self.home_lost
+
+    def _check_home(self) -> None:
+        """Stop the workload once its home is lost: no record of it would be left."""
+        self.next_home_check = time.monotonic() + HOME_CHECK_EVERY
+        why = self._home_lost()
+        if why is None or self.stop_requested:
+            return
+        self.next_home_check = None
+        self.stop_requested = True  # no restart either
+        self._say(f"las: {why}; stopping the workload (no las command could see it)")
+        self._begin_stop(f"home lost ({why})")
 
     # --- main --------------------------------------------------------------------------
 
@@ -387,6 +489,9 @@ class Supervisor:
         self.probe_pids: set[int] = set()  # command probes: ours, not the workload's
         self.known: dict[int, int | None] = {}  # members seen by the watch -> start time
         self.last_lines = {}
+        if self._home_lost() is not None:  # lost while waiting to restart: start nothing
+            self._say(f"las: {self.home_lost}; not starting the workload again")
+            return None
         launched = self._launch_container() if self.container else self._launch_native()
         if launched is None:
             return None  # could not start: recorded; a workload that cannot start is not restarted
@@ -427,8 +532,10 @@ class Supervisor:
             self._begin_stop()
         elif self.health_spec is not None:
             self.next_probe = time.monotonic()
+        self.next_home_check = time.monotonic() + HOME_CHECK_EVERY
 
         status = self._supervise(main_pid, streams)
+        self.next_home_check = None
         self._cancel_probe()
         self.next_probe = None
 
@@ -476,6 +583,8 @@ class Supervisor:
             state, reason = "failed", self.health_failure
         elif oom is not None and not by_request:
             state, reason = "failed", oom
+        if self.home_lost is not None:
+            reason += f" (stopped by las: {self.home_lost})"
         if self.leftovers:
             reason += f"; {len(self.leftovers)} leftover process(es) killed"
         if cg:
@@ -483,6 +592,7 @@ class Supervisor:
             not_removed = cg.remove()
             if not_removed:
                 reason += f"; cgroup not removed: {', '.join(not_removed)}"
+        self.writer.settle()  # a record cut short by a full disk, completed if it fits now
         dropped = self.writer.dropped_lines  # the workload's lines (not our final note)
         if dropped:
             reason += f"; {dropped} log line(s) could not be written"
@@ -557,8 +667,9 @@ class Supervisor:
         self.creds = creds  # command health probes run as the workload's user too
         res = self.plan["resources"]
         self.attempt.cgroup, limit_notes = cgroups.create(
-            self.run_id, memory=res.get("memory"), cpus=res.get("cpus")
-        )
+            self.run_id, memory=res.get("memory"), cpus=res.get("cpus"),
+            home=home_label(self.db_path),
+        )  # fmt: skip
         cg = self.attempt.cgroup
         procs_file = list(cg.procs_files) if cg else None
         self.sample_memory = (
@@ -822,6 +933,8 @@ class Supervisor:
                 for t in (
                     self.next_sample,
                     self.next_watch,
+                    self.next_home_check,
+                    self.next_store_retry,
                     self.stop_deadline,
                     self.next_probe,
                     self.probe.deadline if self.probe else None,
@@ -867,6 +980,10 @@ class Supervisor:
                 self._sample_memory(pid)
             if self.next_watch is not None and now >= self.next_watch:
                 self._watch_tree(pid)
+            if self.next_home_check is not None and now >= self.next_home_check:
+                self._check_home()
+            if self.next_store_retry is not None and now >= self.next_store_retry:
+                self._flush_deferred()
 
     def _allowed_listen(self) -> set[str] | None:
         """Addresses the workload may listen on besides loopback; None: anything goes."""

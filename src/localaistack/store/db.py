@@ -17,6 +17,8 @@ read-check-write sequences (name taken? port promised?) are atomic across proces
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import sqlite3
@@ -103,13 +105,135 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+# SQLite's primary result codes (the low byte of ``sqlite_errorcode``) that name a cause.
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN = 10, 11, 13, 14
+_SQLITE_AUTH, _SQLITE_NOTADB = 23, 26
+
+
+def _no_space(path: str) -> bool:
+    """Whether the filesystem holding ``path`` has no block (or no inode) left for us."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
+    except OSError:
+        return False
+    return st.f_bavail == 0 or (st.f_files > 0 and st.f_favail == 0)
+
+
+def _read_only_fs(path: str) -> bool:
+    try:
+        return bool(os.statvfs(os.path.dirname(os.path.abspath(path)) or ".").f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def store_error(exc: BaseException, path: str, doing: str = "writing") -> StoreError:
+    """A clear ``StoreError`` naming the cause of a SQLite (or OS) error on ``path``.
+
+    ``doing`` is "writing", "reading" or "opening". Disk full, a read-only filesystem,
+    permissions and corruption each get their own message and hint; the cause is checked
+    on the filesystem too (SQLite reports ENOSPC on its shared-memory file as an I/O
+    error, and a read-only file as "readonly" whatever the reason).
+    """
+    if isinstance(exc, StoreError):
+        return exc
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    err = getattr(exc, "errno", None)
+    home = os.path.dirname(os.path.abspath(path))
+    detail = f"{exc} ({name})" if primary is not None else str(exc)
+    if (
+        primary == _SQLITE_FULL
+        or err in (errno.ENOSPC, errno.EDQUOT)
+        or (primary in (_SQLITE_IOERR, _SQLITE_CANTOPEN) and _no_space(path))
+    ):
+        return StoreError(
+            f"disk full (ENOSPC) {doing} {path}: free space and retry",
+            hint=f"free space on the filesystem that holds {home}; las records what it "
+            "could not while the disk was full once there is room again",
+            cause="full",
+        )
+    if err == errno.EROFS or (
+        primary in (_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CANTOPEN) and _read_only_fs(path)
+    ):
+        return StoreError(
+            f"read-only filesystem: cannot write {path} ({detail})",
+            hint=f"remount the filesystem of {home} read-write, or set LAS_HOME elsewhere",
+            cause="readonly",
+        )
+    if (
+        err in (errno.EACCES, errno.EPERM)
+        or primary in (_SQLITE_PERM, _SQLITE_AUTH)
+        or (
+            primary in (_SQLITE_READONLY, _SQLITE_CANTOPEN)
+            and not os.access(path if os.path.exists(path) else home, os.R_OK | os.W_OK)
+        )
+    ):
+        return StoreError(
+            f"permission denied {doing} {path} ({detail})",
+            hint=f"make {home} and its files yours (mode 0700/0600), or set LAS_HOME elsewhere",
+            cause="permission",
+        )
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return StoreError(
+            f"state database {path} is corrupt: {detail}",
+            hint=corrupt_hint(path),
+            cause="corrupt",
+        )
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return StoreError(
+            f"state database {path} is busy: {detail}",
+            hint="retry; if it persists, check for a hung las process",
+            cause="busy",
+        )
+    if primary == _SQLITE_IOERR or isinstance(exc, OSError):
+        return StoreError(
+            f"I/O error {doing} {path}: {detail}",
+            hint=f"check the disk and the filesystem that holds {home}",
+            cause="io",
+        )
+    return StoreError(
+        f"state database {path} is unusable ({doing}): {detail}",
+        hint=f"check {home}: its permissions, free space and the file itself",
+    )
+
+
+def corrupt_hint(path: str) -> str:
+    return (
+        f"move it aside (`mv {path} {path}.corrupt`); the next las command then starts a "
+        "fresh state, and `las ps --all` still lists workloads of this home that run on "
+        "(found by their cgroups and container labels), which `las stop ?RUN_ID` ends"
+    )
+
+
+class _Conn(sqlite3.Connection):
+    """A connection whose errors reach callers as a ``StoreError`` naming the cause.
+
+    Constraint violations stay ``sqlite3.IntegrityError`` (callers test for them).
+    """
+
+    db_path = ""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            head = sql.lstrip()[:6].upper()
+            doing = "reading" if head in ("SELECT", "PRAGMA") else "writing"
+            raise store_error(exc, self.db_path, doing) from exc
+
+
 def _connect(path: str | Path, timeout: float) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, factory=_Conn)
+    conn.db_path = str(path)
     conn.row_factory = sqlite3.Row
     _use_wal(conn, timeout)
     # FULL: a committed state change survives a power loss, not only a crash of las.
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+    sqlite3.Connection.execute(conn, "PRAGMA synchronous=FULL")
+    sqlite3.Connection.execute(conn, f"PRAGMA busy_timeout={int(timeout * 1000)}")
     return conn
 
 
@@ -123,10 +247,11 @@ def _use_wal(conn: sqlite3.Connection, timeout: float) -> None:
     home at once failed so before (tests/unit/test_store.py).
     """
     deadline = time.monotonic() + timeout
+    run = sqlite3.Connection.execute  # raw errors: "locked" is retried here
     while True:
         try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
+            if run(conn, "PRAGMA journal_mode").fetchone()[0] != "wal":
+                run(conn, "PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
@@ -134,23 +259,127 @@ def _use_wal(conn: sqlite3.Connection, timeout: float) -> None:
             time.sleep(0.005)
 
 
+def _apply_migrations(c: sqlite3.Connection, path: str) -> None:
+    """Bring the schema up to date (inside a write transaction)."""
+    c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+    row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    version = int(row[0]) if row else 0
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"state database {path} has schema version {version}; this las "
+            f"knows up to {len(MIGRATIONS)}",
+            hint="upgrade las; do not use an older las on newer state",
+        )
+    for i in range(version, len(MIGRATIONS)):
+        for stmt in MIGRATIONS[i].split(";"):
+            if stmt.strip():
+                c.execute(stmt)
+    c.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(len(MIGRATIONS)),))
+
+
+def _create_database(path: str, timeout: float) -> bool:
+    """Make a new, complete state database at ``path``, atomically.
+
+    It is built under a temporary name and linked into place, so that no process ever
+    sees a half-made (0-byte) ``state.db``: a 0-byte one is refused as damaged (``Store``).
+    Returns False when another process made one first (that one is used).
+    """
+    tmp = f"{path}.new-{os.getpid()}-{os.urandom(3).hex()}"
+    try:
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        conn = _connect(tmp, timeout)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            _apply_migrations(conn, path)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()  # the last connection: its WAL is checkpointed into the file
+        # A -wal or -shm without its database is what a removed one left (a process may
+        # still hold it open): SQLite would replay it into the new file. Unlinked, the new
+        # database gets its own; a holder keeps writing to the old, harmlessly.
+        for suffix in ("-wal", "-shm"):
+            if not os.path.exists(path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path + suffix)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    except OSError as exc:
+        raise store_error(exc, path, "creating") from exc
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                os.unlink(tmp + suffix)
+
+
 class Store:
-    """A connection to the state database. Not shared across threads or processes."""
+    """A connection to the state database. Not shared across threads or processes.
+
+    ``created`` is True when this ``Store`` made the database (a first use of the home).
+
+    Raises:
+        StoreError: the database cannot be opened: its cause named (disk full, read-only
+            filesystem, permission, corrupt, or ``empty``: a 0-byte file is never taken
+            for a new database, since runs recorded in the lost one may still be active).
+    """
 
     def __init__(self, path: str | Path, *, timeout: float = 10.0) -> None:
         self.path = path
-        new = not os.path.exists(path)
+        self.created = False
+        spath = str(path)
         try:
-            if new:
-                fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-                os.close(fd)
+            size: int | None = os.stat(spath).st_size
+        except FileNotFoundError:
+            size = None
+        except OSError as exc:
+            raise store_error(exc, spath, "opening") from exc
+        if size is None:
+            self.created = _create_database(spath, timeout)
+        elif size == 0:
+            raise StoreError(
+                f"state database {path} is empty (0 bytes): its records are lost, and las "
+                "will not silently start a fresh one while workloads it started may run on",
+                hint=corrupt_hint(spath),
+                cause="empty",
+            )
+        # Set when the database can be read but not written (see _open_unwritable): every
+        # write transaction raises it, reads go on.
+        self.unwritable: StoreError | None = None
+        try:
             self.conn = _connect(path, timeout)
             self._migrate()
+        except (sqlite3.Error, StoreError) as exc:
+            err = store_error(exc, spath, "opening")
+            if self.created or err.cause not in ("full", "readonly"):
+                raise err from exc
+            self._open_unwritable(spath, err)
+
+    def _open_unwritable(self, path: str, err: StoreError) -> None:
+        """Open a database that cannot be written (a full disk, a read-only filesystem)
+        for reading, so that `las ps`, `inspect` and `logs` still work.
+
+        Opening a WAL database needs its shared-memory file, which SQLite creates when no
+        other connection holds it (and sizes by writing: ENOSPC on a full disk). With none,
+        no -wal file is left either (the last connection checkpointed it into the main
+        file): the main file alone is the whole state, read as immutable.
+        """
+        from urllib.parse import quote
+
+        if os.path.exists(path + "-wal") and os.path.getsize(path + "-wal") > 0:
+            raise err  # the newest state is in the WAL: an immutable read would miss it
+        try:
+            self.conn = sqlite3.connect(
+                f"file:{quote(path)}?immutable=1", uri=True, isolation_level=None, factory=_Conn
+            )
+            self.conn.db_path = path
+            self.conn.row_factory = sqlite3.Row
+            if self._schema_version() != len(MIGRATIONS):
+                raise err
         except sqlite3.Error as exc:
-            raise StoreError(
-                f"cannot open state database {path}: {exc}",
-                hint="check LAS_HOME's permissions and free disk space",
-            ) from exc
+            raise err from exc
+        self.unwritable = err
 
     def __repr__(self) -> str:
         return f"<Store {self.path}>"
@@ -161,9 +390,13 @@ class Store:
     def _schema_version(self) -> int | None:
         """The stored schema version without taking the write lock (None: no meta table)."""
         try:
-            row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        except sqlite3.OperationalError:
-            return None
+            row = sqlite3.Connection.execute(
+                self.conn, "SELECT value FROM meta WHERE key='schema_version'"
+            ).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise store_error(exc, str(self.path), "reading") from exc
         return int(row[0]) if row else 0
 
     def _migrate(self) -> None:
@@ -171,22 +404,7 @@ class Store:
         if self._schema_version() == len(MIGRATIONS):
             return
         with self.transaction() as c:
-            c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-            row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            version = int(row[0]) if row else 0
-            if version > len(MIGRATIONS):
-                raise StoreError(
-                    f"state database {self.path} has schema version {version}; this las "
-                    f"knows up to {len(MIGRATIONS)}",
-                    hint="upgrade las; do not use an older las on newer state",
-                )
-            for i in range(version, len(MIGRATIONS)):
-                for stmt in MIGRATIONS[i].split(";"):
-                    if stmt.strip():
-                        c.execute(stmt)
-            c.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(len(MIGRATIONS)),)
-            )
+            _apply_migrations(c, str(self.path))
         for suffix in ("-wal", "-shm"):
             side = f"{self.path}{suffix}"
             if os.path.exists(side):
@@ -195,20 +413,22 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error)."""
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StoreError(
-                f"state database is busy or unusable: {exc}",
-                hint="retry; if it persists, check for a hung las process",
-            ) from exc
+        if self.unwritable is not None:
+            raise self.unwritable
+        self.conn.execute("BEGIN IMMEDIATE")  # errors: StoreError naming the cause (_Conn)
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite may have rolled back itself already (a full disk, an I/O error).
+            with contextlib.suppress(sqlite3.Error, StoreError):
+                self.conn.execute("ROLLBACK")
             raise
-        else:
+        try:
             self.conn.execute("COMMIT")
+        except StoreError:
+            with contextlib.suppress(sqlite3.Error, StoreError):
+                self.conn.execute("ROLLBACK")
+            raise
 
     # --- reads -------------------------------------------------------------------------
 
