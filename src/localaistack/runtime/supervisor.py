@@ -37,6 +37,7 @@ import errno
 import fcntl
 import functools
 import json
+import math
 import os
 import re
 import selectors
@@ -72,6 +73,13 @@ ERROR_LINE = re.compile(
 # health cadence (every 30 s without a probe).
 LISTEN_CHECKS = (0.5, 2.0, 5.0)
 SAMPLE_EVERY = 0.5  # seconds between RSS samples, only where no cgroup enforces a limit
+# The longest stop timeout las applies (`las stop --timeout` refuses more; a plan's is
+# clamped to it): a run is never `stopping` for longer than this plus a few seconds.
+# SIGUSR1 to a supervisor: SIGKILL the workload now (a stop timeout of 0); `las stop` sends
+# it when the timeout it was given passed and the store could not record it. Both are
+# also in runtime/supervision.py (a test checks they agree).
+STOP_TIMEOUT_MAX = 3600.0
+STOP_NOW = signal.SIGUSR1
 F_SETPIPE_SZ = 1031
 
 
@@ -221,6 +229,7 @@ class Supervisor:
         self.stopping = False
         self.killed = False
         self.stop_deadline: float | None = None
+        self.kill_at = 0.0  # while stopping: when SIGKILL is due (monotonic)
         self.last_lines: dict[str, bytes] = {}
         self.failures: list[str] = []  # reasons of the failed attempts, in order
         self.restart_times: list[float] = []  # monotonic times of restarts in the window
@@ -311,7 +320,7 @@ class Supervisor:
         os.set_blocking(wfd, False)
         os.set_blocking(rfd, False)
         signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, STOP_NOW):
             signal.signal(s, lambda *_: None)
         self.sigfd = rfd
         self.sel.register(rfd, selectors.EVENT_READ, "signal")
@@ -1057,9 +1066,52 @@ class Supervisor:
             sigs = os.read(self.sigfd, 512)
         except BlockingIOError:
             return
-        if any(b in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) for b in sigs):
+        now = STOP_NOW in sigs
+        if now or any(b in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) for b in sigs):
             self.stop_requested = True
-            self._begin_stop()
+            if not self.stopping:
+                self._begin_stop(now=now)
+            else:
+                self._stop_sooner(0.0 if now else None)
+
+    def _stop_timeout(self) -> tuple[float, float]:
+        """(seconds from now until SIGKILL, the timeout asked) for a stop request.
+
+        The earliest deadline among the requests recorded (``las stop --timeout``: the
+        store keeps the earliest, runtime/supervision.py), else the plan's timeout; never
+        more than STOP_TIMEOUT_MAX. Read again at every stop signal: a later, shorter
+        request moves the deadline earlier (never later).
+        """
+        asked = float(self.plan["stop"]["timeout"])
+        left = asked
+        try:
+            row = self.store.run(self.run_id)
+        except (sqlite3.Error, StoreError):
+            row = None  # the store is unreadable: the plan's timeout
+        if row is not None and row["stop_timeout"] is not None:
+            asked = float(row["stop_timeout"])
+            left = asked
+            if row["stop_requested"] is not None:  # it counts from the request
+                left = min(asked, float(row["stop_requested"]) + asked - time.time())
+        if math.isnan(left) or math.isnan(asked):  # never from las, which refuses it
+            left = asked = 0.0
+        bound = min(max(0.0, left), STOP_TIMEOUT_MAX)
+        return bound, min(max(0.0, asked), STOP_TIMEOUT_MAX)
+
+    def _stop_sooner(self, timeout: float | None) -> None:
+        """Another stop request while stopping: its deadline, if earlier, replaces ours."""
+        if self.stop_deadline is None:
+            return  # SIGKILL was sent already
+        left, asked = (timeout, timeout) if timeout is not None else self._stop_timeout()
+        deadline = time.monotonic() + left
+        if deadline >= self.kill_at:
+            return
+        # For a container too: at this deadline, `ENGINE kill` (by _supervise), whatever
+        # the `ENGINE stop` helper that runs with the longer timeout does.
+        self.stop_deadline = self.kill_at = deadline
+        what = f"stop requested again: SIGKILL after {asked:g}s"
+        self._note(f"las: {what}")
+        self.record("stopping", what)
 
     def _kill_all(self, pid: int, wait: bool = True) -> None:
         """SIGKILL the workload's group, its cgroup, and orphans that came back to us.
@@ -1113,52 +1165,54 @@ class Supervisor:
                 return f"error: {line[:300]}"
         return f"last output: {recent[-1][:300]}"
 
-    def _begin_stop(self, reason_text: str | None = None) -> None:
+    def _begin_stop(self, reason_text: str | None = None, now: bool = False) -> None:
         if self.stopping or (self.pid is None and not self.cid):
             return
         self.stopping = True
         self._cancel_probe()
         self.next_probe = None
-        row = self.store.run(self.run_id)
-        timeout = float(self.plan["stop"]["timeout"])
-        if row is not None and row["stop_timeout"] is not None:
-            timeout = float(row["stop_timeout"])
+        left, timeout = (0.0, 0.0) if now else self._stop_timeout()
+        if reason_text is not None:  # las's own stop (unhealthy, a violation): the plan's
+            left = timeout = min(float(self.plan["stop"]["timeout"]), STOP_TIMEOUT_MAX)
         sig_name = self.plan["stop"]["signal"]
         what = reason_text or "stop requested"
-        self.record("stopping", f"{what}: sending {sig_name}, SIGKILL after {timeout:g}s")
-        self._note(f"las: {what}: sending {sig_name} to the process group")
+        # The signal first, the record after: a store that cannot be written (a full disk)
+        # may delay the record, never the stop.
         if self.container:
             # `ENGINE stop` sends the stop signal set at `run` and SIGKILLs after the timeout;
             # run it as a helper so the loop keeps reading logs meanwhile.
             engine = self.engine
             self._keep.append(
                 self._spawn_helper(
-                    [*engine.base_args(), "stop", "-t", str(max(0, round(timeout))), self.cid],
+                    [*engine.base_args(), "stop", "-t", str(max(0, round(left))), self.cid],
                     engine.subprocess_env(),
                     engine.cwd,
                     False,
                 )
             )
             self._keep[-1].returncode = 0
-            self.stop_deadline = time.monotonic() + timeout + 15.0  # then kill it ourselves
-            return
-        sig = getattr(signal, sig_name)
-        assert self.pid is not None
-        if self.sandboxed:
-            # bwrap (our child) dies on the stop signal and, with --die-with-parent, SIGKILLs
-            # the workload at once: send it to the workload's processes only.
-            for member in procs.group_members(self.pid):
-                if member.pid != self.pid:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(member.pid, sig)
+            self.kill_at = time.monotonic() + left  # when the engine SIGKILLs it
+            self.stop_deadline = self.kill_at + 15.0  # then kill it ourselves
         else:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, sig)  # our live child leads the group: no /proc scan needed
-        for pid in self.attempt.cgroup.pids() if self.attempt.cgroup else []:
-            if not (self.sandboxed and pid == self.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)  # descendants that left the process group
-        self.stop_deadline = time.monotonic() + timeout
+            sig = getattr(signal, sig_name)
+            assert self.pid is not None
+            if self.sandboxed:
+                # bwrap (our child) dies on the stop signal and, with --die-with-parent,
+                # SIGKILLs the workload at once: send it to the workload's processes only.
+                for member in procs.group_members(self.pid):
+                    if member.pid != self.pid:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(member.pid, sig)
+            else:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.pid, sig)  # our live child leads the group: no /proc scan
+            for pid in self.attempt.cgroup.pids() if self.attempt.cgroup else []:
+                if not (self.sandboxed and pid == self.pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)  # descendants that left the process group
+            self.stop_deadline = self.kill_at = time.monotonic() + left
+        self._note(f"las: {what}: sending {sig_name} to the process group")
+        self.record("stopping", f"{what}: sending {sig_name}, SIGKILL after {timeout:g}s")
 
     def _reap(self, pid: int) -> int | None:
         status = None
