@@ -250,7 +250,7 @@ def ps(all_: bool, as_json: bool) -> None:
                 str(it["pid"] or ""),
                 ", ".join(it["ports"]),
                 when,
-                (it["reason"] or "") if it["state"] == "failed" else "",
+                (it["reason"] or "") if it["state"] in ("failed", "stopped") else "",
             ]
         )
     click.echo(
@@ -390,7 +390,7 @@ def logs(name: str, follow: bool, tail: int | None, run_id: str | None, timestam
     """Show an instance's output, as the workload wrote it (current run by default)."""
     from localaistack.runtime.logread import (
         follow_records,
-        format_record,
+        format_records,
         iter_records,
         tail_records,
     )
@@ -411,8 +411,10 @@ def logs(name: str, follow: bool, tail: int | None, run_id: str | None, timestam
         else:
             records = iter_records(path)
         try:
-            for rec in records:
-                out.write(format_record(rec, timestamps))
+            # A partial line (no newline: the end of a stream, or cut) followed by a record
+            # of another stream, las's own note included, ends with a newline first.
+            for chunk in format_records(records, timestamps):
+                out.write(chunk)
                 if follow:
                     out.flush()
         except BrokenPipeError:
