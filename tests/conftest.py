@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -185,6 +186,31 @@ def las(tmp_path: Path, las_env: dict[str, str]) -> Iterator[Las]:
         time.sleep(0.02)
     if (home / "state.db").exists():
         runner("ps")  # reconciles: records the kills, removes the runs' cgroups
+    _stop_podman_services_of(tmp_path)
+
+
+def _stop_podman_services_of(tmp_path: Path) -> None:
+    """End the podman API services that las started for this test (runtime/enginestore.py):
+    each test has its own XDG_CONFIG_HOME, which podman reads, so its own service (else it
+    would run on for 5 idle minutes). Found by their pid files in the engine scratch
+    directory, and told apart by the XDG_CONFIG_HOME in their environment: only this
+    test's, by pid; never by pattern."""
+    from localaistack.runtime import enginestore
+    from localaistack.runtime.engines import scratch_dir
+
+    mine = f"XDG_CONFIG_HOME={tmp_path / 'xdg-config'}".encode()
+    directory = Path(scratch_dir())
+    for pidfile in directory.glob("podman-*.sock.pid"):
+        pid = enginestore._service_pid(str(pidfile)[: -len(".pid")])
+        if pid is None:
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if mine in environ:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ CLI uses. Anything that is not a ``LasError`` reaching the CLI is a bug.
     │   ├── InstanceConflict                  the name is taken or the state forbids it
     │   ├── RecoveryFailed                    a persisted handle cannot be reattached
     │   └── NotSupported                      this backend cannot do that
+    ├── Interrupted                  exit 130 Ctrl-C while a command waited
     └── StoreError                   exit 5   the state database or LAS_HOME is unusable
 """
 
@@ -111,6 +112,12 @@ class RecoveryFailed(ExecutionError):
 
 class NotSupported(ExecutionError):
     """Raised when a backend cannot perform the requested operation."""
+
+
+class Interrupted(LasError):
+    """Raised when the user interrupts a command (SIGINT) while it waits."""
+
+    exit_code = 130
 
 
 class StoreError(LasError):

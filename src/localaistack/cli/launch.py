@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
-from localaistack.errors import LasError, StartFailed, UsageError
+from localaistack.errors import Interrupted, LasError, StartFailed, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -189,12 +189,37 @@ def run_instance(
             raise
         try:
             result = rt.start(instance, wait_healthy=not detach, pending=pending)
+        except KeyboardInterrupt:
+            raise interrupted(rt, instance) from None
         except BaseException:
             clear_admission(rt, instance)
             raise
         report_start(rt, result)
     finally:
         rt.close()
+
+
+def interrupted(rt: Any, name: str) -> Interrupted:
+    """What a Ctrl-C (SIGINT) while `las run`/`start`/`restart` waits means: the error to
+    exit with (130). The supervisor is in a session of its own and goes on: an instance
+    whose run was created goes on starting; otherwise nothing was started."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+    from localaistack.store.db import ACTIVE_STATES
+
+    try:
+        run = rt.current_run(name)
+    except LasError:
+        run = None
+    if run is None or run["state"] not in ACTIVE_STATES:
+        clear_admission(rt, name)
+        return Interrupted(f"interrupted: {name} was not started")
+    return Interrupted(
+        f"interrupted: {name} goes on starting in the background (run {run['run_id']}, "
+        f"{run['state']}); las only stopped waiting for it",
+        hint=f"`las stop {name}` stops it; `las ps` and `las logs {name}` show how it goes",
+    )
 
 
 def report_start(rt: Any, result: Any) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from localaistack.cli.launch import report_start, run_instance, warn
+from localaistack.cli.launch import interrupted, report_start, run_instance, warn
 from localaistack.cli.main import cli, plan_options
 from localaistack.errors import InstanceConflict, UsageError
 
@@ -127,9 +127,17 @@ def start(name: str, detach: bool) -> None:
     try:
         rt.reconcile()
         _readmit(rt, name)
-        report_start(rt, rt.start(name, wait_healthy=not detach))
+        report_start(rt, _start_waiting(rt, name, detach))
     finally:
         rt.close()
+
+
+def _start_waiting(rt: Any, name: str, detach: bool) -> Any:
+    """``rt.start``; a Ctrl-C while it waits says what goes on (exit 130)."""
+    try:
+        return rt.start(name, wait_healthy=not detach)
+    except KeyboardInterrupt:
+        raise interrupted(rt, name) from None
 
 
 def _stop_line(name: str, row: Any) -> str:
@@ -138,41 +146,65 @@ def _stop_line(name: str, row: Any) -> str:
     return f"{name}: {row['state']} ({row['reason']})"
 
 
+STOP_TIMEOUT_HELP = (
+    "Seconds to wait after the stop signal before SIGKILL, from 0 to 3600 (default: the "
+    "plan's). Another stop while one waits: the earliest deadline wins."
+)
+
+
+def _check_stop_timeout(timeout: float | None) -> None:
+    from localaistack.runtime.supervision import STOP_TIMEOUT_MAX
+
+    if timeout is not None and not 0 <= timeout <= STOP_TIMEOUT_MAX:  # (NaN fails too)
+        raise UsageError(
+            f"--timeout {timeout:g} is not a number of seconds from 0 to {STOP_TIMEOUT_MAX:g}",
+            hint=f"the longest stop timeout is {STOP_TIMEOUT_MAX:g}s (1 hour); 0 kills at once",
+        )
+
+
+def _stop_waiting(rt: Any, name: str, timeout: float | None) -> Any:
+    """``rt.stop``, with what could not be recorded said on stderr (before any error)."""
+    notes: list[str] = []
+    try:
+        return rt.stop(name, timeout, notes)
+    finally:
+        warn(notes)
+
+
 @cli.command()
 @click.argument("name")
-@click.option(
-    "--timeout",
-    "-t",
-    type=float,
-    default=None,
-    help="Seconds to wait after the stop signal before SIGKILL (default: the plan's).",
-)
+@click.option("--timeout", "-t", type=float, default=None, help=STOP_TIMEOUT_HELP)
 def stop(name: str, timeout: float | None) -> None:
-    """Stop an instance: its stop signal, then SIGKILL to the whole group after the timeout."""
-    if timeout is not None and timeout < 0:
-        raise UsageError("--timeout must not be negative")
+    """Stop an instance: its stop signal, then SIGKILL to the whole group after the timeout.
+
+    Returns once the run has ended (exit 0), or exits 4 saying it is still stopping (its
+    supervisor did not end it within the timeout and a margin). The workload is signalled
+    even when the state database cannot be written (a full disk): then exit 5, saying so.
+    """
+    _check_stop_timeout(timeout)
     rt = _runtime()
     try:
         unknown = rt.unknown_ref(name)  # ?RUN_ID: a workload of this home with no record
         if unknown is not None:
             click.echo(rt.end_unknown(unknown, timeout))
             return
-        click.echo(_stop_line(name, rt.stop(name, timeout)))
+        click.echo(_stop_line(name, _stop_waiting(rt, name, timeout)))
     finally:
         rt.close()
 
 
 @cli.command()
 @click.argument("name")
-@click.option("--timeout", "-t", type=float, default=None, help="Stop timeout in seconds.")
+@click.option("--timeout", "-t", type=float, default=None, help=STOP_TIMEOUT_HELP)
 @click.option("--detach", "-d", is_flag=True, help=DETACH_HELP)
 def restart(name: str, timeout: float | None, detach: bool) -> None:
     """Stop an instance (if running) and start it again (a fresh restart budget)."""
+    _check_stop_timeout(timeout)
     rt = _runtime()
     try:
-        rt.stop(name, timeout)
+        _stop_waiting(rt, name, timeout)
         _readmit(rt, name)
-        report_start(rt, rt.start(name, wait_healthy=not detach))
+        report_start(rt, _start_waiting(rt, name, detach))
     finally:
         rt.close()
 
@@ -242,7 +274,7 @@ def ps(all_: bool, as_json: bool) -> None:
                 str(it["pid"] or ""),
                 ", ".join(it["ports"]),
                 when,
-                (it["reason"] or "") if it["state"] in ("failed", "orphaned") else "",
+                (it["reason"] or "") if it["state"] in ("failed", "stopped", "orphaned") else "",
             ]
         )
     click.echo(
@@ -386,7 +418,7 @@ def logs(name: str, follow: bool, tail: int | None, run_id: str | None, timestam
     """Show an instance's output, as the workload wrote it (current run by default)."""
     from localaistack.runtime.logread import (
         follow_records,
-        format_record,
+        format_records,
         iter_records,
         tail_records,
     )
@@ -408,8 +440,10 @@ def logs(name: str, follow: bool, tail: int | None, run_id: str | None, timestam
         else:
             records = iter_records(path)
         try:
-            for rec in records:
-                out.write(format_record(rec, timestamps))
+            # A partial line (no newline: the end of a stream, or cut) followed by a record
+            # of another stream, las's own note included, ends with a newline first.
+            for chunk in format_records(records, timestamps):
+                out.write(chunk)
                 if follow:
                     out.flush()
         except BrokenPipeError:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from localaistack.errors import (
+    ExecutionError,
     InstanceConflict,
     InstanceNotFound,
     NotSupported,
@@ -27,7 +28,7 @@ from localaistack.errors import (
 from localaistack.osutil import which
 from localaistack.runtime import procs
 from localaistack.runtime.spawn import Pending, new_run_id
-from localaistack.runtime.supervision import Supervisors
+from localaistack.runtime.supervision import STOP_TIMEOUT_MAX, Supervisors
 from localaistack.store import secrets
 from localaistack.store.db import (
     ACTIVE_STATES,
@@ -56,6 +57,11 @@ def _last_log_time(path: str) -> str | None:
 
     records = [r for r in tail_records(path, 1) if r.ts]
     return records[-1].ts if records else None
+
+
+def _why(exc: Exception) -> str:
+    """A storage error's cause, in words."""
+    return str(exc.message if isinstance(exc, StoreError) else exc)
 
 
 def _age(started: str) -> float | None:
@@ -355,19 +361,59 @@ class Runtime:
         assert run is not None
         return run
 
-    def stop(self, name: str, timeout: float | None = None) -> sqlite3.Row | None:
+    def stop(
+        self, name: str, timeout: float | None = None, notes: list[str] | None = None
+    ) -> sqlite3.Row | None:
         """Stop the instance's active run; returns the run as recorded at the end.
 
-        Idempotent: an instance that is not running is left as it is.
+        Idempotent: an instance that is not running is left as it is. A store that cannot
+        be written (a full disk) never keeps the signal from the workload: what could not
+        be recorded is said in ``notes``.
+
+        Raises:
+            ExecutionError: the run is still stopping when the wait ends (the supervisor
+                did not end it within the stop timeout plus a margin).
+            StoreError: the workload has ended, but the store could not record it.
         """
-        self.reconcile()
+        problems: list[str] = []
+        try:
+            self.reconcile()
+        except (StoreError, sqlite3.Error) as exc:
+            problems.append(_why(exc))
         run = self.current_run(name)
         if run is None or run["state"] not in ACTIVE_STATES:
             return run
         plan = json.loads(self.require_instance(name)["plan"])
-        self.supervisors.stop(run, timeout, float(plan["stop"]["timeout"]))
-        self.reconcile()
-        return self.store.run(run["run_id"])
+        plan_timeout = float(plan["stop"]["timeout"])
+        ended, unrecorded = self.supervisors.stop(run, timeout, plan_timeout)
+        if unrecorded is not None:
+            problems.append(unrecorded)
+            if notes is not None:
+                notes.append(
+                    f"the stop request could not be recorded in the state database "
+                    f"({unrecorded}); the supervisor was signalled all the same"
+                )
+        try:
+            self.reconcile()
+        except (StoreError, sqlite3.Error) as exc:
+            problems.append(_why(exc))
+        row = self.store.run(run["run_id"])
+        if row is None or row["state"] not in ACTIVE_STATES:
+            return row
+        if ended and problems:
+            raise StoreError(
+                f"{name}: the workload was stopped, but the state database "
+                f"({self.store.path}) could not record it: {problems[-1]}",
+                hint=f"free space where LAS_HOME is ({self.home}); the next las command "
+                "records the end",
+            )
+        waited = timeout if timeout is not None else plan_timeout
+        raise ExecutionError(
+            f"{name} is still {row['state']}: run {row['run_id']} did not end within "
+            f"{min(waited, STOP_TIMEOUT_MAX):g}s (the stop timeout) and the margin "
+            f"after it; its supervisor is pid {row['sup_pid']}",
+            hint=f"`las stop {name} --timeout 0` kills it now; `las ps` shows when it has ended",
+        )
 
     def remove(self, name: str, *, purge: bool = False, force: bool = False) -> None:
         """Forget an instance (its logs stay unless ``purge``); refuses a running one."""

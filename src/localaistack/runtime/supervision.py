@@ -28,13 +28,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from localaistack.errors import StartFailed
+from localaistack.errors import StartFailed, StoreError
 from localaistack.runtime import cgroups, procs
 from localaistack.runtime.spawn import Pending, spawn_supervisor
-from localaistack.store.db import Store, add_event, set_run_state
+from localaistack.store.db import FINAL_STATES, Store, add_event, set_run_state
 
 READY_TIMEOUT = 30.0
 STOP_GRACE_EXTRA = 10.0  # how much longer than the stop timeout we wait for the supervisor
+# A container's: the supervisor kills it itself 15 s after the engine should have, then
+# asks the engine for its end and removes it.
+CONTAINER_GRACE_EXTRA = 30.0
+# The longest stop timeout (`las stop --timeout` refuses more; the supervisor clamps a
+# plan's to it), and the signal that tells a supervisor to SIGKILL now: the same as in
+# runtime/supervisor.py (not imported from there: it costs `las` tens of milliseconds).
+STOP_TIMEOUT_MAX = 3600.0
+STOP_NOW = signal.SIGUSR1
+STOP_RECORD_WAIT = 2.0  # seconds `las stop` waits for the store before it signals anyway
 ORPHAN_START_GRACE = 10.0  # a 'starting' run without supervisor, whose las is gone, is lost
 
 
@@ -207,18 +216,26 @@ class Supervisors:
 
     # --- stop --------------------------------------------------------------------------
 
-    def stop(self, run: sqlite3.Row, timeout: float | None, plan_timeout: float) -> None:
+    def stop(
+        self, run: sqlite3.Row, timeout: float | None, plan_timeout: float
+    ) -> tuple[bool, str | None]:
         """Ask the supervisor to stop the workload and wait until the run has ended.
 
-        Blocks for at most the stop timeout plus a margin. Idempotent: stopping an ended
-        run does nothing. If the supervisor is gone, the run is reconciled instead.
+        The request is recorded first (its deadline: now + ``timeout``, or the plan's; the
+        store keeps the earliest of all pending requests, and the supervisor reads it at
+        every SIGTERM, so the shortest pending deadline wins), then the supervisor gets
+        SIGTERM, whether the record worked or not: a store that cannot be written (a full
+        disk, a lock held too long) never keeps the signal from the workload. When it could
+        not be recorded and ``timeout`` passes, the supervisor gets STOP_NOW (SIGKILL now).
+
+        Blocks for at most the stop timeout plus a margin. Returns (whether the run has
+        ended: its supervisor exited, its end is recorded, or its workload is gone; why the
+        request could not be recorded, or None). Stopping an ended run does nothing. If the
+        supervisor is gone, the run is reconciled instead (by the caller).
         """
         run_id = str(run["run_id"])
-        with self.store.transaction() as c:
-            c.execute(
-                "UPDATE runs SET stop_requested=?, stop_timeout=? WHERE run_id=?",
-                (time.time(), timeout, run_id),
-            )
+        effective = min(timeout if timeout is not None else plan_timeout, STOP_TIMEOUT_MAX)
+        unrecorded = self._record_stop(run_id, effective)
         sup_pid, sup_start = run["sup_pid"], run["sup_start"]
         if sup_pid is None:
             # Still starting: the supervisor has not been recorded yet; wait briefly for it.
@@ -230,23 +247,85 @@ class Supervisors:
                 time.sleep(0.02)
             row = self.store.run(run_id)
             if row is None or row["sup_pid"] is None:
-                return
+                return True, unrecorded
             sup_pid, sup_start = row["sup_pid"], row["sup_start"]
         if not procs.is_same_process(sup_pid, sup_start):
-            return
+            return True, unrecorded
         try:
             pidfd = os.pidfd_open(sup_pid)
         except ProcessLookupError:
-            return
+            return True, unrecorded
         try:
             if not procs.is_same_process(sup_pid, sup_start):
-                return
-            os.kill(sup_pid, signal.SIGTERM)
-            wait = (timeout if timeout is not None else plan_timeout) + STOP_GRACE_EXTRA
-            select.select([pidfd], [], [], wait)
+                return True, unrecorded
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+            margin = STOP_GRACE_EXTRA if run["backend"] == "native" else CONTAINER_GRACE_EXTRA
+            if unrecorded is not None and timeout is not None:
+                # The supervisor cannot read this timeout: it is told when it has passed.
+                if self._wait_ended(pidfd, run_id, effective, True):
+                    return True, unrecorded
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, STOP_NOW)
+                ended = self._wait_ended(pidfd, run_id, margin, True)
+            else:
+                ended = self._wait_ended(pidfd, run_id, effective + margin, unrecorded is not None)
         finally:
             os.close(pidfd)
         self._reap_child(sup_pid)
+        return ended, unrecorded
+
+    def _record_stop(self, run_id: str, timeout: float) -> str | None:
+        """Record a stop request unless an earlier deadline is recorded already; why it
+        could not be recorded, or None. Waits at most STOP_RECORD_WAIT for the store."""
+        now = time.time()
+        conn = self.store.conn
+        busy = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(STOP_RECORD_WAIT * 1000)}")
+            with self.store.transaction() as c:
+                c.execute(
+                    "UPDATE runs SET stop_requested=?, stop_timeout=? WHERE run_id=? AND ("
+                    "stop_requested IS NULL OR stop_timeout IS NULL "
+                    "OR stop_requested + stop_timeout > ?)",
+                    (now, timeout, run_id, now + timeout),
+                )
+        except (sqlite3.Error, StoreError) as exc:
+            if conn.in_transaction:  # a failed COMMIT leaves it open
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            return str(exc.message if isinstance(exc, StoreError) else exc)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA busy_timeout={int(busy)}")
+        return None
+
+    def _wait_ended(self, pidfd: int, run_id: str, seconds: float, unwritable: bool) -> bool:
+        """Wait up to ``seconds`` for the run to end: the supervisor exits (its pidfd is
+        readable) or the store records a final state; where the store cannot be written
+        (``unwritable``), also a native run's workload and cgroup being gone."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if select.select([pidfd], [], [], max(0.0, min(left, 0.25)))[0]:
+                return True
+            if self._ended(run_id, unwritable):
+                return True
+            if left <= 0:
+                return False
+
+    def _ended(self, run_id: str, unwritable: bool) -> bool:
+        try:
+            row = self.store.run(run_id)
+        except (sqlite3.Error, StoreError):
+            return False
+        if row is None or row["state"] in FINAL_STATES:
+            return True
+        if not unwritable or row["backend"] != "native" or row["pid"] is None:
+            return False
+        if procs.is_same_process(int(row["pid"]), row["pid_start"]):
+            return False
+        cgroup = cgroups.existing(run_id)
+        return cgroup is None or not cgroup.pids()
 
     # --- reconcile -----------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ import errno
 import fcntl
 import functools
 import json
+import math
 import os
 import re
 import selectors
@@ -92,6 +93,13 @@ SAMPLE_EVERY = 0.5  # seconds between RSS samples, only where no cgroup enforces
 HOME_CHECK_EVERY = 1.0  # seconds between looks at the state database's identity (one stat)
 STORE_RETRY_FIRST = 0.1  # seconds before the first retry of a write the store refused
 STORE_RETRY_MAX = 2.0  # the longest wait between retries (doubling up to it)
+# The longest stop timeout las applies (`las stop --timeout` refuses more; a plan's is
+# clamped to it): a run is never `stopping` for longer than this plus a few seconds.
+# SIGUSR1 to a supervisor: SIGKILL the workload now (a stop timeout of 0); `las stop` sends
+# it when the timeout it was given passed and the store could not record it. Both are
+# also in runtime/supervision.py (a test checks they agree).
+STOP_TIMEOUT_MAX = 3600.0
+STOP_NOW = signal.SIGUSR1
 F_SETPIPE_SZ = 1031
 
 
@@ -270,6 +278,7 @@ class Supervisor:
         self.stopping = False
         self.killed = False
         self.stop_deadline: float | None = None
+        self.kill_at = 0.0  # while stopping: when SIGKILL is due (monotonic)
         self.last_lines: dict[str, bytes] = {}
         self.failures: list[str] = []  # reasons of the failed attempts, in order
         self.restart_times: list[float] = []  # monotonic times of restarts in the window
@@ -453,7 +462,7 @@ class Supervisor:
         os.set_blocking(wfd, False)
         os.set_blocking(rfd, False)
         signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, STOP_NOW):
             signal.signal(s, lambda *_: None)
         self.sigfd = rfd
         self.sel.register(rfd, selectors.EVENT_READ, "signal")
@@ -1342,9 +1351,52 @@ class Supervisor:
             sigs = os.read(self.sigfd, 512)
         except BlockingIOError:
             return
-        if any(b in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) for b in sigs):
+        now = STOP_NOW in sigs
+        if now or any(b in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) for b in sigs):
             self.stop_requested = True
-            self._begin_stop()
+            if not self.stopping:
+                self._begin_stop(now=now)
+            else:
+                self._stop_sooner(0.0 if now else None)
+
+    def _stop_timeout(self) -> tuple[float, float]:
+        """(seconds from now until SIGKILL, the timeout asked) for a stop request.
+
+        The earliest deadline among the requests recorded (``las stop --timeout``: the
+        store keeps the earliest, runtime/supervision.py), else the plan's timeout; never
+        more than STOP_TIMEOUT_MAX. Read again at every stop signal: a later, shorter
+        request moves the deadline earlier (never later).
+        """
+        asked = float(self.plan["stop"]["timeout"])
+        left = asked
+        try:
+            row = self.store.run(self.run_id)
+        except (sqlite3.Error, StoreError):
+            row = None  # the store is unreadable: the plan's timeout
+        if row is not None and row["stop_timeout"] is not None:
+            asked = float(row["stop_timeout"])
+            left = asked
+            if row["stop_requested"] is not None:  # it counts from the request
+                left = min(asked, float(row["stop_requested"]) + asked - time.time())
+        if math.isnan(left) or math.isnan(asked):  # never from las, which refuses it
+            left = asked = 0.0
+        bound = min(max(0.0, left), STOP_TIMEOUT_MAX)
+        return bound, min(max(0.0, asked), STOP_TIMEOUT_MAX)
+
+    def _stop_sooner(self, timeout: float | None) -> None:
+        """Another stop request while stopping: its deadline, if earlier, replaces ours."""
+        if self.stop_deadline is None:
+            return  # SIGKILL was sent already
+        left, asked = (timeout, timeout) if timeout is not None else self._stop_timeout()
+        deadline = time.monotonic() + left
+        if deadline >= self.kill_at:
+            return
+        # For a container too: at this deadline, `ENGINE kill` (by _supervise), whatever
+        # the `ENGINE stop` helper that runs with the longer timeout does.
+        self.stop_deadline = self.kill_at = deadline
+        what = f"stop requested again: SIGKILL after {asked:g}s"
+        self._note(f"las: {what}")
+        self.record("stopping", what)
 
     def _kill_all(self, pid: int) -> None:
         """SIGKILL the workload's group and every other member of the run (its cgroup, and
@@ -1454,52 +1506,54 @@ class Supervisor:
                 return f"error: {self.hide(line)[:300]}"
         return f"last output: {self.hide(recent[-1])[:300]}"
 
-    def _begin_stop(self, reason_text: str | None = None) -> None:
+    def _begin_stop(self, reason_text: str | None = None, now: bool = False) -> None:
         if self.stopping or (self.pid is None and not self.cid):
             return
         self.stopping = True
         self._cancel_probe()
         self.next_probe = None
-        row = self.store.run(self.run_id)
-        timeout = float(self.plan["stop"]["timeout"])
-        if row is not None and row["stop_timeout"] is not None:
-            timeout = float(row["stop_timeout"])
+        left, timeout = (0.0, 0.0) if now else self._stop_timeout()
+        if reason_text is not None:  # las's own stop (unhealthy, a violation): the plan's
+            left = timeout = min(float(self.plan["stop"]["timeout"]), STOP_TIMEOUT_MAX)
         sig_name = self.plan["stop"]["signal"]
         what = reason_text or "stop requested"
-        self.record("stopping", f"{what}: sending {sig_name}, SIGKILL after {timeout:g}s")
-        self._note(f"las: {what}: sending {sig_name} to the process group")
+        # The signal first, the record after: a store that cannot be written (a full disk)
+        # may delay the record, never the stop.
         if self.container:
             # `ENGINE stop` sends the stop signal set at `run` and SIGKILLs after the timeout;
             # run it as a helper so the loop keeps reading logs meanwhile.
             engine = self.engine
             self._keep.append(
                 self._spawn_helper(
-                    [*engine.base_args(), "stop", "-t", str(max(0, round(timeout))), self.cid],
+                    [*engine.base_args(), "stop", "-t", str(max(0, round(left))), self.cid],
                     engine.subprocess_env(),
                     engine.cwd,
                     False,
                 )
             )
             self._keep[-1].returncode = 0
-            self.stop_deadline = time.monotonic() + timeout + 15.0  # then kill it ourselves
-            return
-        sig = getattr(signal, sig_name)
-        assert self.pid is not None
-        if not self.sandboxed:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, sig)  # our live child leads the group
-        # Then every other member of the run, once: those that left the group too (the
-        # cgroup's, our descendants). bwrap (our child) dies on the stop signal and, with
-        # --die-with-parent, SIGKILLs the workload at once: it gets none.
-        for member in self._members():
-            st = procs.stat(member)
-            if st is None or st.state == "Z" or member == self.pid:
-                continue
-            if st.pgid == self.pid and not self.sandboxed:
-                continue  # the killpg reached it
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(member, sig)
-        self.stop_deadline = time.monotonic() + timeout
+            self.kill_at = time.monotonic() + left  # when the engine SIGKILLs it
+            self.stop_deadline = self.kill_at + 15.0  # then kill it ourselves
+        else:
+            sig = getattr(signal, sig_name)
+            assert self.pid is not None
+            if not self.sandboxed:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.pid, sig)  # our live child leads the group
+            # Then every other member of the run, once: those that left the group too (the
+            # cgroup's, our descendants). bwrap (our child) dies on the stop signal and,
+            # with --die-with-parent, SIGKILLs the workload at once: it gets none.
+            for member in self._members():
+                st = procs.stat(member)
+                if st is None or st.state == "Z" or member == self.pid:
+                    continue
+                if st.pgid == self.pid and not self.sandboxed:
+                    continue  # the killpg reached it
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(member, sig)
+            self.stop_deadline = self.kill_at = time.monotonic() + left
+        self._note(f"las: {what}: sending {sig_name} to the process group")
+        self.record("stopping", f"{what}: sending {sig_name}, SIGKILL after {timeout:g}s")
 
     def _reap(self, pid: int) -> int | None:
         status = None
