@@ -253,7 +253,7 @@ class VolumeSpec(_Strict):
     @field_validator("target")
     @classmethod
     def _absolute(cls, v: str) -> str:
-        if not v.startswith("/"):
+        if not v.startswith(("/", "${")):  # (a template may stand for an absolute path)
             raise ValueError(f"{v!r}: a path inside the container is absolute (starts with /)")
         return v
 
@@ -604,10 +604,9 @@ class Manifest(BaseModel):
             c = rt.container
             out += command_strings(c.command, "runtime.container.command")
             out += env_strings(c.env, "runtime.container.env")
-            out += [
-                (f"runtime.container.volumes[{i}].source", v.source)
-                for i, v in enumerate(c.volumes)
-            ]
+            for i, v in enumerate(c.volumes):
+                out.append((f"runtime.container.volumes[{i}].source", v.source))
+                out.append((f"runtime.container.volumes[{i}].target", v.target))
         if rt.health and rt.health.command:
             out += [(f"runtime.health.command[{i}]", s) for i, s in enumerate(rt.health.command)]
         return out
