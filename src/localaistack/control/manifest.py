@@ -127,8 +127,7 @@ def _env_name(name: str) -> str:
     return name
 
 
-# An int that YAML's true/false (or "8080") does not become: pydantic's strict int.
-StrictCount = Annotated[int, Field(strict=True)]
+# Counts and ports are pydantic strict ints below: YAML's true is not 1, "8080" not 8080.
 EnvName = Annotated[str, AfterValidator(_env_name)]
 
 
