@@ -379,6 +379,10 @@ FIELD_CASES: list[tuple[str, dict[str, object], str, str]] = [
     ("argv-nul", {"native__command": ["/bin/sleep", "3\0"]}, "runtime.native.command[1]", "NUL"),
     ("argv0-nul", {"native__command": ["/bin/sl\0eep"]}, "runtime.native.command[0]", "NUL"),
     ("argv0-empty", {"native__command": [""]}, "runtime.native.command", "not empty"),
+    ("argv-too-long", {"native__command": ["/bin/echo", "x" * 131072]},
+     "runtime.native.command[1]", "longer than the 131071 bytes"),
+    ("env-too-long", {"native__env": {"BIG": "y" * 131068}}, "runtime.native.env.BIG",
+     "longer than the 131071 bytes"),
     ("workdir-nul", {"native__workdir": "/tmp\0"}, "runtime.native.workdir", "NUL"),
     (
         "container-env-name",

@@ -127,8 +127,7 @@ def _env_name(name: str) -> str:
     return name
 
 
-# An int that YAML's true/false (or "8080") does not become: pydantic's strict int.
-StrictCount = Annotated[int, Field(strict=True)]
+# Counts and ports are pydantic strict ints below: YAML's true is not 1, "8080" not 8080.
 EnvName = Annotated[str, AfterValidator(_env_name)]
 
 
@@ -253,7 +252,7 @@ class VolumeSpec(_Strict):
     @field_validator("target")
     @classmethod
     def _absolute(cls, v: str) -> str:
-        if not v.startswith("/"):
+        if not v.startswith(("/", "${")):  # (a template may stand for an absolute path)
             raise ValueError(f"{v!r}: a path inside the container is absolute (starts with /)")
         return v
 
@@ -604,10 +603,9 @@ class Manifest(BaseModel):
             c = rt.container
             out += command_strings(c.command, "runtime.container.command")
             out += env_strings(c.env, "runtime.container.env")
-            out += [
-                (f"runtime.container.volumes[{i}].source", v.source)
-                for i, v in enumerate(c.volumes)
-            ]
+            for i, v in enumerate(c.volumes):
+                out.append((f"runtime.container.volumes[{i}].source", v.source))
+                out.append((f"runtime.container.volumes[{i}].target", v.target))
         if rt.health and rt.health.command:
             out += [(f"runtime.health.command[{i}]", s) for i, s in enumerate(rt.health.command)]
         return out
@@ -693,6 +691,30 @@ def _split_msg_path(loc: tuple[str | int, ...], msg: str) -> tuple[tuple[str | i
     return (*loc, *parts), m.group(2)
 
 
+MAX_ARG_STRLEN = 32 * 4096  # Linux: the longest argv string or NAME=value, with its NUL
+
+
+def _oversize_strings(m: Manifest) -> list[tuple[tuple[str | int, ...], int]]:
+    """Arguments and variables that execve would refuse (E2BIG): each must fit in
+    MAX_ARG_STRLEN. (Templates are substituted later; this is what the file itself says.)"""
+    out: list[tuple[tuple[str | int, ...], int]] = []
+    rt = m.runtime
+    for name, section in (("native", rt.native), ("container", rt.container)):
+        if section is None:
+            continue
+        for where, text in command_strings(section.command, f"runtime.{name}.command"):
+            size = len(text.encode()) + 1
+            if size > MAX_ARG_STRLEN:
+                parts = _PATH_PART_RE.findall(where)
+                out.append((tuple(int(i) if i else n for n, i in parts), size - 1))
+        for key, value in section.env.items():
+            text = value if isinstance(value, str) else value.value
+            size = len(key.encode()) + len(text.encode()) + 2  # NAME=value and its NUL
+            if size > MAX_ARG_STRLEN:
+                out.append((("runtime", name, "env", key), size - 1))
+    return out
+
+
 MAX_PROBLEMS = 50  # listed per file; the rest are counted
 FIELDS_HINT = "fix the fields named above; `las validate FILE` lists them all"
 _MAX_MESSAGE = 300  # characters of one problem's message (a value may be long)
@@ -760,6 +782,10 @@ def parse_manifest(text: str | bytes, path: Path, source: str = "file") -> Loade
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
             add(*_split_msg_path(loc, _clean_pydantic_msg(err["msg"])))
+    else:
+        for loc, size in _oversize_strings(manifest):
+            add(loc, f"{size} bytes: longer than the {MAX_ARG_STRLEN - 1} bytes the kernel "
+                     "passes in one argument or variable")  # fmt: skip
     problems = [text for _line, text in sorted(found, key=lambda f: f[0])]
     if problems:
         more = len(problems) - MAX_PROBLEMS

@@ -1189,7 +1189,11 @@ def make_plan(
         c = rt.container
         cenv = _expand_env(c.env, values, is_set, secret_params)
         volumes = tuple(
-            Volume(source=_substitute(v.source, values), target=v.target, read_only=v.read_only)
+            Volume(
+                source=_substitute(v.source, values),
+                target=_substitute(v.target, values),  # vllm's: "${model}", as the source
+                read_only=v.read_only,
+            )
             for v in c.volumes
         )
         shown += _shown_texts(
