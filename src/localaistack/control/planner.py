@@ -1140,7 +1140,9 @@ def make_plan(
             pin, pinned = _check_pin(m.name, argv, plain_env, workdir, policy, which, hidden)
             if pin is not None:
                 decisions.append(pin)
-        elif any(t.module == m.name and t.sha256 for t in policy.trusted_native):
+        elif (mine := [t for t in policy.trusted_native if t.module == m.name]) and all(
+            t.sha256 for t in mine
+        ):  # pinned (an unpinned entry beside a pin trusts the module without one)
             decisions.append(
                 Decision(
                     topic="trust",

@@ -124,7 +124,7 @@ def _pin_changed(pinned: Any) -> str | None:
     """How a trust pin's file differs from its planned sha256 now (None: none does).
 
     Hashed right before exec, to narrow the window between the planner's check and the
-    exec (docs/policy.md gives the cost: ~5 ms for a 10 MB binary here).
+    exec (docs/policy.md: ~12-15 ms of CPU for a 10 MiB binary, measured).
     """
     import hashlib
 
