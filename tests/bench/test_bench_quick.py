@@ -38,6 +38,7 @@ def test_bench_quick_runs_every_benchmark_and_reports(tmp_path: Path) -> None:
         "las ps",
         "readiness noticed",
         "while probing",
+        "with the listener check",
         "container start until running (podman)",
         "container start until running (docker)",
         "llama.cpp generation",

@@ -83,3 +83,18 @@ def test_socket_inodes_and_netns() -> None:
 def test_a_namespace_that_does_not_exist() -> None:
     with pytest.raises(OSError):
         sockdiag.Dumper("/proc/999999999/ns/net")
+
+
+def test_a_dump_the_kernel_refuses_is_skipped_and_named(
+    sockets: list[socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No inet_diag handler for protocol 200: the UDP dumps are refused, TCP goes on.
+    monkeypatch.setitem(sockdiag._PROTO, "udp", 200)
+    s = _open(sockets, socket.AF_INET, socket.SOCK_STREAM, "0.0.0.0")
+    dumper = sockdiag.Dumper()
+    try:
+        assert _inode(s) in {x.inode for x in dumper.listeners()}
+        assert set(dumper.unavailable) == {"UDP/IPv4", "UDP/IPv6"}
+        assert _inode(s) in {x.inode for x in dumper.listeners()}  # skipped from then on
+    finally:
+        dumper.close()

@@ -92,6 +92,8 @@ class Dumper:
         else:
             self.sock = _socket_in(netns)
         self.buf = bytearray(1 << 16)
+        # "UDP/IPv6" -> why the kernel refused that dump (e.g. no udp_diag module): skipped
+        self.unavailable: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"<Dumper fd={self.sock.fileno()}>"
@@ -100,10 +102,22 @@ class Dumper:
         self.sock.close()
 
     def listeners(self) -> list[Listener]:
-        """Every TCP listener and unconnected UDP socket of the namespace."""
+        """Every TCP listener and unconnected UDP socket of the namespace.
+
+        A dump the kernel refuses is skipped from then on (named in ``unavailable``);
+        OSError when every one is refused.
+        """
         out: list[Listener] = []
         for proto, family, states in QUERIES:
-            self._dump(proto, family, states, out)
+            what = f"{proto.upper()}/IPv{4 if family == socket.AF_INET else 6}"
+            if what in self.unavailable:
+                continue
+            try:
+                self._dump(proto, family, states, out)
+            except OSError as exc:  # this dump only: the others still hold
+                self.unavailable[what] = exc.strerror or str(exc)
+        if len(self.unavailable) == len(QUERIES):
+            raise OSError(f"no socket diagnostics: {self.unavailable}")
         return out
 
     def _dump(self, proto: str, family: int, states: int, out: list[Listener]) -> None:
@@ -121,11 +135,12 @@ class Dumper:
                 if length < _HDR.size:
                     return  # malformed: stop reading this dump
                 if seq == self.seq:
-                    if kind == NLMSG_DONE:
-                        return
-                    if kind == NLMSG_ERROR:
-                        (code,) = struct.unpack_from("=i", view, off + _HDR.size)
-                        if code:
+                    if kind in (NLMSG_DONE, NLMSG_ERROR):
+                        # A dump's error comes in its DONE message, a request's in ERROR.
+                        code = 0
+                        if length >= _HDR.size + 4:
+                            (code,) = struct.unpack_from("=i", view, off + _HDR.size)
+                        if code < 0:
                             raise OSError(-code, os.strerror(-code))
                         return
                     if kind == SOCK_DIAG_BY_FAMILY and length >= _HDR.size + _MSG.size:

@@ -10,8 +10,10 @@ never against a pid alone.
 What happens when the supervisor of a native run dies (SIGKILL, OOM killer): the workload
 was started with ``PR_SET_PDEATHSIG=SIGKILL`` and dies with it, so no server keeps holding
 memory unseen. The next ``las`` command notices the dead supervisor (``reconcile``), kills
-whatever is left of the workload's process group and cgroup, and records the run as
-``failed`` with the reason ("lost: the supervisor died..."). Re-adopting is not offered: the
+whatever is left of the workload's process group and cgroup (without a cgroup: the
+processes its supervisor recorded, which left the group and have no parent-death signal),
+and records the run as ``failed`` with the reason ("lost: the supervisor died...", how many
+were killed, and when). Re-adopting is not offered: the
 workload's output pipes died with the supervisor, so it could no longer be logged. (A
 container outlives its supervisor and is re-adopted: see the runtime manager.)
 """

@@ -1079,12 +1079,16 @@ class Supervisor:
             dumper = self._dumper(ns, p)
             if dumper is None:
                 continue
+            before = len(dumper.unavailable)
             try:
                 found = dumper.listeners()
             except OSError as exc:
                 self._note(f"las: the listener check failed: {exc.strerror or exc}")
                 self.dumpers[ns] = None
                 continue
+            if len(dumper.unavailable) > before:  # said once per dump refused
+                refused = "; ".join(f"{k}: {v}" for k, v in dumper.unavailable.items())
+                self._note(f"las: the listener check cannot see {refused}")
             suspects += [
                 s
                 for s in found
