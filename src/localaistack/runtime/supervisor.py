@@ -15,7 +15,10 @@ it outlives the ``las`` command. For a native workload it
 * runs the health probe (non-blocking, in the same event loop) and records transitions;
 * on SIGTERM (what ``las stop`` sends it), sends the plan's stop signal to the group and the
   cgroup, waits the stop timeout, then SIGKILLs them, and records which of the two ended it;
-* reaps the workload, kills what is left of its tree, and records the end durably;
+* reaps the workload, kills what is left of its tree, and records the end durably (a write
+  the store refuses, a full disk, is kept and retried until it is committed: ``record``);
+* stops the workload when its home is lost (its state database removed or replaced,
+  looked at every second: ``_check_home``), since no las command could see it any more;
 * when the plan asks for restarts, starts the next attempt (a run of its own) after a
   bounded, growing backoff.
 
