@@ -111,7 +111,7 @@ _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN = 10, 11, 13, 14
 _SQLITE_AUTH, _SQLITE_NOTADB = 23, 26
 
 
-def _no_space(path: str) -> bool:
+def no_space(path: str) -> bool:
     """Whether the filesystem holding ``path`` has no block (or no inode) left for us."""
     try:
         st = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
@@ -146,7 +146,7 @@ def store_error(exc: BaseException, path: str, doing: str = "writing") -> StoreE
     if (
         primary == _SQLITE_FULL
         or err in (errno.ENOSPC, errno.EDQUOT)
-        or (primary in (_SQLITE_IOERR, _SQLITE_CANTOPEN) and _no_space(path))
+        or (primary in (_SQLITE_IOERR, _SQLITE_CANTOPEN) and no_space(path))
     ):
         return StoreError(
             f"disk full (ENOSPC) {doing} {path}: free space and retry",
