@@ -80,8 +80,17 @@ def _waiter(
         "import os, sys, time\n"
         "print('up', flush=True)\n"
         f"while not os.path.exists({str(trigger)!r}): time.sleep(0.05)\n"
-        f"for i in range({lines}): sys.stdout.write('line %06d of the workload\\n' % i)\n"
-        "sys.stdout.flush()\n"
+        # In bursts of 100 lines, each read by the supervisor (its pipe empty) before the
+        # next: one chunk each. Then until told to end.
+        "import fcntl, struct, termios\n"
+        f"for i in range({lines}):\n"
+        "    sys.stdout.write('line %06d of the workload\\n' % i)\n"
+        "    if i % 100 == 99 or i == " + str(lines - 1) + ":\n"
+        "        sys.stdout.flush()\n"
+        "        while struct.unpack('i', fcntl.ioctl(1, termios.FIONREAD, b'    '))[0]:\n"
+        "            time.sleep(0.005)\n"
+        f"open({str(trigger)!r} + '.read', 'w').close()\n"
+        f"while not os.path.exists({str(trigger)!r} + '.end'): time.sleep(0.05)\n"
         f"sys.exit({code})\n"
     )
     return module_factory(name, [sys.executable, "-c", text])  # type: ignore[no-any-return]
@@ -98,7 +107,9 @@ def test_run_ending_on_a_full_disk_is_recorded_truly_once_space_returns(
     run = _run_row(full_home, "ender")
     sup, pid = int(run["sup_pid"]), int(run["pid"])
     filler = fill(full_home)
-    trigger.touch()  # the workload exits 0 while the disk is full
+    trigger.touch()  # the workload exits while the disk is full
+    wait_until(lambda: Path(f"{trigger}.read").exists(), timeout=15, message="output read")
+    Path(f"{trigger}.end").touch()
     wait_until(lambda: not pid_alive(pid), timeout=15, message="workload exited")
     # Longer than the supervisor used to retry (5 s): it must keep the outcome, alive, and
     # no other las command may take the run for lost meanwhile.
@@ -220,8 +231,10 @@ def test_dropped_log_lines_are_counted_exactly(
     run = _run_row(full_home, "chatty")
     filler = fill(full_home)
     trigger.touch()  # 3000 lines while the disk is full, then exit 0
+    wait_until(lambda: Path(f"{trigger}.read").exists(), timeout=15, message="output read")
+    filler.unlink()  # the supervisor has read every line (its pipe is empty): room again
+    Path(f"{trigger}.end").touch()
     wait_until(lambda: not pid_alive(int(run["pid"])), timeout=15, message="workload exited")
-    filler.unlink()
     wait_until(lambda: las.state("chatty") == "stopped", timeout=20, message="outcome recorded")
     info = las.inspect("chatty")
     dropped = info["runs"][-1]["lines_dropped"]
@@ -230,7 +243,7 @@ def test_dropped_log_lines_are_counted_exactly(
     ours = [p for p in present if p.startswith(b"line ")]
     assert dropped > 0
     assert ours == [b"line %06d of the workload" % i for i in range(len(ours))]  # a prefix
-    # Exact: every line the workload wrote is in the log or counted, once ("up" included).
+    # Exact: every line the workload wrote while full is in the log or counted, once.
     assert len(ours) + dropped == 3000, (len(ours), dropped)
     assert f"{dropped} log line(s) could not be written" in info["runs"][-1]["reason"]
 
