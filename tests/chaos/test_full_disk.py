@@ -268,3 +268,26 @@ def test_dropped_count_counts_a_long_line_once(full_home: Path) -> None:
     payloads = [r.payload for r in iter_records(path)]
     assert payloads == [b"las: 13 lines could not be written (No space left on device)",
                         b"after"]  # fmt: skip
+
+
+def test_a_record_cut_short_then_completed_is_not_counted(full_home: Path) -> None:
+    """The over-count of the issue: a block cut short by the full disk (part of it fits in
+    the file's last page) is completed once there is room; its lines are all in the log,
+    so none is dropped (before this fix: 857 of these 1000 were counted in one run)."""
+    path = full_home / "b.log"
+    w = LogWriter(path, max_size=1 << 30, keep=1)
+    try:
+        w.feed("O", b"first\n")
+        filler = fill(full_home)
+        w.feed("O", b"".join(b"line %06d of the workload\n" % i for i in range(1000)))
+        assert 0 < w.dropped_lines < 1000  # cut short: counted while it is not complete
+        filler.unlink()
+        w.settle()  # what the supervisor does before it records the count
+        assert w.dropped_lines == 0
+        w.feed("O", b"after\n")
+    finally:
+        w.close()
+    assert w.dropped_lines == 0
+    payloads = [r.payload for r in iter_records(path)]
+    assert payloads == [b"first", *(b"line %06d of the workload" % i for i in range(1000)),
+                        b"after"]  # fmt: skip
