@@ -210,7 +210,8 @@ def corrupt_hint(path: str) -> str:
 class _Conn(sqlite3.Connection):
     """A connection whose errors reach callers as a ``StoreError`` naming the cause.
 
-    Constraint violations stay ``sqlite3.IntegrityError`` (callers test for them).
+    Constraint violations stay ``sqlite3.IntegrityError`` (callers test for them), and
+    misuse stays ``sqlite3.ProgrammingError``.
     """
 
     db_path = ""
@@ -218,8 +219,8 @@ class _Conn(sqlite3.Connection):
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
         try:
             return super().execute(sql, parameters)
-        except sqlite3.IntegrityError:
-            raise
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+            raise  # a constraint callers test for, or a bug of ours: not the store's state
         except sqlite3.DatabaseError as exc:
             head = sql.lstrip()[:6].upper()
             doing = "reading" if head in ("SELECT", "PRAGMA") else "writing"
