@@ -149,8 +149,13 @@ class Runtime:
         return found
 
     def _warn_not_updated(self, exc: StoreError) -> None:
-        why = {"full": "the disk is full"}.get(exc.cause, exc.cause.replace("readonly", "the "
-               "filesystem is read-only"))  # fmt: skip
+        why = {
+            "full": "the disk is full",
+            "readonly": "the filesystem is read-only",
+            "permission": "permission is denied",
+            "busy": "the database is busy",
+            "io": "of an I/O error",
+        }.get(exc.cause, "the store cannot be written")
         text = f"state could not be updated because {why}: {exc.message}; shown as last recorded"
         if text not in self.warnings:
             self.warnings.append(text)
