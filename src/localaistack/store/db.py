@@ -297,16 +297,25 @@ def _create_database(path: str, timeout: float) -> bool:
             conn.close()  # the last connection: its WAL is checkpointed into the file
         # A -wal or -shm without its database is what a removed one left (a process may
         # still hold it open): SQLite would replay it into the new file. Unlinked, the new
-        # database gets its own; a holder keeps writing to the old, harmlessly.
-        for suffix in ("-wal", "-shm"):
-            if not os.path.exists(path):
+        # database gets its own; a holder keeps writing to the old, harmlessly. Under a
+        # lock on the directory: no creator may unlink the -wal of one that linked first.
+        import fcntl
+
+        dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX)
+            if os.path.exists(path):
+                return False
+            for suffix in ("-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path + suffix)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        return True
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            os.close(dir_fd)  # releases the lock
     except OSError as exc:
         raise store_error(exc, path, "creating") from exc
     finally:
