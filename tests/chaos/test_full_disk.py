@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 from tests.conftest import Las, pid_alive, wait_until
 
+from localaistack.runtime import cgroups
 from localaistack.runtime.logfile import LogWriter
 from localaistack.runtime.logread import iter_records
+from localaistack.store.db import home_label
 
 
 @pytest.fixture
@@ -147,6 +149,7 @@ def test_las_run_on_a_full_disk_fails_clearly_with_nothing_started(
     assert "disk full (ENOSPC)" in res.err and "free space" in res.err, res.err
     needle = str(full_home / "state.db").encode()
     wait_until(lambda: not _supervisors(needle), timeout=10, message="no stray supervisor")
+    assert cgroups.of_home(home_label(full_home / "state.db")) == {}  # no workload either
     filler.unlink()
     assert las.ps() == {}  # nothing half-made: no instance, no run
     # And with room again it simply works.
