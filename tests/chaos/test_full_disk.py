@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 from tests.conftest import Las, pid_alive, wait_until
 
+from localaistack.runtime import cgroups
 from localaistack.runtime.logfile import LogWriter
 from localaistack.runtime.logread import iter_records
+from localaistack.store.db import home_label
 
 
 @pytest.fixture
@@ -80,8 +82,17 @@ def _waiter(
         "import os, sys, time\n"
         "print('up', flush=True)\n"
         f"while not os.path.exists({str(trigger)!r}): time.sleep(0.05)\n"
-        f"for i in range({lines}): sys.stdout.write('line %06d of the workload\\n' % i)\n"
-        "sys.stdout.flush()\n"
+        # In bursts of 100 lines, each read by the supervisor (its pipe empty) before the
+        # next: one chunk each. Then until told to end.
+        "import fcntl, struct, termios\n"
+        f"for i in range({lines}):\n"
+        "    sys.stdout.write('line %06d of the workload\\n' % i)\n"
+        "    if i % 100 == 99 or i == " + str(lines - 1) + ":\n"
+        "        sys.stdout.flush()\n"
+        "        while struct.unpack('i', fcntl.ioctl(1, termios.FIONREAD, b'    '))[0]:\n"
+        "            time.sleep(0.005)\n"
+        f"open({str(trigger)!r} + '.read', 'w').close()\n"
+        f"while not os.path.exists({str(trigger)!r} + '.end'): time.sleep(0.05)\n"
         f"sys.exit({code})\n"
     )
     return module_factory(name, [sys.executable, "-c", text])  # type: ignore[no-any-return]
@@ -98,7 +109,9 @@ def test_run_ending_on_a_full_disk_is_recorded_truly_once_space_returns(
     run = _run_row(full_home, "ender")
     sup, pid = int(run["sup_pid"]), int(run["pid"])
     filler = fill(full_home)
-    trigger.touch()  # the workload exits 0 while the disk is full
+    trigger.touch()  # the workload exits while the disk is full
+    wait_until(lambda: Path(f"{trigger}.read").exists(), timeout=15, message="output read")
+    Path(f"{trigger}.end").touch()
     wait_until(lambda: not pid_alive(pid), timeout=15, message="workload exited")
     # Longer than the supervisor used to retry (5 s): it must keep the outcome, alive, and
     # no other las command may take the run for lost meanwhile.
@@ -136,6 +149,7 @@ def test_las_run_on_a_full_disk_fails_clearly_with_nothing_started(
     assert "disk full (ENOSPC)" in res.err and "free space" in res.err, res.err
     needle = str(full_home / "state.db").encode()
     wait_until(lambda: not _supervisors(needle), timeout=10, message="no stray supervisor")
+    assert cgroups.of_home(home_label(full_home / "state.db")) == {}  # no workload either
     filler.unlink()
     assert las.ps() == {}  # nothing half-made: no instance, no run
     # And with room again it simply works.
@@ -195,6 +209,9 @@ def test_ps_inspect_logs_work_on_a_full_disk_and_warn(
 def test_read_only_home_is_a_clear_error_or_a_warning(
     las: Las, module_factory: Any, full_home: Path, tmp_path: Path
 ) -> None:
+    # No las agent: it would hold a file of the home open for writing, and the filesystem
+    # could not be remounted read-only (the suite may run through agents: LAS_TEST_AGENT).
+    las.env["LAS_AGENT"] = "0"
     _waiter(module_factory, "ro", tmp_path / "never")
     las.ok("run", str(tmp_path / "ro.yaml"), "--detach")
     las.ok("stop", "ro")
@@ -220,8 +237,10 @@ def test_dropped_log_lines_are_counted_exactly(
     run = _run_row(full_home, "chatty")
     filler = fill(full_home)
     trigger.touch()  # 3000 lines while the disk is full, then exit 0
+    wait_until(lambda: Path(f"{trigger}.read").exists(), timeout=15, message="output read")
+    filler.unlink()  # the supervisor has read every line (its pipe is empty): room again
+    Path(f"{trigger}.end").touch()
     wait_until(lambda: not pid_alive(int(run["pid"])), timeout=15, message="workload exited")
-    filler.unlink()
     wait_until(lambda: las.state("chatty") == "stopped", timeout=20, message="outcome recorded")
     info = las.inspect("chatty")
     dropped = info["runs"][-1]["lines_dropped"]
@@ -230,7 +249,7 @@ def test_dropped_log_lines_are_counted_exactly(
     ours = [p for p in present if p.startswith(b"line ")]
     assert dropped > 0
     assert ours == [b"line %06d of the workload" % i for i in range(len(ours))]  # a prefix
-    # Exact: every line the workload wrote is in the log or counted, once ("up" included).
+    # Exact: every line the workload wrote while full is in the log or counted, once.
     assert len(ours) + dropped == 3000, (len(ours), dropped)
     assert f"{dropped} log line(s) could not be written" in info["runs"][-1]["reason"]
 
@@ -254,4 +273,27 @@ def test_dropped_count_counts_a_long_line_once(full_home: Path) -> None:
     assert w.dropped_lines == 13
     payloads = [r.payload for r in iter_records(path)]
     assert payloads == [b"las: 13 lines could not be written (No space left on device)",
+                        b"after"]  # fmt: skip
+
+
+def test_a_record_cut_short_then_completed_is_not_counted(full_home: Path) -> None:
+    """The over-count of the issue: a block cut short by the full disk (part of it fits in
+    the file's last page) is completed once there is room; its lines are all in the log,
+    so none is dropped (before this fix: 857 of these 1000 were counted in one run)."""
+    path = full_home / "b.log"
+    w = LogWriter(path, max_size=1 << 30, keep=1)
+    try:
+        w.feed("O", b"first\n")
+        filler = fill(full_home)
+        w.feed("O", b"".join(b"line %06d of the workload\n" % i for i in range(1000)))
+        assert 0 < w.dropped_lines < 1000  # cut short: counted while it is not complete
+        filler.unlink()
+        w.settle()  # what the supervisor does before it records the count
+        assert w.dropped_lines == 0
+        w.feed("O", b"after\n")
+    finally:
+        w.close()
+    assert w.dropped_lines == 0
+    payloads = [r.payload for r in iter_records(path)]
+    assert payloads == [b"first", *(b"line %06d of the workload" % i for i in range(1000)),
                         b"after"]  # fmt: skip

@@ -36,6 +36,7 @@ from localaistack.store.db import (
     add_event,
     create_run,
     home_label,
+    no_space,
     set_run_state,
 )
 from localaistack.store.paths import ensure_home, private_dir
@@ -140,16 +141,27 @@ class Runtime:
         if not read_only:
             return self._reconcile()
         try:
-            return self._reconcile()
+            found = self._reconcile()
         except StoreError as exc:
             if exc.cause not in ("full", "readonly", "io", "permission", "busy"):
                 raise
             self._warn_not_updated(exc)
             return 0
+        if not self.warnings and no_space(str(self.store.path)):  # one statvfs
+            self.warnings.append(
+                f"the disk that holds {self.home} is full: supervisors record what happens "
+                "once there is room again, so the state shown may be behind"
+            )
+        return found
 
     def _warn_not_updated(self, exc: StoreError) -> None:
-        why = {"full": "the disk is full"}.get(exc.cause, exc.cause.replace("readonly", "the "
-               "filesystem is read-only"))  # fmt: skip
+        why = {
+            "full": "the disk is full",
+            "readonly": "the filesystem is read-only",
+            "permission": "permission is denied",
+            "busy": "the database is busy",
+            "io": "of an I/O error",
+        }.get(exc.cause, "the store cannot be written")
         text = f"state could not be updated because {why}: {exc.message}; shown as last recorded"
         if text not in self.warnings:
             self.warnings.append(text)

@@ -17,10 +17,13 @@ it outlives the ``las`` command. For a native workload it
   the run (its cgroup's members and our descendants: those that left the process group
   too), waits the stop timeout, then SIGKILLs them, and records which of the two ended it;
 * reaps the workload, kills what is left of the run until nothing is (counted in the
-  reason), removes the cgroup, and records the end durably;
+  reason), removes the cgroup, and records the end durably (a write the store refuses, a
+  full disk, is kept and retried until it is committed: ``record``);
 * once a second, checks the run's listening sockets (sock_diag: TCP and UDP, IPv4 and
   IPv6) against the policy and, without a cgroup, records the run's processes for the next
   ``las`` command should this process die;
+* stops the workload when its home is lost (its state database removed or replaced,
+  looked at every second: ``_check_home``), since no las command could see it any more;
 * when the plan asks for restarts, starts the next attempt (a run of its own) after a
   bounded, growing backoff.
 

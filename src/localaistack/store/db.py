@@ -111,7 +111,7 @@ _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN = 10, 11, 13, 14
 _SQLITE_AUTH, _SQLITE_NOTADB = 23, 26
 
 
-def _no_space(path: str) -> bool:
+def no_space(path: str) -> bool:
     """Whether the filesystem holding ``path`` has no block (or no inode) left for us."""
     try:
         st = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
@@ -146,7 +146,7 @@ def store_error(exc: BaseException, path: str, doing: str = "writing") -> StoreE
     if (
         primary == _SQLITE_FULL
         or err in (errno.ENOSPC, errno.EDQUOT)
-        or (primary in (_SQLITE_IOERR, _SQLITE_CANTOPEN) and _no_space(path))
+        or (primary in (_SQLITE_IOERR, _SQLITE_CANTOPEN) and no_space(path))
     ):
         return StoreError(
             f"disk full (ENOSPC) {doing} {path}: free space and retry",
@@ -210,7 +210,8 @@ def corrupt_hint(path: str) -> str:
 class _Conn(sqlite3.Connection):
     """A connection whose errors reach callers as a ``StoreError`` naming the cause.
 
-    Constraint violations stay ``sqlite3.IntegrityError`` (callers test for them).
+    Constraint violations stay ``sqlite3.IntegrityError`` (callers test for them), and
+    misuse stays ``sqlite3.ProgrammingError``.
     """
 
     db_path = ""
@@ -218,8 +219,8 @@ class _Conn(sqlite3.Connection):
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
         try:
             return super().execute(sql, parameters)
-        except sqlite3.IntegrityError:
-            raise
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+            raise  # a constraint callers test for, or a bug of ours: not the store's state
         except sqlite3.DatabaseError as exc:
             head = sql.lstrip()[:6].upper()
             doing = "reading" if head in ("SELECT", "PRAGMA") else "writing"
@@ -296,16 +297,25 @@ def _create_database(path: str, timeout: float) -> bool:
             conn.close()  # the last connection: its WAL is checkpointed into the file
         # A -wal or -shm without its database is what a removed one left (a process may
         # still hold it open): SQLite would replay it into the new file. Unlinked, the new
-        # database gets its own; a holder keeps writing to the old, harmlessly.
-        for suffix in ("-wal", "-shm"):
-            if not os.path.exists(path):
+        # database gets its own; a holder keeps writing to the old, harmlessly. Under a
+        # lock on the directory: no creator may unlink the -wal of one that linked first.
+        import fcntl
+
+        dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX)
+            if os.path.exists(path):
+                return False
+            for suffix in ("-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path + suffix)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        return True
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            os.close(dir_fd)  # releases the lock
     except OSError as exc:
         raise store_error(exc, path, "creating") from exc
     finally:
