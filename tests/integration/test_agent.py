@@ -80,7 +80,7 @@ def the_agent(las: Las) -> int:
     """Wait for the home's agent to listen (the first `las run` starts it); its pid."""
     wait_until(
         lambda: (las.home / "agent.sock").exists() and len(_agents_of(las.home)) == 1,
-        20, message="the las agent listens",
+        LOADED, message="the las agent listens",
     )  # fmt: skip
     (pid,) = _agents_of(las.home)
     return pid
@@ -338,7 +338,7 @@ def test_an_upgrade_of_las_replaces_the_agent(
         res = las_in(alas, "run", "-d", str(path), "--name", "upgraded")
         assert res.returncode == 0, res.stderr
         assert EXECED in cmdline(supervisor_of(alas, "upgraded"))
-        wait_until(lambda: not pid_alive(old), 20, message="the old agent exits")
+        wait_until(lambda: not pid_alive(old), LOADED, message="the old agent exits")
         new = the_agent(alas)
         assert new != old
         res = las_in(alas, "run", "-d", str(path), "--name", "after")
@@ -357,7 +357,7 @@ def test_an_idle_agent_exits_and_leaves_nothing(
     alas.ok("run", "-d", str(path), "--name", "first")
     agent = the_agent(alas)
     zygote = the_zygote(agent)
-    wait_until(lambda: not pid_alive(agent) and not pid_alive(zygote), 20,
+    wait_until(lambda: not pid_alive(agent) and not pid_alive(zygote), LOADED,
                message="the idle agent and its zygote exit")  # fmt: skip
     assert not (alas.home / "agent.sock").exists()
     assert "stops: idle for 1 s" in (alas.home / "agent.log").read_text()
@@ -371,7 +371,7 @@ def test_a_dead_agents_socket_does_not_stop_las(
     alas.ok("run", "-d", str(path), "--name", "first")
     old = the_agent(alas)
     os.kill(old, signal.SIGKILL)
-    wait_until(lambda: not pid_alive(old), 10, message="the agent died")
+    wait_until(lambda: not pid_alive(old), LOADED, message="the agent died")
     assert (alas.home / "agent.sock").exists()  # nobody listens on it
     started = time.monotonic()
     res = las_in(alas, "run", "-d", str(path), "--name", "second")
@@ -468,7 +468,7 @@ def test_a_client_the_agent_cannot_stand_in_for_runs_its_command_itself(
         assert log.count("refused a command: only run, start, restart") == 2
     finally:
         niced.terminate()
-        niced.wait(timeout=10)
+        niced.wait(timeout=LOADED)
 
 
 def test_sigterm_stops_the_agent_and_removes_its_socket(
@@ -479,7 +479,7 @@ def test_sigterm_stops_the_agent_and_removes_its_socket(
     agent = the_agent(alas)
     zygote = the_zygote(agent)
     os.kill(agent, signal.SIGTERM)
-    wait_until(lambda: not pid_alive(agent) and not pid_alive(zygote), 10,
+    wait_until(lambda: not pid_alive(agent) and not pid_alive(zygote), LOADED,
                message="the agent and its zygote exit")  # fmt: skip
     assert not (alas.home / "agent.sock").exists()
     assert "stops: SIGTERM" in (alas.home / "agent.log").read_text()
