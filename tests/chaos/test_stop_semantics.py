@@ -267,6 +267,25 @@ def test_the_maximum_stop_timeout_is_documented_and_accepted(
     assert las.state("stubborn") == "stopped"
 
 
+def test_a_plans_huge_stop_timeout_is_bounded(
+    las: Las, module_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A manifest's stop timeout beyond the maximum: refused by validation, or clamped to
+    3600 s by the supervisor; never a run `stopping` for longer."""
+    path = module_factory(
+        "huge", workload("--ignore-sigterm"), stop={"signal": "SIGTERM", "timeout": "100000s"}
+    )
+    res = las("run", "-d", str(path), timeout=SLOW)
+    if res.code != 0:  # refused up front: then it must say why
+        assert "timeout" in res.err, res.err
+        return
+    with _background(las, "stop", "huge"):
+        _stopping(las, "huge")
+        assert "SIGKILL after 3600s" in las.ps()["huge"]["reason"]
+        las.ok("stop", "huge", "--timeout", "0", timeout=SLOW)
+    assert las.state("huge") == "stopped"
+
+
 # --- Ctrl-C while `las run` waits for health ---------------------------------------------
 
 

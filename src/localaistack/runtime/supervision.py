@@ -260,7 +260,10 @@ class Supervisors:
         try:
             if not procs.is_same_process(sup_pid, sup_start):
                 return True, unrecorded
-            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+            except ProcessLookupError:
+                return True, unrecorded  # it exited just now: reconciled by the caller
             margin = STOP_GRACE_EXTRA if run["backend"] == "native" else CONTAINER_GRACE_EXTRA
             if unrecorded is not None and timeout is not None:
                 # The supervisor cannot read this timeout: it is told when it has passed.

@@ -973,8 +973,8 @@ class Supervisor:
             if self.stop_deadline is not None and now >= self.stop_deadline:
                 self.killed = True
                 self.stop_deadline = None
-                self._note("las: stop timeout passed; sending SIGKILL to the process group")
-                self._kill_all(pid)
+                self._kill_all(pid)  # (then the note: a full disk must not keep the kill)
+                self._stop_note("las: stop timeout passed; sent SIGKILL to the process group")
             if self.probe is not None and now >= self.probe.deadline:
                 expired = self._cancel_probe(expire=True)
                 if expired is not None:
@@ -1390,6 +1390,12 @@ class Supervisor:
         bound = min(max(0.0, left), STOP_TIMEOUT_MAX)
         return bound, min(max(0.0, asked), STOP_TIMEOUT_MAX)
 
+    def _stop_note(self, text: str) -> None:
+        """A note of the stop in the run's log; one that cannot be written (a full disk)
+        is left out: stopping goes on."""
+        with contextlib.suppress(OSError):
+            self._note(text)
+
     def _stop_sooner(self, timeout: float | None) -> None:
         """Another stop request while stopping: its deadline, if earlier, replaces ours."""
         if self.stop_deadline is None:
@@ -1402,7 +1408,7 @@ class Supervisor:
         # the `ENGINE stop` helper that runs with the longer timeout does.
         self.stop_deadline = self.kill_at = deadline
         what = f"stop requested again: SIGKILL after {asked:g}s"
-        self._note(f"las: {what}")
+        self._stop_note(f"las: {what}")
         self.record("stopping", what)
 
     def _kill_all(self, pid: int) -> None:
@@ -1559,7 +1565,7 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(member, sig)
             self.stop_deadline = self.kill_at = time.monotonic() + left
-        self._note(f"las: {what}: sending {sig_name} to the process group")
+        self._stop_note(f"las: {what}: sending {sig_name} to the process group")
         self.record("stopping", f"{what}: sending {sig_name}, SIGKILL after {timeout:g}s")
 
     def _reap(self, pid: int) -> int | None:
