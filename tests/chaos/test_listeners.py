@@ -15,6 +15,7 @@ import shutil
 import socket
 import sqlite3
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -157,14 +158,22 @@ def test_a_connected_udp_client_is_no_listener(
 
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap not installed")
 def test_a_listener_in_the_sandbox_network_namespace(
-    las: Las, module_factory: ModuleFactory
+    las: Las, module_factory: ModuleFactory, request: pytest.FixtureRequest
 ) -> None:
     # No ports: bwrap gives the workload a network namespace of its own (only lo). The
     # check dumps that namespace too (setns, as root) and applies the same policy.
     if os.geteuid() != 0:
         pytest.skip("the sandbox's namespace is reached with setns, which needs root")
+    # The sandbox hides the host's /tmp: the program and its Python must live elsewhere
+    # (a checkout or a venv under /tmp would be refused by the planner, rightly).
+    outside = Path(tempfile.mkdtemp(prefix="las-test-", dir="/var/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(outside, ignore_errors=True))
+    program = outside / "listener.py"
+    shutil.copy(PROGRAMS / "listener.py", program)
     path = module_factory(
-        "sbx", [*LISTENER, "--stamp", "-", "--delay", "2"], policy={"native_sandbox": "bwrap"}
+        "sbx",
+        ["/usr/bin/python3", str(program), "--stamp", "-", "--delay", "2"],
+        policy={"native_sandbox": "bwrap"},
     )
     las.ok("run", str(path))
     wait_until(lambda: "stamp " in las.ok("logs", "sbx").out, timeout=30, message="opened")

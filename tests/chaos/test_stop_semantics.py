@@ -439,3 +439,7 @@ def test_stop_reaches_the_workload_on_a_full_disk(
     assert "free space" in res.err  # what to do
     # With space again, the next command records the end.
     wait_until(lambda: las.state("onfull") in ("stopped", "failed"), SLOW, 0.2, "the end")
+    # The supervisor kept the true end while the disk was full, and recorded it then.
+    end = las.ps()["onfull"]
+    assert end["state"] == "stopped", end["reason"]
+    assert "lost" not in end["reason"] and "recorded late" in end["reason"], end["reason"]
