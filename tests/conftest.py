@@ -170,6 +170,13 @@ def las(tmp_path: Path, las_env: dict[str, str]) -> Iterator[Las]:
     home = tmp_path / "home"
     runner = Las(home, las_env)
     yield runner
+    end_home(runner)
+    _stop_podman_services_of(tmp_path)
+
+
+def end_home(runner: Las) -> None:
+    """SIGKILL the las agent and every supervisor of ``runner``'s home, then reconcile."""
+    home = runner.home
     for pid in _agents_of(home):  # its supervisor zygote exits with it
         try:
             os.kill(pid, signal.SIGKILL)
@@ -186,7 +193,6 @@ def las(tmp_path: Path, las_env: dict[str, str]) -> Iterator[Las]:
         time.sleep(0.02)
     if (home / "state.db").exists():
         runner("ps")  # reconciles: records the kills, removes the runs' cgroups
-    _stop_podman_services_of(tmp_path)
 
 
 def _stop_podman_services_of(tmp_path: Path) -> None:

@@ -17,10 +17,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import sqlite3
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,8 +29,7 @@ from tests.conftest import (
     PROGRAMS,
     REPO,
     Las,
-    _agents_of,
-    _supervisors_of,
+    end_home,
     usable_engine,
     wait_until,
     workload,
@@ -197,16 +194,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     try:
         yield exercise(runner, root, ("***",) * 4)
     finally:
-        for pid in _agents_of(home) + _supervisors_of(home):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 5
-        while _supervisors_of(home) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if (home / "state.db").exists():
-            runner("ps")
+        end_home(runner)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
