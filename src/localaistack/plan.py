@@ -5,22 +5,22 @@ watch and stop a workload, fully resolved (argv, env, ports with host address, l
 nothing the runtime must decide. ``decisions`` records why each choice was made and which
 alternatives were rejected; the runtime never reads it.
 
-The classes are frozen records checked on construction (types, ranges; lists become tuples,
-dicts become the nested classes), so that building or reading a plan costs no pydantic
-import: ``las run`` is on the start path, where every millisecond counts. The supervisor
-reads the plan's JSON form as plain data; keep field names stable and bump
-``schema_version`` when a change would make an older supervisor misread a newer plan.
+The classes are frozen pydantic models: checked on construction (types, ranges; lists
+become tuples, dicts the nested models), unknown keys refused. A plan is read back with
+``ExecutionPlan.model_validate_json`` (or ``model_validate`` from its JSON data) and written
+with ``model_dump_json()`` (``model_dump(mode="json")`` as data): every field, ``None``
+included, in declaration order. The supervisor reads that JSON as plain data; keep field
+names stable and bump ``schema_version`` when a change would make an older supervisor
+misread a newer plan (tests/data/plans holds plans as earlier versions wrote them).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
-import types
-import typing
-from collections.abc import Callable
-from typing import Any, ClassVar, Literal, TypeVar, dataclass_transform
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 from localaistack.masking import masked
 
@@ -32,202 +32,39 @@ ParamSource = Literal["set", "default", "unset"]
 EngineName = Literal["podman", "docker"]
 ProbeKind = Literal["http", "tcp", "command"]
 
-
-_T = TypeVar("_T", bound="_Frozen")
-_HINTS: dict[type, dict[str, Any]] = {}  # per record class
-
-
-def _hints(cls: type[_Frozen]) -> dict[str, Any]:
-    """The types of a record's fields, its annotation strings evaluated in its module.
-
-    ``typing.get_type_hints`` does the same for any class, at ~0.4 ms a class: ~3 ms on
-    each ``las run``, which reads a plan back. Records here declare their fields directly
-    (``_Frozen.__init_subclass__``), so their own annotations are all there is to read.
-    """
-    hints = _HINTS.get(cls)
-    if hints is None:
-        names = vars(sys.modules[cls.__module__])
-        own: dict[str, Any] = {}
-        for klass in reversed(cls.__mro__):
-            own.update(klass.__dict__.get("__annotations__", {}))  # noqa: RUF063
-        hints = _HINTS[cls] = {
-            f: eval(own[f], names) if isinstance(own[f], str) else own[f] for f in cls._fields
-        }
-    return hints
+_T = TypeVar("_T")
+# A list in JSON, a tuple in the model (so that a plan is hashable); its items strict.
+Seq = Annotated[tuple[_T, ...], Strict(False)]
+Port = Annotated[int, Field(ge=1, le=65535)]
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """``value`` checked against the type ``hint`` (and converted where JSON loses it)."""
-    origin = typing.get_origin(hint)
-    if origin is typing.Union or origin is types.UnionType:
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except (TypeError, ValueError) as exc:
-                errors.append(str(exc))
-        raise TypeError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits no type")
-    if origin is Literal:
-        if value not in typing.get_args(hint):
-            raise ValueError(f"{where}: {value!r} is not one of {typing.get_args(hint)}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (tuple, list)):
-            raise TypeError(f"{where}: expected a list, got {type(value).__name__}")
-        (item, _dots) = typing.get_args(hint)
-        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if isinstance(hint, type) and issubclass(hint, _Frozen):
-        if isinstance(value, hint):
-            return value
-        if isinstance(value, dict):
-            return hint.from_dict(value, where)
-        raise TypeError(f"{where}: expected an object, got {type(value).__name__}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is bool or hint is str:
-        if isinstance(value, hint):
-            return value
-    else:  # pragma: no cover - a field type this module does not use
-        raise TypeError(f"{where}: unsupported type {hint!r}")
-    raise TypeError(f"{where}: expected {hint.__name__}, got {type(value).__name__}")
-
-
-class _Factory:
-    """A default made per instance (``field(default_factory=...)``)."""
-
-    def __init__(self, factory: Callable[[], Any]) -> None:
-        self.factory = factory
-
-
-def field(*, default_factory: Callable[[], Any]) -> Any:
-    return _Factory(default_factory)
-
-
-@dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(field,))
-class _Frozen:
+class _Record(BaseModel):
     """A frozen record, checked on construction; unknown keys are refused.
 
-    What ``@dataclass(frozen=True, kw_only=True)`` gives, without its cost: dataclasses
-    generates each method with ``exec``, which made importing this module (on every
-    ``las run``) some 20 ms slower on a small machine.
+    Strict: a value of the wrong JSON type (``"1"`` for 1, ``true`` for 1) is refused, not
+    converted; an int is a fine float.
     """
 
-    _fields: ClassVar[tuple[str, ...]] = ()
-    _defaults: ClassVar[dict[str, Any]] = {}
-    # field -> (low, high): a number's value, a tuple's length
-    _ranges: ClassVar[dict[str, tuple[int, int]]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        names, defaults = [], {}
-        # The class's own annotations (strings: `from __future__ import annotations`), read
-        # without `inspect`, which costs the start path ~9 ms to import.
-        for name, hint in cls.__dict__.get("__annotations__", {}).items():  # noqa: RUF063
-            if name.startswith("_") or str(hint).startswith("ClassVar"):
-                continue
-            names.append(name)
-            if name in cls.__dict__:
-                defaults[name] = cls.__dict__[name]
-                delattr(cls, name)  # the instance's value, never the class's
-        cls._fields, cls._defaults = tuple(names), defaults
-
-    def __init__(self, **values: Any) -> None:
-        cls = type(self)
-        unknown = set(values) - set(cls._fields)
-        if unknown:
-            raise TypeError(f"{cls.__name__}: unknown field(s) {', '.join(sorted(unknown))}")
-        hints = _hints(cls)
-        for f in cls._fields:
-            if f in values:
-                value = values[f]
-            elif f in cls._defaults:
-                value = cls._defaults[f]
-                if isinstance(value, _Factory):
-                    value = value.factory()
-            else:
-                raise TypeError(f"{cls.__name__}: missing field {f!r}")
-            value = _coerce(value, hints[f], f"{cls.__name__}.{f}")
-            if f in cls._ranges and value is not None:
-                low, high = cls._ranges[f]
-                if not low <= (len(value) if isinstance(value, tuple) else value) <= high:
-                    raise ValueError(f"{cls.__name__}.{f}: {value!r} is out of range {low}..{high}")
-            object.__setattr__(self, f, value)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"{type(self).__name__} is frozen: cannot set {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"{type(self).__name__} is frozen: cannot delete {name!r}")
-
-    def _values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, f) for f in self._fields)
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        assert isinstance(other, _Frozen)
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, self._values()))
-
-    def __repr__(self) -> str:
-        inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
-        return f"{type(self).__name__}({inner})"
-
-    def replace(self: _T, **changes: Any) -> _T:
-        """A copy with ``changes`` (checked like a new record)."""
-        return type(self)(**{**{f: getattr(self, f) for f in self._fields}, **changes})
-
-    @classmethod
-    def from_dict(cls: type[_T], data: dict[str, Any], where: str | None = None) -> _T:
-        unknown = sorted(set(data) - set(cls._fields))
-        if unknown:
-            raise ValueError(f"{where or cls.__name__}: unknown field(s) {', '.join(unknown)}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (tuples as lists), the form the JSON has."""
-        return {f: _plain(getattr(self, f)) for f in self._fields}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, _Frozen):
-        return value.to_dict()
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-class Rejected(_Frozen):
+class Rejected(_Record):
     """An alternative that was considered and not taken, with the reason."""
 
     option: str
     reason: str
 
 
-class Decision(_Frozen):
+class Decision(_Record):
     """One choice the control layer made: what, which, why, and what was rejected."""
 
     topic: str
     choice: str
     reason: str
-    rejected: tuple[Rejected, ...] = ()
+    rejected: Seq[Rejected] = ()
 
 
-class ModuleRef(_Frozen):
+class ModuleRef(_Record):
     """Which manifest the plan was made from."""
 
     name: str
@@ -237,13 +74,13 @@ class ModuleRef(_Frozen):
     digest: str  # sha256 of the manifest file's bytes
 
 
-class EnvVar(_Frozen):
+class EnvVar(_Record):
     name: str
     value: str
     secret: bool = False
 
 
-class Parameter(_Frozen):
+class Parameter(_Record):
     """A resolved module parameter and where its value came from."""
 
     name: str
@@ -252,96 +89,89 @@ class Parameter(_Frozen):
     secret: bool = False
 
 
-class PinnedFile(_Frozen):
+class PinnedFile(_Record):
     """A file a trust pin covers, with the sha256 it was checked to have at planning."""
 
     path: str  # absolute
     sha256: str
 
 
-class NativeSpec(_Frozen):
+class NativeSpec(_Record):
     """How to run the workload as a host process."""
 
-    _ranges: ClassVar[dict[str, tuple[int, int]]] = {"argv": (1, 1 << 30)}
-
-    argv: tuple[str, ...]  # argv[0] is an absolute path
-    env: tuple[EnvVar, ...] = ()
+    argv: Annotated[Seq[str], Field(min_length=1)]  # argv[0] is an absolute path
+    env: Seq[EnvVar] = ()
     workdir: str | None = None
     user: str | None = None  # run as this user (uid, gid below); None: as the supervisor
     uid: int | None = None
     gid: int | None = None
-    sandbox: tuple[str, ...] = ()  # argv prefix that runs the workload in a sandbox (bwrap ...)
+    sandbox: Seq[str] = ()  # argv prefix that runs the workload in a sandbox (bwrap ...)
     # A trust pin's files (the executable first): the runtime hashes them again right
     # before exec and refuses to start on any difference (docs/policy.md).
-    pinned: tuple[PinnedFile, ...] = ()
+    pinned: Seq[PinnedFile] = ()
 
 
-class Volume(_Frozen):
+class Volume(_Record):
     source: str
     target: str
     read_only: bool = True
 
 
-class ContainerSpec(_Frozen):
+class ContainerSpec(_Record):
     """How to run the workload in a container."""
 
     engine: EngineName
     image: str
-    argv: tuple[str, ...] = ()
-    env: tuple[EnvVar, ...] = ()
+    argv: Seq[str] = ()
+    env: Seq[EnvVar] = ()
     workdir: str | None = None
-    volumes: tuple[Volume, ...] = ()
+    volumes: Seq[Volume] = ()
     user: str | None = None
-    cap_add: tuple[str, ...] = ()
+    cap_add: Seq[str] = ()
     read_only_root: bool = True
     pids_limit: int = 1024
-    engine_args: tuple[str, ...] = ()  # global options for the engine CLI (--runtime runc)
+    engine_args: Seq[str] = ()  # global options for the engine CLI (--runtime runc)
 
 
-class PortBinding(_Frozen):
+class PortBinding(_Record):
     """A named port: where the workload listens and where the host reaches it."""
 
-    _ranges: ClassVar[dict[str, tuple[int, int]]] = {
-        "container_port": (1, 65535),
-        "host_port": (1, 65535),
-    }
-
     name: str
-    container_port: int
+    container_port: Port
     host_ip: str
-    host_port: int
+    host_port: Port
     protocol: Literal["tcp", "udp"] = "tcp"
 
 
-class HealthSpec(_Frozen):
+class HealthSpec(_Record):
     """One probe and its timings (seconds)."""
 
     kind: ProbeKind
     port: str | None = None
     host_port: int | None = None
     path: str = "/"
-    command: tuple[str, ...] = ()
+    command: Seq[str] = ()
     start_timeout: float = 60.0
     interval: float = 10.0
     timeout: float = 2.0
     failure_threshold: int = 3
 
 
-class GpuAssignment(_Frozen):
+class GpuAssignment(_Record):
     index: int
     uuid: str
     vendor: Literal["nvidia", "amd"]
     vram: int = 0
 
 
-class Resources(_Frozen):
+class Resources(_Record):
     memory: int | None = None  # bytes; None: no limit
     cpus: float | None = None
     gpus: int = 0
     vram: int = 0
 
 
-class RestartSpec(_Frozen):
+class RestartSpec(_Record):
     """When the supervisor starts a failed workload again (never, unless asked for).
 
     At most ``max_restarts`` within ``window`` seconds, waiting ``backoff`` * 2^n (with
@@ -356,12 +186,12 @@ class RestartSpec(_Frozen):
     reset_after: float = 300.0
 
 
-class StopSpec(_Frozen):
+class StopSpec(_Record):
     signal: str = "SIGTERM"
     timeout: float = 10.0
 
 
-class ShownText(_Frozen):
+class ShownText(_Record):
     """A string of the plan into which the planner substituted a secret parameter, as
     shown: the same template rendered with the secret as ``***`` (masking.py)."""
 
@@ -369,12 +199,12 @@ class ShownText(_Frozen):
     text: str
 
 
-class LogSpec(_Frozen):
+class LogSpec(_Record):
     max_size: int = 50 * 1024 * 1024
     keep: int = 5
 
 
-class ExecutionPlan(_Frozen):
+class ExecutionPlan(_Record):
     """Everything the runtime needs to execute one module, and why it looks as it does."""
 
     schema_version: int = PLAN_SCHEMA_VERSION
@@ -382,18 +212,18 @@ class ExecutionPlan(_Frozen):
     mode: Mode
     native: NativeSpec | None = None
     container: ContainerSpec | None = None
-    parameters: tuple[Parameter, ...] = ()
-    ports: tuple[PortBinding, ...] = ()
+    parameters: Seq[Parameter] = ()
+    ports: Seq[PortBinding] = ()
     health: HealthSpec | None = None
-    resources: Resources = field(default_factory=Resources)
-    gpus: tuple[GpuAssignment, ...] = ()
-    restart: RestartSpec = field(default_factory=RestartSpec)
-    stop: StopSpec = field(default_factory=StopSpec)
-    logs: LogSpec = field(default_factory=LogSpec)
-    decisions: tuple[Decision, ...] = ()
+    resources: Resources = Field(default_factory=Resources)
+    gpus: Seq[GpuAssignment] = ()
+    restart: RestartSpec = Field(default_factory=RestartSpec)
+    stop: StopSpec = Field(default_factory=StopSpec)
+    logs: LogSpec = Field(default_factory=LogSpec)
+    decisions: Seq[Decision] = ()
     # Where secret parameters were substituted, as shown. The stored plan is the shown
     # form, this list applied (store/secrets.py); the plan id does not hash it.
-    shown: tuple[ShownText, ...] = ()
+    shown: Seq[ShownText] = ()
 
     @property
     def plan_id(self) -> str:
@@ -401,20 +231,6 @@ class ExecutionPlan(_Frozen):
         the ``shown`` list left out): two plans that differ only in a secret have the same
         id, the id tells nothing about a secret, and a stored (masked) plan keeps the id
         `las plan` showed."""
-        text = json.dumps(masked(self.to_dict()), separators=(",", ":"), ensure_ascii=False)
+        shown = masked(self.model_dump(mode="json"))
+        text = json.dumps(shown, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> ExecutionPlan:
-        """Read a plan's JSON form back (as written by ``to_json``).
-
-        Raises:
-            ValueError: the text is not such a plan (TypeError is reported as ValueError).
-        """
-        try:
-            data = json.loads(text)
-            if not isinstance(data, dict):
-                raise TypeError("a plan is a JSON object")
-            return cls.from_dict(data)
-        except TypeError as exc:
-            raise ValueError(str(exc)) from exc

@@ -159,7 +159,7 @@ def exercise(las: Las, root: Path, values: tuple[str, ...]) -> dict[str, str]:
                 ("logs", "masq", "--timestamps")):  # fmt: skip
         ok(" ".join(cmd), *cmd)
     # The id is a hash of the shown (stored) plan, the same before and after a restart.
-    plan_id = ExecutionPlan.from_dict(las.inspect("masq")["plan"]).plan_id
+    plan_id = ExecutionPlan.model_validate(las.inspect("masq")["plan"]).plan_id
     assert plan_id != plan["plan_id"]  # `las run` planned its own port
     assert f"Plan {plan_id} " in out["inspect masq"]
     assert las.inspect("masq")["health"] == "healthy"  # the probe got the real value

@@ -367,11 +367,13 @@ def test_another_gpu_with_room_is_suggested(store: Store) -> None:
 def test_multi_gpu_plans_hold_each_gpu(store: Store) -> None:
     hw = profile("4x80gib")
     plan = make(vram=60 * GIB)
-    plan = plan.replace(
-        gpus=tuple(
-            GpuAssignment(index=g.index, uuid=g.uuid, vendor=g.vendor, vram=60 * GIB)
-            for g in hw.gpus[:2]
-        ),
+    plan = plan.model_copy(
+        update={
+            "gpus": tuple(
+                GpuAssignment(index=g.index, uuid=g.uuid, vendor=g.vendor, vram=60 * GIB)
+                for g in hw.gpus[:2]
+            )
+        },
     )
     admit_new(store, "big", factory(plan), capacity=Capacity.of(hw, policy()))
     with pytest.raises(ResourcesRefused, match=r"held by big"):

@@ -787,7 +787,7 @@ def test_plan_is_deterministic_and_round_trips_json() -> None:
     second = plan(gpu_svc(), "2x24gib", mode="native")
     assert first == second
     assert first.plan_id == second.plan_id
-    assert ExecutionPlan.from_json(first.to_json()) == first
+    assert ExecutionPlan.model_validate_json(first.model_dump_json()) == first
 
 
 def test_every_decision_has_a_reason() -> None:

@@ -181,4 +181,4 @@ def test_planner_invariants(
     assert set(uuids) <= {g.uuid for g in hw.gpus}
 
     assert all(d.reason for d in plan.decisions)
-    assert ExecutionPlan.from_json(plan.to_json()) == plan
+    assert ExecutionPlan.model_validate_json(plan.model_dump_json()) == plan

@@ -18,7 +18,7 @@ from localaistack.units import format_duration, format_size
 
 def masked_plan_dict(plan: ExecutionPlan) -> dict[str, Any]:
     """The plan as JSON data with each secret shown as ``***`` where it sits (as stored)."""
-    return masked(plan.to_dict())
+    return masked(plan.model_dump(mode="json"))
 
 
 def plan_json(plan: ExecutionPlan) -> str:

@@ -692,7 +692,7 @@ def admit_new(
         else:
             plan = make_plan(allocate)
         out, details = _admit_resources(c, name, plan, capacity, live)
-        if not insert_instance(c, name, plan.module.name, plan.mode, plan.to_json()):
+        if not insert_instance(c, name, plan.module.name, plan.mode, plan.model_dump_json()):
             raise _name_taken(c, name)
         mark_admitted(c, name)
         _record(c, name, out, details, notes)

@@ -267,7 +267,7 @@ class PlanCache:
             # are planned (and checked against the pin) again.
             if any(_stat_id(path) != st for path, st in entry.get("pinned", ())):
                 return None
-            plan = ExecutionPlan.from_json(entry["plan"])
+            plan = ExecutionPlan.model_validate_json(entry["plan"])
             capacity = Capacity.from_dict(entry["capacity"])
             workdir = plan.native.workdir if plan.native else None
             if workdir is not None and not os.path.isdir(workdir):
@@ -290,7 +290,7 @@ class PlanCache:
             return False
         exe = plan.native.argv[0] if plan.native is not None else None
         entry = {
-            "plan": plan.to_json(),
+            "plan": plan.model_dump_json(),
             "capacity": capacity.to_dict(),
             "env": env.read,
             "exe": [exe, _stat_id(exe)] if exe is not None else None,
@@ -336,7 +336,7 @@ def warm_up(home: Path) -> None:
     for path in sorted(cache.dir.glob("*.json"))[:1]:
         try:
             entry = json.loads(path.read_bytes())
-            ExecutionPlan.from_json(entry["plan"])
+            ExecutionPlan.model_validate_json(entry["plan"])
             Capacity.from_dict(entry["capacity"])
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a broken entry: the hit path drops it, not this

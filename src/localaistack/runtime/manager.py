@@ -286,10 +286,7 @@ class Runtime:
     def plan_of(self, name: str) -> ExecutionPlan:
         from localaistack.plan import ExecutionPlan
 
-        try:
-            return ExecutionPlan.from_dict(self.stored_plan(name))
-        except TypeError as exc:  # as from_json: a plan that does not fit is a ValueError
-            raise ValueError(str(exc)) from exc
+        return ExecutionPlan.model_validate(self.stored_plan(name))  # ValueError: it does not fit
 
     # --- lifecycle -----------------------------------------------------------------------
 
