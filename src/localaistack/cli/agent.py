@@ -55,22 +55,15 @@ LOCK = "agent.lock"
 
 
 def _warm(home: str) -> None:
-    """Import what the handed-over commands use, once, before any fork, and go once
-    through the plan cache's reading (``plancache.warm_up``)."""
+    """Import what the handed-over commands use, once, before any fork."""
     import hashlib  # noqa: F401
     import json  # noqa: F401
     import sqlite3  # noqa: F401
     import tempfile  # noqa: F401
-    from pathlib import Path
 
     from localaistack.cli import launch, lifecycle, main  # noqa: F401
-    from localaistack.control import admission, names, plancache, planner, ports  # noqa: F401
+    from localaistack.control import admission, names, planner, ports, probecache  # noqa: F401
     from localaistack.runtime import engines, enginestore, manager, supervision  # noqa: F401
-
-    try:
-        plancache.warm_up(Path(home))
-    except Exception as exc:  # only time is lost: the workers read it all themselves
-        _log(f"warm-up: {exc!r}")
 
 
 class _Stop(Exception):

@@ -1,4 +1,4 @@
-"""``las run`` itself: plan (or reuse a plan), admit, start, report. No click here.
+"""``las run`` itself: plan, admit, start, report. No click here.
 
 ``las run`` is the one command on a latency path (docs/benchmarks.md), and importing click
 costs it about 30 ms of a ~100 ms start. So its work lives here, free of click, and two
@@ -154,7 +154,7 @@ def run_instance(
     name: str | None,
     detach: bool,
 ) -> None:
-    """Plan MODULE (or reuse its plan), admit it, start it and print how the start went.
+    """Plan MODULE, admit it, start it and print how the start went.
 
     Raises:
         LasError: a usage error, a refusal, or a start that failed (with the reason).
@@ -176,14 +176,7 @@ def run_instance(
 
         pending = entry.take(rt.store.path) or rt.prepare_start()
         try:
-            from localaistack.control.plancache import PlanCache, Request, enabled
-
-            cache = None
-            if enabled():
-                cache = PlanCache(las_home(), Request(module, mode, sets, policy_file))
-            instance = _admit_cached(rt, cache, name) if cache else None
-            if instance is None:
-                instance = _plan_and_admit(rt, module, mode, sets, policy_file, name, cache)
+            instance = _plan_and_admit(rt, module, mode, sets, policy_file, name)
         except BaseException:
             rt.cancel_start(pending)
             raise
@@ -244,36 +237,6 @@ def clear_admission(rt: Any, name: str) -> None:
         clear(c, name)
 
 
-def _admit_cached(rt: Any, cache: Any, name: str | None) -> str | None:
-    """Admit the cached plan; the instance's name, or None to plan afresh."""
-    from localaistack.control.admission import PortsTaken, admit_new, live_usage
-
-    hit = cache.get()
-    if hit is None:
-        return None
-    instance = name or hit.plan.module.name
-    try:
-        rt.preflight(hit.plan)  # the engine may have changed: plan again if it fails
-    except StartFailed:
-        cache.drop()
-        return None
-    rt.reconcile()
-    notes: list[str] = []
-    try:
-        admit_new(
-            rt.store,
-            instance,
-            hit.plan,
-            capacity=hit.capacity,
-            live=live_usage(hit.capacity, store=rt.store),
-            notes=notes,
-        )
-    except PortsTaken:
-        return None  # its ports are someone else's now: new ones come with a new plan
-    warn(notes)
-    return str(instance)
-
-
 def _plan_and_admit(
     rt: Any,
     module: str,
@@ -281,22 +244,19 @@ def _plan_and_admit(
     sets: tuple[str, ...],
     policy_file: Path | None,
     name: str | None,
-    cache: Any,
 ) -> str:
-    from localaistack.cli.main import planner_for  # a fresh plan: click's cost is small here
+    from localaistack.cli.main import planner_for
     from localaistack.control.admission import Capacity, admit_new, gpu_held, live_usage
-    from localaistack.control.plancache import RecordingEnviron
 
-    env = RecordingEnviron(os.environ)
     rt.reconcile()  # a run that died holds no reservation any more
     held = gpu_held(rt.store)
-    planner = planner_for(module, mode, sets, None, policy_file, environ=env, gpu_held=held)
+    planner = planner_for(module, mode, sets, None, policy_file, gpu_held=held)
     instance = name or planner.loaded.manifest.name
     # Checks that need the engine (image present...) come before anything is created.
     rt.preflight(planner(None))
     notes: list[str] = []
     capacity = Capacity.of(planner.profile, planner.policy)
-    plan = admit_new(
+    admit_new(
         rt.store,
         instance,
         planner,
@@ -305,6 +265,4 @@ def _plan_and_admit(
         notes=notes,
     )
     warn(notes)
-    if cache is not None:
-        cache.put(plan, capacity, planner.loaded, planner.profile, env)
     return str(instance)

@@ -73,8 +73,8 @@ def run(
 
     Waits until the workload is healthy (when it declares a health probe; running
     otherwise) or has failed (non-zero exit, with the reason). --detach returns at running.
-    A plan made before from the same inputs is used again (docs/planning.md; LAS_PLAN_CACHE=0
-    turns that off).
+    The hardware probe is kept while nothing it was probed from changes (docs/planning.md;
+    LAS_PROBE_CACHE=0 turns that off).
     """
     if hardware_file is not None:
         raise UsageError(

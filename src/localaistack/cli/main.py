@@ -243,7 +243,7 @@ def planner_for(
     gpu_held: Mapping[str, int] | None = None,
 ) -> Planner:
     """Resolve the module and read the hardware profile and policy for planning it."""
-    from localaistack.control import hardware
+    from localaistack.control import hardware, probecache
     from localaistack.control.catalog import resolve_module
     from localaistack.control.planner import PlanRequest
     from localaistack.control.policy import load_policy
@@ -257,7 +257,7 @@ def planner_for(
     else:
         # Asking the engines costs a few hundred ms: only when a container plan is possible.
         wants_engine = "container" in loaded.manifest.runtime.modes and mode != "native"
-        profile = hardware.detect_hardware(probe_engines=wants_engine)
+        profile = probecache.hardware_profile(home, probe_engines=wants_engine)
     request = PlanRequest(mode=mode, sets=parse_sets(sets), gpu_held=gpu_held)
     return Planner(loaded, profile, policy, request, local=hardware_file is None, environ=environ)
 

@@ -94,8 +94,7 @@ class GpuCapacity:
 class Capacity(NamedTuple):
     """What admission checks a plan against: the machine's capacity and the policy's terms.
 
-    Plain data (no pydantic), so that a cached plan is admitted without importing the
-    hardware and policy models (``las run``'s fast path: control/plancache.py).
+    Plain data taken from the hardware profile and the policy.
     """
 
     memory_total: int  # bytes of RAM
@@ -120,13 +119,6 @@ class Capacity(NamedTuple):
             reserve_vram=policy.reserve.vram,
             overcommit=policy.overcommit,
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self._asdict(), "gpus": [g.as_dict() for g in self.gpus]}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Capacity:
-        return cls(**{**data, "gpus": tuple(GpuCapacity(**g) for g in data["gpus"])})
 
 
 class LiveUsage:
@@ -649,7 +641,7 @@ def _record(
 def admit_new(
     store: Store,
     name: str,
-    make_plan: PlanFactory | ExecutionPlan,
+    make_plan: PlanFactory,
     *,
     capacity: Capacity | None = None,
     live: LiveUsage | None = None,
@@ -657,9 +649,7 @@ def admit_new(
 ) -> ExecutionPlan:
     """Plan with ports nobody else was promised, check its memory, create the instance.
 
-    ``make_plan`` is called with a port allocator; or it is a plan whose ports are already
-    chosen (a cached plan), and they are checked instead: not promised to another instance
-    and free on the host, else ``PortsTaken``.
+    ``make_plan`` is called with a port allocator.
 
     With ``capacity`` the plan's RAM and VRAM are checked against the
     ledger and ``live`` usage (see the module's doc); without them only names and ports
@@ -669,7 +659,6 @@ def admit_new(
 
     Raises:
         InstanceConflict: the name is taken.
-        PortsTaken: a given plan's port is promised or in use (an ``AdmissionRefused``).
         ResourcesRefused: the memory is not free (an ``AdmissionRefused``).
         PlanningError: from ``make_plan``.
     """
@@ -686,11 +675,7 @@ def admit_new(
             chosen.add(port)
             return port
 
-        if isinstance(make_plan, ExecutionPlan):
-            plan = make_plan
-            _check_ports(name, plan, taken)
-        else:
-            plan = make_plan(allocate)
+        plan = make_plan(allocate)
         out, details = _admit_resources(c, name, plan, capacity, live)
         if not insert_instance(c, name, plan.module.name, plan.mode, plan.model_dump_json()):
             raise _name_taken(c, name)

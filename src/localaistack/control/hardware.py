@@ -563,6 +563,21 @@ def detect_engines(
     return tuple(detect_engine(n, env=env, timeout=timeout) for n in ENGINE_NAMES)
 
 
+def unprobed_engines() -> tuple[EngineInfo, ...]:
+    """The engines as a profile lists them when they were not asked (not usable)."""
+    return tuple(
+        EngineInfo(
+            name=n,
+            installed=False,
+            usable=False,
+            version=None,
+            reason="not probed: not needed for this plan",
+            probed=False,
+        )
+        for n in ENGINE_NAMES
+    )
+
+
 # --------------------------------------------------------------------------- cgroups
 
 
@@ -698,17 +713,7 @@ def detect_hardware(
         memory = detect_memory()
         cgroup = detect_cgroup(proc_root)
         gpus, notes = gpu_future.result()
-        engines = tuple(f.result() for f in engine_futures) or tuple(
-            EngineInfo(
-                name=n,
-                installed=False,
-                usable=False,
-                version=None,
-                reason="not probed: not needed for this plan",
-                probed=False,
-            )
-            for n in ENGINE_NAMES
-        )
+        engines = tuple(f.result() for f in engine_futures) or unprobed_engines()
     return HardwareProfile(
         collected_at=datetime.now(UTC).isoformat(timespec="seconds"),
         hostname=socket.gethostname() or platform.node() or "unknown",
