@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
 import random
 import shutil
@@ -10,19 +12,20 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
 
-from localaistack.runtime.logfile import LogWriter, Record
-from localaistack.runtime.logread import (
+from localaistack.runtime.logs.format import Record
+from localaistack.runtime.logs.reader import (
     follow_records,
     format_record,
     format_records,
     iter_records,
     tail_records,
 )
+from localaistack.runtime.logs.writer import LogWriter
 
 BIG = 1 << 40
 
@@ -929,3 +932,39 @@ def test_ten_thousand_lines_in_blocks_with_rotation_tail_and_follow(tmp_path: Pa
     tail_followed = [r.payload for r in late[0][1]]
     assert tail_followed == lines[-len(tail_followed) :]
     assert 50 <= len(tail_followed) < 10_000  # it started mid-way, with the 50 before
+
+
+# --------------------------------------------------------------------------------------------
+# logs written before the log package (tests/data/logs/README.md)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "logs"
+
+
+def as_lists(records: Iterable[Record]) -> list[list[object]]:
+    return [[r.ts, r.stream, r.partial, r.payload.decode("latin-1")] for r in records]
+
+
+@pytest.mark.parametrize("name", ["rotated", "damaged", "unterminated"])
+def test_logs_of_earlier_versions_read_as_they_did(name: str, tmp_path: Path) -> None:
+    expected = json.loads((FIXTURES / "expected.json").read_text())[name]
+    src = FIXTURES / name
+    home = tmp_path / name
+    shutil.copytree(src, home)  # followers look at the directory; keep the fixture read-only
+    path = home / "run.log"
+    recs = list(iter_records(path))
+    assert as_lists(recs) == expected["iter"]
+    assert as_lists(iter_records(path, include_rotated=False)) == expected["iter_live"]
+    for n, want in expected["tail"].items():
+        assert as_lists(tail_records(path, int(n))) == want, f"tail {n}"
+    for n, want in expected["follow_tail"].items():
+        got = follow_records(path, stop=lambda: True, poll=0, tail=int(n))
+        assert as_lists(got) == want, f"follow --tail {n}"
+    plain = hashlib.sha256(b"".join(format_records(recs, False))).hexdigest()
+    stamped = hashlib.sha256(b"".join(format_records(recs, True))).hexdigest()
+    assert (plain, stamped) == (expected["plain_sha256"], expected["timestamps_sha256"])
+    if name == "rotated":  # today's writer appends to such a file as to its own
+        with LogWriter(path, max_size=8000, keep=3, max_line=64) as w:
+            w.feed("stdout", b"appended\n")
+        after = as_lists(iter_records(path))
+        assert after[:-1] == expected["iter"]
+        assert after[-1][1:] == ["O", False, "appended"]
