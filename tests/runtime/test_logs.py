@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from localaistack.runtime.logs import format as fmt
 from localaistack.runtime.logs.format import Record
 from localaistack.runtime.logs.reader import (
     follow_records,
@@ -932,6 +933,41 @@ def test_ten_thousand_lines_in_blocks_with_rotation_tail_and_follow(tmp_path: Pa
     tail_followed = [r.payload for r in late[0][1]]
     assert tail_followed == lines[-len(tail_followed) :]
     assert 50 <= len(tail_followed) < 10_000  # it started mid-way, with the 50 before
+
+
+# --------------------------------------------------------------------------------------------
+# the format's own functions and its specification
+
+
+def test_one_record_encodes_and_decodes() -> None:
+    ts = fmt.timestamp()
+    assert len(ts) == fmt.TIMESTAMP_LEN
+    for stream in (fmt.STDOUT, fmt.STDERR, fmt.LAS):
+        for partial in (False, True):
+            line = fmt.line_prefix(ts, stream.encode(), partial) + b"any \xff bytes"
+            assert len(fmt.line_prefix(ts, stream.encode(), partial)) == fmt.PREFIX_LEN
+            assert fmt.parse_line(line) == Record(ts.decode(), stream, partial, b"any \xff bytes")
+            assert fmt.parse_header(line) is None
+    header = fmt.block_header(ts, fmt.STDERR.encode(), 12)
+    assert header.endswith(b"\n") and header[30:31] == fmt.BLOCK.encode()
+    assert fmt.parse_header(header[:-1]) == (ts.decode(), fmt.STDERR, 12)
+    assert fmt.parse_line(header[:-1]).ts == ""  # a header is no line record
+    assert fmt.parse_header(fmt.block_header(ts, fmt.LAS.encode(), 1)[:-1]) is None
+    assert fmt.parse_header(fmt.block_header(ts, b"O", 10**fmt.MAX_LENGTH_DIGITS)[:-1]) is None
+    assert fmt.body_records("t", "O", b"a\nb\nc") == [
+        Record("t", "O", False, b"a"),
+        Record("t", "O", False, b"b"),
+        Record("t", "O", True, b"c"),
+    ]
+    assert fmt.parse_line(b"not a record") == Record("", fmt.LAS, False, b"not a record")
+    assert [fmt.rotated_path("r.log", i) for i in (0, 1, 2)] == ["r.log", "r.log.1", "r.log.2"]
+
+
+def test_the_specification_names_every_constant_of_the_format() -> None:
+    spec = (Path(__file__).resolve().parents[2] / "docs" / "logs.md").read_text()
+    for name in fmt.__all__:
+        if name.isupper() or name == "rotated_path":
+            assert f"`{name}`" in spec, name
 
 
 # --------------------------------------------------------------------------------------------
