@@ -390,7 +390,7 @@ def bench_logs(las: LasBench, sup: SupervisordBench, root: Path, mb: int, reps: 
                 raise RuntimeError("writer did not finish")
             time.sleep(0.05)
         took, _ = timing.read_text().split()
-        from localaistack.runtime.logread import iter_records
+        from localaistack.runtime.logs.reader import iter_records
 
         log = las.run_row(f"writer{i}")["log_path"]
         count = sum(

@@ -22,8 +22,8 @@ import pytest
 from tests.conftest import Las, pid_alive, wait_until
 
 from localaistack.runtime import cgroups
-from localaistack.runtime.logfile import LogWriter
-from localaistack.runtime.logread import iter_records
+from localaistack.runtime.logs.reader import iter_records
+from localaistack.runtime.logs.writer import LogWriter
 from localaistack.store.db import home_label
 
 

@@ -306,7 +306,7 @@ def _run_dict(row: Any) -> dict[str, Any]:
 def inspect(name: str, as_json: bool) -> None:
     """Show an instance: state, reason, plan, every run, limits, and the last log lines."""
     from localaistack.cli.render import masked_plan_dict, plan_lines
-    from localaistack.runtime.logread import format_record, tail_records
+    from localaistack.runtime.logs.reader import format_record, tail_records
     from localaistack.store import secrets
 
     rt = _runtime()
@@ -416,7 +416,7 @@ def inspect(name: str, as_json: bool) -> None:
 @click.option("--timestamps", "-t", is_flag=True, help="Show each line's time and stream.")
 def logs(name: str, follow: bool, tail: int | None, run_id: str | None, timestamps: bool) -> None:
     """Show an instance's output, as the workload wrote it (current run by default)."""
-    from localaistack.runtime.logread import (
+    from localaistack.runtime.logs.reader import (
         follow_records,
         format_records,
         iter_records,

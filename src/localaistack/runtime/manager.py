@@ -54,7 +54,7 @@ def _iso(ts: float) -> str:
 
 def _last_log_time(path: str) -> str | None:
     """The time of the last line las captured for a run (where re-adoption resumes)."""
-    from localaistack.runtime.logread import tail_records
+    from localaistack.runtime.logs.reader import tail_records
 
     records = [r for r in tail_records(path, 1) if r.ts]
     return records[-1].ts if records else None

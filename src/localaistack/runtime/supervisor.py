@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 from localaistack.errors import StoreError
 from localaistack.runtime import cgroups, procs
-from localaistack.runtime.logfile import LogWriter
+from localaistack.runtime.logs.writer import LogWriter
 from localaistack.store import secrets
 from localaistack.store.db import (
     FINAL_STATES,

@@ -1,147 +1,50 @@
-"""Per-run log capture: the stored form of a workload's stdout/stderr.
+"""Writing a run's log: ``LogWriter``, used by the supervisor for its workload's output.
 
+What it writes (records, rotation, notes) and what it guarantees (no line lost or split
+unless the disk refuses it, exact counts of dropped lines) are in docs/logs.md.
 Standard library only: the supervisor imports this module and must start fast.
-
-Files
------
-One live file per run (e.g. ``$LAS_HOME/logs/INSTANCE/RUN_ID.log``), created with mode 0600
-and only ever opened in append mode.  Rotated files sit beside it: ``RUN_ID.log.1`` is the
-newest rotated file, ``RUN_ID.log.N`` the oldest; ``keep`` rotated files are kept besides the
-live one.  Rotation happens by size, at record boundaries only: before writing a record that
-would make the live file exceed ``max_size`` the files are shifted (``.N-1`` -> ``.N`` ...
-live -> ``.1``) and a fresh live file is opened.  A single record larger than ``max_size`` (a
-block or a line record) is still written whole, to a fresh file; a block is never split
-across files.
-
-Records
--------
-A file is a sequence of records, parsed strictly forward from its first byte: at each record
-boundary the reader takes the bytes up to the next ``b"\n"`` (the record's first line) and
-looks at fixed byte positions::
-
-    <timestamp> <stream> <flag> <rest>
-
-* ``timestamp`` (bytes 0-26): UTC, ISO-8601 with microseconds, e.g.
-  ``2026-11-26T18:27:23.123456Z`` (always 27 ASCII characters; readers check ``T`` at byte 10
-  and ``Z`` at byte 26).  One timestamp is taken per chunk received from the workload (per
-  ``feed`` call), not per line: every line of a chunk carries the chunk's time.
-* single spaces at bytes 27, 29 and 31.
-* ``stream`` (byte 28): ``O`` (stdout), ``E`` (stderr) or ``L`` (las's own notes).
-* ``flag`` (byte 30): ``B``, ``F`` or ``P``.
-* ``rest``: from byte 32 to the newline.
-
-**Block record**: a first line ``<timestamp> <O|E> B <nbytes>\n`` -- ``nbytes`` one or more
-ASCII digits (at most 15) and nothing after them -- immediately followed by exactly
-``nbytes`` raw bytes, the body, copied verbatim from the workload's stream.  The body
-consists of complete lines only, each ending in ``b"\n"`` (its last byte is ``b"\n"``), none
-longer than ``max_line`` bytes.  Each body line is one full line of that stream, with the
-block's timestamp.  The next record starts right after the body.  Body lines are never
-interpreted: a workload line that looks exactly like a block header or a line record is just
-a line (which is why files can only be parsed forward).  Example, two lines of stdout::
-
-    2026-11-26T18:27:23.123456Z O B 12\nhello\nworld\n
-
-**Line record**: one line ``<timestamp> <O|E|L> <F|P> <payload>\n``.
-
-* ``F``: a full line; ``payload`` is the line without its newline.
-* ``P``: a partial line: a piece of a line longer than ``max_line`` bytes (every piece but the
-  last is ``P``, the last is ``F``), or text at the end of a stream without a trailing newline.
-* ``payload``: any bytes except ``b"\n"``.
-
-The writer stores the complete lines of a chunk (a ``feed`` call, with the stream's buffered
-incomplete line in front) as one block when they amount to at least 4 KiB and none is longer
-than ``max_line``; otherwise as ``F`` (and ``P``) line records, so a slowly writing workload
-produces line records.  las's notes are ``L F`` line records.  Readers accept either kind
-anywhere, and files written before blocks existed (line records only).
-
-Damage
-------
-A line a reader cannot parse where a record should start is returned as a raw record:
-``Record(ts="", stream="L", partial=False, payload=<the whole line>)``.  A file that ends
-inside a block (a torn block) yields the body lines that are present, the last one partial
-if it lacks its newline; reading then goes on with the next file.  A writer whose write is
-cut short (disk full) completes the cut record before writing anything else into that file,
-so damage is only ever at the end of a file.  A writer that opens an existing live file
-ending in an unterminated line first writes ``b"\\n"``; one ending inside a block (a writer
-died in the middle of writing it) first rotates that file away (with ``keep=0``: deletes it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import os
 import threading
-import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NamedTuple, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
+
+from localaistack.runtime.logs.format import (
+    FILE_MODE,
+    LAS,
+    STDERR,
+    STDOUT,
+    block_header,
+    line_prefix,
+    parse_header,
+    pread,
+    rotated_path,
+    scan,
+    timestamp,
+)
 
 if TYPE_CHECKING:  # pathlib costs the long-lived supervisor memory: str paths at run time
     from pathlib import Path
 
-__all__ = ["LogWriter", "Record"]
-
-_READERS = ("follow_records", "format_record", "format_records", "iter_records", "tail_records")
-
-
-def __getattr__(name: str) -> object:
-    """The readers live in logread (the supervisor does not load them); reachable here too."""
-    if name in _READERS:
-        from localaistack.runtime import logread
-
-        return getattr(logread, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__all__ = ["LogWriter"]
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-_FILE_MODE = 0o600
-_READ_BLOCK = 1 << 20
-_SCAN_WINDOW = 4096
 _BLOCK_MIN = 4096  # complete lines of a chunk amounting to less are stored as line records
-_TS_LEN = 27
-_HEADER_LEN = _TS_LEN + 5  # "<ts> O F "
-_MAX_DIGITS = 15
 
 _STREAM_CODES: dict[str, bytes] = {
-    "O": b"O",
-    "E": b"E",
-    "stdout": b"O",
-    "stderr": b"E",
+    STDOUT: STDOUT.encode(),
+    STDERR: STDERR.encode(),
+    "stdout": STDOUT.encode(),
+    "stderr": STDERR.encode(),
 }
-_STREAM_BY_BYTE: dict[int, str] = {ord("O"): "O", ord("E"): "E", ord("L"): "L"}
-_BLOCK_STREAM_BY_BYTE: dict[int, str] = {ord("O"): "O", ord("E"): "E"}
-_STREAM_NAMES: dict[str, bytes] = {"O": b"stdout", "E": b"stderr", "L": b"las"}
-_FLAG_F = ord("F")
-_FLAG_P = ord("P")
+_LAS = LAS.encode()
 
 _Buffer = bytes | bytearray | memoryview
-
-
-class Record(NamedTuple):
-    """One stored record.  ``stream`` is ``"O"``, ``"E"`` or ``"L"``."""
-
-    ts: str
-    stream: str
-    partial: bool
-    payload: bytes
-
-
-# Builds a Record from a 4-tuple without a Python-level call (reading speed).
-_make_record = cast(
-    "Callable[[tuple[str, str, bool, bytes]], Record]", functools.partial(tuple.__new__, Record)
-)
-
-
-# --------------------------------------------------------------------------------------------
-# timestamps
-
-
-def _timestamp() -> bytes:
-    """``2026-11-26T18:27:23.123456Z`` as bytes (taken once per write batch)."""
-    sec, ns = divmod(time.time_ns(), 1_000_000_000)
-    head = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode("ascii")
-    return b"%s.%06dZ" % (head, ns // 1000)
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,15 +53,24 @@ def _timestamp() -> bytes:
 _BLOB = 0  # complete line records in one bytes object; may be split between files at newlines
 _BLOCK = 1  # a block record (header + body buffers); written whole
 _NOTE = 2  # the "lines could not be written" note: a one-record blob
-_LAS = 3  # las's own notes: a blob whose records are not the workload's lines
+_NOTES = 3  # las's own notes: a blob whose records are not the workload's lines
 
 
 class _Item:
     """Something to write: a blob of line records or a block record."""
 
     __slots__ = (
-        "bufs", "code", "flags", "kind", "lines", "reported", "size", "src", "src_end", "src_off"
-    )  # fmt: skip
+        "bufs",
+        "code",
+        "flags",
+        "kind",
+        "lines",
+        "reported",
+        "size",
+        "src",
+        "src_end",
+        "src_off",
+    )
 
     def __init__(
         self,
@@ -195,7 +107,7 @@ class _Item:
 
     def lost_from(self, k: int) -> int:
         """How many of the workload's lines end in records ``k``... of a blob."""
-        if self.kind in (_NOTE, _LAS):
+        if self.kind in (_NOTE, _NOTES):
             return 0
         if self.flags is None:
             return self.lines - k
@@ -220,27 +132,17 @@ def _advance(bufs: Sequence[_Buffer], n: int) -> list[_Buffer]:
 
 
 class LogWriter:
-    """Writes a run's output as records to ``path``, rotating by size.
+    """Writes a run's output as records to ``path``, rotating by size (docs/logs.md).
 
-    ``feed`` accepts arbitrary chunks (as read from a pipe) per stream.  The complete lines of
-    a chunk (with the stream's buffered incomplete line in front) are written with one
-    ``os.writev`` as one block record (or, under 4 KiB, as line records); the text after the
-    chunk's last newline is buffered until its newline arrives, until more than ``max_line``
-    bytes accumulate (then it is cut into ``P`` records), or until ``flush_partial`` is called
-    at the end of the stream.
+    ``feed`` accepts arbitrary chunks (as read from a pipe) per stream: the complete lines of
+    a chunk, with the stream's buffered incomplete line in front, are written with one
+    ``os.writev``; the text after the chunk's last newline waits for its newline, for more
+    than ``max_line`` bytes (then it is cut into pieces), or for ``flush_partial``.
 
-    Write errors (``ENOSPC``, ``EDQUOT``, ``EIO``, any ``OSError``) never reach the caller and
-    never block it: the lines that could not be written are counted in ``dropped_lines``, and
-    the next successful write is preceded by an ``L`` note saying how many were lost.  A
-    record cut short by a failed write is held (at most one) and completed before anything
-    else is written to the file (so that the file stays parseable).  ``dropped_lines`` is
-    exact: each line the workload wrote that is not in the log counts once (a line longer
-    than ``max_line`` once, however many of its pieces were lost; las's own notes never);
-    the lines of a record cut short count until it is completed (``settle``, ``close``).
-
-    ``written_lines`` counts the records written: one per line record (las's notes included)
-    and one per block record, however many lines the block holds -- counting every line as it
-    is written would cost as much as all the rest of ``feed``.
+    Write errors (any ``OSError``: ``ENOSPC``, ``EDQUOT``, ``EIO``...) never reach the caller
+    and never block it.  ``dropped_lines`` counts the workload's lines that are not in the
+    log, each once; it is exact after ``settle`` or ``close``.  ``written_lines`` counts the
+    records written (a block once, however many lines it holds).
 
     The constructor creates the parent directory and opens (or creates, mode 0600) the live
     file in append mode; it raises ``OSError`` if that fails.  All methods are thread-safe.
@@ -308,13 +210,13 @@ class LogWriter:
                 else:
                     buf += data
                 if len(buf) > max_line:
-                    ts = _timestamp()
+                    ts = timestamp()
                     self._emit(ts, [self._cut(ts, code, buf)])
                 return
             pend = self._pending.pop(code, None)
             plen = len(pend) if pend else 0
             total = plen + end
-            ts = _timestamp()
+            ts = timestamp()
             items: list[_Item] = []
             if total > max_line + 1 and self._has_long_line(plen, data, end):
                 complete = bytes(pend) + data[:end] if pend else data[:end]
@@ -323,7 +225,7 @@ class LogWriter:
                 complete = bytes(pend) + data[:end] if pend else data[:end]
                 items.append(self._line_records(ts, code, complete))
             else:
-                header = b"%s %s B %d\n" % (ts, code, total)
+                header = block_header(ts, code, total)
                 body: _Buffer = data if end == len(data) else memoryview(data)[:end]
                 bufs: list[_Buffer] = [header, pend, body] if pend else [header, body]
                 src_off = len(header) + plen
@@ -361,10 +263,10 @@ class LogWriter:
         lines = data.split(b"\n")
         with self._lock:
             self._check_open()
-            ts = _timestamp()
-            prefix = ts + b" L F "
+            ts = timestamp()
+            prefix = line_prefix(ts, _LAS)
             blob = prefix + (b"\n" + prefix).join(lines) + b"\n"
-            self._emit(ts, [_Item([blob], len(blob), len(lines), _LAS)])
+            self._emit(ts, [_Item([blob], len(blob), len(lines), _NOTES)])
 
     def close(self) -> None:
         """Flush buffered partial lines, try to report pending drops, close the file."""
@@ -374,7 +276,7 @@ class LogWriter:
             for code in list(self._pending):
                 self._flush_partial(code)
             if self._unreported or self._torn is not None:
-                self._emit(_timestamp(), [])
+                self._emit(timestamp(), [])
             self._torn = None
             self._closed = True
             if self._fd >= 0:
@@ -419,14 +321,14 @@ class LogWriter:
 
     @staticmethod
     def _line_records(ts: bytes, code: bytes, complete: bytes) -> _Item:
-        prefix = ts + b" " + code + b" F "
+        prefix = line_prefix(ts, code)
         blob = prefix + complete[:-1].replace(b"\n", b"\n" + prefix) + b"\n"
         return _Item([blob], len(blob), complete.count(b"\n"), _BLOB, code=code)
 
     def _split_long(self, ts: bytes, code: bytes, complete: bytes) -> _Item:
         """Line records for ``complete`` (ends in a newline), long lines cut into pieces."""
-        fprefix = ts + b" " + code + b" F "
-        pprefix = ts + b" " + code + b" P "
+        fprefix = line_prefix(ts, code)
+        pprefix = line_prefix(ts, code, partial=True)
         max_line = self.max_line
         recs: list[bytes] = []
         flags = bytearray()
@@ -451,7 +353,7 @@ class LogWriter:
         """
         max_line = self.max_line
         cut = (len(buf) - 1) // max_line * max_line
-        pprefix = ts + b" " + code + b" P "
+        pprefix = line_prefix(ts, code, partial=True)
         blob = b"".join(pprefix + buf[i : i + max_line] + b"\n" for i in range(0, cut, max_line))
         del buf[:cut]
         n = cut // max_line
@@ -460,23 +362,20 @@ class LogWriter:
     def _flush_partial(self, code: bytes) -> None:
         rest = self._pending.pop(code, None)
         if rest:
-            ts = _timestamp()
-            blob = ts + b" " + code + b" P " + rest + b"\n"
+            ts = timestamp()
+            blob = line_prefix(ts, code, partial=True) + rest + b"\n"
             self._emit(ts, [_Item([blob], len(blob), 1, _BLOB, code=code)])
 
     def _drop_note(self, ts: bytes) -> bytes:
         n = self._unreported
         text = f"las: {n} line{'s' if n != 1 else ''} could not be written ({self._last_error})"
-        return ts + b" L F " + text.encode("utf-8", "backslashreplace") + b"\n"
+        return line_prefix(ts, _LAS) + text.encode("utf-8", "backslashreplace") + b"\n"
 
     # -- files --------------------------------------------------------------------------
 
-    def _rotated_name(self, index: int) -> str:
-        return f"{self.path}.{index}"
-
     def _open(self) -> bool:
         """Open the live file; True if it ends inside a block (it must be rotated away)."""
-        fd = os.open(self.path, _OPEN_FLAGS, _FILE_MODE)
+        fd = os.open(self.path, _OPEN_FLAGS, FILE_MODE)
         try:
             size = os.fstat(fd).st_size
         except OSError:
@@ -488,8 +387,6 @@ class LogWriter:
         if size > 0:
             # A previous writer may have died mid-record.
             try:
-                from localaistack.runtime.logread import _end_state  # rare: reopening
-
                 state = _end_state(self.path, size)
             except OSError:
                 state = ""
@@ -508,12 +405,12 @@ class LogWriter:
                 os.unlink(self.path)
         else:
             top = 0
-            while top < self.keep - 1 and os.path.lexists(self._rotated_name(top + 1)):
+            while top < self.keep - 1 and os.path.lexists(rotated_path(self.path, top + 1)):
                 top += 1
             for i in range(top, 0, -1):
-                os.rename(self._rotated_name(i), self._rotated_name(i + 1))
+                os.rename(rotated_path(self.path, i), rotated_path(self.path, i + 1))
             with contextlib.suppress(FileNotFoundError):
-                os.rename(self.path, self._rotated_name(1))
+                os.rename(self.path, rotated_path(self.path, 1))
         if self._open():
             self._need_newline = True  # someone else's torn file appeared meanwhile
 
@@ -582,7 +479,7 @@ class LogWriter:
         self._torn_lines = lines
 
     def _lost(self, item: _Item, lines: int) -> None:
-        if item.kind not in (_NOTE, _LAS):  # las's own lines are not the workload's
+        if item.kind not in (_NOTE, _NOTES):  # las's own lines are not the workload's
             self.dropped_lines += lines
             self._unreported += lines
 
@@ -594,7 +491,7 @@ class LogWriter:
         """
         with self._lock:
             if not self._closed and (self._torn is not None or self._unreported):
-                self._emit(_timestamp(), [])
+                self._emit(timestamp(), [])
 
     def _emit(self, ts: bytes, items: list[_Item]) -> None:
         """Write ``items`` in order, rotating as needed; never raises."""
@@ -610,7 +507,7 @@ class LogWriter:
 
     def _lost_whole(self, item: _Item) -> None:
         """An item not written at all: its lines are dropped (a long line's once)."""
-        if item.kind in (_NOTE, _LAS):
+        if item.kind in (_NOTE, _NOTES):
             return
         lines = item.nlines() if item.kind == _BLOCK else item.lost_from(0)
         damaged = item.code in self._damaged
@@ -625,7 +522,7 @@ class LogWriter:
 
     def _ended_line(self, item: _Item, first_written: bool) -> None:
         """After ``item`` was (partly) written: settle the stream's damaged long line."""
-        if item.kind in (_NOTE, _LAS) or item.code not in self._damaged:
+        if item.kind in (_NOTE, _NOTES) or item.code not in self._damaged:
             return
         if item.flags is not None and item.flags.endswith(b"P"):
             return  # more pieces of the same line: it stays damaged, counted once
@@ -718,3 +615,20 @@ def _stream_code(stream: str) -> bytes:
         return _STREAM_CODES[stream]
     except KeyError:
         raise ValueError(f"unknown stream {stream!r}; use 'O'/'stdout' or 'E'/'stderr'") from None
+
+
+def _end_state(path: str, size: int) -> str:
+    """How a file's first ``size`` bytes end: ``""`` (at a record boundary), ``"line"``
+    (inside a line) or ``"block"`` (inside a block or its header line)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        entries, frag = scan(fd, size)
+        if entries and entries[-1][2] > size:
+            return "block"
+        if frag < size:
+            if parse_header(pread(fd, size - frag, frag)) is not None:
+                return "block"
+            return "line"
+        return ""
+    finally:
+        os.close(fd)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
 import random
 import shutil
@@ -10,19 +12,21 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
 
-from localaistack.runtime.logfile import LogWriter, Record
-from localaistack.runtime.logread import (
+from localaistack.runtime.logs import format as fmt
+from localaistack.runtime.logs.format import Record
+from localaistack.runtime.logs.reader import (
     follow_records,
     format_record,
     format_records,
     iter_records,
     tail_records,
 )
+from localaistack.runtime.logs.writer import LogWriter
 
 BIG = 1 << 40
 
@@ -929,3 +933,74 @@ def test_ten_thousand_lines_in_blocks_with_rotation_tail_and_follow(tmp_path: Pa
     tail_followed = [r.payload for r in late[0][1]]
     assert tail_followed == lines[-len(tail_followed) :]
     assert 50 <= len(tail_followed) < 10_000  # it started mid-way, with the 50 before
+
+
+# --------------------------------------------------------------------------------------------
+# the format's own functions and its specification
+
+
+def test_one_record_encodes_and_decodes() -> None:
+    ts = fmt.timestamp()
+    assert len(ts) == fmt.TIMESTAMP_LEN
+    for stream in (fmt.STDOUT, fmt.STDERR, fmt.LAS):
+        for partial in (False, True):
+            line = fmt.line_prefix(ts, stream.encode(), partial) + b"any \xff bytes"
+            assert len(fmt.line_prefix(ts, stream.encode(), partial)) == fmt.PREFIX_LEN
+            assert fmt.parse_line(line) == Record(ts.decode(), stream, partial, b"any \xff bytes")
+            assert fmt.parse_header(line) is None
+    header = fmt.block_header(ts, fmt.STDERR.encode(), 12)
+    assert header.endswith(b"\n") and header[30:31] == fmt.BLOCK.encode()
+    assert fmt.parse_header(header[:-1]) == (ts.decode(), fmt.STDERR, 12)
+    assert fmt.parse_line(header[:-1]).ts == ""  # a header is no line record
+    assert fmt.parse_header(fmt.block_header(ts, fmt.LAS.encode(), 1)[:-1]) is None
+    assert fmt.parse_header(fmt.block_header(ts, b"O", 10**fmt.MAX_LENGTH_DIGITS)[:-1]) is None
+    assert fmt.body_records("t", "O", b"a\nb\nc") == [
+        Record("t", "O", False, b"a"),
+        Record("t", "O", False, b"b"),
+        Record("t", "O", True, b"c"),
+    ]
+    assert fmt.parse_line(b"not a record") == Record("", fmt.LAS, False, b"not a record")
+    assert [fmt.rotated_path("r.log", i) for i in (0, 1, 2)] == ["r.log", "r.log.1", "r.log.2"]
+
+
+def test_the_specification_names_every_constant_of_the_format() -> None:
+    spec = (Path(__file__).resolve().parents[2] / "docs" / "logs.md").read_text()
+    for name in fmt.__all__:
+        if name.isupper() or name == "rotated_path":
+            assert f"`{name}`" in spec, name
+
+
+# --------------------------------------------------------------------------------------------
+# logs written before the log package (tests/data/logs/README.md)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "logs"
+
+
+def as_lists(records: Iterable[Record]) -> list[list[object]]:
+    return [[r.ts, r.stream, r.partial, r.payload.decode("latin-1")] for r in records]
+
+
+@pytest.mark.parametrize("name", ["rotated", "damaged", "unterminated"])
+def test_logs_of_earlier_versions_read_as_they_did(name: str, tmp_path: Path) -> None:
+    expected = json.loads((FIXTURES / "expected.json").read_text())[name]
+    src = FIXTURES / name
+    home = tmp_path / name
+    shutil.copytree(src, home)  # followers look at the directory; keep the fixture read-only
+    path = home / "run.log"
+    recs = list(iter_records(path))
+    assert as_lists(recs) == expected["iter"]
+    assert as_lists(iter_records(path, include_rotated=False)) == expected["iter_live"]
+    for n, want in expected["tail"].items():
+        assert as_lists(tail_records(path, int(n))) == want, f"tail {n}"
+    for n, want in expected["follow_tail"].items():
+        got = follow_records(path, stop=lambda: True, poll=0, tail=int(n))
+        assert as_lists(got) == want, f"follow --tail {n}"
+    plain = hashlib.sha256(b"".join(format_records(recs, False))).hexdigest()
+    stamped = hashlib.sha256(b"".join(format_records(recs, True))).hexdigest()
+    assert (plain, stamped) == (expected["plain_sha256"], expected["timestamps_sha256"])
+    if name == "rotated":  # today's writer appends to such a file as to its own
+        with LogWriter(path, max_size=8000, keep=3, max_line=64) as w:
+            w.feed("stdout", b"appended\n")
+        after = as_lists(iter_records(path))
+        assert after[:-1] == expected["iter"]
+        assert after[-1][1:] == ["O", False, "appended"]

@@ -1,7 +1,6 @@
-"""Reading per-run log files: iterate, tail, follow across rotations, format.
+"""Reading a run's log: iterate, tail, follow across rotations, format for output.
 
-The stored format is described in :mod:`localaistack.runtime.logfile`, whose writer runs in
-the long-lived supervisor; the readers live here so that the supervisor does not carry them.
+The records and the readers' behaviour (torn records, rotation, tails) are in docs/logs.md.
 Standard library only.
 """
 
@@ -11,85 +10,29 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from itertools import repeat
 from typing import TYPE_CHECKING
 
-from localaistack.runtime.logfile import (
-    _BLOCK_STREAM_BY_BYTE,
-    _FLAG_F,
-    _FLAG_P,
-    _HEADER_LEN,
-    _MAX_DIGITS,
-    _READ_BLOCK,
-    _SCAN_WINDOW,
-    _STREAM_BY_BYTE,
-    _STREAM_NAMES,
-    _TS_LEN,
+from localaistack.runtime.logs.format import (
+    STREAM_NAMES,
     Record,
-    _make_record,
+    body_records,
+    parse_header,
+    parse_line,
+    pread,
+    rotated_path,
+    scan,
 )
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+__all__ = ["follow_records", "format_record", "format_records", "iter_records", "tail_records"]
+
+_READ_BLOCK = 1 << 20
+_NAMES: dict[str, bytes] = {k: v.encode() for k, v in STREAM_NAMES.items()}
+
 # --------------------------------------------------------------------------------------------
-# parsing and formatting
-
-
-def _parse(line: bytes) -> Record:
-    """A line where a record starts that is not a block header: a line record or raw."""
-    if (
-        len(line) >= _HEADER_LEN
-        and line[26] == 0x5A  # Z
-        and line[27] == 0x20
-        and line[29] == 0x20
-        and line[31] == 0x20
-        and line[10] == 0x54  # T
-    ):
-        stream = _STREAM_BY_BYTE.get(line[28])
-        flag = line[30]
-        if stream is not None and flag in (_FLAG_F, _FLAG_P):
-            try:
-                ts = line[:_TS_LEN].decode("ascii")
-            except UnicodeDecodeError:
-                pass
-            else:
-                return Record(ts, stream, flag == _FLAG_P, line[_HEADER_LEN:])
-    return Record("", "L", False, line)
-
-
-def _parse_header(line: bytes) -> tuple[str, str, int] | None:  # (ts, stream, nbytes)
-    """``(ts, stream, nbytes)`` if ``line`` (without its newline) is a block header."""
-    if (
-        len(line) > _HEADER_LEN
-        and line[29:32] == b" B "
-        and line[26] == 0x5A  # Z
-        and line[27] == 0x20
-        and line[10] == 0x54  # T
-    ):
-        stream = _BLOCK_STREAM_BY_BYTE.get(line[28])
-        digits = line[_HEADER_LEN:]
-        if stream is not None and len(digits) <= _MAX_DIGITS and digits.isdigit():
-            try:
-                ts = line[:_TS_LEN].decode("ascii")
-            except UnicodeDecodeError:
-                return None
-            return ts, stream, int(digits)
-    return None
-
-
-def _body_records(ts: str, stream: str, body: bytes) -> list[Record]:
-    """The records of (a run of complete lines of) a block body.
-
-    Text after the last newline (only in a damaged block) is a partial record.
-    """
-    lines = body.split(b"\n")
-    last = lines.pop()
-    fields = zip(repeat(ts), repeat(stream), repeat(False), lines)
-    recs = list(map(_make_record, fields))
-    if last:
-        recs.append(Record(ts, stream, True, last))
-    return recs
+# formatting
 
 
 def format_record(rec: Record, timestamps: bool) -> bytes:
@@ -104,7 +47,7 @@ def format_record(rec: Record, timestamps: bool) -> bytes:
     partial records included (raw records use ``-`` as timestamp).
     """
     if timestamps:
-        name = _STREAM_NAMES.get(rec.stream, b"las")
+        name = _NAMES.get(rec.stream, b"las")
         return b"%s %s %s\n" % (rec.ts.encode("ascii") or b"-", name, rec.payload)
     return rec.payload if rec.partial else rec.payload + b"\n"
 
@@ -147,14 +90,14 @@ class _Parser:
             if left:
                 end = pos + left
                 if end <= n:  # the rest of the body is here
-                    out.extend(_body_records(self.ts, self.stream, data[pos:end]))
+                    out.extend(body_records(self.ts, self.stream, data[pos:end]))
                     self.left = 0
                     pos = end
                     continue
                 nl = data.rfind(b"\n", pos)
                 if nl < 0:
                     break
-                out.extend(_body_records(self.ts, self.stream, data[pos : nl + 1]))
+                out.extend(body_records(self.ts, self.stream, data[pos : nl + 1]))
                 self.left -= nl + 1 - pos
                 pos = nl + 1
                 break
@@ -163,9 +106,9 @@ class _Parser:
                 break
             line = data[pos:nl]
             pos = nl + 1
-            header = _parse_header(line)
+            header = parse_header(line)
             if header is None:
-                out.append(_parse(line))
+                out.append(parse_line(line))
             else:
                 self.ts, self.stream, self.left = header
         self.buf = data[pos:] if pos < n else b""
@@ -179,7 +122,7 @@ class _Parser:
             return []
         if left:
             return [Record(self.ts, self.stream, True, buf)]
-        return [_parse(buf)]
+        return [parse_line(buf)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,7 +175,7 @@ class _Chain:
         self.prefix = os.path.basename(self.live) + "."
 
     def name(self, index: int) -> str:
-        return self.live if index == 0 else f"{self.live}.{index}"
+        return rotated_path(self.live, index)
 
     def rotated_indices(self) -> list[int]:
         try:
@@ -360,140 +303,6 @@ def _read_records(h: _Handle, parser: _Parser) -> tuple[list[Record], bool]:
             return out, got
 
 
-def _pread(fd: int, size: int, offset: int) -> bytes:
-    if size <= 0:
-        return b""
-    data = os.pread(fd, size, offset)
-    while len(data) < size:  # pread may return less than asked; stop at EOF
-        more = os.pread(fd, size - len(data), offset + len(data))
-        if not more:
-            break
-        data += more
-    return data
-
-
-# (start of the record, start of its lines, end of its lines, block ts or None, block stream)
-_Entry = tuple[int, int, int, str | None, str]
-
-
-_Header = tuple[str, str, int]
-
-
-def _header_at(data: bytes, ls: int, start: int, stop: int) -> tuple[int, int, _Header] | None:
-    """The block header whose line starts at ``ls``, if it does (and ``ls`` starts a line)."""
-    if ls == start or (ls > start and data[ls - 1] == 0x0A):
-        e = data.find(b"\n", ls, stop + 1)
-        header = _parse_header(data[ls:e])
-        if header is not None:
-            return ls, e, header
-    return None
-
-
-def _find_header(data: bytes, start: int, stop: int) -> tuple[int, int, _Header] | None:
-    """The first block header line among the lines in ``data[start : stop + 1]``.
-
-    ``start`` is the start of a line, ``data[stop]`` a newline.  Returns ``(line start, line
-    end, (ts, stream, nbytes))``.  Looks for the ``B`` at offset 30 with ``memchr`` (a header is
-    ``<ts> O B <n>``; line records have ``F`` or ``P`` there); where ``B`` is frequent in the
-    text, for ``Z O B `` or ``Z E B `` (a regular expression) instead.
-    """
-    hits = 0
-    i = data.find(b"B", start + 30, stop)
-    while i >= 0:
-        hits += 1
-        if hits > 64:
-            return _find_header_dense(data, i - 26 - 4, start, stop)
-        if data[i - 4] == 0x5A and data[i - 1] == 0x20 and data[i + 1] == 0x20:
-            found = _header_at(data, i - 30, start, stop)
-            if found is not None:
-                return found
-        i = data.find(b"B", i + 1, stop)
-    return None
-
-
-def _find_header_dense(
-    data: bytes, pos: int, start: int, stop: int
-) -> tuple[int, int, _Header] | None:
-    """``_find_header`` for text full of ``B``s, from line start ``pos`` on (or later)."""
-    import re  # only here: the supervisor, which writes, does not need it
-
-    hint = re.compile(rb"Z [OE] B ")  # (re caches the compiled pattern)
-    m = hint.search(data, max(pos, start) + 26, stop)
-    while m is not None:
-        found = _header_at(data, m.start() - 26, start, stop)
-        if found is not None:
-            return found
-        m = hint.search(data, m.start() + 1, stop)
-    return None
-
-
-def _scan(fd: int, size: int) -> tuple[list[_Entry], int]:
-    """The structure of a file's first ``size`` bytes, by a forward pass over record heads.
-
-    Returns ``(entries, frag)``: entries in file order, each a block (its body bytes; the body
-    may reach past ``size`` if the file ends inside it) or a run of line records (complete
-    lines); ``frag`` is where unterminated text at the end starts (``size`` if there is none).
-    Block bodies are skipped, not read; runs of line records are searched for block headers at
-    memory speed, not line by line.
-    """
-    entries: list[_Entry] = []
-    pos = seg = 0
-    data = b""
-    woff = 0
-    win = _SCAN_WINDOW
-    while pos < size:
-        rel = pos - woff
-        if rel < 0 or rel >= len(data):
-            data = _pread(fd, min(win, size - pos), pos)
-            woff = pos
-            rel = 0
-            if not data:
-                break  # the file shrank
-        last = data.rfind(b"\n", rel)
-        if last < 0:
-            if woff + len(data) >= size:
-                break  # unterminated text at the end
-            if rel == 0:
-                win = len(data) * 4  # a line longer than the window
-            data = b""
-            continue
-        found = _find_header(data, rel, last)
-        if found is None:
-            pos = woff + last + 1
-            win = min(win * 2, _READ_BLOCK)
-            continue
-        ls, e, header = found
-        start = woff + ls
-        if start > seg:
-            entries.append((seg, seg, start, None, ""))
-        body = woff + e + 1
-        ts, stream, nbytes = header
-        entries.append((start, body, body + nbytes, ts, stream))
-        pos = seg = body + nbytes
-        win = _SCAN_WINDOW
-    end = min(pos, size)
-    if seg < end:
-        entries.append((seg, seg, end, None, ""))
-    return entries, end
-
-
-def _end_state(path: str | Path, size: int) -> str:
-    """How a file's first ``size`` bytes end: ``""`` (at a record boundary), ``"line"``
-    (inside a line) or ``"block"`` (inside a block or its header line)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        entries, frag = _scan(fd, size)
-        if entries and entries[-1][2] > size:
-            return "block"
-        if frag < size:
-            if _parse_header(_pread(fd, size - frag, frag)) is not None:
-                return "block"
-            return "line"
-        return ""
-    finally:
-        os.close(fd)
-
-
 def _lines_backward(fd: int, start: int, end: int) -> Iterator[bytes]:
     """The file's ``[start, end)`` split at newlines, last piece first.
 
@@ -506,7 +315,7 @@ def _lines_backward(fd: int, start: int, end: int) -> Iterator[bytes]:
     while pos > start:
         size = min(_READ_BLOCK, pos - start)
         pos -= size
-        parts = (_pread(fd, size, pos) + carry).split(b"\n")
+        parts = (pread(fd, size, pos) + carry).split(b"\n")
         carry = parts[0]
         if len(parts) > 1:
             if not frag_done:
@@ -523,15 +332,15 @@ def _file_tail(fd: int, size: int, need: int, include_fragment: bool) -> tuple[l
     ``include_fragment``, the start of unterminated text or of a block not complete yet
     (those are then left out of the records).
     """
-    entries, frag = _scan(fd, size)
+    entries, frag = scan(fd, size)
     boundary = frag
     if entries and entries[-1][2] > size:
         boundary = entries[-1][0]
     out: list[Record] = []
     if frag < size and include_fragment and need > 0:
-        text = _pread(fd, size - frag, frag)
+        text = pread(fd, size - frag, frag)
         if text:
-            out.append(_parse(text))
+            out.append(parse_line(text))
     for _, start, end, ts, stream in reversed(entries):
         if len(out) >= need:
             break
@@ -543,7 +352,7 @@ def _file_tail(fd: int, size: int, need: int, include_fragment: bool) -> tuple[l
             for line in it:
                 if len(out) >= need:
                     break
-                out.append(_parse(line))
+                out.append(parse_line(line))
             continue
         if last:
             out.append(Record(ts, stream, True, last))
