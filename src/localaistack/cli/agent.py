@@ -65,7 +65,7 @@ def _warm(home: str) -> None:
 
     from localaistack.cli import launch, lifecycle, main  # noqa: F401
     from localaistack.control import admission, names, plancache, planner, ports  # noqa: F401
-    from localaistack.runtime import engines, enginestore, manager, supervision  # noqa: F401
+    from localaistack.runtime import engines, manager, supervision  # noqa: F401
 
     try:
         plancache.warm_up(Path(home))
