@@ -436,6 +436,23 @@ def test_unknown_engine_and_missing_cli() -> None:
     assert "not installed" in info.value.message
 
 
+def test_engine_gives_each_engines_own_class() -> None:
+    """``Engine(name)`` is the engine's subclass; what differs lives there, not in branches."""
+    podman, docker = Engine("podman"), Engine("docker")
+    assert type(podman) is engines.Podman and type(docker) is engines.Docker
+    assert isinstance(podman, Engine) and podman.name == "podman" and docker.name == "docker"
+    assert engines.Podman("podman").name == "podman"
+    with pytest.raises(EngineError, match="is the podman engine"):
+        engines.Podman("docker")
+    with pytest.raises(EngineError) as info:
+        Engine("lxc")
+    assert info.value.message == "unknown container engine 'lxc'"
+    assert info.value.hint == "use one of: podman, docker"
+    assert docker.podman_socket() is None and docker.podman_api() is None
+    assert engines.suggested_global_args("lxc") == []
+    assert engines.image_listed("lxc", os.environ, IMAGE) is False
+
+
 def test_image_listed_answers_without_the_cli(engine: Engine) -> None:
     """The start path's shortcut (the engine's image store, no CLI) says yes only for an
     image that is there; where it cannot tell, it says no and the CLI decides."""

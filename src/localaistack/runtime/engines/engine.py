@@ -25,7 +25,7 @@ import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 from localaistack.osutil import which
 from localaistack.runtime.engines import dockerapi, failures, images, oom, podmanapi
@@ -45,14 +45,6 @@ from localaistack.runtime.engines.unixhttp import api_request
 
 RUN_TIMEOUT = 120.0  # `run -d`: creates the container and starts it, no pull
 STOP_MARGIN = 30.0  # how much longer than the stop timeout a `stop` call may take
-
-
-class _Api(NamedTuple):
-    """Where and what ``run`` sends to the engine's API to create and start a container."""
-
-    sock: str
-    create: str
-    start: str  # with ``{}`` for the container's id
 
 
 class Engine:
@@ -136,8 +128,8 @@ class Engine:
         """The ``run`` options that give ``gpus`` to the container, after checking them."""
         raise NotImplementedError
 
-    def _api(self, spec: ContainerRunSpec) -> _Api | None:
-        """Where ``run`` creates ``spec``'s container through the API; None: the CLI."""
+    def _api_socket(self, spec: ContainerRunSpec) -> str | None:
+        """The API's socket where ``run`` creates ``spec``'s container; None: the CLI."""
         raise NotImplementedError
 
     def _create_body(self, spec: ContainerRunSpec, argv: Sequence[str]) -> dict[str, Any]:
@@ -265,9 +257,9 @@ class Engine:
                 engine failure (with the engine's first error line).
         """
         argv = self.run_args(spec)  # checks the spec; the CLI's argv when the API is not used
-        api = self._api(spec)
-        if api is not None:
-            return self._api_run(api.sock, spec, timeout, self._create_body(spec, argv))
+        sock = self._api_socket(spec)
+        if sock is not None:
+            return self._api_run(sock, spec, timeout, self._create_body(spec, argv))
         try:
             proc = self.cli.call(
                 argv[len(self.base_args()) :],
@@ -546,11 +538,10 @@ class Podman(Engine):
     def _gpu_args(self, gpus: Sequence[tuple[str, str]]) -> list[str]:
         return [f"--device=nvidia.com/gpu={u}" for u in gpu_uuids(self.name, gpus)]
 
-    def _api(self, spec: ContainerRunSpec) -> _Api | None:
+    def _api_socket(self, spec: ContainerRunSpec) -> str | None:
         if spec.gpus:  # GPUs (CDI devices) go through the CLI: checked on a real GPU
             return None
-        sock = self.podman_api()
-        return None if sock is None else _Api(sock, *self._api_paths(spec))
+        return self.podman_api()
 
     def _api_paths(self, spec: ContainerRunSpec) -> tuple[str, str]:
         return podmanapi.CREATE_PATH, podmanapi.START_PATH
@@ -623,9 +614,8 @@ class Docker(Engine):
         # docker parses --gpus as CSV: a list of devices must be one quoted field.
         return ["--gpus", '"device=' + ",".join(uuids) + '"'] if uuids else []
 
-    def _api(self, spec: ContainerRunSpec) -> _Api | None:
-        sock = dockerapi.docker_socket(self.subprocess_env())
-        return None if sock is None else _Api(sock, *self._api_paths(spec))
+    def _api_socket(self, spec: ContainerRunSpec) -> str | None:
+        return dockerapi.docker_socket(self.subprocess_env())
 
     def _api_paths(self, spec: ContainerRunSpec) -> tuple[str, str]:
         return dockerapi.create_path(spec.name), dockerapi.START_PATH

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 def _never_no(
     ask: Callable[[Mapping[str, str], str], bool],
 ) -> Callable[[Mapping[str, str], str], bool]:
+    """``ask``, with an error read as "not listed": a store's answer is never a "no"."""
+
     def listed(env: Mapping[str, str], image: str) -> bool:
         try:
             return ask(env, image)
