@@ -201,7 +201,7 @@ def _stop_podman_services_of(tmp_path: Path) -> None:
     would run on for 5 idle minutes). Found by their pid files in the engine scratch
     directory, and told apart by the XDG_CONFIG_HOME in their environment: only this
     test's, by pid; never by pattern."""
-    from localaistack.runtime import enginestore
+    from localaistack.runtime.engines import podmanapi as enginestore
     from localaistack.runtime.engines import scratch_dir
 
     mine = f"XDG_CONFIG_HOME={tmp_path / 'xdg-config'}".encode()

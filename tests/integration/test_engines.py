@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from tests.conftest import wait_until
 
-from localaistack.runtime import engines, enginestore
+from localaistack.runtime import engines
 from localaistack.runtime.engines import (
     ContainerRunSpec,
     ContainerState,
@@ -35,6 +35,7 @@ from localaistack.runtime.engines import (
     EngineError,
     PublishedPort,
     VolumeMount,
+    podmanapi,
     suggested_global_args,
     suggested_ulimits,
 )
@@ -435,6 +436,23 @@ def test_unknown_engine_and_missing_cli() -> None:
     assert "not installed" in info.value.message
 
 
+def test_engine_gives_each_engines_own_class() -> None:
+    """``Engine(name)`` is the engine's subclass; what differs lives there, not in branches."""
+    podman, docker = Engine("podman"), Engine("docker")
+    assert type(podman) is engines.Podman and type(docker) is engines.Docker
+    assert isinstance(podman, Engine) and podman.name == "podman" and docker.name == "docker"
+    assert engines.Podman("podman").name == "podman"
+    with pytest.raises(EngineError, match="is the podman engine"):
+        engines.Podman("docker")
+    with pytest.raises(EngineError) as info:
+        Engine("lxc")
+    assert info.value.message == "unknown container engine 'lxc'"
+    assert info.value.hint == "use one of: podman, docker"
+    assert docker.podman_socket() is None and docker.podman_api() is None
+    assert engines.suggested_global_args("lxc") == []
+    assert engines.image_listed("lxc", os.environ, IMAGE) is False
+
+
 def test_image_listed_answers_without_the_cli(engine: Engine) -> None:
     """The start path's shortcut (the engine's image store, no CLI) says yes only for an
     image that is there; where it cannot tell, it says no and the CLI decides."""
@@ -518,10 +536,10 @@ def test_docker_api_run_makes_the_cli_runs_container(tmp_path: Path) -> None:
         subprocess.run(argv, env={**eng.subprocess_env(), "S": "x"}, capture_output=True,
                        check=True, cwd=eng.cwd)  # fmt: skip
         api_name = f"las-t-{uuid.uuid4().hex[:12]}"
-        sock = enginestore.docker_socket(eng.subprocess_env())
+        sock = engines.docker_socket(eng.subprocess_env())
         assert sock is not None
         body = engines.docker_create_body(gpus._replace(name=api_name))
-        status, reply = enginestore.api_request(
+        status, reply = engines.api_request(
             sock, "POST", f"/containers/create?name={api_name}", body, 30
         )
         assert status == 201, reply
@@ -605,7 +623,7 @@ def test_podman_api_start_failure_releases_its_ports() -> None:
         pytest.skip("podman is not usable here; run scripts/ci-containers-up as root")
     sock = eng.podman_api(wait=True)
     assert sock is not None, "podman's API service did not start"
-    service = enginestore._service_pid(sock)
+    service = podmanapi._service_pid(sock)
     port = free_port()
     # A file limit above the kernel's nr_open: runc's setrlimit fails at create.
     spec = ContainerRunSpec(
@@ -624,7 +642,7 @@ def test_podman_api_start_failure_releases_its_ports() -> None:
             return True
 
     wait_until(free, 10, message=f"127.0.0.1:{port} released after the failed start")
-    assert enginestore._service_pid(sock) != service  # the service that held it ended
+    assert podmanapi._service_pid(sock) != service  # the service that held it ended
     assert eng.inspect(spec.name) is None
     assert eng.podman_api(wait=True) == sock  # a new service serves the next start
 

@@ -63,7 +63,7 @@ def _warm(home: str) -> None:
 
     from localaistack.cli import launch, lifecycle, main  # noqa: F401
     from localaistack.control import admission, names, planner, ports, probecache  # noqa: F401
-    from localaistack.runtime import engines, enginestore, manager, supervision  # noqa: F401
+    from localaistack.runtime import engines, manager, supervision  # noqa: F401
 
 
 class _Stop(Exception):

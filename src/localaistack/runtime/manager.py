@@ -707,7 +707,7 @@ class Runtime:
             if not os.path.exists(v.source):
                 raise StartFailed(f"volume source {v.source} does not exist",
                                   hint="create it, or fix the parameter that names it")  # fmt: skip
-        from localaistack.runtime import enginestore
+        from localaistack.runtime import engines as enginestore
 
         if which(c.engine) and enginestore.image_listed(c.engine, os.environ, c.image):
             return  # found without the engine's CLI (and without importing engines.py)
