@@ -21,12 +21,14 @@ from localaistack.errors import (
     InstanceConflict,
     InstanceNotFound,
     NotSupported,
+    RecoveryFailed,
     StartFailed,
     StoreError,
     UsageError,
 )
 from localaistack.osutil import which
-from localaistack.runtime import procs
+from localaistack.runtime import backends, procs
+from localaistack.runtime.backend import Handle, RunContext
 from localaistack.runtime.spawn import Pending, new_run_id
 from localaistack.runtime.supervision import STOP_TIMEOUT_MAX, Supervisors
 from localaistack.store import secrets
@@ -35,6 +37,7 @@ from localaistack.store.db import (
     Store,
     add_event,
     create_run,
+    handle_state,
     home_label,
     no_space,
     set_run_state,
@@ -171,50 +174,53 @@ class Runtime:
         if not suspects:
             return 0
         found = 0
-        containers = []
+        outlived = []  # runs whose backend lets them outlive their supervisor
         with self.store.transaction() as c:
             for r in suspects:
                 row = c.execute("SELECT * FROM runs WHERE run_id=?", (r["run_id"],)).fetchone()
                 if row is None or row["state"] not in ACTIVE_STATES or self._alive(row):
                     continue  # it ended properly, or came alive, since the first look
                 found += 1
-                if row["backend"] != "native" and row["handle"] and row["boot_id"] == self._boot:
-                    containers.append(row)
+                recoverable = backends.get(row["backend"]).capabilities.recover
+                if recoverable and row["handle"] and row["boot_id"] == self._boot:
+                    outlived.append(row)
                 else:
                     self.supervisors.mark_lost(c, row, self._boot)
-        for row in containers:
-            self._reconcile_container(row)
+        for row in outlived:
+            self._recover(row)
         return found
 
-    def _reconcile_container(self, run: sqlite3.Row) -> None:
-        from localaistack.runtime import engines
-
-        handle = json.loads(run["handle"])
-        cid = handle["container"]
+    def _recover(self, run: sqlite3.Row) -> None:
+        """A run that outlived its supervisor: a new supervisor re-attaches to it (through
+        its backend's ``recover``) while it runs; else its exit, or why it cannot be told
+        (``RecoveryFailed``: then the run gets a synthetic exit, failed and lost)."""
         plan = self.stored_plan(run["instance"])
-        engine = engines.Engine(run["backend"], global_args=plan["container"]["engine_args"])
+        ctx = RunContext(
+            run_id=str(run["run_id"]),
+            instance=str(run["instance"]),
+            plan=plan,
+            shown=plan,
+            db_path=str(self.store.path),
+            shim_pid=os.getpid(),
+            own_pids=set(),
+        )
+        backend = backends.create(str(run["backend"]), ctx)
         try:
-            state = engine.inspect(cid)
-        except engines.EngineError as exc:
-            self.fail_run(run["run_id"], f"lost: its supervisor died and {engine.name} cannot "
-                          f"be asked about container {cid[:12]}: {exc.message}")  # fmt: skip
+            status = backend.recover(Handle.load(run["handle"], str(run["backend"])))
+        except RecoveryFailed as exc:
+            self.fail_run(run["run_id"], f"lost: its supervisor died and {exc.message}")
             return
-        if state is not None and state.running:
+        if status.running:
             since = _last_log_time(run["log_path"]) or _iso(float(run["started_at"] or time.time()))
-            pending = self.supervisors.claim(run, ("--adopt", cid, "--since", since))
+            pending = self.supervisors.claim(run, ("--adopt", str(run["run_id"]), "--since", since))
             if pending is None:
                 return  # another las command re-adopted it meanwhile
-            self.record_event(run["instance"], "re-adopted", f"container {cid[:12]} still runs; "
+            self.record_event(run["instance"], "re-adopted", f"{status.detail} still runs; "
                               f"a new supervisor follows it (logs since {since})")  # fmt: skip
             self.supervisors.start(run, pending=pending)
             return
-        if state is None:
-            self.fail_run(run["run_id"], f"lost: its supervisor died and container {cid[:12]} "
-                          "is gone")  # fmt: skip
-            return
-        with contextlib.suppress(engines.EngineError):
-            engine.remove(cid)
-        code = state.exit_code
+        backend.cleanup()
+        code = status.exit.code if status.exit else None
         ok = code == 0
         reason = (f"exited with code {code} while its supervisor was gone (output after the "
                   "supervisor died is not in the log)")  # fmt: skip
@@ -222,7 +228,7 @@ class Runtime:
             set_run_state(c, run["run_id"], "stopped" if ok else "failed", reason, exit_code=code)
 
     def _alive(self, run: sqlite3.Row) -> bool:
-        if run["backend"] in ("native", "podman", "docker"):
+        if run["backend"] in backends.REGISTRY:
             return self.supervisors.is_alive(run, self._boot)  # every run has a supervisor
         raise NotSupported(f"unknown backend {run['backend']!r} for run {run['run_id']}")
 
@@ -332,7 +338,7 @@ class Runtime:
         current = self.require_instance(name)["current_run"] or run_id  # restarts move it
         final = self.store.run(current)
         assert final is not None
-        handle = json.loads(final["handle"]) if final["handle"] else {}
+        handle = handle_state(final["handle"])
         return StartResult(
             name,
             current,
@@ -346,7 +352,7 @@ class Runtime:
     def _create_run(
         self, name: str, run_id: str, plan_data: dict[str, Any], pending: Pending | None
     ) -> sqlite3.Row:
-        backend = "native" if plan_data["mode"] == "native" else plan_data["container"]["engine"]
+        backend = backends.name_for(plan_data)
         log_path = private_dir(self.home, "logs", name) / f"{run_id}.log"
         # Before the write transaction: a zygote-forked supervisor's pid may still be on
         # its way (runtime/spawn.py), and nothing may wait while holding the store.
@@ -655,8 +661,7 @@ class Runtime:
                 "gpus": "none: no device is passed to the container" if not plan.gpus else
                 f"{engine} device requests for exactly the assigned GPUs",
             }  # fmt: skip
-        handle = json.loads(run["handle"]) if run is not None and run["handle"] else {}
-        notes = handle.get("limits", {})
+        notes = handle_state(run["handle"] if run is not None else None).get("limits", {})
         tree = "process group (session) of the workload"
         if notes.get("processes"):
             tree += f"; {notes['processes']}"
