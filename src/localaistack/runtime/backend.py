@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from localaistack.errors import RecoveryFailed, StartFailed
 from localaistack.store.db import HANDLE_VERSION, decode_handle, encode_handle
+
+if TYPE_CHECKING:
+    from localaistack.plan import ExecutionPlan
 
 __all__ = [
     "HANDLE_VERSION",
@@ -213,6 +216,23 @@ class Backend:
     def cleanup(self) -> list[str]:
         """Remove what the run left; what could not be removed (words for the reason)."""
         return []
+
+    # What las shows of a plan run by this backend (`las inspect`).
+
+    @classmethod
+    def describe_limits(cls, plan: ExecutionPlan, state: dict[str, Any]) -> dict[str, str]:
+        """What enforces each limit of ``plan``, in words; ``state``: the run's handle's."""
+        raise NotImplementedError
+
+    @classmethod
+    def describe_security(cls, plan: ExecutionPlan) -> dict[str, Any]:
+        """The isolation a run of ``plan`` gets."""
+        raise NotImplementedError
+
+    @classmethod
+    def container_id(cls, state: dict[str, Any]) -> str | None:
+        """The container a handle's state names (None: the backend runs none)."""
+        return None
 
     # What only some backends have (the defaults: nothing of the kind).
 

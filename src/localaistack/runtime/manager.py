@@ -338,7 +338,7 @@ class Runtime:
         current = self.require_instance(name)["current_run"] or run_id  # restarts move it
         final = self.store.run(current)
         assert final is not None
-        handle = handle_state(final["handle"])
+        container = backends.get(final["backend"]).container_id(handle_state(final["handle"]))
         return StartResult(
             name,
             current,
@@ -346,7 +346,7 @@ class Runtime:
             message.get("pid") or final["pid"],
             message.get("reason") or final["reason"],
             str(run["log_path"]),
-            str(handle["container"])[:12] if handle.get("container") else None,
+            container[:12] if container else None,
         )
 
     def _create_run(
@@ -648,58 +648,14 @@ class Runtime:
         return row is not None and row["state"] in ACTIVE_STATES
 
     def limits(self, plan: ExecutionPlan, run: sqlite3.Row | None) -> dict[str, str]:
-        """What enforces each limit of the plan, in words."""
-        r = plan.resources
-        if plan.container is not None:
-            engine = plan.container.engine
-            return {
-                "processes": f"the container ({engine}), --init as PID 1, --pids-limit "
-                f"{plan.container.pids_limit}",
-                "memory": "none requested" if r.memory is None else
-                f"{engine} --memory {r.memory} (swap not allowed beyond it)",
-                "cpus": "none requested" if r.cpus is None else f"{engine} --cpus {r.cpus}",
-                "gpus": "none: no device is passed to the container" if not plan.gpus else
-                f"{engine} device requests for exactly the assigned GPUs",
-            }  # fmt: skip
-        notes = handle_state(run["handle"] if run is not None else None).get("limits", {})
-        tree = "process group (session) of the workload"
-        if notes.get("processes"):
-            tree += f"; {notes['processes']}"
-        memory = notes.get("memory") or ("none requested" if r.memory is None else "not started")
-        if memory.startswith("not enforced"):
-            memory += "; the supervisor samples the process tree's RSS every 0.5s instead"
-        return {
-            "processes": tree,
-            "memory": memory,
-            "cpus": notes.get("cpus") or ("none requested" if r.cpus is None else "not started"),
-            "gpus": (
-                "CUDA_VISIBLE_DEVICES/HIP_VISIBLE_DEVICES/ROCR_VISIBLE_DEVICES set to the "
-                "assigned GPUs" + (" (empty: none assigned)" if not plan.gpus else "")
-            ),
-        }
+        """What enforces each limit of the plan, in words (its backend's)."""
+        state = handle_state(run["handle"] if run is not None else None)
+        return backends.get(backends.name_of(plan)).describe_limits(plan, state)
 
     @staticmethod
     def security(plan: ExecutionPlan) -> dict[str, Any]:
         """The isolation a run gets, as `las inspect` shows it (engine inspect agrees)."""
-        c = plan.container
-        if c is None:
-            return {"mode": "native: a host process, its own session, process group and cgroup"}
-        published = [f"{b.host_ip}:{b.host_port}->{b.container_port}/{b.protocol}"
-                     for b in plan.ports]  # fmt: skip
-        return {
-            "engine": c.engine,
-            "capabilities": {"drop": ["ALL"], "add": list(c.cap_add)},
-            "no_new_privileges": True,
-            "read_only_root": c.read_only_root,
-            "tmpfs": ["/tmp"] if c.read_only_root else [],
-            "user": c.user,
-            "network": "bridge, published: " + ", ".join(published) if published else "none",
-            "pids_limit": c.pids_limit,
-            "init": True,
-            "privileged": False,
-            "pull": "never",
-            "engine_socket_mounted": False,
-        }
+        return backends.get(backends.name_of(plan)).describe_security(plan)
 
     def preflight(self, plan: ExecutionPlan) -> None:
         """Checks that need the engine, before anything is created.

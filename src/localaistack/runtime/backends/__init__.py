@@ -7,10 +7,13 @@ does not pay for the others. A new backend is one module here and one entry belo
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localaistack.errors import NotSupported
 from localaistack.runtime.backend import Backend, RunContext
+
+if TYPE_CHECKING:
+    from localaistack.plan import ExecutionPlan
 
 # name -> (module under runtime/backends/, class)
 REGISTRY: dict[str, tuple[str, str]] = {
@@ -33,6 +36,11 @@ def get(name: str) -> type[Backend]:
 def name_for(plan: dict[str, Any]) -> str:
     """The backend that executes ``plan`` (its mode; for a container, its engine)."""
     return "native" if plan["mode"] == "native" else str(plan["container"]["engine"])
+
+
+def name_of(plan: ExecutionPlan) -> str:
+    """``name_for`` of a typed plan."""
+    return "native" if plan.container is None else plan.container.engine
 
 
 def create(name: str, ctx: RunContext) -> Backend:

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     import subprocess
     from collections.abc import Callable
 
+    from localaistack.plan import ExecutionPlan
+
 
 class ContainerBackend(Backend):
     """One container of the plan's engine (``name``: podman or docker)."""
@@ -61,6 +63,46 @@ class ContainerBackend(Backend):
         self.cid = ""
         self.container_name = f"las-{ctx.instance}-{ctx.run_id}"
         self.helpers: list[subprocess.Popen[bytes]] = []
+
+    @classmethod
+    def describe_limits(cls, plan: ExecutionPlan, state: dict[str, Any]) -> dict[str, str]:
+        r, c = plan.resources, plan.container
+        assert c is not None
+        engine = c.engine
+        return {
+            "processes": f"the container ({engine}), --init as PID 1, --pids-limit "
+            f"{c.pids_limit}",
+            "memory": "none requested" if r.memory is None else
+            f"{engine} --memory {r.memory} (swap not allowed beyond it)",
+            "cpus": "none requested" if r.cpus is None else f"{engine} --cpus {r.cpus}",
+            "gpus": "none: no device is passed to the container" if not plan.gpus else
+            f"{engine} device requests for exactly the assigned GPUs",
+        }  # fmt: skip
+
+    @classmethod
+    def describe_security(cls, plan: ExecutionPlan) -> dict[str, Any]:
+        c = plan.container
+        assert c is not None
+        published = [f"{b.host_ip}:{b.host_port}->{b.container_port}/{b.protocol}"
+                     for b in plan.ports]  # fmt: skip
+        return {
+            "engine": c.engine,
+            "capabilities": {"drop": ["ALL"], "add": list(c.cap_add)},
+            "no_new_privileges": True,
+            "read_only_root": c.read_only_root,
+            "tmpfs": ["/tmp"] if c.read_only_root else [],
+            "user": c.user,
+            "network": "bridge, published: " + ", ".join(published) if published else "none",
+            "pids_limit": c.pids_limit,
+            "init": True,
+            "privileged": False,
+            "pull": "never",
+            "engine_socket_mounted": False,
+        }
+
+    @classmethod
+    def container_id(cls, state: dict[str, Any]) -> str | None:
+        return str(state["container"]) if state.get("container") else None
 
     def extra_run_options(self) -> dict[str, Any]:
         """Options of ``engines.ContainerRunSpec`` this engine adds (podman: ulimits)."""

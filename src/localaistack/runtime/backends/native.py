@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     import subprocess
     from collections.abc import Callable
 
+    from localaistack.plan import ExecutionPlan
+
 SWEEP_LIMIT = 5.0  # seconds the end of a run goes on killing what is left of the run
 
 
@@ -143,6 +145,30 @@ class NativeBackend(Backend):
         self.known: dict[int, int | None] = {}  # members seen by watch -> start time
         self.leftovers: set[int] = set()  # processes other than the main one SIGKILLed
         self.exited_status: int | None = None
+
+    @classmethod
+    def describe_limits(cls, plan: ExecutionPlan, state: dict[str, Any]) -> dict[str, str]:
+        r = plan.resources
+        notes = state.get("limits", {})  # what the start found (cgroup, affinity)
+        tree = "process group (session) of the workload"
+        if notes.get("processes"):
+            tree += f"; {notes['processes']}"
+        memory = notes.get("memory") or ("none requested" if r.memory is None else "not started")
+        if memory.startswith("not enforced"):
+            memory += "; the supervisor samples the process tree's RSS every 0.5s instead"
+        return {
+            "processes": tree,
+            "memory": memory,
+            "cpus": notes.get("cpus") or ("none requested" if r.cpus is None else "not started"),
+            "gpus": (
+                "CUDA_VISIBLE_DEVICES/HIP_VISIBLE_DEVICES/ROCR_VISIBLE_DEVICES set to the "
+                "assigned GPUs" + (" (empty: none assigned)" if not plan.gpus else "")
+            ),
+        }
+
+    @classmethod
+    def describe_security(cls, plan: ExecutionPlan) -> dict[str, Any]:
+        return {"mode": "native: a host process, its own session, process group and cgroup"}
 
     # --- start ---------------------------------------------------------------------------
 
