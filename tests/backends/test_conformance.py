@@ -12,7 +12,10 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,6 +86,25 @@ def test_start_and_exit_code(las: Las, backend: str, module: ModuleMaker) -> Non
     assert (run["state"], run["exit_code"], run["reason"]) == (
         "stopped", 0, "exited on its own with code 0"
     )  # fmt: skip
+
+
+def test_the_interface_alone(las: Las, backend: str, module: ModuleMaker) -> None:
+    """start, attach, poll_exit (in a selector loop of the caller's), cleanup: no shim."""
+    las.ok("run", str(module("alone", "echo out; echo err >&2; exit 5")))
+    ended(las, "alone")
+    row = run_row(las, "alone")  # its plan, run again under another run id
+    drive = Path(__file__).with_name("drive.py")
+    res = subprocess.run(
+        [sys.executable, str(drive), str(las.home / "state.db"), "0123abcd4567", "alone",
+         row["plan"]],
+        capture_output=True, text=True, timeout=60, env=las.env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert got["exit"]["code"] == 5 and got["exit"]["lost"] is None, got
+    assert "out" in got["output"] and "err" in got["output"], got
+    assert got["left"] == []
+    assert Handle.load(got["handle"], backend).backend == backend
 
 
 def test_killed_by_a_signal(las: Las, backend: str, module: ModuleMaker) -> None:
