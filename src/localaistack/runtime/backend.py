@@ -196,8 +196,8 @@ class Backend:
         assert self.wait_pid is not None
         try:
             got, status = os.waitpid(self.wait_pid, os.WNOHANG)
-        except ChildProcessError:
-            return self.exit_status(0)  # reaped elsewhere: the backend tells what it knows
+        except ChildProcessError:  # reaped by someone else: its status is gone
+            return ExitStatus(lost=f"lost: pid {self.wait_pid} is not a child of this process")
         return None if got == 0 else self.exit_status(status)
 
     def stop(self, signal_name: str, grace: float) -> None:
