@@ -11,7 +11,6 @@ as gone: they run nothing), and no cgroup directory of the run left.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 import signal
@@ -284,8 +283,10 @@ def _handle_escaped(las: Las, run_id: str) -> list[int]:
         row = db.execute("SELECT handle FROM runs WHERE run_id=?", (run_id,)).fetchone()
     finally:
         db.close()
-    handle = json.loads(row[0]) if row and row[0] else {}
-    return [int(p) for p, _ in handle.get("descendants") or []]
+    from localaistack.store.db import handle_state
+
+    state = handle_state(row[0] if row else None)  # the native backend's part of the handle
+    return [int(p) for p, _ in state.get("descendants") or []]
 
 
 def test_supervisor_sigkilled_escaped_children_are_killed_by_the_next_las(

@@ -21,12 +21,14 @@ from localaistack.errors import (
     InstanceConflict,
     InstanceNotFound,
     NotSupported,
+    RecoveryFailed,
     StartFailed,
     StoreError,
     UsageError,
 )
 from localaistack.osutil import which
-from localaistack.runtime import procs
+from localaistack.runtime import backends, procs
+from localaistack.runtime.backend import Handle, RunContext
 from localaistack.runtime.spawn import Pending, new_run_id
 from localaistack.runtime.supervision import STOP_TIMEOUT_MAX, Supervisors
 from localaistack.store import secrets
@@ -35,6 +37,7 @@ from localaistack.store.db import (
     Store,
     add_event,
     create_run,
+    handle_state,
     home_label,
     no_space,
     set_run_state,
@@ -171,50 +174,53 @@ class Runtime:
         if not suspects:
             return 0
         found = 0
-        containers = []
+        outlived = []  # runs whose backend lets them outlive their supervisor
         with self.store.transaction() as c:
             for r in suspects:
                 row = c.execute("SELECT * FROM runs WHERE run_id=?", (r["run_id"],)).fetchone()
                 if row is None or row["state"] not in ACTIVE_STATES or self._alive(row):
                     continue  # it ended properly, or came alive, since the first look
                 found += 1
-                if row["backend"] != "native" and row["handle"] and row["boot_id"] == self._boot:
-                    containers.append(row)
+                recoverable = backends.get(row["backend"]).capabilities.recover
+                if recoverable and row["handle"] and row["boot_id"] == self._boot:
+                    outlived.append(row)
                 else:
                     self.supervisors.mark_lost(c, row, self._boot)
-        for row in containers:
-            self._reconcile_container(row)
+        for row in outlived:
+            self._recover(row)
         return found
 
-    def _reconcile_container(self, run: sqlite3.Row) -> None:
-        from localaistack.runtime import engines
-
-        handle = json.loads(run["handle"])
-        cid = handle["container"]
+    def _recover(self, run: sqlite3.Row) -> None:
+        """A run that outlived its supervisor: a new supervisor re-attaches to it (through
+        its backend's ``recover``) while it runs; else its exit, or why it cannot be told
+        (``RecoveryFailed``: then the run gets a synthetic exit, failed and lost)."""
         plan = self.stored_plan(run["instance"])
-        engine = engines.Engine(run["backend"], global_args=plan["container"]["engine_args"])
+        ctx = RunContext(
+            run_id=str(run["run_id"]),
+            instance=str(run["instance"]),
+            plan=plan,
+            shown=plan,
+            db_path=str(self.store.path),
+            shim_pid=os.getpid(),
+            own_pids=set(),
+        )
+        backend = backends.create(str(run["backend"]), ctx)
         try:
-            state = engine.inspect(cid)
-        except engines.EngineError as exc:
-            self.fail_run(run["run_id"], f"lost: its supervisor died and {engine.name} cannot "
-                          f"be asked about container {cid[:12]}: {exc.message}")  # fmt: skip
+            status = backend.recover(Handle.load(run["handle"], str(run["backend"])))
+        except RecoveryFailed as exc:
+            self.fail_run(run["run_id"], f"lost: its supervisor died and {exc.message}")
             return
-        if state is not None and state.running:
+        if status.running:
             since = _last_log_time(run["log_path"]) or _iso(float(run["started_at"] or time.time()))
-            pending = self.supervisors.claim(run, ("--adopt", cid, "--since", since))
+            pending = self.supervisors.claim(run, ("--adopt", str(run["run_id"]), "--since", since))
             if pending is None:
                 return  # another las command re-adopted it meanwhile
-            self.record_event(run["instance"], "re-adopted", f"container {cid[:12]} still runs; "
+            self.record_event(run["instance"], "re-adopted", f"{status.detail} still runs; "
                               f"a new supervisor follows it (logs since {since})")  # fmt: skip
             self.supervisors.start(run, pending=pending)
             return
-        if state is None:
-            self.fail_run(run["run_id"], f"lost: its supervisor died and container {cid[:12]} "
-                          "is gone")  # fmt: skip
-            return
-        with contextlib.suppress(engines.EngineError):
-            engine.remove(cid)
-        code = state.exit_code
+        backend.cleanup()
+        code = status.exit.code if status.exit else None
         ok = code == 0
         reason = (f"exited with code {code} while its supervisor was gone (output after the "
                   "supervisor died is not in the log)")  # fmt: skip
@@ -222,7 +228,7 @@ class Runtime:
             set_run_state(c, run["run_id"], "stopped" if ok else "failed", reason, exit_code=code)
 
     def _alive(self, run: sqlite3.Row) -> bool:
-        if run["backend"] in ("native", "podman", "docker"):
+        if run["backend"] in backends.REGISTRY:
             return self.supervisors.is_alive(run, self._boot)  # every run has a supervisor
         raise NotSupported(f"unknown backend {run['backend']!r} for run {run['run_id']}")
 
@@ -329,7 +335,7 @@ class Runtime:
         current = self.require_instance(name)["current_run"] or run_id  # restarts move it
         final = self.store.run(current)
         assert final is not None
-        handle = json.loads(final["handle"]) if final["handle"] else {}
+        container = backends.get(final["backend"]).container_id(handle_state(final["handle"]))
         return StartResult(
             name,
             current,
@@ -337,13 +343,13 @@ class Runtime:
             message.get("pid") or final["pid"],
             message.get("reason") or final["reason"],
             str(run["log_path"]),
-            str(handle["container"])[:12] if handle.get("container") else None,
+            container[:12] if container else None,
         )
 
     def _create_run(
         self, name: str, run_id: str, plan_data: dict[str, Any], pending: Pending | None
     ) -> sqlite3.Row:
-        backend = "native" if plan_data["mode"] == "native" else plan_data["container"]["engine"]
+        backend = backends.name_for(plan_data)
         log_path = private_dir(self.home, "logs", name) / f"{run_id}.log"
         # Before the write transaction: a zygote-forked supervisor's pid may still be on
         # its way (runtime/spawn.py), and nothing may wait while holding the store.
@@ -639,59 +645,14 @@ class Runtime:
         return row is not None and row["state"] in ACTIVE_STATES
 
     def limits(self, plan: ExecutionPlan, run: sqlite3.Row | None) -> dict[str, str]:
-        """What enforces each limit of the plan, in words."""
-        r = plan.resources
-        if plan.container is not None:
-            engine = plan.container.engine
-            return {
-                "processes": f"the container ({engine}), --init as PID 1, --pids-limit "
-                f"{plan.container.pids_limit}",
-                "memory": "none requested" if r.memory is None else
-                f"{engine} --memory {r.memory} (swap not allowed beyond it)",
-                "cpus": "none requested" if r.cpus is None else f"{engine} --cpus {r.cpus}",
-                "gpus": "none: no device is passed to the container" if not plan.gpus else
-                f"{engine} device requests for exactly the assigned GPUs",
-            }  # fmt: skip
-        handle = json.loads(run["handle"]) if run is not None and run["handle"] else {}
-        notes = handle.get("limits", {})
-        tree = "process group (session) of the workload"
-        if notes.get("processes"):
-            tree += f"; {notes['processes']}"
-        memory = notes.get("memory") or ("none requested" if r.memory is None else "not started")
-        if memory.startswith("not enforced"):
-            memory += "; the supervisor samples the process tree's RSS every 0.5s instead"
-        return {
-            "processes": tree,
-            "memory": memory,
-            "cpus": notes.get("cpus") or ("none requested" if r.cpus is None else "not started"),
-            "gpus": (
-                "CUDA_VISIBLE_DEVICES/HIP_VISIBLE_DEVICES/ROCR_VISIBLE_DEVICES set to the "
-                "assigned GPUs" + (" (empty: none assigned)" if not plan.gpus else "")
-            ),
-        }
+        """What enforces each limit of the plan, in words (its backend's)."""
+        state = handle_state(run["handle"] if run is not None else None)
+        return backends.get(backends.name_of(plan)).describe_limits(plan, state)
 
     @staticmethod
     def security(plan: ExecutionPlan) -> dict[str, Any]:
         """The isolation a run gets, as `las inspect` shows it (engine inspect agrees)."""
-        c = plan.container
-        if c is None:
-            return {"mode": "native: a host process, its own session, process group and cgroup"}
-        published = [f"{b.host_ip}:{b.host_port}->{b.container_port}/{b.protocol}"
-                     for b in plan.ports]  # fmt: skip
-        return {
-            "engine": c.engine,
-            "capabilities": {"drop": ["ALL"], "add": list(c.cap_add)},
-            "no_new_privileges": True,
-            "read_only_root": c.read_only_root,
-            "tmpfs": ["/tmp"] if c.read_only_root else [],
-            "user": c.user,
-            "network": "bridge, published: " + ", ".join(published) if published else "none",
-            "pids_limit": c.pids_limit,
-            "init": True,
-            "privileged": False,
-            "pull": "never",
-            "engine_socket_mounted": False,
-        }
+        return backends.get(backends.name_of(plan)).describe_security(plan)
 
     def preflight(self, plan: ExecutionPlan) -> None:
         """Checks that need the engine, before anything is created.

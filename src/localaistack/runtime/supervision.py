@@ -31,15 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from localaistack.errors import StartFailed, StoreError
-from localaistack.runtime import cgroups, procs
+from localaistack.runtime import backends, cgroups, procs
 from localaistack.runtime.spawn import Pending, spawn_supervisor
-from localaistack.store.db import FINAL_STATES, Store, add_event, set_run_state
+from localaistack.store.db import FINAL_STATES, Store, add_event, handle_state, set_run_state
 
 READY_TIMEOUT = 30.0
-STOP_GRACE_EXTRA = 10.0  # how much longer than the stop timeout we wait for the supervisor
-# A container's: the supervisor kills it itself 15 s after the engine should have, then
-# asks the engine for its end and removes it.
-CONTAINER_GRACE_EXTRA = 30.0
+# How much longer than the stop timeout we wait for the supervisor; plus the backend's
+# ``capabilities.stop_margin`` (a container's: the supervisor kills it itself 15 s after
+# the engine should have, then asks the engine for its end and removes it).
+STOP_GRACE_EXTRA = 10.0
 # The longest stop timeout (`las stop --timeout` refuses more; the supervisor clamps a
 # plan's to it), and the signal that tells a supervisor to SIGKILL now: the same as in
 # runtime/supervisor.py (not imported from there: it costs `las` tens of milliseconds).
@@ -264,7 +264,7 @@ class Supervisors:
                 signal.pidfd_send_signal(pidfd, signal.SIGTERM)
             except ProcessLookupError:
                 return True, unrecorded  # it exited just now: reconciled by the caller
-            margin = STOP_GRACE_EXTRA if run["backend"] == "native" else CONTAINER_GRACE_EXTRA
+            margin = STOP_GRACE_EXTRA + backends.get(run["backend"]).capabilities.stop_margin
             if unrecorded is not None and timeout is not None:
                 # The supervisor cannot read this timeout: it is told when it has passed.
                 if self._wait_ended(pidfd, run_id, effective, True):
@@ -325,7 +325,9 @@ class Supervisors:
             return False
         if row is None or row["state"] in FINAL_STATES:
             return True
-        if not unwritable or row["backend"] != "native" or row["pid"] is None:
+        # Where the supervisor is the run's parent (the run dies with it): its pid tells.
+        outlives = backends.get(row["backend"]).capabilities.recover
+        if not unwritable or outlives or row["pid"] is None:
             return False
         if procs.is_same_process(int(row["pid"]), row["pid_start"]):
             return False
@@ -387,8 +389,8 @@ def _kill_recorded(handle: str | None) -> int:
     """SIGKILL the processes a supervisor without a cgroup recorded (those still the same
     process: pid and start time) and their descendants; returns how many."""
     try:
-        recorded = json.loads(handle or "{}").get("descendants") or []
-    except (ValueError, AttributeError):
+        recorded = handle_state(handle).get("descendants") or []
+    except (ValueError, AttributeError, TypeError):
         return 0
     # Stop them first (a stopped process forks no more), walking again until no new one
     # shows up, then kill them all: none re-parented to init between a walk and a kill.

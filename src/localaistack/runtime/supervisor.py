@@ -1,50 +1,47 @@
-"""The per-instance supervisor: the parent of one workload, native or in a container.
+"""The per-run supervisor: the shim between las and one run's backend.
 
 Started by ``las`` as ``python -S -c "...from localaistack.runtime.supervisor import
 main..." --db DB --run RUN_ID --ready-fd FD`` (runtime/spawn.py) in a session of its own,
-it outlives the ``las`` command. For a native workload it
+it outlives the ``las`` command. How the run is executed is its backend's (the runs.backend
+column: runtime/backends/, the interface in runtime/backend.py); everything else is here:
 
-* starts it in its own session and process group and cgroup (with its memory and CPU
-  limits where this process may write them), with ``PR_SET_PDEATHSIG`` so that the workload
-  dies with it (a workload is never left running unsupervised), and as child subreaper so
-  that orphaned descendants come back to it;
-* reports ``running`` (or ``failed``, with the OS error) on the ready pipe, and ``healthy``
-  later when the plan has a health probe and the caller waits for it;
-* captures stdout and stderr into the run's log file, never blocking the workload on a full
-  disk (lost lines are counted);
-* runs the health probe (non-blocking, in the same event loop) and records transitions;
-* on SIGTERM (what ``las stop`` sends it), sends the plan's stop signal to every process of
-  the run (its cgroup's members and our descendants: those that left the process group
-  too), waits the stop timeout, then SIGKILLs them, and records which of the two ended it;
-* reaps the workload, kills what is left of the run until nothing is (counted in the
-  reason), removes the cgroup, and records the end durably (a write the store refuses, a
+* start the run through the backend, record it ``running`` with the backend's handle, and
+  report ``running`` (or ``failed``, with the reason) on the ready pipe, ``healthy`` later
+  when the plan has a health probe and the caller waits for it;
+* capture the output the backend attaches (the workload's pipes, or the engine's log of
+  it) into the run's log file, never blocking the workload on a full disk (lost lines are
+  counted);
+* run the health probe (non-blocking, in the same event loop; set up by the backend: a
+  container's command probe runs in it) and record transitions;
+* on SIGTERM (what ``las stop`` sends it), ask the backend to stop the run with the plan's
+  signal, wait the stop timeout (the engine's own kill, where the engine stops it), then
+  have the backend SIGKILL it, and record which of the two ended it;
+* reap its children (it is their subreaper: the backend's main child's exit is the run's
+  end), let the backend sweep what is left and clean up, compose the exit's reason (one
+  function: ``backend.describe_exit``) and record it durably (a write the store refuses, a
   full disk, is kept and retried until it is committed: ``record``);
-* once a second, checks the run's listening sockets (sock_diag: TCP and UDP, IPv4 and
-  IPv6) against the policy and, without a cgroup, records the run's processes for the next
-  ``las`` command should this process die;
-* stops the workload when its home is lost (its state database removed or replaced,
-  looked at every second: ``_check_home``), since no las command could see it any more;
-* when the plan asks for restarts, starts the next attempt (a run of its own) after a
+* where the backend shows the run's processes (``capabilities.sees_processes``), check
+  their listening sockets once a second (sock_diag: TCP and UDP, IPv4 and IPv6) against
+  the policy, sample their memory where no kernel limit holds, and store the handle again
+  when the backend's state changes (``watch``), for the next ``las`` command should this
+  process die;
+* stop the run when its home is lost (its state database removed or replaced, looked at
+  every second: ``_check_home``), since no las command could see it any more;
+* when the plan asks for restarts, start the next attempt (a run of its own) after a
   bounded, growing backoff.
 
-For a container it drives the engine instead (create and start through its API, or
-``run -d``; then the CLI's ``logs --follow``, ``wait``, ``stop``, ``inspect``, ``rm``), with
-the same states, logs, probes and restarts; it becomes child subreaper only once the
-container runs (the engine's own processes are not its children, as after a ``run -d`` by
-hand). ``--adopt CONTAINER --since TIME`` follows a container whose supervisor died.
+``--adopt RUN_ID --since TIME`` re-attaches to a run whose supervisor died, through the
+backend's ``recover`` and the handle stored for it (a container outlives its supervisor).
 
 It sleeps in ``select`` while nothing happens, but for the probe's cadence, the once-a-second
-watch above (~0.1 % of a core, bench/native.py), and a memory sampler where no cgroup can
-enforce a limit. Standard library only, and it imports
-as little as it can: it starts often and lives long.
+watch above, and a memory sampler where no cgroup can enforce a limit. Standard library
+only, and it imports as little as it can: it starts often and lives long.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
-import functools
 import json
 import math
 import os
@@ -56,8 +53,18 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from localaistack.errors import StoreError
-from localaistack.runtime import cgroups, procs
+from localaistack.errors import RecoveryFailed, StartFailed, StoreError
+from localaistack.runtime import backends, cgroups, procs
+from localaistack.runtime.backend import (
+    Attachment,
+    Backend,
+    ExitStatus,
+    Handle,
+    RunContext,
+    Started,
+    describe_exit,
+    format_size,
+)
 from localaistack.runtime.logs.writer import LogWriter
 from localaistack.store import secrets
 from localaistack.store.db import (
@@ -65,18 +72,14 @@ from localaistack.store.db import (
     Store,
     add_event,
     create_run,
-    home_label,
+    set_run_handle,
+    set_run_pid,
     set_run_state,
 )
 
 if TYPE_CHECKING:
-    import subprocess
-
     from localaistack.runtime import probes
 
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
-PR_SET_NO_NEW_PRIVS = 38
 DRAIN_AFTER_EXIT = 1.0  # seconds to read what descendants still hold open after the exit
 READ_SIZE = 1 << 18  # measured best with a 1 MiB pipe (bench/native.py log capture)
 PIPE_SIZE = 1 << 20  # the default /proc/sys/fs/pipe-max-size
@@ -91,7 +94,6 @@ ERROR_LINE = re.compile(
 # process group (recorded, for the next las command should this process die).
 WATCH_FIRST = 0.3  # seconds after the start
 WATCH_EVERY = 1.0
-SWEEP_LIMIT = 5.0  # seconds the end of a run goes on killing what is left of the run
 SAMPLE_EVERY = 0.5  # seconds between RSS samples, only where no cgroup enforces a limit
 HOME_CHECK_EVERY = 1.0  # seconds between looks at the state database's identity (one stat)
 STORE_RETRY_FIRST = 0.1  # seconds before the first retry of a write the store refused
@@ -104,134 +106,9 @@ STORE_RETRY_MAX = 2.0  # the longest wait between retries (doubling up to it)
 STOP_TIMEOUT_MAX = 3600.0
 STOP_NOW = signal.SIGUSR1
 F_SETPIPE_SZ = 1031
-
-
-@functools.cache
-def _libc() -> Any:
-    # ctypes costs ~4 ms to import: loaded by the supervisor's first prctl (the child
-    # subreaper's), which comes before any child is forked (and calls this again).
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _prctl(option: int, arg: int) -> None:
-    if _libc().prctl(option, arg, 0, 0, 0) != 0:
-        import ctypes
-
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def _pin_changed(pinned: Any) -> str | None:
-    """How a trust pin's file differs from its planned sha256 now (None: none does).
-
-    Hashed right before exec, to narrow the window between the planner's check and the
-    exec (docs/policy.md: ~12-15 ms of CPU for a 10 MiB binary, measured).
-    """
-    import hashlib
-
-    for item in pinned:
-        path, want = item["path"], item["sha256"]
-        digest = hashlib.sha256()
-        try:
-            with open(path, "rb") as f:
-                while block := f.read(1 << 20):
-                    digest.update(block)
-        except OSError as exc:
-            return f"{path} cannot be read ({exc.strerror}): pinned sha256 {want}"
-        if digest.hexdigest() != want:
-            return f"{path} changed: pinned sha256 {want}, now {digest.hexdigest()}"
-    return None
-
-
-def _child_setup(
-    supervisor_pid: int,
-    cgroup_procs: list[str] | None,
-    creds: tuple[int, int, list[int]] | None = None,
-    cpus: list[int] | None = None,
-) -> None:
-    """Runs in the forked child, before exec: least privilege, and death with the supervisor.
-
-    ``creds`` (uid, gid, supplementary groups) is the plan's user to drop to; the cgroup is
-    joined first, while the child may still write it. ``cpus``: pin the workload to these
-    CPUs (where no cgroup quota holds its CPU limit); before exec, so every thread and
-    child it makes inherits the affinity.
-    """
-    if cgroup_procs is not None:
-        # Join before exec, so that no descendant is ever outside the run's cgroup.
-        with contextlib.suppress(OSError):  # the process group still reaches descendants
-            cgroups.join(cgroup_procs)
-    if cpus is not None:
-        with contextlib.suppress(OSError):  # the supervisor reads it back and says so
-            os.sched_setaffinity(0, cpus)
-    if creds is not None:
-        uid, gid, groups = creds
-        os.setgroups(groups)
-        os.setgid(gid)  # as root: real, effective and saved ids alike
-        os.setuid(uid)
-    # After the uid change, which clears the parent-death signal.
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    _prctl(PR_SET_NO_NEW_PRIVS, 1)  # no setuid/file-capability escalation, ever
-    os.umask(0o077)  # files the workload creates are private unless it says otherwise
-    # The supervisor may have died before the line above took effect: die now, not later.
-    if os.getppid() != supervisor_pid:
-        os._exit(127)
-
-
-def _size(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n / (1 << shift):g}{unit}"
-    return f"{n}B"
-
-
-def describe_start_error(
-    exc: OSError, argv0: str, workdir: str | None, shown_workdir: str | None = None
-) -> str:
-    """Why the exec failed; ``argv0`` and ``shown_workdir`` as shown (secrets masked),
-    ``workdir`` the real one (to tell which path failed)."""
-    name = errno.errorcode.get(exc.errno or 0, "")
-    what = exc.strerror or str(exc)
-    if exc.filename is not None and workdir is not None and str(exc.filename) == workdir:
-        return f"could not start: workdir {shown_workdir or workdir}: {what} ({name})"
-    if exc.errno == errno.ENOENT:
-        return f"could not start: executable not found: {argv0} ({what})"
-    if exc.errno == errno.EACCES:
-        return f"could not start: permission denied: {argv0} ({what})"
-    return f"could not start: {argv0}: {what} ({name})"
-
-
-def exit_reason(
-    status: int, stopping: bool, killed: bool, sig_name: str, last: str
-) -> tuple[str, str, int | None, str | None]:
-    """Final state, reason, exit code and signal name for a wait status."""
-    if os.WIFEXITED(status):
-        code = os.WEXITSTATUS(status)
-        sig = None
-    else:
-        code = None
-        sig = procs.signal_name(os.WTERMSIG(status))
-    if stopping:
-        if killed:
-            return (
-                "stopped",
-                f"stopped: did not exit within the stop timeout after "
-                f"{sig_name}; killed with SIGKILL",
-                code,
-                sig,
-            )
-        if sig == sig_name:
-            return "stopped", f"stopped: exited on {sig_name}", code, sig
-        how = f"exited with code {code}" if code is not None else f"ended by {sig}"
-        return "stopped", f"stopped: {how} after {sig_name}", code, sig
-    tail = f"; {last}" if last else ""
-    if code == 0:
-        return "stopped", "exited on its own with code 0", code, sig
-    if code is not None:
-        return "failed", f"exited with code {code}{tail}", code, sig
-    core = " (core dumped)" if os.WCOREDUMP(status) else ""
-    return "failed", f"killed by signal {sig}{core}{tail}", code, sig
+# A container's stop: `ENGINE stop` SIGKILLs at the stop timeout; the shim's own kill
+# comes this much later (the engine may be slow to do it).
+ENGINE_KILL_AFTER = 15.0
 
 
 class Attempt:
@@ -242,7 +119,6 @@ class Attempt:
         self.log_path = log_path
         self.pid: int | None = None
         self.pid_start: int | None = None
-        self.cgroup: cgroups.RunCgroup | None = None
         self.started = 0.0  # monotonic
         self.healthy_since: float | None = None  # monotonic
 
@@ -292,14 +168,12 @@ class Supervisor:
         self.health_failure: str | None = None  # why we stopped it (start timeout, unhealthy)
         self.sel = selectors.DefaultSelector()
         self.reported_running = False
-        self.container = self.plan["mode"] == "container"
-        self.backend = str(run["backend"])
-        self.cid = ""
-        self.adopt: str | None = None  # a container id to re-adopt instead of starting one
+        self.backend_name = str(run["backend"])  # runtime/backends: the registry's name
+        self.backend: Backend | None = None  # the current run's, while it is started
+        self.caps = backends.get(self.backend_name).capabilities
+        self.adopt: str | None = None  # re-attach to the run's stored handle (--adopt)
         self.adopt_since: str | None = None
-        self._keep: list[subprocess.Popen[bytes]] = []
-        self.sandboxed = False  # the plan runs the native workload under bwrap
-        self.creds: tuple[int, int, list[int]] | None = None  # the native workload's user
+        self.probe_pids: set[int] = set()  # command probes: ours, not the workload's
         # The state database as opened (device, inode): another file there, or none, means
         # the home was removed or replaced: its records are gone, so the workload is
         # stopped rather than left running where no las command can see it (_home_lost).
@@ -469,8 +343,6 @@ class Supervisor:
             signal.signal(s, lambda *_: None)
         self.sigfd = rfd
         self.sel.register(rfd, selectors.EVENT_READ, "signal")
-        if not self.container:  # a container's helpers start later (_follow_container)
-            _prctl(PR_SET_CHILD_SUBREAPER, 1)
         while True:
             failure = self.run_attempt()
             if failure is None:
@@ -497,31 +369,46 @@ class Supervisor:
         self.next_sample: float | None = None
         self.violation: str | None = None
         self.next_watch: float | None = None
-        self.leftovers: set[int] = set()  # processes other than the main one SIGKILLed
-        self.probe_pids: set[int] = set()  # command probes: ours, not the workload's
-        self.known: dict[int, int | None] = {}  # members seen by the watch -> start time
+        self.probe_pids.clear()
         self.last_lines = {}
         if self._home_lost() is not None:  # lost while waiting to restart: start nothing
             self._say(f"las: {self.home_lost}; not starting the workload again")
             return None
-        launched = self._launch_container() if self.container else self._launch_native()
-        if launched is None:
+        backend = backends.create(
+            self.backend_name,
+            RunContext(
+                run_id=self.run_id,
+                instance=self.instance,
+                plan=self.plan,
+                shown=self.shown,
+                db_path=self.db_path,
+                shim_pid=self.me,
+                own_pids=self.probe_pids,
+                hide=self.hide,
+                note=self._note,
+            ),
+        )
+        started = self._start(backend)
+        if started is None:
             return None  # could not start: recorded; a workload that cannot start is not restarted
-        main_pid, streams, handle = launched
-        cg = self.attempt.cgroup
+        self.backend = backend
+        self.attempt.pid, self.attempt.pid_start = started.pid, started.pid_start
+        attached: Attachment | None = None
+        if self.caps.output == "pipes":  # the workload's own pipes: read from the start
+            attached = backend.attach()
+            self._watch(attached.outputs)
         self.attempt.started = time.monotonic()
         self.health.reset()
         fields: dict[str, Any] = {"health": self.health.state}
-        what = f"container {handle['container'][:12]}" if self.container else f"pid {main_pid}"
         self.record(
             "running",
-            f"started {what}",
+            f"started {started.what}",
             pid=self.attempt.pid,
             pid_start=self.attempt.pid_start,
             started_at=time.time(),
             sup_pid=self.me,
             sup_start=self.me_start,
-            handle=json.dumps(handle),
+            handle=started.handle.to_json(),
             **fields,
         )
         if not self.reported_running:
@@ -530,35 +417,35 @@ class Supervisor:
             self.report_ready(
                 {"state": "running", "pid": self.attempt.pid}, close=not waits_for_health
             )
-        if self.container:
-            followed = self._follow_container()
-            if followed is None:
-                return None  # recorded: the container is removed, nothing to restart
-            main_pid, streams = followed
-            self._record_container_pid()
-        else:
-            if self.sample_memory:
-                self.next_sample = time.monotonic()
-            self._watch_setup(cg is None)
+        if attached is None:
+            # Helpers (the engine's `logs --follow` and `wait`) once `las run` was told.
+            attached = self._attach(backend)
+            if attached is None:
+                return None  # recorded: what was started is removed, nothing to restart
+            self._record_host_pid(backend)
+        self.sample_memory = backend.unenforced_memory()
+        if self.sample_memory:
+            self.next_sample = time.monotonic()
+        if self.caps.sees_processes:
+            self._watch_setup(backend.watches())
         if self.stop_requested:
             self._begin_stop()
         elif self.health_spec is not None:
             self.next_probe = time.monotonic()
         self.next_home_check = time.monotonic() + HOME_CHECK_EVERY
 
-        status = self._supervise(main_pid, streams)
+        streams = dict(attached.outputs)
+        status = self._supervise(attached.wait_pid, streams)
         self.next_home_check = None
         self._cancel_probe()
         self.next_probe = None
 
-        # The workload is gone: end what is left of the run (its cgroup, and every
-        # descendant of ours: orphans came back to us as subreaper), then read what they
-        # wrote until the pipes close. (For a container, `logs --follow` ends by itself once
-        # the container has stopped.)
+        # The workload is gone: end what is left of the run (the rest of it gets until the
+        # stop deadline, then the backend's sweep), then read what it wrote until the pipes
+        # close (a container's `logs --follow` ends by itself once the container stopped).
         self.next_watch = None
-        if not self.container:
-            self._stop_grace(streams)
-            self._sweep()
+        self._stop_grace(streams)
+        leftovers = backend.sweep()
         deadline = time.monotonic() + DRAIN_AFTER_EXIT
         while streams and time.monotonic() < deadline:
             for key, _ in self.sel.select(max(0.0, deadline - time.monotonic())):
@@ -570,40 +457,16 @@ class Supervisor:
         for fd, stream in list(streams.items()):
             self.writer.flush_partial(stream)
             self.sel.unregister(fd)
-        self._kill_helpers()
+        backend.detach()
         self._reap_orphans()
-        oom = self._memory_verdict(cg)
-
-        last = self._last_line()
-        sig_name = self.plan["stop"]["signal"]
-        by_request = (
-            self.stopping
-            and self.health_failure is None
-            and self.sampled_oom is None
-            and self.violation is None
-        )
-        if self.container:
-            state, reason, code, sig = self._container_end(by_request, sig_name, last)
-        else:
-            if self.sandboxed and os.WIFEXITED(status) and os.WEXITSTATUS(status) > 128:
-                # bwrap exits 128+N when the workload was killed by signal N: say so.
-                status = os.WEXITSTATUS(status) - 128
-            state, reason, code, sig = exit_reason(status, by_request, self.killed, sig_name, last)
-        if self.violation is not None:
-            state, reason = "failed", self.violation  # never restarted: it would do it again
-        elif self.health_failure is not None:
-            state, reason = "failed", self.health_failure
-        elif oom is not None and not by_request:
-            state, reason = "failed", oom
-        if self.home_lost is not None:
-            reason += f" (stopped by las: {self.home_lost})"
-        if self.leftovers:
-            reason += f"; {len(self.leftovers)} leftover process(es) killed"
-        if cg:
-            # Before the record, so that a directory that stays is in the reason.
-            not_removed = cg.remove()
-            if not_removed:
-                reason += f"; cgroup not removed: {', '.join(not_removed)}"
+        ex = backend.exit_status(status)
+        state, reason, code, sig = self._end_reason(ex)
+        if leftovers:
+            reason += f"; {leftovers} leftover process(es) killed"
+        # Before the record, so that what stays (a cgroup's directory) is in the reason.
+        for left in backend.cleanup():
+            reason += f"; {left}"
+        self.backend = None
         self.writer.settle()  # a record cut short by a full disk, completed if it fits now
         dropped = self.writer.dropped_lines  # the workload's lines (not our final note)
         if dropped:
@@ -632,240 +495,67 @@ class Supervisor:
         self.report_ready({"state": state, "reason": reason})
         return None
 
-    def _spawn_helper(
-        self, argv: list[str], env: dict[str, str], cwd: str, pipes: bool
-    ) -> subprocess.Popen[bytes]:
-        """A short-lived helper (engine CLI) that dies with the supervisor."""
-        import subprocess
-
-        me = self.me
-        out = subprocess.PIPE if pipes else subprocess.DEVNULL
-        return subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-            preexec_fn=lambda: _child_setup(me, None),  # noqa: PLW1509 (single-threaded)
+    def _end_reason(self, ex: ExitStatus) -> tuple[str, str, int | None, str | None]:
+        """Final state, reason, exit code and signal of the run: its exit as the backend
+        tells it (backend.describe_exit), unless las ended it for a cause of its own."""
+        by_request = (
+            self.stopping
+            and self.health_failure is None
+            and self.sampled_oom is None
+            and self.violation is None
         )
+        sig_name = self.plan["stop"]["signal"]
+        state, reason = describe_exit(ex, by_request, self.killed, sig_name, self._last_line())
+        if self.violation is not None:
+            state, reason = "failed", self.violation  # never restarted: it would do it again
+        elif self.health_failure is not None:
+            state, reason = "failed", self.health_failure
+        elif self.sampled_oom is not None:
+            state, reason = "failed", self.sampled_oom
+        if self.home_lost is not None:
+            reason += f" (stopped by las: {self.home_lost})"
+        return state, reason, ex.code, ex.signal
 
-    def _launch_native(self) -> tuple[int, dict[int, str], dict[str, Any]] | None:
-        import subprocess
-
-        native = self.plan["native"]
-        changed = _pin_changed(native.get("pinned", ()))
-        if changed is not None:  # a trust pin's file changed since planning: never exec it
-            name = self.plan["module"]["name"]
-            self._start_failed(
-                f"refused to start: {changed}; the trust pin covers it (re-pin with "
-                f"`las trust {name}` if the change is intended)"
-            )
-            return None
-        env = {v["name"]: v["value"] for v in native["env"]}
-        # A sandbox (bwrap) is an argv prefix: it execs the workload's argv inside.
-        self.sandboxed = bool(native.get("sandbox"))
-        argv = [*native.get("sandbox", ()), *native["argv"]]
-        me = self.me
-        creds = None
-        if native.get("uid") is not None:
-            uid, gid = int(native["uid"]), int(native["gid"])
-            try:  # resolved here, not in the forked child (no NSS look-ups after fork)
-                groups = os.getgrouplist(native["user"], gid)
-            except (KeyError, OSError):
-                groups = [gid]
-            creds = (uid, gid, groups)
-        self.creds = creds  # command health probes run as the workload's user too
-        res = self.plan["resources"]
-        self.attempt.cgroup, limit_notes = cgroups.create(
-            self.run_id, memory=res.get("memory"), cpus=res.get("cpus"),
-            home=home_label(self.db_path),
-        )  # fmt: skip
-        cg = self.attempt.cgroup
-        procs_file = list(cg.procs_files) if cg else None
-        self.sample_memory = (
-            res.get("memory") if not (limit_notes.get("memory", "").startswith("cgroup")) else None
-        )  # no cgroup enforces it: the supervisor samples the tree's RSS
-        pin: list[int] | None = None
-        if res.get("cpus") is not None and not limit_notes["cpus"].startswith("cgroup"):
-            # No cgroup quota: pin to ceil(cpus) CPUs instead (cgroups.affinity_for).
-            pin, limit_notes["cpus"] = cgroups.affinity_for(
-                float(res["cpus"]), os.sched_getaffinity(0), limit_notes["cpus"]
-            )
+    def _start(self, backend: Backend) -> Started | None:
+        """Start the run, or re-attach to it (``--adopt``); None: it failed (recorded)."""
         try:
-            proc = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=native.get("workdir"),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                preexec_fn=lambda: _child_setup(me, procs_file, creds, pin),  # noqa: PLW1509
-                close_fds=True,
-            )
-        except subprocess.SubprocessError as exc:  # the child's setup failed (not the exec)
-            user = f" as {native['user']} (uid {native['uid']})" if creds else ""
-            reason = f"could not start{user}: the process setup failed: {exc}"
-            self._start_failed(reason + self._remove_cgroup(cg))
-            return None
-        except OSError as exc:
-            # Told from the real workdir, shown from the shown plan.
-            shown = [*native.get("sandbox", ()), *self.shown["native"]["argv"]]
-            reason = describe_start_error(
-                exc, shown[0], native.get("workdir"), self.shown["native"].get("workdir")
-            )
-            self._start_failed(reason + self._remove_cgroup(cg))
-            return None
-        self.attempt.pid = proc.pid
-        self.attempt.pid_start = procs.start_time(proc.pid)
-        if pin is not None:
-            limit_notes["cpus"] = self._affinity_read_back(proc.pid, pin, limit_notes["cpus"])
-        proc.returncode = 0  # reaped by us, not by Popen
-        assert proc.stdout is not None and proc.stderr is not None
-        streams = {proc.stdout.fileno(): "O", proc.stderr.fileno(): "E"}
-        self._watch(streams)
-        self._keep = [proc]
-        self.handle: dict[str, Any] = {"cgroup": cg.paths if cg else None, "limits": limit_notes}
-        return proc.pid, streams, self.handle
-
-    @staticmethod
-    def _remove_cgroup(cg: cgroups.RunCgroup | None) -> str:
-        """Remove the run's cgroup; what stays, as a reason's suffix ("" when all went)."""
-        failed = cg.remove() if cg else []
-        return f"; cgroup not removed: {', '.join(failed)}" if failed else ""
-
-    @staticmethod
-    def _affinity_read_back(pid: int, pin: list[int], note: str) -> str:
-        """The note, unless the workload's affinity is not what the child set (then why)."""
-        try:
-            got = sorted(os.sched_getaffinity(pid))
-        except OSError:  # already gone: the child set it before exec or failed to start
-            return note
-        if got == pin:
-            return note
-        why = note.partition("; ")[2]  # "no cgroup CPU quota: ..."
-        return (
-            f"not enforced: the workload's CPU affinity is cpu {cgroups.cpu_list(got)}, "
-            f"not cpu {cgroups.cpu_list(pin)}; {why}"
-        )
-
-    def _launch_container(self) -> tuple[int, dict[int, str], dict[str, Any]] | None:
-        from localaistack.runtime import engines
-
-        c = self.plan["container"]
-        engine = engines.Engine(c["engine"], global_args=c["engine_args"])
-        self.engine = engine
-        res = self.plan["resources"]
-        name = f"las-{self.instance}-{self.run_id}"
-        try:
-            spec = engines.ContainerRunSpec(
-                name=name,
-                image=c["image"],
-                argv=c["argv"],
-                env=[(v["name"], v["value"]) for v in c["env"] if not v.get("secret")],
-                secret_env=[(v["name"], v["value"]) for v in c["env"] if v.get("secret")],
-                workdir=c.get("workdir"),
-                user=c.get("user"),
-                volumes=[
-                    engines.VolumeMount(v["source"], v["target"], v["read_only"])
-                    for v in c["volumes"]
-                ],
-                ports=[
-                    engines.PublishedPort(
-                        p["host_ip"], p["host_port"], p["container_port"], p["protocol"]
-                    )
-                    for p in self.plan["ports"]
-                ],
-                memory=res.get("memory"),
-                cpus=res.get("cpus"),
-                pids_limit=int(c.get("pids_limit", 1024)),
-                gpus=[(g["vendor"], g["uuid"]) for g in self.plan["gpus"]],
-                cap_add=c.get("cap_add", ()),
-                read_only_root=bool(c.get("read_only_root", True)),
-                labels={
-                    "las.instance": self.instance,
-                    "las.run": self.run_id,
-                    "las.home": home_label(self.db_path),
-                },
-                ulimits=engines.suggested_ulimits() if engine.name == "podman" else (),
-                stop_signal=self.plan["stop"]["signal"],
-            )
-            cid = self.adopt or engine.run(spec)
+            if self.adopt is None:
+                return backend.start()
             self.adopt = None
-        except engines.EngineError as exc:
-            self._start_failed(  # the engine's message may quote argv or env: masked
-                f"could not start: {self.hide(exc.message)}"
-                + (f" ({self.hide(exc.hint)})" if exc.hint else "")
-            )
-            return None
-        self.cid = cid
-        # Its helpers (`logs --follow`, `wait`) start once `running` is reported: they are
-        # engine CLIs, Go programs that would compete with `las run` for the CPU on its way
-        # out. Nothing is missed meanwhile: `logs` replays the output from the start (or
-        # from --since), and `wait` on a container that has ended returns its exit at once.
-        return (0, {}, {"container": cid, "container_name": name, "engine": engine.name})
+            row = self.store.run(self.run_id)
+            backend.recover(Handle.load(row["handle"] if row else None, self.backend_name))
+            return backend.current()
+        except StartFailed as exc:
+            self._start_failed(exc.message)
+        except RecoveryFailed as exc:
+            self._start_failed(f"lost: {exc.message}")
+        return None
 
-    def _follow_container(self) -> tuple[int, dict[int, str]] | None:
-        """Start the container's helpers: its output (to the run's log) and its end.
-
-        Returns the ``wait`` helper's pid (its exit is the container's end) and the output
-        pipes; None if they cannot start (the engine CLI vanished): the container is then
-        removed and the run recorded as failed.
-        """
-        import subprocess
-
-        from localaistack.runtime import engines
-
-        engine, cid = self.engine, self.cid
-        env, cwd = engine.subprocess_env(), engine.cwd
-        # The helpers' orphans come back to us. Not before: on the start path the engine's
-        # own processes (conmon) are not ours, as after a `podman run -d` by hand.
-        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    def _attach(self, backend: Backend) -> Attachment | None:
+        """What to wait on and read; None: it cannot be followed (recorded as failed)."""
         try:
-            follow = engine.logs_args(cid, follow=True, since=self.adopt_since)
-            logs = self._spawn_helper(follow, env, cwd, True)
-            waiter = self._spawn_helper([*engine.base_args(), "wait", cid], env, cwd, False)
-        except (OSError, subprocess.SubprocessError, engines.EngineError) as exc:
-            with contextlib.suppress(engines.EngineError):
-                engine.remove(cid)
-            reason = f"lost: cannot follow container {cid[:12]} ({exc}); it was removed"
-            self._note(f"las: {reason}")
+            attached = backend.attach(self.adopt_since)
+        except StartFailed as exc:
+            self.backend = None
+            self._note(f"las: {exc.message}")
             self.writer.close()
-            self.record("failed", reason, lines_dropped=self.writer.dropped_lines)
-            self.report_ready({"state": "failed", "reason": reason})
+            self.record("failed", exc.message, lines_dropped=self.writer.dropped_lines)
+            self.report_ready({"state": "failed", "reason": exc.message})
             return None
         self.adopt_since = None
-        assert logs.stdout is not None and logs.stderr is not None
-        streams = {logs.stdout.fileno(): "O", logs.stderr.fileno(): "E"}
-        self._watch(streams)
-        self._keep = [logs, waiter]
-        for p in self._keep:
-            p.returncode = 0  # reaped by us, not by Popen
-        return waiter.pid, streams
+        self._watch(attached.outputs)
+        return attached
 
-    def _record_container_pid(self) -> None:
-        """The container's init as the host sees it: what `las ps` shows as its pid.
-
-        Asked after `las run` has been told the container runs: it costs an engine call.
-        """
-        from localaistack.runtime import engines
-
-        try:
-            st = self.engine.inspect(self.cid)
-        except engines.EngineError:
+    def _record_host_pid(self, backend: Backend) -> None:
+        """The run's main process as the host sees it, where the start did not tell it
+        (a container's init): what `las ps` shows as its pid. Costs an engine call: asked
+        after `las run` has been told the run is running."""
+        found = backend.host_pid()
+        if found is None:
             return
-        if st is None or not st.pid:
-            return
-        pid, start = st.pid, procs.start_time(st.pid)
+        pid, start = found
         self.attempt.pid, self.attempt.pid_start = pid, start
-        self._write(
-            lambda c: c.execute(
-                "UPDATE runs SET pid=?, pid_start=? WHERE run_id=?", (pid, start, self.run_id)
-            ),
-            "container pid",
-        )
+        self._write(lambda c: set_run_pid(c, self.run_id, pid, start), "the run's pid")
 
     def _watch(self, streams: dict[int, str]) -> None:
         for fd in streams:
@@ -887,54 +577,6 @@ class Supervisor:
             sup_start=self.me_start,
         )
         self.report_ready({"state": "failed", "reason": reason})
-
-    def _container_end(
-        self, by_request: bool, sig_name: str, last: str
-    ) -> tuple[str, str, int | None, str | None]:
-        """Final state of the container: exit code, out-of-memory; then remove it."""
-        from localaistack.runtime import engines
-
-        engine, cid = self.engine, self.cid
-        try:
-            st = engine.final_state(cid)
-        except engines.EngineError as exc:
-            st = None
-            why = self.hide(exc.message)  # the engine's words
-            last = f"{last}; inspect failed: {why}" if last else why
-        with contextlib.suppress(engines.EngineError):
-            engine.remove(cid)
-        if st is None or st.exit_code is None:
-            return "failed", f"lost: the container {cid[:12]} is gone ({last})", None, None
-        code = st.exit_code
-        sig = procs.signal_name(code - 128) if code > 128 else None
-        limit = self.plan["resources"].get("memory")
-        oom, how = engine.oom_detected(st, limit)
-        if oom and not by_request:
-            size = engines.format_bytes(limit or st.memory_limit)
-            return "failed", f"out of memory (limit {size}; {how})", code, sig
-        tail = f"; {last}" if last else ""
-        if by_request:
-            if sig == sig_name:
-                return "stopped", f"stopped: exited on {sig_name}", code, sig
-            if code == 137:
-                return (
-                    "stopped",
-                    f"stopped: did not exit within the stop timeout after "
-                    f"{sig_name}; killed with SIGKILL",
-                    code,
-                    sig,
-                )
-            return "stopped", f"stopped: exited with code {code} after {sig_name}", code, sig
-        if code == 0:
-            return "stopped", "exited on its own with code 0", code, sig
-        named = f" ({sig})" if sig else ""
-        return "failed", f"exited with code {code}{named}{tail}", code, sig
-
-    def _kill_helpers(self) -> None:
-        for p in getattr(self, "_keep", []):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-        self._keep = []
 
     def _supervise(self, pid: int, streams: dict[int, str]) -> int:
         """The event loop while the workload runs; returns its wait status."""
@@ -973,7 +615,7 @@ class Supervisor:
             if self.stop_deadline is not None and now >= self.stop_deadline:
                 self.killed = True
                 self.stop_deadline = None
-                self._kill_all(pid)  # (then the note: a full disk must not keep the kill)
+                self._kill()  # (then the note: a full disk must not keep the kill)
                 self._stop_note("las: stop timeout passed; sent SIGKILL to the process group")
             if self.probe is not None and now >= self.probe.deadline:
                 expired = self._cancel_probe(expire=True)
@@ -1027,26 +669,14 @@ class Supervisor:
     def _watch_tree(self, pid: int) -> None:
         """The periodic look at the run's processes (every WATCH_EVERY seconds)."""
         self.next_watch = time.monotonic() + WATCH_EVERY
-        cg = self.attempt.cgroup
-        members = cg.members() if cg else set(procs.descendants(self.me, self.probe_pids))
+        assert self.backend is not None
         if self.track:
-            self._record_members(members - {pid})
+            handle = self.backend.watch(pid)
+            if handle is not None:  # for the next las command, should this process die
+                text = handle.to_json()
+                self._write(lambda c: set_run_handle(c, self.run_id, text), "the run's processes")
         if self.listen_allowed is not None and not self.stopping:
-            self._check_listeners(members | {pid})
-
-    def _record_members(self, others: set[int]) -> None:
-        """No cgroup: keep the run's processes but the main one (pid, start time) in the
-        run's handle, for the next las command to kill should this process die (they have
-        no parent-death signal, and would be re-parented to init). Written on a change."""
-        if others == set(self.known):
-            return
-        self.known = {p: self.known.get(p) or procs.start_time(p) for p in others}
-        self.handle["descendants"] = sorted([p, s] for p, s in self.known.items() if s)
-        handle = json.dumps(self.handle)
-        self._write(
-            lambda c: c.execute("UPDATE runs SET handle=? WHERE run_id=?", (handle, self.run_id)),
-            "the run's processes",
-        )
+            self._check_listeners(self.backend.watched() | {pid})
 
     def _dumper(self, netns: int | None, pid: int) -> Any:
         """The sock_diag socket of a network namespace (made once; None: it cannot be)."""
@@ -1119,38 +749,19 @@ class Supervisor:
         """The fallback when no cgroup enforces the memory limit: RSS of the whole tree."""
         limit = self.sample_memory
         assert limit is not None
-        cg = self.attempt.cgroup
-        members = cg.pids() if cg else procs.descendants(self.me, self.probe_pids)
-        rss = cgroups.tree_rss(members)
+        assert self.backend is not None
+        rss = cgroups.tree_rss(sorted(self.backend.watched()))
         if rss > limit and not self.stopping:
             self.sampled_oom = (
-                f"out of memory (limit {_size(limit)}; the process tree used "
-                f"{_size(rss)}, sampled every {SAMPLE_EVERY:g}s)"
+                f"out of memory (limit {format_size(limit)}; the process tree used "
+                f"{format_size(rss)}, sampled every {SAMPLE_EVERY:g}s)"
             )
             self._note(f"las: {self.sampled_oom}; killing it")
             self.stopping = True
-            self._kill_all(pid)
+            self.backend.kill()
             self.next_sample = None
             return
         self.next_sample = time.monotonic() + SAMPLE_EVERY
-
-    def _memory_verdict(self, cg: cgroups.RunCgroup | None) -> str | None:
-        """Whether the attempt was killed for memory, and how that is known."""
-        if self.sampled_oom:
-            return self.sampled_oom
-        limit = self.plan["resources"].get("memory")
-        if cg is None or not limit or self.container:
-            return None
-        if cg.has_oom_counter():
-            if cg.oom_kills() > 0:
-                return f"out of memory (limit {_size(limit)}; from the cgroup's OOM kill counter)"
-            return None
-        if cg.hit_limit():
-            return (
-                f"out of memory (limit {_size(limit)}; the cgroup's memory use reached its "
-                "limit: this kernel has no OOM kill counter)"
-            )
-        return None
 
     def start_deadline(self) -> float | None:
         if self.health_spec is None or self.health.state != "starting" or self.stopping:
@@ -1168,23 +779,14 @@ class Supervisor:
         )
         from localaistack.runtime import probes  # only supervisors with a probe pay for it
 
-        if self.container:
-            spec = dict(self.health_spec)
-            if spec["kind"] == "command":
-                spec["command"] = self.engine.exec_args(self.cid, spec["command"])
-            probe = probes.make_probe(spec, host, self.engine.subprocess_env())
-        else:
-            env = {v["name"]: v["value"] for v in self.plan["native"]["env"]}
-            # As the workload's user, with its privileges and no more, dying with us.
-            me, creds = self.me, self.creds
-            probe = probes.make_probe(
-                self.health_spec, host, env, lambda: _child_setup(me, None, creds)
-            )
+        assert self.backend is not None
+        spec, env, preexec = self.backend.probe_setup(self.health_spec)
+        probe = probes.make_probe(spec, host, env, preexec)
         result = probe.start()
         child = getattr(probe, "proc", None)
         if child is not None:  # a command probe: its process is no part of the workload
             if len(self.probe_pids) > 16:
-                self.probe_pids = {p for p in self.probe_pids if procs.stat(p) is not None}
+                self.probe_pids -= {p for p in self.probe_pids if procs.stat(p) is None}
             self.probe_pids.add(child.pid)
         if result is not None:
             self._probe_done(result)
@@ -1327,7 +929,7 @@ class Supervisor:
                 c,
                 run_id=run_id,
                 instance=self.instance,
-                backend=self.backend,
+                backend=self.backend_name,
                 boot_id=self.boot_id,
                 log_path=log_path,
                 reason=reason,
@@ -1411,76 +1013,21 @@ class Supervisor:
         self._stop_note(f"las: {what}")
         self.record("stopping", what)
 
-    def _kill_all(self, pid: int) -> None:
-        """SIGKILL the workload's group and every other member of the run (its cgroup, and
-        our descendants: what left the group came back to us as subreaper).
-
-        While the workload (``pid``) may still be alive: the event loop reaps it; the end
-        of the run sweeps (``_sweep``) what is left.
-        """
-        if self.container and self.cid:
-            from localaistack.runtime import engines
-
-            with contextlib.suppress(engines.EngineError):
-                self.engine.kill(self.cid)
-            return
-        # The group id is our own child's pid: while any member lives, the kernel cannot
-        # reuse it, so one killpg reaches exactly the workload's group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        self._kill_members(exclude=pid)
-
-    def _members(self) -> set[int]:
-        """Every process of the run: its cgroup's members, and our descendants but the
-        health probes' (zombies too: see ``_kill_members``)."""
-        cg = self.attempt.cgroup
-        found = cg.members() if cg else set()
-        found.update(procs.descendants(self.me, self.probe_pids))
-        return found
-
-    def _kill_members(self, exclude: int | None = None) -> int:
-        """SIGKILL every live member once (counted as leftovers); returns how many."""
-        n = 0
-        for member in self._members():
-            st = procs.stat(member)
-            if member == exclude or st is None or st.state == "Z":
-                continue  # a zombie runs nothing: its parent (or we) will reap it
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(member, signal.SIGKILL)
-                self.leftovers.add(member)
-                n += 1
-        cg = self.attempt.cgroup
-        if cg is not None and cg.version == "v2" and n:
-            with contextlib.suppress(OSError):  # kernel 5.14+: forks since the look too
-                cgroups._write(os.path.join(cg.path, "cgroup.kill"), "1")
-        return n
-
-    def _sweep(self) -> None:
-        """The end of a run (the workload has been reaped): SIGKILL what is left of it, and
-        again what it forked meanwhile, until nothing is left (at most SWEEP_LIMIT)."""
-        deadline = time.monotonic() + SWEEP_LIMIT
-        while True:
-            n = self._kill_members()
-            self._reap_orphans()
-            if n == 0:
-                return
-            if time.monotonic() > deadline:
-                self._note(f"las: processes of the run still alive after {SWEEP_LIMIT:g}s "
-                           "of SIGKILL")  # fmt: skip
-                return
-            time.sleep(0.005)
+    def _kill(self) -> None:
+        """SIGKILL the run now (all of it: the backend knows what that is)."""
+        if self.backend is not None:
+            self.backend.kill()
 
     def _stop_grace(self, streams: dict[int, str]) -> None:
         """On a stop, the workload exited before the stop timeout: the rest of the run (it
         had the stop signal too) gets until the same deadline to exit, then the sweep."""
-        if not self.stopping or self.killed or self.stop_deadline is None:
+        if not self.stopping or self.killed or self.stop_deadline is None or not self.backend:
             return
         deadline = self.stop_deadline
         while time.monotonic() < deadline:
             self._reap_orphans()
-            if not any(
-                (st := procs.stat(p)) is not None and st.state != "Z" for p in self._members()
-            ):
+            members = self.backend.members()
+            if not any((st := procs.stat(p)) is not None and st.state != "Z" for p in members):
                 return
             left = max(0.0, min(0.05, deadline - time.monotonic()))
             for key, _ in self.sel.select(left):
@@ -1520,7 +1067,7 @@ class Supervisor:
         return f"last output: {self.hide(recent[-1])[:300]}"
 
     def _begin_stop(self, reason_text: str | None = None, now: bool = False) -> None:
-        if self.stopping or (self.pid is None and not self.cid):
+        if self.stopping or self.backend is None:
             return
         self.stopping = True
         self._cancel_probe()
@@ -1532,39 +1079,11 @@ class Supervisor:
         what = reason_text or "stop requested"
         # The signal first, the record after: a store that cannot be written (a full disk)
         # may delay the record, never the stop.
-        if self.container:
-            # `ENGINE stop` sends the stop signal set at `run` and SIGKILLs after the timeout;
-            # run it as a helper so the loop keeps reading logs meanwhile.
-            engine = self.engine
-            self._keep.append(
-                self._spawn_helper(
-                    [*engine.base_args(), "stop", "-t", str(max(0, round(left))), self.cid],
-                    engine.subprocess_env(),
-                    engine.cwd,
-                    False,
-                )
-            )
-            self._keep[-1].returncode = 0
-            self.kill_at = time.monotonic() + left  # when the engine SIGKILLs it
-            self.stop_deadline = self.kill_at + 15.0  # then kill it ourselves
-        else:
-            sig = getattr(signal, sig_name)
-            assert self.pid is not None
-            if not self.sandboxed:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.pid, sig)  # our live child leads the group
-            # Then every other member of the run, once: those that left the group too (the
-            # cgroup's, our descendants). bwrap (our child) dies on the stop signal and,
-            # with --die-with-parent, SIGKILLs the workload at once: it gets none.
-            for member in self._members():
-                st = procs.stat(member)
-                if st is None or st.state == "Z" or member == self.pid:
-                    continue
-                if st.pgid == self.pid and not self.sandboxed:
-                    continue  # the killpg reached it
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(member, sig)
-            self.stop_deadline = self.kill_at = time.monotonic() + left
+        assert self.backend is not None
+        self.backend.stop(sig_name, left)
+        self.stop_deadline = self.kill_at = time.monotonic() + left
+        if self.caps.engine_stops:  # the engine SIGKILLs at kill_at; we kill it after that
+            self.stop_deadline = self.kill_at + ENGINE_KILL_AFTER
         self._stop_note(f"las: {what}: sending {sig_name} to the process group")
         self.record("stopping", f"{what}: sending {sig_name}, SIGKILL after {timeout:g}s")
 
@@ -1653,7 +1172,7 @@ class Health:
 
 USAGE = (
     "usage: python -m localaistack.runtime.supervisor --db DB --run RUN_ID [--ready-fd FD] "
-    "[--go-fd FD] [--adopt CONTAINER_ID --since TIME]"
+    "[--go-fd FD] [--adopt RUN_ID --since TIME]"
 )
 
 
@@ -1721,11 +1240,10 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:
         # A bug in the supervisor: leave nothing running and record why; the traceback
         # goes to the supervisor's own log file.
-        if sup.pid is not None:
-            sup._kill_all(sup.pid)
-            if not sup.container:
-                with contextlib.suppress(Exception):
-                    sup._sweep()
+        if sup.backend is not None:
+            with contextlib.suppress(Exception):
+                sup.backend.kill()
+                sup.backend.sweep()
         reason = f"lost: the supervisor failed: {type(exc).__name__}: {sup.hide(str(exc))}"
         try:
             sup.record("failed", reason)

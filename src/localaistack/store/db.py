@@ -636,6 +636,51 @@ def create_run(
     return attempt
 
 
+# The run handle's envelope (runs.handle): {"backend", "version", "state"}; the state is
+# the backend's own (runtime/backend.py). Releases before the envelope stored the state
+# alone: read as version 0 and converted (the state was the same dict).
+HANDLE_VERSION = 1
+
+
+def encode_handle(backend: str, version: int, state: dict[str, Any]) -> str:
+    return json.dumps({"backend": backend, "version": version, "state": state})
+
+
+def decode_handle(text: str, backend: str) -> tuple[str, int, dict[str, Any]]:
+    """(backend, version, state) of a stored handle; ``backend``: the run's, which an
+    unversioned handle (version 0, converted) belongs to. ValueError: not a handle."""
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"a handle is a JSON object, not {type(data).__name__}")
+    if "version" not in data:  # unversioned: the state itself, as stored until version 1
+        return backend, HANDLE_VERSION, data
+    version, state = data["version"], data.get("state")
+    if not isinstance(version, int) or not isinstance(state, dict):
+        raise ValueError("its version or state is malformed")
+    return str(data.get("backend", backend)), version, state
+
+
+def handle_state(text: str | None) -> dict[str, Any]:
+    """A stored handle's backend state, whatever its version ({} when none or unreadable)."""
+    if not text:
+        return {}
+    try:
+        _, _, state = decode_handle(text, "")
+    except (ValueError, TypeError):
+        return {}
+    return state
+
+
+def set_run_pid(c: sqlite3.Connection, run_id: str, pid: int, pid_start: int | None) -> None:
+    """The run's main process as the host sees it (a container's init, once known)."""
+    c.execute("UPDATE runs SET pid=?, pid_start=? WHERE run_id=?", (pid, pid_start, run_id))
+
+
+def set_run_handle(c: sqlite3.Connection, run_id: str, handle: str) -> None:
+    """A new handle of the run (its backend's state changed: the processes it recorded)."""
+    c.execute("UPDATE runs SET handle=? WHERE run_id=?", (handle, run_id))
+
+
 def home_label(db: str | Path) -> str:
     """The label value that tells containers of this LAS_HOME (given its state.db) apart."""
     import hashlib
@@ -730,11 +775,7 @@ def managed_processes(c: sqlite3.Connection) -> tuple[set[int], set[str]]:
     ).fetchall()
     for pid, sup_pid, handle in rows:
         pids.update(p for p in (pid, sup_pid) if p)
-        if handle:
-            try:
-                cid = json.loads(handle).get("container")
-            except (ValueError, AttributeError):
-                cid = None
-            if cid:
-                containers.add(str(cid))
+        cid = handle_state(handle).get("container")
+        if cid:
+            containers.add(str(cid))
     return pids, containers

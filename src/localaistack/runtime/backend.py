@@ -1,0 +1,321 @@
+"""The seam between supervising a run (the shim, runtime/supervisor.py) and executing it.
+
+A backend executes one run of a plan: native processes (runtime/backends/native.py) or a
+container of an engine (runtime/backends/podman.py, docker.py). The shim owns the event
+loop, the log, health, the restart policy and stop escalation; it calls a backend for what
+depends on how the run is executed:
+
+* ``start()`` starts the run and returns a ``Started`` (its ``Handle`` included), or
+  raises ``errors.StartFailed`` with the reason (its message: the run's reason);
+* ``attach(since)`` returns what the shim waits on inside its selector loop: the pid of a
+  child of the shim whose exit is the run's end, and the output pipes to read. The shim
+  reaps its children itself (it is their subreaper) and passes the main one's wait status
+  to ``exit_status``; ``poll_exit()`` is the same, for a caller without a reaper of its own;
+* ``stop(signal, grace)`` sends the stop signal (the grace is what the engine waits, where
+  ``capabilities.engine_stops``; else the shim calls ``kill()`` when it has passed);
+* ``inspect()`` says how the run is now (a ``RunStatus``);
+* ``recover(handle)`` re-attaches to a run from its stored handle and inspects it, or
+  raises ``RecoveryFailed`` with the reason (the caller then records a synthetic exit);
+* ``cleanup()`` removes what the run left behind (a cgroup, a container).
+
+What a backend can do is data (``Capabilities``), so that no caller branches on its kind.
+The records are immutable ``NamedTuple``s rather than dataclasses: importing dataclasses
+(and inspect with it) would cost every long-lived supervisor about 1.6 MB.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+from localaistack.errors import RecoveryFailed, StartFailed
+from localaistack.store.db import HANDLE_VERSION, decode_handle, encode_handle
+
+if TYPE_CHECKING:
+    from localaistack.plan import ExecutionPlan
+
+__all__ = [
+    "HANDLE_VERSION",
+    "Attachment",
+    "Backend",
+    "Capabilities",
+    "ExitStatus",
+    "Handle",
+    "RunContext",
+    "RunStatus",
+    "StartFailed",
+    "Started",
+    "describe_exit",
+    "format_size",
+]
+
+
+class Capabilities(NamedTuple):
+    """What a backend can do, as data (callers read these instead of its name)."""
+
+    recover: bool  # a run outlives its shim, and a new shim can re-attach to it
+    enforces_memory: bool  # the memory limit is enforced by the kernel for the run
+    assigns_gpus: bool  # exactly the plan's GPUs are passed to the run
+    detects_oom: bool  # an OOM kill is told apart from another SIGKILL
+    output: str  # where the output comes from: "pipes" (the workload's) or "engine-logs"
+    engine_stops: bool  # the engine stops the run itself (its signal, grace, then SIGKILL)
+    sees_processes: bool  # the shim can see the run's processes (listener check, sampler)
+    stop_margin: float  # seconds a stop may take beyond its timeout (the engine's part)
+
+
+class ExitStatus(NamedTuple):
+    """How a run ended, as the backend tells it.
+
+    ``code`` (exited) or ``signal`` (killed by it; a container's code 128+N sets both);
+    ``killed``: it was SIGKILLed after its stop timeout, as the backend can tell;
+    ``oom``: killed for memory, and how that is known (the reason's words);
+    ``lost``: the run cannot be told about (a container gone), and why;
+    ``inspect_error``: why the exit could not be asked about (an engine's words).
+    """
+
+    code: int | None = None
+    signal: str | None = None
+    core_dumped: bool = False
+    killed: bool = False
+    oom: str | None = None
+    lost: str | None = None
+    inspect_error: str | None = None
+
+    @staticmethod
+    def from_wait_status(status: int) -> ExitStatus:
+        from localaistack.runtime import procs
+
+        if os.WIFEXITED(status):
+            return ExitStatus(code=os.WEXITSTATUS(status))
+        return ExitStatus(
+            signal=procs.signal_name(os.WTERMSIG(status)), core_dumped=os.WCOREDUMP(status)
+        )
+
+
+class RunStatus(NamedTuple):
+    """How a run is now: running (with its host pid when known), or ended (its exit)."""
+
+    running: bool
+    pid: int | None = None
+    exit: ExitStatus | None = None
+    detail: str = ""  # what the backend names it by ("pid 123", "container 0123abcd4567")
+
+
+class Handle(NamedTuple):
+    """What a backend needs to find a run again: its name, a version, its own state.
+
+    Stored in the run's ``handle`` column (serialised by the store). ``state`` is opaque
+    to everything but the backend that wrote it.
+    """
+
+    backend: str
+    version: int
+    state: dict[str, Any]
+
+    def to_json(self) -> str:
+        return encode_handle(self.backend, self.version, self.state)
+
+    @staticmethod
+    def load(text: str | None, backend: str) -> Handle:
+        """The handle stored for a run of ``backend``; RecoveryFailed when it cannot be used
+        (none, unreadable, another backend's, or a version this las does not know)."""
+        if not text:
+            raise RecoveryFailed(f"the run has no stored {backend} handle")
+        try:
+            name, version, state = decode_handle(text, backend)
+        except ValueError as exc:
+            raise RecoveryFailed(f"the stored handle cannot be read: {exc}") from None
+        if name != backend:
+            raise RecoveryFailed(f"the stored handle is a {name} handle, not a {backend} one")
+        if version != HANDLE_VERSION:
+            raise RecoveryFailed(
+                f"the stored {backend} handle has version {version}; this las reads version "
+                f"{HANDLE_VERSION} (and the unversioned form of earlier releases) only"
+            )
+        return Handle(name, version, state)
+
+
+class RunContext(NamedTuple):
+    """What a backend knows of the run it executes."""
+
+    run_id: str
+    instance: str
+    plan: dict[str, Any]  # the plan with its secrets (what runs)
+    shown: dict[str, Any]  # the plan as shown (what las's own messages are composed from)
+    db_path: str  # the state database (its home's label names the run's resources)
+    shim_pid: int  # the shim's pid: the parent of the run's processes
+    # Pids of the shim's own helpers (command probes): no part of the run (the shim adds).
+    own_pids: set[int]
+    hide: Callable[[str], str] = str  # masks secrets in quoted text
+    note: Callable[[str], None] = lambda _: None  # a line of las's own in the run's log
+
+
+class Started(NamedTuple):
+    """A started run: its handle, the host pid (None until known), how to name it."""
+
+    handle: Handle
+    pid: int | None
+    pid_start: int | None
+    what: str  # "pid 123", "container 0123abcd4567"
+
+
+class Attachment(NamedTuple):
+    """What the shim watches: a child whose exit is the run's end, and output pipes."""
+
+    wait_pid: int
+    outputs: dict[int, str]  # fd -> stream ("O" stdout, "E" stderr)
+
+
+class Backend:
+    """The base of every backend: the interface (see the module's docstring) and defaults."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.wait_pid: int | None = None
+
+    def start(self) -> Started:
+        raise NotImplementedError
+
+    def current(self) -> Started:
+        """The run as started (or recovered)."""
+        raise NotImplementedError
+
+    def attach(self, since: str | None = None) -> Attachment:
+        raise NotImplementedError
+
+    def exit_status(self, wait_status: int) -> ExitStatus:
+        """The run's exit, once ``wait_pid`` has ended with ``wait_status``."""
+        raise NotImplementedError
+
+    def poll_exit(self) -> ExitStatus | None:
+        """Non-blocking: the run's exit if ``wait_pid`` has ended (reaping it), else None."""
+        assert self.wait_pid is not None
+        try:
+            got, status = os.waitpid(self.wait_pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else: its status is gone
+            return ExitStatus(lost=f"lost: pid {self.wait_pid} is not a child of this process")
+        return None if got == 0 else self.exit_status(status)
+
+    def stop(self, signal_name: str, grace: float) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    def inspect(self) -> RunStatus:
+        raise NotImplementedError
+
+    def recover(self, handle: Handle) -> RunStatus:
+        """Re-attach to the run of ``handle``; its status. RecoveryFailed: it cannot be."""
+        raise RecoveryFailed(f"a {self.name} run cannot be recovered")
+
+    def cleanup(self) -> list[str]:
+        """Remove what the run left; what could not be removed (words for the reason)."""
+        return []
+
+    # What las shows of a plan run by this backend (`las inspect`).
+
+    @classmethod
+    def describe_limits(cls, plan: ExecutionPlan, state: dict[str, Any]) -> dict[str, str]:
+        """What enforces each limit of ``plan``, in words; ``state``: the run's handle's."""
+        raise NotImplementedError
+
+    @classmethod
+    def describe_security(cls, plan: ExecutionPlan) -> dict[str, Any]:
+        """The isolation a run of ``plan`` gets."""
+        raise NotImplementedError
+
+    @classmethod
+    def container_id(cls, state: dict[str, Any]) -> str | None:
+        """The container a handle's state names (None: the backend runs none)."""
+        return None
+
+    # What only some backends have (the defaults: nothing of the kind).
+
+    def detach(self) -> None:
+        """End the shim's helpers of the run (a container's `logs --follow`, `wait`)."""
+
+    def members(self) -> set[int]:
+        """The run's live processes the shim can see (``capabilities.sees_processes``)."""
+        return set()
+
+    def watched(self) -> set[int]:
+        """The run's processes for the shim's listener check and memory sampler."""
+        return set()
+
+    def sweep(self) -> int:
+        """After the exit: kill what is left of the run; how many were killed in all."""
+        return 0
+
+    def unenforced_memory(self) -> int | None:
+        """The memory limit no kernel mechanism enforces (the shim samples RSS instead)."""
+        return None
+
+    def watches(self) -> bool:
+        """Whether ``watch`` has anything to do (the shim then calls it periodically)."""
+        return False
+
+    def watch(self, main: int | None) -> Handle | None:
+        """The periodic look at the run: a new handle to store when its state changed."""
+        return None
+
+    def host_pid(self) -> tuple[int, int | None] | None:
+        """The run's main process as the host sees it, once attached (None: not known)."""
+        return None
+
+    def probe_setup(
+        self, spec: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, str], Callable[[], None] | None]:
+        """A health probe's spec, environment and child setup for this backend's runs."""
+        return spec, dict(os.environ), None
+
+
+def format_size(n: int) -> str:
+    """A byte count in words: 512MiB, 1.5GiB."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):g}{unit}"
+    return f"{n}B"
+
+
+def describe_exit(
+    ex: ExitStatus, by_request: bool, killed: bool, sig_name: str, last: str
+) -> tuple[str, str]:
+    """Final state and reason of a run's exit: the one place these words are composed.
+
+    ``by_request``: it was stopped by a stop request; ``killed``: the shim SIGKILLed it
+    after the stop timeout; ``sig_name``: the plan's stop signal; ``last``: the quote of
+    its last output ("" when none).
+    """
+    code, sig = ex.code, ex.signal
+    if ex.inspect_error:
+        last = f"{last}; inspect failed: {ex.inspect_error}" if last else ex.inspect_error
+    tail = f"; {last}" if last else ""
+    if ex.lost is not None:
+        return "failed", f"{ex.lost} ({last})"
+    if ex.oom is not None and not by_request:
+        return "failed", ex.oom
+    if by_request:
+        sigkilled = (
+            "stopped",
+            f"stopped: did not exit within the stop timeout after {sig_name}; killed with SIGKILL",
+        )
+        if killed:
+            return sigkilled
+        if sig == sig_name:
+            return "stopped", f"stopped: exited on {sig_name}"
+        if ex.killed:
+            return sigkilled
+        how = f"exited with code {code}" if code is not None else f"ended by {sig}"
+        return "stopped", f"stopped: {how} after {sig_name}"
+    if code == 0:
+        return "stopped", "exited on its own with code 0"
+    if code is not None:
+        named = f" ({sig})" if sig else ""
+        return "failed", f"exited with code {code}{named}{tail}"
+    core = " (core dumped)" if ex.core_dumped else ""
+    return "failed", f"killed by signal {sig}{core}{tail}"

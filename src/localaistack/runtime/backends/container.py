@@ -1,0 +1,315 @@
+"""What the container backends (podman.py, docker.py) share: a run is one container of an
+engine, driven through runtime/engines.py's ``Engine`` (create and start through its API,
+or ``run -d``; then its CLI's ``logs --follow``, ``wait``, ``stop``, ``kill``, ``inspect``,
+``rm``).
+
+The container outlives its shim: a new shim re-attaches to it by its id (``recover``), and
+its output is the engine's log of it (``logs --since``). The shim becomes child subreaper
+only once the container runs (``attach``): the engine's own processes are not its
+children, as after a ``run -d`` by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from typing import TYPE_CHECKING, Any
+
+from localaistack.errors import RecoveryFailed, StartFailed
+from localaistack.runtime import procs
+from localaistack.runtime.backend import (
+    HANDLE_VERSION,
+    Attachment,
+    Backend,
+    Capabilities,
+    ExitStatus,
+    Handle,
+    RunContext,
+    RunStatus,
+    Started,
+)
+from localaistack.store.db import home_label
+
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Callable
+
+    from localaistack.plan import ExecutionPlan
+
+
+class ContainerBackend(Backend):
+    """One container of the plan's engine (``name``: podman or docker)."""
+
+    capabilities = Capabilities(
+        recover=True,
+        enforces_memory=True,
+        assigns_gpus=True,
+        detects_oom=True,
+        output="engine-logs",
+        engine_stops=True,
+        sees_processes=False,
+        # `ENGINE stop` SIGKILLs at the timeout; the shim waits 15 s more before its own
+        # `ENGINE kill`, and the engine CLIs take their time to start.
+        stop_margin=20.0,
+    )
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        from localaistack.runtime import engines
+
+        self.spec: dict[str, Any] = ctx.plan["container"]
+        self.engine = engines.Engine(self.spec["engine"], global_args=self.spec["engine_args"])
+        self.cid = ""
+        self.container_name = f"las-{ctx.instance}-{ctx.run_id}"
+        self.helpers: list[subprocess.Popen[bytes]] = []
+
+    @classmethod
+    def describe_limits(cls, plan: ExecutionPlan, state: dict[str, Any]) -> dict[str, str]:
+        r, c = plan.resources, plan.container
+        assert c is not None
+        engine = c.engine
+        return {
+            "processes": f"the container ({engine}), --init as PID 1, --pids-limit "
+            f"{c.pids_limit}",
+            "memory": "none requested" if r.memory is None else
+            f"{engine} --memory {r.memory} (swap not allowed beyond it)",
+            "cpus": "none requested" if r.cpus is None else f"{engine} --cpus {r.cpus}",
+            "gpus": "none: no device is passed to the container" if not plan.gpus else
+            f"{engine} device requests for exactly the assigned GPUs",
+        }  # fmt: skip
+
+    @classmethod
+    def describe_security(cls, plan: ExecutionPlan) -> dict[str, Any]:
+        c = plan.container
+        assert c is not None
+        published = [f"{b.host_ip}:{b.host_port}->{b.container_port}/{b.protocol}"
+                     for b in plan.ports]  # fmt: skip
+        return {
+            "engine": c.engine,
+            "capabilities": {"drop": ["ALL"], "add": list(c.cap_add)},
+            "no_new_privileges": True,
+            "read_only_root": c.read_only_root,
+            "tmpfs": ["/tmp"] if c.read_only_root else [],
+            "user": c.user,
+            "network": "bridge, published: " + ", ".join(published) if published else "none",
+            "pids_limit": c.pids_limit,
+            "init": True,
+            "privileged": False,
+            "pull": "never",
+            "engine_socket_mounted": False,
+        }
+
+    @classmethod
+    def container_id(cls, state: dict[str, Any]) -> str | None:
+        return str(state["container"]) if state.get("container") else None
+
+    def extra_run_options(self) -> dict[str, Any]:
+        """Options of ``engines.ContainerRunSpec`` this engine adds (podman: ulimits)."""
+        return {}
+
+    def _started(self) -> Started:
+        state = {"container": self.cid, "container_name": self.container_name,
+                 "engine": self.engine.name}  # fmt: skip
+        return Started(
+            Handle(self.name, HANDLE_VERSION, state), None, None, f"container {self.cid[:12]}"
+        )
+
+    def start(self) -> Started:
+        from localaistack.runtime import engines
+
+        c, plan, ctx = self.spec, self.ctx.plan, self.ctx
+        res = plan["resources"]
+        try:
+            spec = engines.ContainerRunSpec(
+                name=self.container_name,
+                image=c["image"],
+                argv=c["argv"],
+                env=[(v["name"], v["value"]) for v in c["env"] if not v.get("secret")],
+                secret_env=[(v["name"], v["value"]) for v in c["env"] if v.get("secret")],
+                workdir=c.get("workdir"),
+                user=c.get("user"),
+                volumes=[
+                    engines.VolumeMount(v["source"], v["target"], v["read_only"])
+                    for v in c["volumes"]
+                ],
+                ports=[
+                    engines.PublishedPort(
+                        p["host_ip"], p["host_port"], p["container_port"], p["protocol"]
+                    )
+                    for p in plan["ports"]
+                ],
+                memory=res.get("memory"),
+                cpus=res.get("cpus"),
+                pids_limit=int(c.get("pids_limit", 1024)),
+                gpus=[(g["vendor"], g["uuid"]) for g in plan["gpus"]],
+                cap_add=c.get("cap_add", ()),
+                read_only_root=bool(c.get("read_only_root", True)),
+                labels={
+                    "las.instance": ctx.instance,
+                    "las.run": ctx.run_id,
+                    "las.home": home_label(ctx.db_path),
+                },
+                stop_signal=plan["stop"]["signal"],
+                **self.extra_run_options(),
+            )
+            self.cid = self.engine.run(spec)
+        except engines.EngineError as exc:
+            raise StartFailed(  # the engine's message may quote argv or env: masked
+                f"could not start: {ctx.hide(exc.message)}"
+                + (f" ({ctx.hide(exc.hint)})" if exc.hint else "")
+            ) from None
+        # Its helpers (`logs --follow`, `wait`) start at ``attach``, once `running` is
+        # reported: they are engine CLIs that would compete with `las run` for the CPU on
+        # its way out. Nothing is missed meanwhile: `logs` replays the output from the
+        # start (or from --since), and `wait` on an ended container returns at once.
+        return self._started()
+
+    def current(self) -> Started:
+        return self._started()
+
+    def recover(self, handle: Handle) -> RunStatus:
+        from localaistack.runtime import engines
+
+        cid = str(handle.state.get("container") or "")
+        if not cid:
+            raise RecoveryFailed("the stored handle names no container")
+        self.cid = cid
+        self.container_name = str(handle.state.get("container_name") or self.container_name)
+        try:
+            return self.inspect()
+        except engines.EngineError as exc:
+            raise RecoveryFailed(
+                f"{self.engine.name} cannot be asked about container {cid[:12]}: {exc.message}"
+            ) from None
+
+    def inspect(self) -> RunStatus:
+        """The container now (EngineError: the engine cannot be asked; RecoveryFailed: the
+        container is gone)."""
+        st = self.engine.inspect(self.cid)
+        what = f"container {self.cid[:12]}"
+        if st is None:
+            raise RecoveryFailed(f"container {self.cid[:12]} is gone")
+        if st.running:
+            return RunStatus(True, st.pid or None, None, what)
+        return RunStatus(False, None, ExitStatus(code=st.exit_code), what)
+
+    def _spawn_helper(self, argv: list[str], pipes: bool) -> subprocess.Popen[bytes]:
+        """A short-lived helper (engine CLI) that dies with the shim."""
+        import subprocess
+
+        me = self.ctx.shim_pid
+        out = subprocess.PIPE if pipes else subprocess.DEVNULL
+        proc = subprocess.Popen(
+            argv,
+            env=self.engine.subprocess_env(),
+            cwd=self.engine.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            preexec_fn=lambda: procs.child_setup(me),  # noqa: PLW1509 (single-threaded)
+        )
+        proc.returncode = 0  # reaped by the shim, not by Popen
+        self.helpers.append(proc)
+        return proc
+
+    def attach(self, since: str | None = None) -> Attachment:
+        """Start the container's helpers: its output (``logs --follow``) and its end
+        (``wait``: its exit is the container's end). StartFailed if they cannot start (the
+        engine CLI vanished): the container is then removed."""
+        import subprocess
+
+        from localaistack.runtime import engines
+
+        engine, cid = self.engine, self.cid
+        # The helpers' orphans come back to the shim. Not before: on the start path the
+        # engine's own processes (conmon) are not ours, as after a `podman run -d` by hand.
+        procs.become_subreaper()
+        try:
+            logs = self._spawn_helper(engine.logs_args(cid, follow=True, since=since), True)
+            waiter = self._spawn_helper([*engine.base_args(), "wait", cid], False)
+        except (OSError, subprocess.SubprocessError, engines.EngineError) as exc:
+            with contextlib.suppress(engines.EngineError):
+                engine.remove(cid)
+            raise StartFailed(
+                f"lost: cannot follow container {cid[:12]} ({exc}); it was removed"
+            ) from None
+        assert logs.stdout is not None and logs.stderr is not None
+        self.wait_pid = waiter.pid
+        return Attachment(waiter.pid, {logs.stdout.fileno(): "O", logs.stderr.fileno(): "E"})
+
+    def host_pid(self) -> tuple[int, int | None] | None:
+        """The container's init as the host sees it (one engine call)."""
+        from localaistack.runtime import engines
+
+        try:
+            st = self.engine.inspect(self.cid)
+        except engines.EngineError:
+            return None
+        if st is None or not st.pid:
+            return None
+        return st.pid, procs.start_time(st.pid)
+
+    def probe_setup(
+        self, spec: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, str], Callable[[], None] | None]:
+        spec = dict(spec)
+        if spec["kind"] == "command":
+            spec["command"] = self.engine.exec_args(self.cid, spec["command"])
+        return spec, self.engine.subprocess_env(), None
+
+    def stop(self, signal_name: str, grace: float) -> None:
+        """`ENGINE stop` sends the stop signal set at `run` and SIGKILLs after ``grace``;
+        run as a helper so that the shim's loop keeps reading the output meanwhile."""
+        self._spawn_helper(
+            [*self.engine.base_args(), "stop", "-t", str(max(0, round(grace))), self.cid], False
+        )
+
+    def kill(self) -> None:
+        from localaistack.runtime import engines
+
+        if self.cid:
+            with contextlib.suppress(engines.EngineError):
+                self.engine.kill(self.cid)
+
+    def detach(self) -> None:
+        for p in self.helpers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+        self.helpers = []
+
+    def exit_status(self, wait_status: int) -> ExitStatus:
+        """The container's exit as the engine recorded it, and whether it was OOM-killed."""
+        from localaistack.runtime import engines
+
+        engine, cid = self.engine, self.cid
+        try:
+            st = engine.final_state(cid)
+        except engines.EngineError as exc:
+            st = None
+            error: str | None = self.ctx.hide(exc.message)  # the engine's words
+        else:
+            error = None
+        if st is None or st.exit_code is None:
+            return ExitStatus(lost=f"lost: the container {cid[:12]} is gone", inspect_error=error)
+        code = st.exit_code
+        sig = procs.signal_name(code - 128) if code > 128 else None
+        limit = self.ctx.plan["resources"].get("memory")
+        oom, how = engine.oom_detected(st, limit)
+        verdict = None
+        if oom:
+            verdict = (
+                f"out of memory (limit {engines.format_bytes(limit or st.memory_limit)}; {how})"
+            )
+        return ExitStatus(
+            code=code, signal=sig, killed=code == 137, oom=verdict, inspect_error=error
+        )
+
+    def cleanup(self) -> list[str]:
+        from localaistack.runtime import engines
+
+        if self.cid:
+            with contextlib.suppress(engines.EngineError):
+                self.engine.remove(self.cid)
+        return []
