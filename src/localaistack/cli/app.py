@@ -8,7 +8,9 @@ layer (to plan) and the runtime (to execute), and format what comes back.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import sys
+from typing import Any, NoReturn
 
 import click
 
@@ -52,9 +54,33 @@ for _command in (*control_commands.COMMANDS, *lifecycle.COMMANDS):
     cli.add_command(_command)
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None) -> NoReturn:
     """The ``las`` program (the console script, and ``python -m localaistack``)."""
     try:
-        cli.main(args=args, prog_name="las")
-    except LasError as err:  # raised outside a command, e.g. in a callback
-        fail(err)
+        try:
+            cli.main(args=args, prog_name="las")
+        except LasError as err:  # raised outside a command, e.g. in a callback
+            fail(err)
+    except SystemExit as done:
+        code = _exit_code(done.code)
+    else:
+        code = 0
+    # A command has closed what it opened (the store, its files): only the output is left
+    # to flush. The interpreter's teardown of every module imported (the planner, pydantic)
+    # is skipped: nothing of las's needs it, and it is on every command's path.
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # the reader went away (`las ps | head -0`): as click does
+        code = code or 1
+    os._exit(code)
+
+
+def _exit_code(code: object) -> int:
+    """What ``sys.exit(code)`` would exit with."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    sys.stderr.write(f"{code}\n")
+    return 1
