@@ -4,9 +4,7 @@
 
 Both start the same image with the same flags (las's secure defaults: the peer runs the
 exact argv las's engine layer builds), alternating; removal is not timed. `las` runs as a
-user's does: its first `las run` starts the las agent (cli/agent.py), which serves the
-timed ones (warm, as after any earlier `las run`). A third column, not a goal, is the
-same `las run -d` with `LAS_AGENT=0`: the command run by a new Python, as without agent.
+user's does: a new process each time, its plan kept from a first, untimed `las run`.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ import time
 from pathlib import Path
 
 from bench.harness import Row, alternate_all, run_main
-from bench.native import las_cmd, stop_agent, wait_for_agent, workspace
+from bench.native import las_cmd, workspace
 
 IMAGE = "localhost/las-busybox:latest"
 
@@ -45,7 +43,7 @@ def bench_engine(root: Path, name: str, reps: int) -> list[Row]:
         f"  container: {{image: {IMAGE}, command: [sleep, '1000']}}\n"
         "  stop: {timeout: 1s}\n"
     )
-    env = {**os.environ, "LAS_HOME": str(home), "LAS_AGENT": "1"}  # as by default
+    env = {**os.environ, "LAS_HOME": str(home)}
     cmd = las_cmd()
     spec_args = {
         "image": IMAGE,
@@ -56,20 +54,17 @@ def bench_engine(root: Path, name: str, reps: int) -> list[Row]:
         "ulimits": suggested_ulimits() if name == "podman" else (),
     }
 
-    def las_start(i: int, env: dict[str, str] = env, prefix: str = "c") -> float:
+    def las_start(i: int) -> float:
         t0 = time.perf_counter()
         subprocess.run(
-            [*cmd, "run", "-d", str(module), "--name", f"{prefix}{i}"],
+            [*cmd, "run", "-d", str(module), "--name", f"c{i}"],
             env=env,
             check=True,
             capture_output=True,
         )
         took = time.perf_counter() - t0
-        subprocess.run([*cmd, "rm", "-f", f"{prefix}{i}"], env=env, check=True, capture_output=True)
+        subprocess.run([*cmd, "rm", "-f", f"c{i}"], env=env, check=True, capture_output=True)
         return took
-
-    def las_alone(i: int) -> float:
-        return las_start(i, {**env, "LAS_AGENT": "0"}, "n")
 
     def engine_start(i: int) -> float:
         argv = engine.run_args(ContainerRunSpec(name=f"bench-peer-{i}", **spec_args))
@@ -81,12 +76,8 @@ def bench_engine(root: Path, name: str, reps: int) -> list[Row]:
         engine.remove(f"bench-peer-{i}")
         return took
 
-    las_start(-1)  # the plan is made and kept, and the agent starts
-    wait_for_agent(home)
-    try:
-        xs, ys, zs = alternate_all([las_start, engine_start, las_alone], reps)
-    finally:
-        stop_agent(home)
+    las_start(-1)  # the plan is made and kept
+    xs, ys = alternate_all([las_start, engine_start], reps)
     ratio = sorted(xs)[len(xs) // 2] / sorted(ys)[len(ys) // 2]
     what = "same image and flags; las includes planning, admission and its supervisor"
     return [
@@ -98,15 +89,7 @@ def bench_engine(root: Path, name: str, reps: int) -> list[Row]:
             ys,
             "<= 1.2x",
             ratio <= 1.2,
-            note=f"{what}; through the las agent (warm), as any `las run` after the first",
-        ),
-        Row(
-            f"container start until running ({name}, LAS_AGENT=0)",
-            "s",
-            zs,
-            f"{name} run -d",
-            ys,
-            note="not a goal: the same `las run -d` without the agent (a new Python)",
+            note=f"{what}; a new `las` process each time, its plan kept",
         ),
     ]
 

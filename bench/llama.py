@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from bench.harness import Row, alternate, run_main
-from bench.native import las_cmd, stop_agent, workspace
+from bench.native import las_cmd, workspace
 
 PROMPT = "Write a short story about a robot who learns to paint. Once upon a time,"
 SEED = 42
@@ -162,7 +162,7 @@ class Servers:
         # By hand the server runs as whoever runs the bench; so does las's (as root it would
         # otherwise run as las-workload, which may not reach this venv).
         (self.home / "policy.yaml").write_text("native_allow_root: [llama.cpp]\n")
-        self.env = {**os.environ, "LAS_HOME": str(self.home), "LAS_AGENT": "1"}  # as by default
+        self.env = {**os.environ, "LAS_HOME": str(self.home)}
         self.cmd = las_cmd()
         self.sets = [
             *("--set", f"model={model}"),
@@ -230,7 +230,7 @@ class Servers:
         self.procs.remove(proc)
 
     def close(self) -> None:
-        """Whatever is still running, stopped (after an error), and the las agent."""
+        """Whatever is still running, stopped (after an error)."""
         for proc in list(self.procs):
             proc.kill()
             proc.wait(30)
@@ -239,7 +239,6 @@ class Servers:
             # no check: the error that brought us here is the one to see
             subprocess.run([*self.cmd, "rm", "-f", name], env=self.env, capture_output=True)
             self.instances.remove(name)
-        stop_agent(self.home)  # the first `las run` started it (docs/agent.md)
 
 
 def time_to_healthy(

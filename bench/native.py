@@ -5,7 +5,8 @@ measured side by side in one run (A B C A B C ...).
 
 1. start: `las run` of a trivial native module until `running` (CLI process included) vs
    `supervisorctl start` of the same program (startsecs=0) vs `subprocess.Popen` of it from
-   this (already running) Python, until it returns (the program is exec'd);
+   this (already running) Python, until it returns (the program is exec'd); and a module's
+   first `las run` on a fresh home;
 2. failure noticed: workload SIGKILLed until its end is committed to the store (polled
    every 0.2 ms from another connection) vs supervisord's state via XML-RPC vs the return of
    the parent's `Popen.wait()`;
@@ -26,7 +27,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -70,54 +70,11 @@ def policy_text(trusted: list[str]) -> str:
     return f"trusted_native: {trusted}\nnative_allow_root: {trusted}\n"
 
 
-def agent_of(home: Path) -> int | None:
-    """The las agent of ``home`` (cli/agent.py), not its workers (its children)."""
-    needle = b"--home\0" + str(home).encode() + b"\0"
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if b"localaistack.cli.agent" in (cmd := f.read()) and needle in cmd:
-                    found.append(int(entry))
-        except (OSError, ValueError):
-            continue
-    return next((p for p in found if _ppid(p) not in found), None)
-
-
-def _ppid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def wait_for_agent(home: Path, deadline: float = 20.0) -> None:
-    """Until the home's las agent accepts connections (the first `las run` started it)."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
-            try:
-                s.connect(str(home / "agent.sock"))
-                return
-            except OSError:
-                pass
-        time.sleep(0.05)
-    sys.exit(f"the las agent of {home} did not start (see {home / 'agent.log'})")
-
-
-def stop_agent(home: Path) -> None:
-    """SIGTERM to the home's las agent (its supervisor zygote exits with it)."""
-    pid = agent_of(home)
-    if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-
-
 class LasBench:
     def __init__(self, root: Path) -> None:
         self.home = root / "las-home"
         self.home.mkdir(mode=0o700)
-        self.env = {**os.environ, "LAS_HOME": str(self.home), "LAS_AGENT": "1"}  # as by default
+        self.env = {**os.environ, "LAS_HOME": str(self.home)}
         self.cmd = las_cmd()
         self.modules = root / "modules"
         self.modules.mkdir()
@@ -158,11 +115,9 @@ class LasBench:
         )
 
     def prime(self) -> None:
-        """One `las run`, so that the las agent runs (as after any earlier `las run`):
-        every timed las command after it is served by the agent, as a user's is."""
+        """One `las run` first, so that the store exists (as after any earlier `las run`)."""
         path = self.module("prime", ["sleep", "1000"])
         self.las("run", "-d", str(path))
-        wait_for_agent(self.home)
         self.las("rm", "-f", "prime")
 
     def db(self) -> sqlite3.Connection:
@@ -261,16 +216,7 @@ def bench_start(las: LasBench, sup: SupervisordBench, reps: int) -> list[Row]:
         proc.wait()
         return took
 
-    def d(i: int) -> float:  # the same `las run` without the agent
-        env = {**las.env, "LAS_AGENT": "0"}
-        t0 = time.perf_counter()
-        subprocess.run([*las.cmd, "run", str(path), "--name", f"alone{i}"], env=env,
-                       check=True, capture_output=True)  # fmt: skip
-        took = time.perf_counter() - t0
-        las.las("rm", "-f", f"alone{i}")
-        return took
-
-    xs, ys, zs, ws = alternate_all([a, b, c, d], reps)
+    xs, ys, zs = alternate_all([a, b, c], reps)
     ratio = sorted(xs)[len(xs) // 2] / sorted(ys)[len(ys) // 2]
     return [
         Row(
@@ -281,16 +227,8 @@ def bench_start(las: LasBench, sup: SupervisordBench, reps: int) -> list[Row]:
             ys,
             "<= 1.0x supervisorctl",
             ratio <= 1.0,
-            note="through the las agent (warm), as any `las run` after the first (docs/agent.md)",
-        ),
-        Row(
-            "start until running (CLI included, LAS_AGENT=0)",
-            "s",
-            ws,
-            "supervisorctl start",
-            ys,
-            note="not a goal: the same `las run` without the agent (a new Python, and a "
-            "supervisor started as one)",
+            note="a new `las` process each time (a Python and click), its plan kept from the "
+            "warm-up round, and a new supervisor process",
         ),
         Row(
             "start until running (CLI included)",
@@ -302,6 +240,35 @@ def bench_start(las: LasBench, sup: SupervisordBench, reps: int) -> list[Row]:
             "the floor any manager starts from (nothing planned, nothing recorded)",
         ),
     ]
+
+
+def bench_first_run(las: LasBench, reps: int) -> Row:
+    """A module's first `las run` on a fresh home: the store created, the hardware probed,
+    the module planned (nothing kept yet), its supervisor started, until `running`."""
+    path = las.module("firstrun", ["sleep", "1000"])
+    root = las.home.parent
+
+    def first(i: int) -> float:
+        home = root / f"fresh-{i}"
+        home.mkdir(mode=0o700)
+        (home / "policy.yaml").write_text(policy_text(["firstrun"]))
+        env = {**las.env, "LAS_HOME": str(home)}
+        t0 = time.perf_counter()
+        subprocess.run([*las.cmd, "run", str(path)], env=env, check=True, capture_output=True)
+        took = time.perf_counter() - t0
+        rm = [*las.cmd, "rm", "-f", "firstrun"]
+        subprocess.run(rm, env=env, check=True, capture_output=True)
+        return took
+
+    (xs,) = alternate_all([first], reps)
+    return Row(
+        "first `las run` of a module on a fresh home",
+        "s",
+        xs,
+        goal="<= 0.5 s",
+        meets=sorted(xs)[len(xs) // 2] <= 0.5,
+        note="a new home each time (its store created, the hardware probed, a plan made)",
+    )
 
 
 def bench_failure(las: LasBench, sup: SupervisordBench, reps: int) -> list[Row]:
@@ -613,9 +580,6 @@ def bench_idle(las: LasBench, sup: SupervisordBench, k: int, seconds: float) -> 
     sup_cpu = (_cpu_s(sup.proc.pid) - sup_cpu0) / k
     las_pss = [_pss_kb(p) / 1024 for p in sup_pids]
     sup_pss = _pss_kb(sup.proc.pid) / 1024 / k
-    agent = agent_of(las.home)
-    resident = [] if agent is None else [agent, *_children(agent)]
-    agent_pss = sum(_pss_kb(p) for p in resident) / 1024
     for n in names:
         las.las("rm", "-f", n)
     for i in range(k):
@@ -640,18 +604,7 @@ def bench_idle(las: LasBench, sup: SupervisordBench, k: int, seconds: float) -> 
             "<= 0.2 % of a core (the 1 s watch: listener check)",
             max(las_cpu) <= 0.002 * seconds,
         ),
-        Row(
-            "las agent PSS, until its idle exit",
-            "MB",
-            [agent_pss],
-            note="not a goal: the agent and its supervisor zygote (docs/agent.md), whatever "
-            "the number of modules; they exit after 5 idle minutes",
-        ),
     ]
-
-
-def _children(pid: int) -> list[int]:
-    return [int(e) for e in os.listdir("/proc") if e.isdigit() and _ppid(int(e)) == pid]
 
 
 def bench_ps(las: LasBench, counts: list[int], reps: int) -> list[Row]:
@@ -762,7 +715,8 @@ def collect(quick: bool) -> list[Row]:
         sup = SupervisordBench(root, programs)
         try:
             las.prime()
-            rows = bench_start(las, sup, reps) + bench_failure(las, sup, reps)
+            rows = [*bench_start(las, sup, reps), bench_first_run(las, reps)]
+            rows += bench_failure(las, sup, reps)
             rows += bench_logs(las, sup, root, mb, 2 if quick else 5)
             rows += bench_idle(las, sup, idle_k, 3 if quick else 60)
             rows += bench_ps(las, [10] if quick else [10, 100, 300], 3 if quick else 7)
@@ -771,7 +725,6 @@ def collect(quick: bool) -> list[Row]:
             rows.append(bench_listen_check(las, 2 if quick else 5, 5 if quick else 60))
             rows += bench_crash_loop(las, sup, root, 3 if quick else 30)
         finally:
-            stop_agent(las.home)
             sup.close()
     return rows
 

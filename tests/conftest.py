@@ -109,13 +109,6 @@ def las_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     monkeypatch.setenv("LAS_HOME", str(home))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
-    # The las agent (cli/agent.py) is tested by tests/integration/test_agent.py; elsewhere
-    # each `las` runs its commands itself, unless LAS_TEST_AGENT=1 runs the whole suite
-    # through agents (one per test's home, gone at the test's end).
-    if os.environ.get("LAS_TEST_AGENT") == "1":
-        monkeypatch.setenv("LAS_AGENT_IDLE", "30")
-    else:
-        monkeypatch.setenv("LAS_AGENT", "0")
     if "DOCKER_HOST" not in os.environ and os.path.exists(CI_DOCKER_SOCK):
         monkeypatch.setenv("DOCKER_HOST", f"unix://{CI_DOCKER_SOCK}")  # scripts/ci-containers-up
     env = dict(os.environ)
@@ -134,33 +127,13 @@ def _processes() -> Iterator[tuple[int, bytes]]:
                 continue
 
 
-def _agents_of(home: Path) -> list[int]:
-    """``home``'s las agent (cli/agent.py), if one runs: not its children, which show its
-    command line (its workers, and a process it spawns until that one's exec)."""
-    needle = b"--home\0" + str(home).encode() + b"\0"
-    found = [pid for pid, cmd in _processes() if b"localaistack.cli.agent" in cmd and needle in cmd]
-    return [pid for pid in found if _parent(pid) not in found]
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def _supervisors_of(home: Path) -> list[int]:
-    """The supervisors of ``home``'s store (not its agent's supervisor zygote, the
-    agent's child, whose command line its forked supervisors share)."""
+    """The supervisors of ``home``'s store."""
     needle = str(home / "state.db").encode()
-    agents = _agents_of(home)
     return [
         pid
         for pid, cmd in _processes()
-        if b"localaistack.runtime.supervisor" in cmd
-        and needle in cmd
-        and _parent(pid) not in agents
+        if b"localaistack.runtime.supervisor" in cmd and needle in cmd
     ]
 
 
@@ -175,13 +148,8 @@ def las(tmp_path: Path, las_env: dict[str, str]) -> Iterator[Las]:
 
 
 def end_home(runner: Las) -> None:
-    """SIGKILL the las agent and every supervisor of ``runner``'s home, then reconcile."""
+    """SIGKILL every supervisor of ``runner``'s home, then reconcile."""
     home = runner.home
-    for pid in _agents_of(home):  # its supervisor zygote exits with it
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     for pid in _supervisors_of(home):
         try:
             os.kill(pid, signal.SIGKILL)

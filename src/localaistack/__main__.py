@@ -1,5 +1,5 @@
 """``python -m localaistack`` is ``las``."""
 
-from localaistack.cli.entry import main
+from localaistack.cli.app import main
 
 main()

@@ -96,8 +96,7 @@ def run_bounded(env: dict[str, str], *args: str, cwd: Path | None = None) -> Chi
 
 @pytest.fixture
 def env(las_env: dict[str, str]) -> dict[str, str]:
-    # The command runs in this process, not in an agent: the measure is of las's own work.
-    return {**las_env, "LAS_AGENT": "0", "LAS_PLAN_CACHE": "0"}
+    return {**las_env, "LAS_PLAN_CACHE": "0"}
 
 
 def assert_refused(child: Child, named: str, code: int = 1) -> None:
@@ -485,7 +484,7 @@ def test_validate_refuses_what_no_process_can_take(
     """In this process (click's runner), one case each; the real CLI runs them all below."""
     from click.testing import CliRunner
 
-    from localaistack.cli.main import cli
+    from localaistack.cli.app import cli
 
     path = field_case_file(tmp_path, case, changes)
     result = CliRunner().invoke(cli, ["validate", str(path)])
@@ -558,9 +557,9 @@ def test_valid_bounds_are_accepted(env: dict[str, str], tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("param", "value"), [("arg", "a\0b"), ("var", "\0"), ("path", "/x\0")])
 def test_set_value_with_nul_is_refused_at_plan_time(tmp_path: Path, param: str, value: str) -> None:
-    """argv cannot carry a NUL, but `--set` also comes from other callers (the agent's
-    request, the API): the planner refuses it with a clear error and a hint."""
-    from localaistack.cli.main import planner_for
+    """argv cannot carry a NUL, but `--set` also comes from other callers (the API): the
+    planner refuses it with a clear error and a hint."""
+    from localaistack.cli.planning import planner_for
     from localaistack.errors import UsageError
 
     path = tmp_path / "sets.yaml"
@@ -647,7 +646,7 @@ def test_fail_prints_control_characters_escaped(env: dict[str, str]) -> None:
     """A message or hint with a NUL, ESC, CR or a bidi override reaches the terminal as
     escapes, never as the raw bytes."""
     code = (
-        "from localaistack.cli.launch import fail\n"
+        "from localaistack.cli.output import fail\n"
         "from localaistack.errors import PolicyError\n"
         "fail(PolicyError('bad \\x00 value \\x1b[2J', hint='use \\x00 or \\r\\u202e not'))\n"
     )

@@ -209,9 +209,6 @@ def test_ps_inspect_logs_work_on_a_full_disk_and_warn(
 def test_read_only_home_is_a_clear_error_or_a_warning(
     las: Las, module_factory: Any, full_home: Path, tmp_path: Path
 ) -> None:
-    # No las agent: it would hold a file of the home open for writing, and the filesystem
-    # could not be remounted read-only (the suite may run through agents: LAS_TEST_AGENT).
-    las.env["LAS_AGENT"] = "0"
     _waiter(module_factory, "ro", tmp_path / "never")
     las.ok("run", str(tmp_path / "ro.yaml"), "--detach")
     las.ok("stop", "ro")

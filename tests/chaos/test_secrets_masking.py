@@ -187,7 +187,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     home of its own (cleaned up like the ``las`` fixture's)."""
     root = tmp_path_factory.mktemp("baseline")
     home = root / "home"
-    env = {**os.environ, "LAS_HOME": str(home), "LAS_AGENT": "0"}
+    env = {**os.environ, "LAS_HOME": str(home)}
     env["XDG_STATE_HOME"], env["XDG_CONFIG_HOME"] = str(root / "xdg-s"), str(root / "xdg-c")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
     runner = Las(home, env)

@@ -30,8 +30,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from tests.conftest import PROGRAMS, REPO, wait_until
 
-from localaistack.cli import lifecycle  # noqa: F401  (registers the runtime commands)
-from localaistack.cli.main import cli
+from localaistack.cli.app import cli
 
 RECORDER = str(PROGRAMS / "recorder.py")
 EXIT_CODES = {0, 1, 2, 3, 4, 5}  # README: invalid files, usage, no plan, execution, store

@@ -77,7 +77,7 @@ def grep_home(home: Path, secrets: dict[str, str]) -> int:
             if path.parent == home / "secrets":
                 assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
                 continue
-            if not path.is_file():  # the las agent's socket (docs/agent.md)
+            if not path.is_file():
                 continue
             data = path.read_bytes()
             checked += 1

@@ -204,8 +204,8 @@ def test_sandbox_with_ports_listens_on_the_host_and_stops_cleanly(
     info = las.ps()["sbsrv"]
     assert info["state"] == "stopped"
     # The stop signal reaches bwrap and the server at once (one process group). bwrap
-    # mostly ends on it; about 1 run in 6 it exits 1 instead (seen on the code before the
-    # las agent too). Either way the server got SIGTERM (its log line below).
+    # mostly ends on it; about 1 run in 6 it exits 1 instead. Either way the server got
+    # SIGTERM (its log line below).
     assert info["reason"] in (
         "stopped: exited on SIGTERM",
         "stopped: exited with code 1 after SIGTERM",

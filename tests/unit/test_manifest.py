@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from localaistack.cli.main import cli
+from localaistack.cli.app import cli
 from localaistack.control.manifest import (
     check_name,
     load_manifest_file,

@@ -11,8 +11,9 @@ from typing import Any
 
 import click
 
-from localaistack.cli.launch import interrupted, report_start, run_instance, warn
-from localaistack.cli.main import cli, plan_options
+from localaistack.cli.launch import interrupted, report_start, run_instance
+from localaistack.cli.output import table, warn
+from localaistack.cli.planning import plan_options
 from localaistack.errors import InstanceConflict, UsageError
 
 
@@ -28,8 +29,7 @@ def _runtime() -> Any:
 def _warnings(rt: Any) -> None:
     """What the runtime could not do or found amiss (state not updated: disk full), on
     stderr, each once."""
-    for text in rt.warnings:
-        click.echo(f"warning: {text}", err=True)
+    warn(rt.warnings)
     rt.warnings.clear()
 
 
@@ -55,7 +55,7 @@ def _ago(value: float | None) -> str:
 DETACH_HELP = "Return once the workload runs, without waiting for its health probe."
 
 
-@cli.command()
+@click.command()
 @click.argument("module")
 @plan_options
 @click.option("--name", help="Instance name (default: the module's name).")
@@ -118,7 +118,7 @@ def _readmit(rt: Any, name: str) -> None:
     warn(notes)
 
 
-@cli.command()
+@click.command()
 @click.argument("name")
 @click.option("--detach", "-d", is_flag=True, help=DETACH_HELP)
 def start(name: str, detach: bool) -> None:
@@ -171,7 +171,7 @@ def _stop_waiting(rt: Any, name: str, timeout: float | None) -> Any:
         warn(notes)
 
 
-@cli.command()
+@click.command()
 @click.argument("name")
 @click.option("--timeout", "-t", type=float, default=None, help=STOP_TIMEOUT_HELP)
 def stop(name: str, timeout: float | None) -> None:
@@ -193,7 +193,7 @@ def stop(name: str, timeout: float | None) -> None:
         rt.close()
 
 
-@cli.command()
+@click.command()
 @click.argument("name")
 @click.option("--timeout", "-t", type=float, default=None, help=STOP_TIMEOUT_HELP)
 @click.option("--detach", "-d", is_flag=True, help=DETACH_HELP)
@@ -209,7 +209,7 @@ def restart(name: str, timeout: float | None, detach: bool) -> None:
         rt.close()
 
 
-@cli.command()
+@click.command()
 @click.argument("names", nargs=-1, required=True)
 @click.option("--purge", is_flag=True, help="Also delete the instance's log files.")
 @click.option("--force", "-f", is_flag=True, help="Stop the instance first if it is running.")
@@ -233,13 +233,11 @@ def rm(names: tuple[str, ...], purge: bool, force: bool) -> None:
         rt.close()
 
 
-@cli.command()
+@click.command()
 @click.option("--all", "-a", "all_", is_flag=True, help="Include stopped and failed instances.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def ps(all_: bool, as_json: bool) -> None:
     """List instances (running ones; --all for every instance)."""
-    from localaistack.cli.tables import table
-
     rt = _runtime()
     try:
         items = rt.ps(all_)
@@ -300,7 +298,7 @@ def _run_dict(row: Any) -> dict[str, Any]:
     }
 
 
-@cli.command()
+@click.command()
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def inspect(name: str, as_json: bool) -> None:
@@ -408,7 +406,7 @@ def inspect(name: str, as_json: bool) -> None:
             click.echo(f"  {line}")
 
 
-@cli.command()
+@click.command()
 @click.argument("name")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run ends.")
 @click.option("--tail", "-n", type=int, default=None, help="Only the last N lines.")
@@ -453,7 +451,7 @@ def logs(name: str, follow: bool, tail: int | None, run_id: str | None, timestam
         rt.close()
 
 
-@cli.command()
+@click.command()
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--tail", "-n", type=int, default=None, help="Only the last N events.")
@@ -496,3 +494,6 @@ def events(follow: bool, as_json: bool, tail: int | None) -> None:
         pass
     finally:
         rt.close()
+
+
+COMMANDS = (run, start, stop, restart, rm, ps, inspect, logs, events)

@@ -1,101 +1,18 @@
-"""``las``: the LocalAIStack runtime's command line.
-
-Commands parse their arguments, call the control layer (to plan) and the runtime (to
-execute), and format what comes back. Heavy modules are imported inside commands so that
-``las ps`` and ``las run`` start fast.
-"""
+"""The control commands: hw, modules, validate, plan, trust (they plan; nothing runs)."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
-from localaistack.cli.launch import MODES, fail, shown
-from localaistack.errors import LasError, UsageError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class LasGroup(click.Group):
-    """Maps every LasError to its message, hint and exit code; no traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except LasError as err:
-            fail(err)
-        except Exception as err:
-            # A SQLite error that escaped the store's own wrapping (a damaged page met
-            # while rows are fetched): a StoreError naming the cause, not a traceback.
-            import sqlite3
-
-            if not isinstance(err, sqlite3.Error):
-                raise
-            from localaistack.store.db import store_error
-            from localaistack.store.paths import las_home
-
-            fail(store_error(err, str(las_home() / "state.db"), "reading"))
+from localaistack.cli.output import shown
+from localaistack.cli.planning import parse_sets, plan_options, planner_for
+from localaistack.errors import UsageError
 
 
-def parse_sets(values: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in values:
-        if "=" not in item:
-            raise UsageError(f"--set {item!r} is not NAME=VALUE", hint="e.g. --set model=/m.gguf")
-        key, value = item.split("=", 1)
-        key = key.strip()
-        if not key:
-            raise UsageError(f"--set {item!r} has an empty name")
-        out[key] = value
-    return out
-
-
-def plan_options(f: F) -> F:
-    f = click.option(
-        "--policy",
-        "policy_file",
-        type=click.Path(path_type=Path),
-        help="Policy file (default: $LAS_HOME/policy.yaml, else built-in).",
-    )(f)
-    f = click.option(
-        "--hardware",
-        "hardware_file",
-        type=click.Path(path_type=Path),
-        help="Plan for the machine described by this saved `las hw --save` file.",
-    )(f)
-    f = click.option(
-        "--set",
-        "sets",
-        multiple=True,
-        metavar="NAME=VALUE",
-        help="Set a module parameter (repeatable).",
-    )(f)
-    f = click.option(
-        "--mode",
-        type=click.Choice(MODES),
-        help="Ask for an execution mode; an error if hardware or policy rule it out.",
-    )(f)
-    return f
-
-
-@click.group(cls=LasGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="localaistack", prog_name="las")
-def cli() -> None:
-    """LocalAIStack runtime: plan and run AI modules natively or in containers.
-
-    State, logs, user modules and policy live in $LAS_HOME (default: /var/lib/localaistack
-    for root, ~/.local/state/localaistack otherwise).
-    """
-
-
-# --- control: hardware, modules, validate, plan ------------------------------------------
-
-
-@cli.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
 @click.option("--save", type=click.Path(path_type=Path), help="Save the profile to FILE.")
 def hw(as_json: bool, save: Path | None) -> None:
@@ -114,13 +31,13 @@ def hw(as_json: bool, save: Path | None) -> None:
             click.echo(f"saved to {save}")
 
 
-@cli.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def modules(as_json: bool) -> None:
     """List the modules in the catalog (built-in and $LAS_HOME/modules)."""
     import json
 
-    from localaistack.cli.tables import table
+    from localaistack.cli.output import table
     from localaistack.control.catalog import catalog_entries
     from localaistack.store.paths import las_home
 
@@ -162,7 +79,7 @@ def modules(as_json: bool) -> None:
         click.echo(table(["name", "version", "category", "modes", "source", "description"], rows))
 
 
-@cli.command()
+@click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 def validate(files: tuple[Path, ...]) -> None:
     """Check manifest files; list every problem with file, line and field."""
@@ -198,71 +115,7 @@ def validate(files: tuple[Path, ...]) -> None:
         sys.exit(1)
 
 
-class Planner:
-    """The planning inputs, read once; calling it makes a plan (shared by plan and run).
-
-    ``profile`` and ``policy`` are what admission checks the plan against.
-    """
-
-    def __init__(
-        self,
-        loaded: Any,
-        profile: Any,
-        policy: Any,
-        request: Any,
-        local: bool,
-        environ: Mapping[str, str] | None = None,
-    ):
-        self.loaded, self.profile, self.policy, self.request = loaded, profile, policy, request
-        self.local = local  # False: a plan for another machine (--hardware)
-        self.environ = environ  # None: os.environ
-
-    def __call__(self, allocate: Callable[[str, str], int] | None) -> Any:
-        """A plan; ``allocate`` chooses host ports (None: ports that are free now)."""
-        from localaistack.control.planner import make_plan
-        from localaistack.control.ports import free_port
-
-        return make_plan(
-            self.loaded,
-            self.profile,
-            self.policy,
-            self.request,
-            allocate or (lambda host, _name: free_port(host)),
-            resolve_executables=self.local,  # another machine's paths are unknown
-            environ=self.environ,
-        )
-
-
-def planner_for(
-    module: str,
-    mode: str | None,
-    sets: tuple[str, ...],
-    hardware_file: Path | None,
-    policy_file: Path | None,
-    environ: Mapping[str, str] | None = None,
-    gpu_held: Mapping[str, int] | None = None,
-) -> Planner:
-    """Resolve the module and read the hardware profile and policy for planning it."""
-    from localaistack.control import hardware, probecache
-    from localaistack.control.catalog import resolve_module
-    from localaistack.control.planner import PlanRequest
-    from localaistack.control.policy import load_policy
-    from localaistack.store.paths import las_home
-
-    home = las_home()
-    loaded = resolve_module(module, home)
-    policy = load_policy(policy_file, home)  # the files first: a bad one fails before probing
-    if hardware_file:
-        profile = hardware.load_profile(hardware_file)
-    else:
-        # Asking the engines costs a few hundred ms: only when a container plan is possible.
-        wants_engine = "container" in loaded.manifest.runtime.modes and mode != "native"
-        profile = probecache.hardware_profile(home, probe_engines=wants_engine)
-    request = PlanRequest(mode=mode, sets=parse_sets(sets), gpu_held=gpu_held)
-    return Planner(loaded, profile, policy, request, local=hardware_file is None, environ=environ)
-
-
-@cli.command()
+@click.command()
 @click.argument("module")
 @plan_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
@@ -287,7 +140,7 @@ def plan(
         click.echo("\n".join(plan_lines(p)))
 
 
-@cli.command()
+@click.command()
 @click.argument("module")
 @click.option(
     "--set",
@@ -376,14 +229,4 @@ def trust(module: str, sets: tuple[str, ...], policy_file: Path | None) -> None:
     click.echo("".join(f"  {line}\n" for line in text.splitlines()), nl=False)
 
 
-def main(args: list[str] | None = None) -> None:
-    from localaistack.cli import lifecycle  # noqa: F401  (registers the runtime commands)
-
-    try:
-        cli.main(args=args, prog_name="las")
-    except LasError as err:  # raised outside a command, e.g. in a callback
-        fail(err)
-
-
-if __name__ == "__main__":
-    main()
+COMMANDS = (hw, modules, validate, plan, trust)
