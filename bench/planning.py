@@ -34,7 +34,7 @@ def collect(quick: bool) -> list[Row]:
         las = LasBench(Path(tmp))
         sleeper = str(las.module("sleeper", ["sleep", "1000"]))
         las.trust("echo-http")
-        env = {**las.env, "LAS_AGENT": "0"}
+        env = dict(las.env)
         off = {**env, "LAS_PROBE_CACHE": "0"}
         for label, module in (("native-only module", sleeper), ("echo-http", "echo-http")):
             _timed_run(env, module, "fill")  # the first run probes and keeps the profile

@@ -48,8 +48,7 @@ DEFAULT_ROOT = "/sys/fs/cgroup"
 def cgroup_root() -> str:
     """Where cgroupfs is mounted: ``$LAS_CGROUP_ROOT``, else /sys/fs/cgroup.
 
-    Read at each call, never at import: the las agent's workers and its supervisor
-    zygote's children run with the environment of the command they serve (cli/agent.py).
+    Read at each call (tests set it per process).
     """
     return os.environ.get("LAS_CGROUP_ROOT") or DEFAULT_ROOT
 

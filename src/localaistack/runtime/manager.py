@@ -351,8 +351,6 @@ class Runtime:
     ) -> sqlite3.Row:
         backend = backends.name_for(plan_data)
         log_path = private_dir(self.home, "logs", name) / f"{run_id}.log"
-        # Before the write transaction: a zygote-forked supervisor's pid may still be on
-        # its way (runtime/spawn.py), and nothing may wait while holding the store.
         sup_pid, sup_start = (pending.pid, pending.start) if pending else (None, None)
         with self.store.transaction() as c:
             inst = c.execute("SELECT * FROM instances WHERE name=?", (name,)).fetchone()

@@ -141,7 +141,7 @@ def descendants(pid: int, skip: set[int] | frozenset[int] = frozenset()) -> list
 
 def signal_name(num: int) -> str:
     try:
-        import signal  # imported here: spawn.py uses this module before the spawn
+        import signal
 
         return signal.Signals(num).name
     except ValueError:

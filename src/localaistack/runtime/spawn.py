@@ -39,13 +39,6 @@ class Pending:
     sup_log: str  # its own diagnostics
     db: str  # the store it will read its run from
 
-    def child(self) -> int:
-        """The supervisor's pid, to reap (it is always this process's child)."""
-        return self.pid
-
-    def close_reply(self) -> None:
-        """Nothing to close: the pid is known at once (``Supervisors.cancel`` calls this)."""
-
 
 def new_run_id() -> str:
     """12 random hex digits."""

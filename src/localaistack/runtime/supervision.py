@@ -109,11 +109,8 @@ class Supervisors:
         when no run was recorded)."""
         os.close(pending.go_fd)
         os.close(pending.ready_fd)
-        pending.close_reply()
-        child = pending.child()
-        if child is not None:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(child, 0)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pending.pid, 0)
 
     def start(
         self,

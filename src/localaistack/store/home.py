@@ -1,8 +1,5 @@
-"""Where ``$LAS_HOME`` is, and whether it is safe to use: ``os`` only, as strings.
-
-``las run`` spawns its supervisor before anything else is imported (cli/entry.py), and
-``pathlib`` alone costs it ~15 ms here; so the rules live here, and store/paths.py gives
-them to everyone else as ``Path`` objects.
+"""Where ``$LAS_HOME`` is, and whether it is safe to use, as strings (store/paths.py gives
+them to everyone else as ``Path`` objects).
 """
 
 from __future__ import annotations
