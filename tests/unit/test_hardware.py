@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from localaistack.cli.render import hardware_lines
 from localaistack.control.hardware import (
     CgroupInfo,
     CpuInfo,
@@ -33,7 +34,6 @@ from localaistack.control.hardware import (
     probe_nvidia_smi,
     probe_nvml,
     profile_json,
-    render_lines,
     save_profile,
 )
 from localaistack.errors import HardwareProfileError
@@ -107,7 +107,7 @@ def test_detect_hardware_on_this_machine() -> None:
     assert profile.cgroup.version in ("v1", "v2", "hybrid", "none")
     assert profile.gpu_detection
     assert all(n.detail for n in profile.gpu_detection)
-    lines = render_lines(profile)
+    lines = hardware_lines(profile)
     assert any(line.startswith("CPU: ") for line in lines)
     assert any(line.startswith("RAM: ") for line in lines)
     assert any(line.startswith("cgroup: ") for line in lines)
@@ -122,7 +122,7 @@ def test_detect_hardware_without_gpus_says_why() -> None:
     for note in profile.gpu_detection:
         assert note.ok is False
         assert note.detail.strip()
-    gpu_line = next(line for line in render_lines(profile) if line.startswith("GPUs: "))
+    gpu_line = next(line for line in hardware_lines(profile) if line.startswith("GPUs: "))
     assert gpu_line.startswith("GPUs: none (nvml: ")
     assert "amd-sysfs: no " in gpu_line
 
@@ -266,8 +266,8 @@ def test_helpers() -> None:
     assert profile.total_vram == 8 * GIB
 
 
-def test_render_lines_sample() -> None:
-    lines = render_lines(_sample_profile())
+def test_hardware_lines_sample() -> None:
+    lines = hardware_lines(_sample_profile())
     assert "CPU: Test CPU (4 cores, 8 threads, x86_64)" in lines
     assert "RAM: 16.0GiB total, 12.0GiB available" in lines
     assert (
@@ -333,7 +333,7 @@ def test_saved_profiles_engines_and_names() -> None:
     }
     uuids = [g.uuid for n in SAVED for g in load_profile(PROFILES / f"{n}.json").gpus]
     assert len(uuids) == len(set(uuids)) == 7
-    lines = render_lines(cpu_only)
+    lines = hardware_lines(cpu_only)
     assert "podman: usable, 4.9.3" in lines
     assert "docker: not installed (not found on PATH)" in lines
 
@@ -474,7 +474,8 @@ def test_detect_gpus_falls_back_to_nvidia_smi_when_nvml_fails(tmp_path: Path) ->
     assert len(profile.gpus) == 2
     assert profile.total_vram == 2 * 24564 * MIB
     assert any(
-        line.startswith("GPU 1: nvidia NVIDIA GeForce RTX 4090, ") for line in render_lines(profile)
+        line.startswith("GPU 1: nvidia NVIDIA GeForce RTX 4090, ")
+        for line in hardware_lines(profile)
     )
 
 
@@ -706,7 +707,7 @@ def test_engines_not_installed_with_empty_path() -> None:
         EngineInfo(name="podman", installed=False, usable=False, reason="not found on PATH"),
         EngineInfo(name="docker", installed=False, usable=False, reason="not found on PATH"),
     )
-    lines = render_lines(_sample_profile(engines=engines))
+    lines = hardware_lines(_sample_profile(engines=engines))
     assert "podman: not installed (not found on PATH)" in lines
 
 
@@ -769,7 +770,7 @@ def test_cgroup_hybrid(tmp_path: Path) -> None:
     if os.access(base / "memory" / "lxc" / "box", os.W_OK):
         assert info.controllers == ("memory", "cpu", "cpuacct")
     assert "v1 controllers mounted under" in info.detail
-    line = render_lines(_sample_profile(cgroup=info))[-1]
+    line = hardware_lines(_sample_profile(cgroup=info))[-1]
     assert line.startswith("cgroup: v1 (hybrid); controllers writable: ")
 
 

@@ -17,6 +17,7 @@ from localaistack.errors import UsageError
 @click.option("--save", type=click.Path(path_type=Path), help="Save the profile to FILE.")
 def hw(as_json: bool, save: Path | None) -> None:
     """Show this machine's hardware profile (CPU, RAM, GPUs, engines, cgroups)."""
+    from localaistack.cli.render import hardware_lines
     from localaistack.control import hardware
 
     profile = hardware.detect_hardware()
@@ -25,7 +26,7 @@ def hw(as_json: bool, save: Path | None) -> None:
     if as_json:
         click.echo(profile.model_dump_json(indent=2))
     else:
-        for line in hardware.render_lines(profile):
+        for line in hardware_lines(profile):
             click.echo(line)
         if save:
             click.echo(f"saved to {save}")

@@ -1,4 +1,4 @@
-"""Human output for plans and tables. Formatting only: no decisions are made here.
+"""Human output for plans, hardware profiles and tables: formatting only, no decisions.
 
 Every form of a plan (text and JSON) is made from its shown form (``masked_plan_dict``):
 what can hold a secret is read from there, never from the plan itself.
@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localaistack.masking import masked
 from localaistack.plan import ExecutionPlan
 from localaistack.units import format_duration, format_size
+
+if TYPE_CHECKING:
+    from localaistack.control.hardware import HardwareProfile
 
 
 def masked_plan_dict(plan: ExecutionPlan) -> dict[str, Any]:
@@ -100,3 +103,42 @@ def plan_lines(plan: ExecutionPlan) -> list[str]:
     )
     out.append(f"  logs     rotate at {format_size(plan.logs.max_size)}, keep {plan.logs.keep}")
     return out
+
+
+def hardware_lines(profile: HardwareProfile) -> list[str]:
+    """``las hw``: a short human summary of a hardware profile, one line per fact."""
+    cpu, mem = profile.cpu, profile.memory
+    lines = [
+        f"Host: {profile.hostname} ({profile.source}, collected {profile.collected_at})",
+        f"CPU: {cpu.model} ({cpu.cores} cores, {cpu.threads} threads, {cpu.arch})",
+        f"RAM: {format_size(mem.total)} total, {format_size(mem.available)} available",
+    ]
+    for g in profile.gpus:
+        parts = [
+            f"GPU {g.index}: {g.vendor} {g.name}",
+            f"{format_size(g.memory_total)} total / {format_size(g.memory_free)} free",
+        ]
+        if g.driver:
+            parts.append(f"driver {g.driver}")
+        if g.compute_capability:
+            parts.append(f"compute {g.compute_capability}")
+        parts.append(f"uuid {g.uuid}")
+        lines.append(", ".join(parts))
+    if not profile.gpus:
+        why = "; ".join(f"{n.source}: {n.detail}" for n in profile.gpu_detection)
+        lines.append(f"GPUs: none ({why})" if why else "GPUs: none")
+    for e in profile.engines:
+        if not e.probed:
+            lines.append(f"{e.name}: not probed")
+        elif e.usable:
+            lines.append(f"{e.name}: usable, {e.version or 'version unknown'}")
+        elif e.installed:
+            version = f" {e.version}" if e.version else ""
+            lines.append(f"{e.name}: installed{version}, not usable: {e.reason or 'unknown'}")
+        else:
+            lines.append(f"{e.name}: not installed ({e.reason or 'not found on PATH'})")
+    cg = profile.cgroup
+    label = "v1 (hybrid)" if cg.version == "hybrid" else cg.version
+    line = f"cgroup: {label}; controllers writable: {', '.join(cg.controllers) or 'none'}"
+    lines.append(f"{line}; {cg.detail}" if cg.detail else line)
+    return lines

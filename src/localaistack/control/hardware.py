@@ -34,7 +34,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from localaistack.control.boundedload import InputError, decode_text, load_json, read_limited
 from localaistack.errors import HardwareProfileError
-from localaistack.units import format_size
 
 SCHEMA_VERSION = 1
 DEFAULT_TIMEOUT = 5.0
@@ -815,49 +814,3 @@ def save_profile(profile: HardwareProfile, path: str | os.PathLike[str]) -> None
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-def _gib(n: int) -> str:
-    return format_size(n)
-
-
-def render_lines(profile: HardwareProfile) -> list[str]:
-    """A short human summary, one line per fact."""
-    cpu, mem = profile.cpu, profile.memory
-    lines = [
-        f"Host: {profile.hostname} ({profile.source}, collected {profile.collected_at})",
-        f"CPU: {cpu.model} ({cpu.cores} cores, {cpu.threads} threads, {cpu.arch})",
-        f"RAM: {_gib(mem.total)} total, {_gib(mem.available)} available",
-    ]
-    for g in profile.gpus:
-        parts = [
-            f"GPU {g.index}: {g.vendor} {g.name}",
-            f"{_gib(g.memory_total)} total / {_gib(g.memory_free)} free",
-        ]
-        if g.driver:
-            parts.append(f"driver {g.driver}")
-        if g.compute_capability:
-            parts.append(f"compute {g.compute_capability}")
-        parts.append(f"uuid {g.uuid}")
-        lines.append(", ".join(parts))
-    if not profile.gpus:
-        why = "; ".join(f"{n.source}: {n.detail}" for n in profile.gpu_detection)
-        lines.append(f"GPUs: none ({why})" if why else "GPUs: none")
-    for e in profile.engines:
-        if not e.probed:
-            lines.append(f"{e.name}: not probed")
-        elif e.usable:
-            lines.append(f"{e.name}: usable, {e.version or 'version unknown'}")
-        elif e.installed:
-            version = f" {e.version}" if e.version else ""
-            lines.append(f"{e.name}: installed{version}, not usable: {e.reason or 'unknown'}")
-        else:
-            lines.append(f"{e.name}: not installed ({e.reason or 'not found on PATH'})")
-    cg = profile.cgroup
-    label = "v1 (hybrid)" if cg.version == "hybrid" else cg.version
-    line = f"cgroup: {label}; controllers writable: {', '.join(cg.controllers) or 'none'}"
-    lines.append(f"{line}; {cg.detail}" if cg.detail else line)
-    return lines
