@@ -1,4 +1,4 @@
-"""The built-in engine modules' plans: llama.cpp and vLLM, on saved profiles with GPUs."""
+"""The built-in inference modules' plans: llama.cpp and vLLM, on saved profiles with GPUs."""
 
 from __future__ import annotations
 

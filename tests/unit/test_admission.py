@@ -476,9 +476,9 @@ def test_readmit_of_a_gpu_this_machine_lacks(store: Store) -> None:
 # --------------------------------------------------------------------------- concurrency
 
 
-def _race(db: Path, attempts: list[tuple[str, ExecutionPlan]], hw: HardwareProfile) -> list[Any]:
-    barrier = threading.Barrier(len(attempts))
-    results: list[Any] = [None] * len(attempts)
+def _race(db: Path, requests: list[tuple[str, ExecutionPlan]], hw: HardwareProfile) -> list[Any]:
+    barrier = threading.Barrier(len(requests))
+    results: list[Any] = [None] * len(requests)
 
     def slow(plan: ExecutionPlan) -> Any:
         def make_it(_allocate: Any) -> ExecutionPlan:
@@ -498,7 +498,7 @@ def _race(db: Path, attempts: list[tuple[str, ExecutionPlan]], hw: HardwareProfi
         finally:
             s.close()
 
-    threads = [threading.Thread(target=worker, args=(i, n, p)) for i, (n, p) in enumerate(attempts)]
+    threads = [threading.Thread(target=worker, args=(i, n, p)) for i, (n, p) in enumerate(requests)]
     for t in threads:
         t.start()
     for t in threads:

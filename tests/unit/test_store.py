@@ -22,8 +22,8 @@ def test_processes_that_open_a_new_state_database_at_once_all_get_it(tmp_path: P
     """Two `las` commands on a new home at once: both open the new database. (Before,
     SQLite refused all but one switch to WAL mode at once: "database is locked".)"""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    for attempt in range(12):
-        db = tmp_path / f"state-{attempt}.db"
+    for round_ in range(12):
+        db = tmp_path / f"state-{round_}.db"
         go_r, go_w = os.pipe()
         pipe = subprocess.PIPE
         argv = [sys.executable, "-c", OPEN, str(db)]
@@ -38,7 +38,7 @@ def test_processes_that_open_a_new_state_database_at_once_all_get_it(tmp_path: P
             os.write(go_w, b"x" * len(openers))
             os.close(go_w)
         failed = [p.communicate(timeout=60)[1].decode()[-300:] for p in openers]
-        assert [p.returncode for p in openers] == [0] * 4, (attempt, failed)
+        assert [p.returncode for p in openers] == [0] * 4, (round_, failed)
 
 
 # --- damaged, lost and unwritable databases (issue #17, items 6 and 7) ---------------------

@@ -381,7 +381,7 @@ def probe_nvidia_smi(
         return (), ProbeNote(source="nvidia-smi", ok=False, detail="not installed (not on PATH)")
     fields = list(_NVIDIA_SMI_FIELDS)
     try:
-        for _attempt in range(2):
+        for _ in range(2):
             argv = [exe, f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"]
             rc, out, err = _run(argv, environ, timeout)
             # Drivers before 510 do not know compute_cap: ask again without it.

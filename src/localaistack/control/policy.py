@@ -253,7 +253,7 @@ class Policy(_Strict):
 
 
 # The built-in default: containers by default, native allowed only for trusted modules.
-# The shipped engine modules that need native speed are trusted out of the box.
+# The shipped inference modules (llama.cpp, vLLM) that need native speed are trusted out of the box.
 DEFAULT_POLICY_YAML = """\
 allowed_modes: [container, native]
 default_mode: container

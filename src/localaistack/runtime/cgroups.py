@@ -144,13 +144,13 @@ class RunCgroup:
         """
         failed: list[str] = []
         for path in self.paths:
-            for attempt in range(retries):
+            for n in range(retries):
                 try:
                     os.rmdir(path)
                 except OSError as exc:
                     if exc.errno == errno.ENOENT:
                         break
-                    if exc.errno == errno.EBUSY and attempt < retries - 1:
+                    if exc.errno == errno.EBUSY and n < retries - 1:
                         time.sleep(0.01)  # members still exiting
                         continue
                     failed.append(f"{path}: {_why(exc)}")
