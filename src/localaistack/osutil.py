@@ -1,7 +1,7 @@
 """Small operating-system helpers for the start path, ``os`` only.
 
-``shutil`` costs a `las run` ~3 ms to import (it pulls in bz2, lzma and zlib) for the one
-function las needs from it on that path.
+``shutil`` is slow to import (it pulls in bz2, lzma and zlib) for the one function las
+needs from it on that path.
 """
 
 from __future__ import annotations

@@ -204,7 +204,7 @@ def test_sandbox_with_ports_listens_on_the_host_and_stops_cleanly(
     info = las.ps()["sbsrv"]
     assert info["state"] == "stopped"
     # The stop signal reaches bwrap and the server at once (one process group). bwrap
-    # mostly ends on it; about 1 run in 6 it exits 1 instead. Either way the server got
+    # mostly ends on it; now and then it exits 1 instead. Either way the server got
     # SIGTERM (its log line below).
     assert info["reason"] in (
         "stopped: exited on SIGTERM",

@@ -335,7 +335,7 @@ def smollm2() -> tuple[Path, dict[str, Any], int]:
     return path, meta, sum(int(t.n_bytes) for t in reader.tensors)
 
 
-@pytest.mark.slow  # each read of the real file's 49152-token vocabulary takes ~2 s
+@pytest.mark.slow  # each read of the real file's 49152-token vocabulary is slow
 def test_smollm2_real_model(smollm2: tuple[Path, dict[str, Any], int]) -> None:
     path, meta, tensor_bytes = smollm2
     est = estimate(path, ctx_size=2048)

@@ -755,7 +755,7 @@ def _check_ports(name: str, plan: ExecutionPlan, taken: set[tuple[str, int]]) ->
                 f"port {b.host_ip}:{b.host_port} ({b.name}) is promised to another instance",
                 hint=f"`las rm {name}` and `las run` it again to get a new port",
             )
-        import socket  # only for a plan with ports (~4 ms to import)
+        import socket  # imported here: only a plan with ports needs it
 
         family = socket.AF_INET6 if ":" in b.host_ip else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as s:

@@ -38,13 +38,12 @@ three terms, each in bytes:
     scores of one layer (without flash attention, the worst case), ``2 × (n_embd + n_ff)``
     for the hidden state and the feed-forward intermediates (``n_ff`` is
     ``<arch>.feed_forward_length``, else ``4 × n_embd``). Compared with what llama.cpp's
-    CUDA backend reports this is 10 to 40 % high (e.g. ~794 MiB against 560 MiB for a
-    Llama-3-8B at ctx 8192; far less with flash attention), never low, and floors at
-    64 MiB for tiny models. It is reported even with ``n_gpu_layers=0``: a GPU build of
+    CUDA backend reports this is high (more so with flash attention), never low, and floors
+    at 64 MiB for tiny models. It is reported even with ``n_gpu_layers=0``: a GPU build of
     llama.cpp keeps a compute buffer on the GPU to run big matrix products there.
 
-``total = weights + kv_cache + overhead``. The CUDA context itself (a few hundred MiB per
-process, outside llama.cpp's control) is not included.
+``total = weights + kv_cache + overhead``. The CUDA context itself (per process, outside
+llama.cpp's control) is not included.
 
 Every problem with the file (missing, not a GGUF, truncated, corrupt, lacking the
 metadata the formula needs) raises :class:`~localaistack.errors.PlanningError` naming the

@@ -503,8 +503,8 @@ def detect_engine(
     if exe is None:
         return EngineInfo(name=name, installed=False, usable=False, reason="not found on PATH")
     if name == "podman":
-        # `podman info` takes ~0.2 s; `version` (the client) plus an image lookup (which
-        # opens the storage, as running a container does) take ~0.04 s together.
+        # Not `podman info` (slow): `version` (the client) plus an image lookup (which opens
+        # the storage, as running a container does) show as much, faster.
         steps = [
             [exe, "version", "--format", "json"],
             [exe, "image", "exists", "las-usability-probe:none"],
@@ -696,8 +696,8 @@ def detect_hardware(
 ) -> HardwareProfile:
     """Probe this machine. GPU and engine probes run concurrently; none of them raises.
 
-    With ``probe_engines=False`` the container engines are not asked (that takes a few
-    hundred milliseconds) and are reported as not probed (``probed=False``, not usable).
+    With ``probe_engines=False`` the container engines are not asked (each is a
+    subprocess or two) and are reported as not probed (``probed=False``, not usable).
     """
     from concurrent.futures import ThreadPoolExecutor
 

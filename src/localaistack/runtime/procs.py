@@ -157,7 +157,7 @@ _LIBC: list[Any] = []
 
 
 def prctl(option: int, arg: int) -> None:
-    # ctypes costs ~4 ms to import: loaded at the supervisor's first prctl (the child
+    # ctypes is slow to import: loaded at the supervisor's first prctl (the child
     # subreaper's), which comes before any child is forked.
     import ctypes
 

@@ -87,7 +87,7 @@ class EngineCLI:
             EngineError: the CLI is missing or cannot be executed, or it did not finish within
                 ``timeout`` (it is killed then).
         """
-        import subprocess  # not on the start path (~5 ms): the container starts via the API
+        import subprocess  # imported here: the start path uses the API, not the CLI
 
         argv = [*self.base_args(), *args]
         limit = self.timeout if timeout is None else timeout

@@ -20,7 +20,7 @@ START_PATH = "/containers/{}/start"
 
 def create_path(name: str) -> str:
     """``POST`` here to create a container named ``name``."""
-    from urllib.parse import quote  # ~2 ms: only when docker's API is used
+    from urllib.parse import quote  # imported here: only docker's API needs it
 
     return f"/containers/create?name={quote(name)}"
 

@@ -32,8 +32,8 @@ def scratch_dir() -> str:
 def _tmp_root() -> str:
     """``$TMPDIR`` (or ``$TEMP``, ``$TMP``) if it is a directory, else ``/tmp``.
 
-    The start path's version of ``tempfile.gettempdir()``: that module costs the supervisor
-    a few milliseconds to import, and is only needed for the fallback below.
+    The start path's version of ``tempfile.gettempdir()``: that module is slow for the
+    supervisor to import, and is only needed for the fallback below.
     """
     for var in ("TMPDIR", "TEMP", "TMP"):
         value = os.environ.get(var)
