@@ -270,8 +270,11 @@ def native_user_reaches(*paths: Path, user: str = "las-workload") -> bool:
     if os.geteuid() != 0:
         return True
     for path in paths:
-        test = ["test", "-r", str(path), "-a", "-x", str(path)] if os.access(path, os.X_OK) \
-            else ["test", "-r", str(path)]  # fmt: skip
+        test = (
+            ["test", "-r", str(path), "-a", "-x", str(path)]
+            if os.access(path, os.X_OK)
+            else ["test", "-r", str(path)]
+        )
         if subprocess.run(["runuser", "-u", user, "--", *test]).returncode != 0:
             return False
     return True

@@ -626,14 +626,22 @@ def test_relative_workdir_resolves_against_the_manifest(
     )
     plan = subprocess.run(
         [sys.executable, "-m", "localaistack", "plan", str(manifest), "--json"],
-        env=env, cwd=elsewhere, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env=env,
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert plan.returncode == 0, plan.stderr
     assert json.loads(plan.stdout)["native"]["workdir"] == str(moddir / "data")
     run = subprocess.run(
         [sys.executable, "-m", "localaistack", "run", str(manifest)],
-        env=env, cwd=elsewhere, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env=env,
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     wait_until(lambda: out.exists() and out.read_text(), message="the workload's cwd")
     assert out.read_text() == str(moddir / "data")

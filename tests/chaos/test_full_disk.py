@@ -34,8 +34,12 @@ def full_home(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("needs root to mount a small tmpfs as LAS_HOME (CI runs as root)")
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(home)],
-                         capture_output=True, text=True, check=False)  # fmt: skip
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(home)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {res.stderr.strip()}")
     try:
@@ -185,8 +189,12 @@ def test_ps_inspect_logs_work_on_a_full_disk_and_warn(
     wait_until(lambda: not pid_alive(int(run["sup_pid"])), message="supervisor gone")
     filler = fill(full_home)
     warned = []
-    for args in (("ps", "--all"), ("ps", "--all", "--json"), ("inspect", "reader"),
-                 ("logs", "reader")):  # fmt: skip
+    for args in (
+        ("ps", "--all"),
+        ("ps", "--all", "--json"),
+        ("inspect", "reader"),
+        ("logs", "reader"),
+    ):
         fill(full_home)  # what a failed write of the last command allocated is used up too
         res = las(*args)
         assert res.code == 0, (args, res)
@@ -269,8 +277,7 @@ def test_dropped_count_counts_a_long_line_once(full_home: Path) -> None:
         w.close()
     assert w.dropped_lines == 13
     payloads = [r.payload for r in iter_records(path)]
-    assert payloads == [b"las: 13 lines could not be written (No space left on device)",
-                        b"after"]  # fmt: skip
+    assert payloads == [b"las: 13 lines could not be written (No space left on device)", b"after"]
 
 
 def test_a_record_cut_short_then_completed_is_not_counted(full_home: Path) -> None:
@@ -292,5 +299,8 @@ def test_a_record_cut_short_then_completed_is_not_counted(full_home: Path) -> No
         w.close()
     assert w.dropped_lines == 0
     payloads = [r.payload for r in iter_records(path)]
-    assert payloads == [b"first", *(b"line %06d of the workload" % i for i in range(1000)),
-                        b"after"]  # fmt: skip
+    assert payloads == [
+        b"first",
+        *(b"line %06d of the workload" % i for i in range(1000)),
+        b"after",
+    ]

@@ -147,9 +147,17 @@ def test_a_connected_udp_client_is_no_listener(
     local = _outward_address()
     assert not local.startswith("127.")
     stamp = _start(
-        las, module_factory, tmp_path, "client", "--proto", "udp", "--connect", "192.0.2.1",
-        "--delay", "1",
-    )  # fmt: skip
+        las,
+        module_factory,
+        tmp_path,
+        "client",
+        "--proto",
+        "udp",
+        "--connect",
+        "192.0.2.1",
+        "--delay",
+        "1",
+    )
     _stays_running(las, "client", stamp)
     # It is bound to 0.0.0.0 first, then connected: its local address is not loopback.
     assert stamp.read_text().split()[2] == local

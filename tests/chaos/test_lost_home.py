@@ -196,8 +196,10 @@ def test_home_lost_stops_a_container(las: Las, tmp_path: Path) -> None:
     las.home.mkdir(mode=0o700, exist_ok=True)
     (las.home / "policy.yaml").write_text(yaml.safe_dump({"container_engine": "docker"}))
     container = {"image": TEST_IMAGE, "command": ["sleep", "300"]}
-    manifest = {"name": "boxed", "runtime": {"modes": ["container"], "container": container,
-                                             "stop": {"timeout": "2s"}}}  # fmt: skip
+    manifest = {
+        "name": "boxed",
+        "runtime": {"modes": ["container"], "container": container, "stop": {"timeout": "2s"}},
+    }
     path = tmp_path / "boxed.yaml"
     path.write_text(yaml.safe_dump(manifest))
     las.ok("run", str(path), "--detach")
@@ -233,8 +235,10 @@ def test_ps_all_lists_an_unknown_container_and_stop_ends_it(las: Las, tmp_path: 
     las.home.mkdir(mode=0o700, exist_ok=True)
     (las.home / "policy.yaml").write_text(yaml.safe_dump({"container_engine": "docker"}))
     container = {"image": TEST_IMAGE, "command": ["sleep", "300"]}
-    manifest = {"name": "boxed2", "runtime": {"modes": ["container"], "container": container,
-                                              "stop": {"timeout": "2s"}}}  # fmt: skip
+    manifest = {
+        "name": "boxed2",
+        "runtime": {"modes": ["container"], "container": container, "stop": {"timeout": "2s"}},
+    }
     path = tmp_path / "boxed2.yaml"
     path.write_text(yaml.safe_dump(manifest))
     las.ok("run", str(path), "--detach")

@@ -176,9 +176,15 @@ def test_a_plan_stop_signal_the_children_ignore(
     # The plan's stop signal is SIGINT; the escaped children ignore SIGTERM but not SIGINT
     # (Python's default), the double-forked daemon gets it too; nothing is left to SIGKILL.
     tree, run_id = _start(
-        las, module_factory, tmp_path, "sigint", "--many", "2", "--double-fork",
+        las,
+        module_factory,
+        tmp_path,
+        "sigint",
+        "--many",
+        "2",
+        "--double-fork",
         stop={"signal": "SIGINT", "timeout": "20s"},
-    )  # fmt: skip
+    )
     las.ok("stop", "sigint")
     info = _assert_ended(las, "sigint", tree, run_id)
     assert info["state"] == "stopped"
@@ -221,9 +227,16 @@ def test_out_of_memory_leaves_nothing(
     # cgroup: the kernel's OOM killer ends the main process (the largest); no cgroup: the
     # supervisor's RSS sampler kills the run. Either way its escaped children go too.
     tree, run_id = _start(
-        las, module_factory, tmp_path, "hog", "--many", "2", "--main", "hog",
+        las,
+        module_factory,
+        tmp_path,
+        "hog",
+        "--many",
+        "2",
+        "--main",
+        "hog",
         resources={"memory": "96MiB"},
-    )  # fmt: skip
+    )
     wait_until(lambda: las.state("hog") != "running", timeout=30, message="killed for memory")
     info = _assert_ended(las, "hog", tree, run_id)
     assert info["state"] == "failed"
@@ -238,10 +251,15 @@ def test_a_health_failure_stop_leaves_nothing(
     # children ignore: SIGKILL after the stop timeout. The probe's own process is las's,
     # not the workload's: it is not counted.
     tree, run_id = _start(
-        las, module_factory, tmp_path, "sick", "--many", "2",
+        las,
+        module_factory,
+        tmp_path,
+        "sick",
+        "--many",
+        "2",
         health={"command": ["false"], "interval": "300ms", "start_timeout": "3s"},
         stop={"timeout": "1s"},
-    )  # fmt: skip
+    )
     wait_until(lambda: las.state("sick") != "running", timeout=30, message="the health stop")
     info = _assert_ended(las, "sick", tree, run_id)
     assert info["state"] == "failed"

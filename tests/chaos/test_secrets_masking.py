@@ -126,8 +126,12 @@ def normalise(text: str, root: Path) -> str:
 
 def record(root: Path) -> dict[str, Any]:
     path = root / "record.json"
-    value = wait_until(lambda: path.exists() and json.loads(path.read_text()), DEADLINE, 0.05,
-                       "the workload's record")  # fmt: skip
+    value = wait_until(
+        lambda: path.exists() and json.loads(path.read_text()),
+        DEADLINE,
+        0.05,
+        "the workload's record",
+    )
     path.unlink()
     return value  # type: ignore[no-any-return]
 
@@ -154,9 +158,15 @@ def exercise(las: Las, root: Path, values: tuple[str, ...]) -> dict[str, str]:
     assert got["argv"][5:10] == ["default", "native", "true", "stopped", "8123"]
     assert got["env"]["PAIR"] == f"{k2}-{k3}" and got["env"]["K2"] == k2
     assert got["env"]["PLAIN"] == "native true default stopped 8123 masq"
-    for cmd in (("ps",), ("ps", "--all", "--json"), ("inspect", "masq"),
-                ("inspect", "masq", "--json"), ("events",), ("events", "--json"),
-                ("logs", "masq", "--timestamps")):  # fmt: skip
+    for cmd in (
+        ("ps",),
+        ("ps", "--all", "--json"),
+        ("inspect", "masq"),
+        ("inspect", "masq", "--json"),
+        ("events",),
+        ("events", "--json"),
+        ("logs", "masq", "--timestamps"),
+    ):
         ok(" ".join(cmd), *cmd)
     # The id is a hash of the shown (stored) plan, the same before and after a restart.
     plan_id = ExecutionPlan.model_validate(las.inspect("masq")["plan"]).plan_id
@@ -174,8 +184,13 @@ def exercise(las: Las, root: Path, values: tuple[str, ...]) -> dict[str, str]:
     res = las("start", "masq", timeout=DEADLINE)
     assert res.code != 0
     out["start failure"] = res.out + res.err
-    for cmd in (("inspect", "masq"), ("inspect", "masq", "--json"), ("events", "--json"),
-                ("logs", "masq", "--timestamps"), ("ps", "--all")):  # fmt: skip
+    for cmd in (
+        ("inspect", "masq"),
+        ("inspect", "masq", "--json"),
+        ("events", "--json"),
+        ("logs", "masq", "--timestamps"),
+        ("ps", "--all"),
+    ):
         ok("after failure: " + " ".join(cmd), *cmd)
     ok("rm", "rm", "masq")
     return {name: normalise(text, root) for name, text in out.items()}
@@ -320,8 +335,12 @@ def test_a_plan_stored_in_the_old_format_loads_and_runs(
     info = las.inspect("old")  # loads (a 1-letter secret had made "source": "s***t")
     params = {p["name"]: p for p in info["plan"]["parameters"]}
     assert params["key"]["value"] == "***" and params["key"]["source"] == "set"
-    assert params["level"] == {"name": "level", "value": "default", "source": "default",
-                               "secret": False}  # fmt: skip
+    assert params["level"] == {
+        "name": "level",
+        "value": "default",
+        "source": "default",
+        "secret": False,
+    }
     assert info["plan"]["native"]["argv"][-3] == "***"
     las.ok("inspect", "old")
     las.ok("start", "old")

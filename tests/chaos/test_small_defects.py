@@ -25,12 +25,7 @@ SLOW = 60.0
 
 def _writer(module_factory: Callable[..., Path], name: str, code: str) -> Path:
     """A workload running Python ``code`` (``w(stream, text)`` writes and flushes)."""
-    prelude = (
-        "import sys, time\n"
-        "def w(s, t):\n"
-        "    s.write(t)\n"
-        "    s.flush()\n"
-    )  # fmt: skip
+    prelude = "import sys, time\ndef w(s, t):\n    s.write(t)\n    s.flush()\n"
     return module_factory(name, [sys.executable, "-c", prelude + code])
 
 
@@ -77,8 +72,10 @@ def test_logs_end_a_partial_last_line_before_las_note(
     assert sorted(_lines(plain)[:-1]) == sorted([*pieces, note]), repr(plain)
     tail = las.ok("logs", "part", "--tail", "2").out
     assert tail.endswith("\n" + note + "\n") or tail == note + "\n", repr(tail)
-    assert all(line.count("las:") <= 1 and not ("partial" in line and "las:" in line)
-               for line in _lines(tail))  # fmt: skip
+    assert all(
+        line.count("las:") <= 1 and not ("partial" in line and "las:" in line)
+        for line in _lines(tail)
+    )
     stamped = las.ok("logs", "part", "--timestamps").out
     rows = [line for line in _lines(stamped) if line]
     assert rows[-1].endswith(" las " + note), repr(stamped)

@@ -152,9 +152,14 @@ def test_a_second_shorter_stop_wins_container(las: Las, tmp_path: Path, engine_n
     engine = usable_engine(engine_name)
     las.home.mkdir(mode=0o700, exist_ok=True)
     (las.home / "policy.yaml").write_text(yaml.safe_dump({"container_engine": engine.name}))
-    manifest = {"name": "cstub", "runtime": {
-        "modes": ["container"], "container": {"image": TEST_IMAGE, "command": CONTAINER_STUBBORN},
-        "stop": {"timeout": "10s"}}}  # fmt: skip
+    manifest = {
+        "name": "cstub",
+        "runtime": {
+            "modes": ["container"],
+            "container": {"image": TEST_IMAGE, "command": CONTAINER_STUBBORN},
+            "stop": {"timeout": "10s"},
+        },
+    }
     path = tmp_path / "cstub.yaml"
     path.write_text(yaml.safe_dump(manifest))
     try:
@@ -296,9 +301,13 @@ def _slow_to_health(module_factory: Callable[..., Path], tmp_path: Path, name: s
         name,
         [sys.executable, str(PROGRAMS / "healthsrv.py"), "${host}", "${ports.http}", str(control)],
         ports=[{"name": "http", "port": 18090}],
-        health={"http": {"port": "http", "path": "/"}, "start_timeout": "300s",
-                "interval": "1s", "timeout": "1s"},
-    )  # fmt: skip
+        health={
+            "http": {"port": "http", "path": "/"},
+            "start_timeout": "300s",
+            "interval": "1s",
+            "timeout": "1s",
+        },
+    )
 
 
 def test_ctrl_c_while_run_waits_for_health(
@@ -307,11 +316,18 @@ def test_ctrl_c_while_run_waits_for_health(
     path = _slow_to_health(module_factory, tmp_path, "slow")
     client = subprocess.Popen(
         [sys.executable, "-m", "localaistack", "run", str(path)],
-        env=las.env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        env=las.env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
-        wait_until(lambda: las.ps().get("slow", {}).get("state") == "running", SLOW, 0.1,
-                   "`las run` waits for the health probe")  # fmt: skip
+        wait_until(
+            lambda: las.ps().get("slow", {}).get("state") == "running",
+            SLOW,
+            0.1,
+            "`las run` waits for the health probe",
+        )
         sup = int(_run_row(las, "slow")["sup_pid"])
         client.send_signal(signal.SIGINT)
         out, err = client.communicate(timeout=SLOW)
@@ -341,8 +357,12 @@ def test_ctrl_c_while_start_waits_for_health(
     (tmp_path / "slow.control").write_text("503")
     client = las.popen("start", "slow")
     try:
-        wait_until(lambda: las.ps().get("slow", {}).get("state") == "running", SLOW, 0.1,
-                   "`las start` waits for the health probe")  # fmt: skip
+        wait_until(
+            lambda: las.ps().get("slow", {}).get("state") == "running",
+            SLOW,
+            0.1,
+            "`las start` waits for the health probe",
+        )
         client.send_signal(signal.SIGINT)
         _, err = client.communicate(timeout=SLOW)
     finally:
@@ -368,8 +388,9 @@ def full_home(las_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[], 
         pytest.skip("mounting a tmpfs needs root")
     home = tmp_path / "home"
     home.mkdir(mode=0o700, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(home)],
-                   check=True)  # fmt: skip
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(home)], check=True
+    )
     filler = home / "filler"
 
     def fill() -> None:
@@ -392,14 +413,18 @@ def full_home(las_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[], 
 
 @pytest.mark.parametrize("stubborn", [False, True], ids=["exits-on-sigterm", "ignores-sigterm"])
 def test_stop_reaches_the_workload_on_a_full_disk(
-    full_home: Callable[[], None], las: Las, module_factory: Callable[..., Path],
-    tmp_path: Path, stubborn: bool,
-) -> None:  # fmt: skip
+    full_home: Callable[[], None],
+    las: Las,
+    module_factory: Callable[..., Path],
+    tmp_path: Path,
+    stubborn: bool,
+) -> None:
     flags = ("--ignore-sigterm",) if stubborn else ()
     path = module_factory(
-        "onfull", workload(*flags, "--grandchildren", "1", "--pidfile", str(tmp_path / "pids")),
+        "onfull",
+        workload(*flags, "--grandchildren", "1", "--pidfile", str(tmp_path / "pids")),
         stop={"signal": "SIGTERM", "timeout": "30s"},
-    )  # fmt: skip
+    )
     las.ok("run", "-d", str(path), timeout=SLOW)
     pids = _pids(tmp_path / "pids")
     full_home()

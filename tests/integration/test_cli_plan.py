@@ -161,9 +161,14 @@ def test_preferred_container_untrusted_and_no_engine_names_both(las_path) -> Non
 
 def test_preferred_container_with_an_engine(las_path) -> None:
     plan = las_path.ok(
-        "plan", CONTAINER_FIRST, "--hardware", str(PROFILES / "cpu-only.json"),
-        "--set", "token=x", "--json",
-    ).json()  # fmt: skip
+        "plan",
+        CONTAINER_FIRST,
+        "--hardware",
+        str(PROFILES / "cpu-only.json"),
+        "--set",
+        "token=x",
+        "--json",
+    ).json()
     assert plan["mode"] == "container"
     assert decisions(plan)["mode"]["reason"] == "the manifest's preferred mode"
     assert plan["container"]["engine"] == "podman"
@@ -219,9 +224,14 @@ def test_expose_via_policy_option(las, tmp_path: Path) -> None:
     pol = tmp_path / "open.yaml"
     pol.write_text("trusted_native: [echo-http]\nnetwork: {expose: {other: 0.0.0.0}}\n")
     plan = las.ok(
-        "plan", "echo-http", "--policy", str(pol), "--hardware", str(PROFILES / "cpu-only.json"),
+        "plan",
+        "echo-http",
+        "--policy",
+        str(pol),
+        "--hardware",
+        str(PROFILES / "cpu-only.json"),
         "--json",
-    ).json()  # fmt: skip
+    ).json()
     assert [p["host_ip"] for p in plan["ports"]] == ["127.0.0.1"]
     assert decisions(plan)["host address"]["reason"] == f"policy network.host ({pol})"
 

@@ -37,8 +37,15 @@ def cmod(tmp_path: Path, engine: Engine, las: Las) -> Iterator[Callable[..., Pat
     def make(name: str, command: list[str], **runtime: Any) -> Path:
         container = {"image": TEST_IMAGE, "command": command}
         container.update(runtime.pop("container", {}))
-        manifest = {"name": name, "runtime": {"modes": ["container"], "container": container,
-                                              "stop": {"timeout": "3s"}, **runtime}}  # fmt: skip
+        manifest = {
+            "name": name,
+            "runtime": {
+                "modes": ["container"],
+                "container": container,
+                "stop": {"timeout": "3s"},
+                **runtime,
+            },
+        }
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(manifest))
         return path
@@ -55,8 +62,10 @@ def labelled(engine: Engine, las: Las) -> list[Any]:
 
 
 HTTPD = ["httpd", "-f", "-v", "-p", "8080", "-h", "/www"]
-WEB = {"ports": [{"name": "http", "port": 8080}],
-       "health": {"http": {"port": "http", "path": "/"}, "start_timeout": "20s"}}  # fmt: skip
+WEB = {
+    "ports": [{"name": "http", "port": 8080}],
+    "health": {"http": {"port": "http", "path": "/"}, "start_timeout": "20s"},
+}
 
 
 def host_port(las: Las, name: str) -> int:
@@ -154,8 +163,10 @@ def test_supervisor_killed_container_is_readopted(
     events = las.ok("events").out
     assert "re-adopted" in events
     before = las.ok("logs", "tick").out.count("tick ")
-    wait_until(lambda: las.ok("logs", "tick").out.count("tick ") > before + 3,
-               message="new output captured after re-adoption")  # fmt: skip
+    wait_until(
+        lambda: las.ok("logs", "tick").out.count("tick ") > before + 3,
+        message="new output captured after re-adoption",
+    )
     las.ok("stop", "tick")
     assert las.ps()["tick"]["state"] == "stopped"
     assert labelled(engine, las) == []
@@ -213,11 +224,16 @@ def test_orphan_containers_are_reported_then_removed(
         )
     db.close()
     spec = ContainerRunSpec(
-        name=f"las-orphan-{os.getpid()}", image=TEST_IMAGE, argv=["sleep", "1000"],
-        labels={"las.home": home_label(las.home / "state.db"), "las.run": "nope",
-                "las.instance": "ghost"},
+        name=f"las-orphan-{os.getpid()}",
+        image=TEST_IMAGE,
+        argv=["sleep", "1000"],
+        labels={
+            "las.home": home_label(las.home / "state.db"),
+            "las.run": "nope",
+            "las.instance": "ghost",
+        },
         ulimits=suggested_ulimits() if engine.name == "podman" else (),
-    )  # fmt: skip
+    )
     engine.run(spec)
     las.ok("ps")
     assert len(labelled(engine, las)) == 1  # young: reported, kept for the grace period
@@ -267,8 +283,9 @@ def test_missing_image_and_missing_volume_create_nothing(
     assert "localhost/no-such-image:1 is not present" in res.err
     assert f"{engine.name} pull localhost/no-such-image:1" in res.err
     missing = tmp_path / "nope"
-    path = cmod("novol", ["true"], container={"volumes": [{"source": str(missing),
-                                                            "target": "/data"}]})  # fmt: skip
+    path = cmod(
+        "novol", ["true"], container={"volumes": [{"source": str(missing), "target": "/data"}]}
+    )
     res = las("run", str(path))
     assert res.code == 4 and f"volume source {missing} does not exist" in res.err
     assert las.ps() == {} and labelled(engine, las) == []

@@ -478,12 +478,23 @@ def test_image_listed_never_guesses_about_another_endpoint(engine: Engine) -> No
 def rich_spec(volume: Path, label: str) -> ContainerRunSpec:
     """A spec that sets every setting las passes (unnamed): for the API/CLI parity tests."""
     return ContainerRunSpec(
-        name="", image=IMAGE, argv=["sleep", "60"], env=[("A", "1")], secret_env=[("S", "x")],
-        workdir="/tmp", user=NOBODY, volumes=[VolumeMount(str(volume), "/data", True)],
-        memory=64 * 1024 * 1024, cpus=0.5, pids_limit=100, cap_add=["NET_BIND_SERVICE"],
-        labels={LABEL: label}, ulimits=suggested_ulimits(), stop_signal="SIGINT",
+        name="",
+        image=IMAGE,
+        argv=["sleep", "60"],
+        env=[("A", "1")],
+        secret_env=[("S", "x")],
+        workdir="/tmp",
+        user=NOBODY,
+        volumes=[VolumeMount(str(volume), "/data", True)],
+        memory=64 * 1024 * 1024,
+        cpus=0.5,
+        pids_limit=100,
+        cap_add=["NET_BIND_SERVICE"],
+        labels={LABEL: label},
+        ulimits=suggested_ulimits(),
+        stop_signal="SIGINT",
         log_max_size=1_000_000,
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.docker
@@ -499,9 +510,12 @@ def test_docker_api_run_makes_the_cli_runs_container(tmp_path: Path) -> None:
 
     def inspect(cid: str) -> dict[str, Any]:
         out = subprocess.run(
-            [*eng.base_args(), "inspect", cid], capture_output=True, text=True,
-            env=eng.subprocess_env(), check=True,
-        ).stdout  # fmt: skip
+            [*eng.base_args(), "inspect", cid],
+            capture_output=True,
+            text=True,
+            env=eng.subprocess_env(),
+            check=True,
+        ).stdout
         data: dict[str, Any] = json.loads(out)[0]
         return data
 
@@ -511,11 +525,17 @@ def test_docker_api_run_makes_the_cli_runs_container(tmp_path: Path) -> None:
                 name=f"las-t-{uuid.uuid4().hex[:12]}",
                 ports=[PublishedPort("127.0.0.1", p, 8080) for p in ports],
             )
-            by_api = by_cli._replace(name=f"las-t-{uuid.uuid4().hex[:12]}",
-                                     ports=[p._replace(host_port=p.host_port + 1)
-                                            for p in by_cli.ports])  # fmt: skip
-            subprocess.run(eng.run_args(by_cli), env={**eng.subprocess_env(), "S": "x"},
-                           capture_output=True, check=True, cwd=eng.cwd)  # fmt: skip
+            by_api = by_cli._replace(
+                name=f"las-t-{uuid.uuid4().hex[:12]}",
+                ports=[p._replace(host_port=p.host_port + 1) for p in by_cli.ports],
+            )
+            subprocess.run(
+                eng.run_args(by_cli),
+                env={**eng.subprocess_env(), "S": "x"},
+                capture_output=True,
+                check=True,
+                cwd=eng.cwd,
+            )
             a, b = inspect(by_cli.name), inspect(eng.run(by_api))
             for c in (a, b):  # the docker CLI orders the variables it takes from its own
                 c["Config"]["Env"].sort()  # environment (--env=S) at random among the others
@@ -524,17 +544,23 @@ def test_docker_api_run_makes_the_cli_runs_container(tmp_path: Path) -> None:
             for section in ("Config", "HostConfig"):
                 keys = set(a[section]) | set(b[section])
                 differ = {
-                    k for k in keys
+                    k
+                    for k in keys
                     if (a[section].get(k) or None) != (b[section].get(k) or None)  # [] == None
-                }  # fmt: skip
+                }
                 assert differ <= {"Hostname"}, (section, ports, differ)
             assert a["Mounts"] == b["Mounts"] and a["Args"] == b["Args"]
         # GPUs: no GPU here, so the start would fail; the created containers must agree.
         gpus = spec._replace(gpus=[("nvidia", "GPU-aaaa"), ("nvidia", "GPU-bbbb")])
         argv = eng.run_args(gpus._replace(name=f"las-t-{uuid.uuid4().hex[:12]}"))
         argv[argv.index("run") : argv.index("run") + 2] = ["create"]
-        subprocess.run(argv, env={**eng.subprocess_env(), "S": "x"}, capture_output=True,
-                       check=True, cwd=eng.cwd)  # fmt: skip
+        subprocess.run(
+            argv,
+            env={**eng.subprocess_env(), "S": "x"},
+            capture_output=True,
+            check=True,
+            cwd=eng.cwd,
+        )
         api_name = f"las-t-{uuid.uuid4().hex[:12]}"
         sock = engines.docker_socket(eng.subprocess_env())
         assert sock is not None
@@ -591,8 +617,13 @@ def test_podman_api_run_makes_the_cli_runs_container(tmp_path: Path) -> None:
             )
             api_ports = [PublishedPort("127.0.0.1", free_port(), 8080) for _ in ports]
             by_api = by_cli._replace(name=f"las-t-{uuid.uuid4().hex[:12]}", ports=api_ports)
-            subprocess.run(eng.run_args(by_cli), env={**os.environ, "S": "x"},
-                           capture_output=True, check=True, cwd=eng.cwd)  # fmt: skip
+            subprocess.run(
+                eng.run_args(by_cli),
+                env={**os.environ, "S": "x"},
+                capture_output=True,
+                check=True,
+                cwd=eng.cwd,
+            )
             body = engines.podman_create_body(by_api, eng.run_args(by_api))
             a, b = inspect(by_cli.name), inspect(eng._api_run(sock, by_api, 30, body))
             for p, q in zip(by_cli.ports, by_api.ports, strict=True):
@@ -600,9 +631,10 @@ def test_podman_api_run_makes_the_cli_runs_container(tmp_path: Path) -> None:
                 b["HostConfig"] = json.loads(text)
             fa, fb = _flat(a), _flat(b)
             differ = {
-                k for k in set(fa) | set(fb)
+                k
+                for k in set(fa) | set(fb)
                 if fa.get(k) != fb.get(k) and not any(word in k for word in own)
-            }  # fmt: skip
+            }
             assert differ == set(), (ports, {k: (fa.get(k), fb.get(k)) for k in differ})
             envs = [
                 {e for e in c["Config"]["Env"] if not e.startswith("HOSTNAME=")} for c in (a, b)
@@ -627,9 +659,12 @@ def test_podman_api_start_failure_releases_its_ports() -> None:
     port = free_port()
     # A file limit above the kernel's nr_open: runc's setrlimit fails at create.
     spec = ContainerRunSpec(
-        name=f"las-t-{uuid.uuid4().hex[:12]}", image=IMAGE, argv=["sleep", "60"],
-        ports=[PublishedPort("127.0.0.1", port, 8080)], ulimits=["nofile=1073741824:1073741824"],
-    )  # fmt: skip
+        name=f"las-t-{uuid.uuid4().hex[:12]}",
+        image=IMAGE,
+        argv=["sleep", "60"],
+        ports=[PublishedPort("127.0.0.1", port, 8080)],
+        ulimits=["nofile=1073741824:1073741824"],
+    )
     with pytest.raises(EngineError):
         eng.run(spec)
 

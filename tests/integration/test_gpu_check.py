@@ -26,8 +26,9 @@ def _has_nvidia_gpu() -> bool:
 
 
 def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], env=env,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.skipif(_has_nvidia_gpu(), reason="this machine has an NVIDIA GPU: run the check")

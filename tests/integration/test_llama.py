@@ -49,16 +49,30 @@ def llama(las: Las, model: Path) -> Iterator[Las]:
 
 
 def run_llama(las: Las, model: Path | str, name: str = "llm") -> tuple[int, str, str]:
-    res = las("run", "llama.cpp", "--name", name, "--set", f"model={model}",
-              "--set", "ctx_size=1024", "--set", "threads=2")  # fmt: skip
+    res = las(
+        "run",
+        "llama.cpp",
+        "--name",
+        name,
+        "--set",
+        f"model={model}",
+        "--set",
+        "ctx_size=1024",
+        "--set",
+        "threads=2",
+    )
     return res.code, res.out, res.err
 
 
 def chat(port: int, text: str) -> str:
-    body = json.dumps({"messages": [{"role": "user", "content": text}], "max_tokens": 24,
-                       "temperature": 0}).encode()  # fmt: skip
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": text}], "max_tokens": 24, "temperature": 0}
+    ).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=60) as resp:
         data = json.loads(resp.read())
     return str(data["choices"][0]["message"]["content"])
@@ -91,9 +105,20 @@ def test_real_completion_end_to_end(llama: Las, model: Path) -> None:
 def test_api_key_reaches_llama_server_by_env_not_argv(llama: Las, model: Path) -> None:
     """The key is required by the server, and no other user can read it from ps."""
     key = "k-" + os.urandom(8).hex()
-    res = llama("run", "llama.cpp", "--name", "keyed", "--set", f"model={model}",
-                "--set", "ctx_size=512", "--set", "threads=1",
-                "--set", f"api_key={key}")  # fmt: skip
+    res = llama(
+        "run",
+        "llama.cpp",
+        "--name",
+        "keyed",
+        "--set",
+        f"model={model}",
+        "--set",
+        "ctx_size=512",
+        "--set",
+        "threads=1",
+        "--set",
+        f"api_key={key}",
+    )
     assert res.code == 0, res.err
     info = llama.ps()["keyed"]
     with open(f"/proc/{info['pid']}/cmdline", "rb") as f:

@@ -16,8 +16,11 @@ def test_trust_pin_then_replaced_executable_is_refused(
     exe.write_text("#!/bin/sh\nexec sleep 1000\n")
     exe.chmod(0o755)
     manifest = tmp_path / "pinned.yaml"
-    manifest.write_text(yaml.safe_dump({"name": "pinned", "runtime": {
-        "modes": ["native"], "native": {"command": [str(exe)]}}}))  # fmt: skip
+    manifest.write_text(
+        yaml.safe_dump(
+            {"name": "pinned", "runtime": {"modes": ["native"], "native": {"command": [str(exe)]}}}
+        )
+    )
     res = las.ok("trust", str(manifest))
     digest = hashlib.sha256(exe.read_bytes()).hexdigest()
     assert f"  - {{module: pinned, sha256: {digest}}}" in res.out

@@ -17,8 +17,13 @@ PORTS = [{"name": "http", "port": 8080}]
 
 
 def server(control: Path) -> list[str]:
-    return [sys.executable, str(PROGRAMS / "healthsrv.py"), "${host}", "${ports.http}",
-            str(control)]  # fmt: skip
+    return [
+        sys.executable,
+        str(PROGRAMS / "healthsrv.py"),
+        "${host}",
+        "${ports.http}",
+        str(control),
+    ]
 
 
 def health(**kw: Any) -> dict[str, Any]:
@@ -74,8 +79,7 @@ def test_never_ready_fails_after_start_timeout(
 ) -> None:
     control = tmp_path / "control"
     control.write_text("503")
-    path = module_factory("never", server(control), ports=PORTS,
-                          health=health(start_timeout="1s"))  # fmt: skip
+    path = module_factory("never", server(control), ports=PORTS, health=health(start_timeout="1s"))
     res = las("run", str(path))
     assert res.code == 4
     assert "did not become healthy within 1s (last probe: GET /health: HTTP 503)" in res.err
@@ -118,10 +122,17 @@ def test_flapping_does_not_make_it_unhealthy_or_restart(
 ) -> None:
     control = tmp_path / "control"
     path = module_factory(
-        "flap", server(control), ports=PORTS, health=health(failure_threshold=3),
-        restart={"policy": "on-failure", "on_unhealthy": True, "max_restarts": 3,
-                 "backoff": "100ms"},
-    )  # fmt: skip
+        "flap",
+        server(control),
+        ports=PORTS,
+        health=health(failure_threshold=3),
+        restart={
+            "policy": "on-failure",
+            "on_unhealthy": True,
+            "max_restarts": 3,
+            "backoff": "100ms",
+        },
+    )
     las.ok("run", str(path))
     control.write_text("flap")
     db = sqlite3.connect(las.home / "state.db")
@@ -142,9 +153,12 @@ def test_unhealthy_restart_when_asked(
 ) -> None:
     control = tmp_path / "control"
     path = module_factory(
-        "sick", server(control), ports=PORTS, health=health(),
+        "sick",
+        server(control),
+        ports=PORTS,
+        health=health(),
         restart={"policy": "never", "on_unhealthy": True, "max_restarts": 1, "backoff": "100ms"},
-    )  # fmt: skip
+    )
     las.ok("run", str(path))
     control.write_text("500")
     wait_until(lambda: len(las.inspect("sick")["runs"]) == 2, timeout=15, message="a restart")
@@ -156,14 +170,16 @@ def test_unhealthy_restart_when_asked(
 
 def test_crash_loop_backs_off_then_exhausts_budget(las: Las, module_factory: ModuleFactory) -> None:
     path = module_factory(
-        "crashy", workload("--exit", "7"),
+        "crashy",
+        workload("--exit", "7"),
         restart={"policy": "on-failure", "max_restarts": 3, "backoff": "200ms"},
-    )  # fmt: skip
+    )
     las("run", str(path))
     wait_until(
         lambda: las.ps()["crashy"]["reason"].startswith("restart budget exhausted"),
-        timeout=30, message="budget exhausted",
-    )  # fmt: skip
+        timeout=30,
+        message="budget exhausted",
+    )
     data = las.inspect("crashy")
     runs = data["runs"]
     assert [r["attempt"] for r in runs] == [1, 2, 3, 4]
@@ -187,37 +203,52 @@ def test_crash_loop_backs_off_then_exhausts_budget(las: Las, module_factory: Mod
     # `las restart` clears the budget: no hidden start-limit trap.
     las.ok("restart", "crashy")  # running again (it has no probe), then it fails again ...
     wait_until(
-        lambda: las.ps()["crashy"]["reason"].startswith("restart budget exhausted after 4")
-        and len(las.inspect("crashy")["runs"]) == 8,
-        timeout=30, message="a fresh budget of restarts, spent again",
-    )  # fmt: skip
+        lambda: (
+            las.ps()["crashy"]["reason"].startswith("restart budget exhausted after 4")
+            and len(las.inspect("crashy")["runs"]) == 8
+        ),
+        timeout=30,
+        message="a fresh budget of restarts, spent again",
+    )
 
 
 def test_restart_after_exhaustion_works(
     las: Las, module_factory: ModuleFactory, tmp_path: Path
 ) -> None:
     flag = tmp_path / "healthy-now"
-    script = ("import os, sys, time\n"
-              "if not os.path.exists(sys.argv[1]): sys.exit(3)\n"
-              "print('up', flush=True); time.sleep(1000)\n")  # fmt: skip
+    script = (
+        "import os, sys, time\n"
+        "if not os.path.exists(sys.argv[1]): sys.exit(3)\n"
+        "print('up', flush=True); time.sleep(1000)\n"
+    )
     path = module_factory(
-        "fixable", [sys.executable, "-c", script, str(flag)],
+        "fixable",
+        [sys.executable, "-c", script, str(flag)],
         restart={"policy": "on-failure", "max_restarts": 1, "backoff": "100ms"},
-    )  # fmt: skip
+    )
     las("run", str(path))
-    wait_until(lambda: las.ps()["fixable"]["reason"].startswith("restart budget exhausted"),
-               timeout=15, message="exhausted")  # fmt: skip
+    wait_until(
+        lambda: las.ps()["fixable"]["reason"].startswith("restart budget exhausted"),
+        timeout=15,
+        message="exhausted",
+    )
     flag.touch()
     las.ok("restart", "fixable")
     assert las.ps()["fixable"]["state"] == "running"
 
 
 def test_tcp_probe(las: Las, module_factory: ModuleFactory) -> None:
-    tcp = [sys.executable, "-c",
-           "import socket,sys,time; s=socket.socket(); s.bind((sys.argv[1], int(sys.argv[2])));"
-           "s.listen(); time.sleep(1000)", "${host}", "${ports.http}"]  # fmt: skip
-    path = module_factory("tcp", tcp, ports=PORTS,
-                          health={"tcp": {"port": "http"}, "interval": "1s"})  # fmt: skip
+    tcp = [
+        sys.executable,
+        "-c",
+        "import socket,sys,time; s=socket.socket(); s.bind((sys.argv[1], int(sys.argv[2])));"
+        "s.listen(); time.sleep(1000)",
+        "${host}",
+        "${ports.http}",
+    ]
+    path = module_factory(
+        "tcp", tcp, ports=PORTS, health={"tcp": {"port": "http"}, "interval": "1s"}
+    )
     las.ok("run", str(path))
     assert las.ps()["tcp"]["health"] == "healthy"
     assert las.inspect("tcp")["probes"][-1]["message"].startswith("connected to 127.0.0.1:")
@@ -226,10 +257,15 @@ def test_tcp_probe(las: Las, module_factory: ModuleFactory) -> None:
 def test_command_probe(las: Las, module_factory: ModuleFactory, tmp_path: Path) -> None:
     flag = tmp_path / "ok"
     path = module_factory(
-        "cmd", workload(),
-        health={"command": ["sh", "-c", f"test -f {flag} && echo fine"], "interval": "300ms",
-                "failure_threshold": 1, "start_timeout": "20s"},
-    )  # fmt: skip
+        "cmd",
+        workload(),
+        health={
+            "command": ["sh", "-c", f"test -f {flag} && echo fine"],
+            "interval": "300ms",
+            "failure_threshold": 1,
+            "start_timeout": "20s",
+        },
+    )
     las.ok("run", "-d", str(path))
     assert las.ps()["cmd"]["health"] == "starting"
     flag.touch()
@@ -248,14 +284,16 @@ def test_no_probe_means_unknown(las: Las, module_factory: ModuleFactory) -> None
 
 
 def test_policy_can_forbid_restarts(las: Las, module_factory: ModuleFactory) -> None:
-    path = module_factory("nope", workload("--exit", "1"),
-                          restart={"policy": "on-failure", "max_restarts": 5})  # fmt: skip
+    path = module_factory(
+        "nope", workload("--exit", "1"), restart={"policy": "on-failure", "max_restarts": 5}
+    )
     policy = las.home / "policy.yaml"
     policy.write_text(policy.read_text() + "restarts: deny\n")
     plan = json.loads(las.ok("plan", str(path), "--json").out)
     assert plan["restart"]["policy"] == "never"
-    assert any(d["topic"] == "restart" and "restarts: deny" in d["reason"]
-               for d in plan["decisions"])  # fmt: skip
+    assert any(
+        d["topic"] == "restart" and "restarts: deny" in d["reason"] for d in plan["decisions"]
+    )
     las("run", str(path))
     wait_until(lambda: las.state("nope") == "failed", message="failed")
     assert len(las.inspect("nope")["runs"]) == 1
@@ -263,9 +301,10 @@ def test_policy_can_forbid_restarts(las: Las, module_factory: ModuleFactory) -> 
 
 def test_stop_while_waiting_to_restart(las: Las, module_factory: ModuleFactory) -> None:
     path = module_factory(
-        "waiting", workload("--exit", "2"),
+        "waiting",
+        workload("--exit", "2"),
         restart={"policy": "on-failure", "max_restarts": 3, "backoff": "30s"},
-    )  # fmt: skip
+    )
     las("run", str(path))
     wait_until(lambda: len(las.inspect("waiting")["runs"]) == 2, message="restart scheduled")
     assert las.ps()["waiting"]["state"] == "starting"

@@ -486,8 +486,11 @@ def tiny_logs_fs(las: Las) -> Iterator[Path]:
         pytest.skip("mounting a small tmpfs needs root")
     logs = las.home / "logs" / "flood"
     logs.mkdir(parents=True, mode=0o700)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs",
-                              str(logs)], capture_output=True, text=True)  # fmt: skip
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(logs)],
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -560,8 +563,7 @@ ALLOWED = sorted(os.sched_getaffinity(0))  # what a supervisor started from here
 @pytest.mark.skipif(len(ALLOWED) < 2, reason="pinning needs at least 2 usable CPUs")
 def test_cpu_limit_pins_to_cores_without_a_cgroup(las: Las, module_factory: ModuleFactory) -> None:
     # A shell whose child is the real workload: the affinity reaches descendants too.
-    path = module_factory("pinned", ["/bin/sh", "-c", "sleep 1000 & wait"],
-                          resources={"cpus": 0.5})  # fmt: skip
+    path = module_factory("pinned", ["/bin/sh", "-c", "sleep 1000 & wait"], resources={"cpus": 0.5})
     las.env["LAS_CGROUP_ROOT"] = "/nonexistent"
     las.ok("run", str(path))
     pid = las.inspect("pinned")["runs"][0]["pid"]
@@ -580,8 +582,7 @@ def test_cpu_limit_pins_to_cores_without_a_cgroup(las: Las, module_factory: Modu
 def test_cpu_limit_of_every_core_is_not_enforced_by_affinity(
     las: Las, module_factory: ModuleFactory
 ) -> None:
-    path = module_factory("wide", ["/bin/sh", "-c", "sleep 1000"],
-                          resources={"cpus": len(ALLOWED)})  # fmt: skip
+    path = module_factory("wide", ["/bin/sh", "-c", "sleep 1000"], resources={"cpus": len(ALLOWED)})
     las.env["LAS_CGROUP_ROOT"] = "/nonexistent"
     las.ok("run", str(path))
     pid = las.inspect("wide")["runs"][0]["pid"]
@@ -655,8 +656,11 @@ LISTENER = [
 def test_listener_on_a_forbidden_address_is_stopped(
     las: Las, module_factory: ModuleFactory
 ) -> None:
-    path = module_factory("open", [*LISTENER, "0.0.0.0", "${ports.http}", "127.0.0.1", "1000"],
-                          ports=[{"name": "http", "port": 8080}])  # fmt: skip
+    path = module_factory(
+        "open",
+        [*LISTENER, "0.0.0.0", "${ports.http}", "127.0.0.1", "1000"],
+        ports=[{"name": "http", "port": 8080}],
+    )
     las("run", str(path))
     wait_until(lambda: las.state("open") == "failed", message="stopped for its listener")
     info = las.ps()["open"]
@@ -669,8 +673,11 @@ def test_listener_on_a_forbidden_address_is_stopped(
 
 
 def test_a_late_bind_is_caught_too(las: Las, module_factory: ModuleFactory) -> None:
-    path = module_factory("late", [*LISTENER, "${host}", "${ports.http}", "0.0.0.0", "1.0"],
-                          ports=[{"name": "http", "port": 8080}])  # fmt: skip
+    path = module_factory(
+        "late",
+        [*LISTENER, "${host}", "${ports.http}", "0.0.0.0", "1.0"],
+        ports=[{"name": "http", "port": 8080}],
+    )
     las.ok("run", str(path))
     wait_until(lambda: "late bind" in las.ok("logs", "late").out, message="the late bind")
     wait_until(lambda: las.state("late") == "failed", timeout=15, message="caught")
@@ -679,8 +686,11 @@ def test_a_late_bind_is_caught_too(las: Las, module_factory: ModuleFactory) -> N
 
 
 def test_an_exposed_module_may_listen_everywhere(las: Las, module_factory: ModuleFactory) -> None:
-    path = module_factory("pub", [*LISTENER, "0.0.0.0", "${ports.http}", "0.0.0.0", "0.2"],
-                          ports=[{"name": "http", "port": 8080}])  # fmt: skip
+    path = module_factory(
+        "pub",
+        [*LISTENER, "0.0.0.0", "${ports.http}", "0.0.0.0", "0.2"],
+        ports=[{"name": "http", "port": 8080}],
+    )
     policy = las.home / "policy.yaml"
     policy.write_text(policy.read_text() + "network: {host: 127.0.0.1, expose: {pub: 0.0.0.0}}\n")
     las.ok("run", str(path))

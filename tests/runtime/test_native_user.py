@@ -68,8 +68,10 @@ def test_workload_runs_as_the_policy_user(las: Las, module_factory: ModuleFactor
     got = ids(pid)
     assert got["Uid"] == [pw.pw_uid] * 4 and got["Gid"] == [pw.pw_gid] * 4
     assert 0 not in got["Groups"]  # root's groups are gone
-    assert any(d["topic"] == "native user" and d["choice"].startswith(USER)
-               for d in las.inspect("who")["plan"]["decisions"])  # fmt: skip
+    assert any(
+        d["topic"] == "native user" and d["choice"].startswith(USER)
+        for d in las.inspect("who")["plan"]["decisions"]
+    )
     las.ok("stop", "who")
     assert las.state("who") == "stopped" and not pid_alive(pid)
 
@@ -108,8 +110,9 @@ def test_user_workload_still_dies_with_its_supervisor(
 def test_missing_user_is_refused_and_nothing_starts(
     las: Las, module_factory: ModuleFactory
 ) -> None:
-    path = module_factory("nouser", [PY, "-c", SLEEP], as_root=False,
-                          policy={"native_user": "las-no-such-user"})  # fmt: skip
+    path = module_factory(
+        "nouser", [PY, "-c", SLEEP], as_root=False, policy={"native_user": "las-no-such-user"}
+    )
     res = las("run", str(path))
     assert res.code == 3
     assert "'las-no-such-user', which does not exist" in res.err
@@ -150,8 +153,12 @@ def test_sandbox_read_only_root_private_tmp_no_network(
     outside = Path(tempfile.mkdtemp(prefix="las-test-", dir="/var/tmp"))
     outside.chmod(0o777)
     try:
-        path = module_factory("sbx", [PY, "-c", PROBE, str(outside)], as_root=as_root,
-                              policy={"native_sandbox": "bwrap"})  # fmt: skip
+        path = module_factory(
+            "sbx",
+            [PY, "-c", PROBE, str(outside)],
+            as_root=as_root,
+            policy={"native_sandbox": "bwrap"},
+        )
         las.ok("run", str(path))
         wait_until(lambda: las.state("sbx") == "stopped", message="the probe's exit")
         out = las.ok("logs", "sbx").out
@@ -189,9 +196,12 @@ while True:
 def test_sandbox_with_ports_listens_on_the_host_and_stops_cleanly(
     las: Las, module_factory: ModuleFactory
 ) -> None:
-    path = module_factory("sbsrv", [PY, "-c", SERVER, "${host}", "${ports.http}"],
-                          ports=[{"name": "http", "port": 8080}],
-                          policy={"native_sandbox": "bwrap"})  # fmt: skip
+    path = module_factory(
+        "sbsrv",
+        [PY, "-c", SERVER, "${host}", "${ports.http}"],
+        ports=[{"name": "http", "port": 8080}],
+        policy={"native_sandbox": "bwrap"},
+    )
     las.ok("run", str(path))
     wait_until(lambda: "listening" in las.ok("logs", "sbsrv").out, message="the listener")
     port = las.inspect("sbsrv")["plan"]["ports"][0]["host_port"]

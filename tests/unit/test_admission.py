@@ -105,8 +105,15 @@ def start_run(store: Store, name: str, state: str = "running") -> str:
     """Create ``name``'s next run (as the runtime does) and move it to ``state``."""
     run_id = uuidlib.uuid4().hex[:12]
     with store.transaction() as c:
-        create_run(c, run_id=run_id, instance=name, backend="native", boot_id="b",
-                   log_path="/dev/null", reason="test")  # fmt: skip
+        create_run(
+            c,
+            run_id=run_id,
+            instance=name,
+            backend="native",
+            boot_id="b",
+            log_path="/dev/null",
+            reason="test",
+        )
         if state != "starting":
             set_run_state(c, run_id, state, "test")
     return run_id

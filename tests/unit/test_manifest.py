@@ -307,8 +307,9 @@ def test_validate_legacy_warns_install_variants(las, path: Path) -> None:
     assert res.code == 0, res.err
     assert ": ok (" in res.out
     warnings = [w for w in res.err.splitlines() if w.startswith("warning: ")]
-    assert any("runtime.modes: only install variants" in w and "cannot execute" in w
-               for w in warnings), res.err  # fmt: skip
+    assert any(
+        "runtime.modes: only install variants" in w and "cannot execute" in w for w in warnings
+    ), res.err
 
 
 @pytest.mark.parametrize("path", LEGACY, ids=lambda p: p.name)

@@ -524,8 +524,12 @@ def test_gpus_in_use_are_assigned_and_left_to_admission() -> None:
 
 
 def test_gpus_too_small_are_a_requirement_unmet() -> None:
-    loaded = manifest("svc", ("native",), hardware={"gpu": {"vram_min": "16GiB"}},
-                      runtime={"resources": {"vram": "30GiB"}})  # fmt: skip
+    loaded = manifest(
+        "svc",
+        ("native",),
+        hardware={"gpu": {"vram_min": "16GiB"}},
+        runtime={"resources": {"vram": "30GiB"}},
+    )
     with pytest.raises(RequirementUnmet, match=r"this machine's GPUs are too small"):
         plan(loaded, "2x24gib")
 
@@ -537,8 +541,9 @@ def test_gpu_choice_counts_what_the_ledger_holds() -> None:
     loaded = manifest("svc", ("native",), hardware={"gpu": {"vram_min": "16GiB"}})
     held = {hw.gpus[0].uuid: 20 * GIB}
     pol = policy(trusted_native=["svc"])
-    p = make_plan(loaded, hw, pol, PlanRequest(gpu_held=held), port_of, which=which,
-                  environ=ENVIRON)  # fmt: skip
+    p = make_plan(
+        loaded, hw, pol, PlanRequest(gpu_held=held), port_of, which=which, environ=ENVIRON
+    )
     assert [g.index for g in p.gpus] == [1]
     gpus = next(d for d in p.decisions if d.topic == "gpus")
     assert "after what other instances hold" in gpus.reason

@@ -56,10 +56,13 @@ def test_secure_defaults() -> None:
         ({"user": "0:0"}, {"allow_root": ["box"]}, "allow_root"),
         ({"user": "root"}, {"allow_root": ["box"]}, "allow_root"),
         ({"writable_root": True}, {"allow_writable_root": ["box"]}, "allow_writable_root"),
-        ({"cap_add": ["NET_BIND_SERVICE"]},
-         {"allow_capabilities": {"box": ["CAP_NET_BIND_SERVICE"]}}, "allow_capabilities"),
+        (
+            {"cap_add": ["NET_BIND_SERVICE"]},
+            {"allow_capabilities": {"box": ["CAP_NET_BIND_SERVICE"]}},
+            "allow_capabilities",
+        ),
     ],
-)  # fmt: skip
+)
 def test_extra_privileges_need_the_policy(
     container: dict[str, Any], allowance: dict[str, Any], phrase: str
 ) -> None:
@@ -88,14 +91,24 @@ def test_refused_privileges_make_container_mode_unavailable_not_silently_dropped
     }
     loaded = parse_manifest(yaml.safe_dump(data), Path("/m/box.yaml"))
     hw = load_profile(PROFILES / "cpu-only.json")
-    p = make_plan(loaded, hw, parse_policy("trusted_native: [box]", "p.yaml"), PlanRequest(),
-                  lambda h, n: 41000)  # fmt: skip
+    p = make_plan(
+        loaded,
+        hw,
+        parse_policy("trusted_native: [box]", "p.yaml"),
+        PlanRequest(),
+        lambda h, n: 41000,
+    )
     assert p.mode == "native"
     mode = next(d for d in p.decisions if d.topic == "mode")
     assert any("SYS_ADMIN" in r.reason for r in mode.rejected)
     with pytest.raises(NoCompatibleMode):
-        make_plan(loaded, hw, parse_policy("trusted_native: []", "p.yaml"), PlanRequest(),
-                  lambda h, n: 41000)  # fmt: skip
+        make_plan(
+            loaded,
+            hw,
+            parse_policy("trusted_native: []", "p.yaml"),
+            PlanRequest(),
+            lambda h, n: 41000,
+        )
 
 
 def test_bad_capability_name_is_a_manifest_error() -> None:

@@ -81,10 +81,17 @@ def policies(draw: st.DrawFn, digest: str) -> Policy:
     allowed = draw(st.permutations(["native", "container"]))[: draw(st.sampled_from([1, 2, 2]))]
     trust = draw(
         st.sampled_from(
-            [[], [NAME], [NAME], [NAME], ["other"], [{"module": NAME, "sha256": digest}],
-             [{"module": NAME, "sha256": "f" * 64}]]
+            [
+                [],
+                [NAME],
+                [NAME],
+                [NAME],
+                ["other"],
+                [{"module": NAME, "sha256": digest}],
+                [{"module": NAME, "sha256": "f" * 64}],
+            ]
         )
-    )  # fmt: skip
+    )
     expose = draw(st.dictionaries(st.sampled_from([NAME, "other"]), addresses, max_size=2))
     data: dict[str, Any] = {
         "allowed_modes": allowed,
@@ -95,10 +102,13 @@ def policies(draw: st.DrawFn, digest: str) -> Policy:
     }
     if draw(st.integers(0, 3)) == 0:
         data["policies"] = [
-            {"name": "gpu", "conditions": {"gpu_count_min": 1},
-             "allow": {"runtimes": draw(st.sampled_from([["native"], ["container"]]))}},
+            {
+                "name": "gpu",
+                "conditions": {"gpu_count_min": 1},
+                "allow": {"runtimes": draw(st.sampled_from([["native"], ["container"]]))},
+            },
             {"name": "rest", "deny": draw(st.sampled_from([[], [NAME]]))},
-        ]  # fmt: skip
+        ]
     return parse_policy(yaml.safe_dump(data), "prop-policy.yaml")
 
 

@@ -121,9 +121,12 @@ def test_a_directory_cannot_be_pinned(tmp_path: Path) -> None:
 
 def test_secret_values_are_digested_but_never_shown() -> None:
     s = trust.analyse(
-        ["/usr/bin/bash", "-c", "tok=s3cr3t; exec srv"], {"LD_PRELOAD": "/s3cr3t.so"}, "/w",
-        which, ["s3cr3t"],
-    )  # fmt: skip
+        ["/usr/bin/bash", "-c", "tok=s3cr3t; exec srv"],
+        {"LD_PRELOAD": "/s3cr3t.so"},
+        "/w",
+        which,
+        ["s3cr3t"],
+    )
     shown = trust.describe_words(s)
     assert "s3cr3t" not in shown and "***" in shown
     assert s.argv_digest == trust.argv_digest(

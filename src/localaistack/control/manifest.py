@@ -202,10 +202,7 @@ EnvValue = str | OptionalEnv
 
 def env_strings(env: dict[str, EnvValue], where: str) -> list[tuple[str, str]]:
     """Every template string of an env mapping, with its place."""
-    return [
-        (f"{where}.{k}", v if isinstance(v, str) else v.value)
-        for k, v in env.items()
-    ]  # fmt: skip
+    return [(f"{where}.{k}", v if isinstance(v, str) else v.value) for k, v in env.items()]
 
 
 def command_strings(command: list[CommandItem], where: str) -> list[tuple[str, str]]:
@@ -559,8 +556,10 @@ class Manifest(BaseModel):
                     "parameter"
                 )
         rt = self.runtime
-        for section, where in ((rt.native, "runtime.native.command"),
-                               (rt.container, "runtime.container.command")):  # fmt: skip
+        for section, where in (
+            (rt.native, "runtime.native.command"),
+            (rt.container, "runtime.container.command"),
+        ):
             for i, item in enumerate(section.command if section else []):
                 if isinstance(item, OptionalArgs) and item.when not in self.parameters:
                     raise ValueError(
@@ -774,8 +773,11 @@ def parse_manifest(text: str | bytes, path: Path, source: str = "file") -> Loade
         found.append((lineno or 0, f"{at}: {_clip(_fmt_loc(loc))}: {_clip(msg)}"))
 
     for loc in nul_paths(data):
-        add(loc, "contains a NUL character (\\0), which no process can take in an argument, "
-                 "a variable or a path")  # fmt: skip
+        add(
+            loc,
+            "contains a NUL character (\\0), which no process can take in an argument, "
+            "a variable or a path",
+        )
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
@@ -784,8 +786,11 @@ def parse_manifest(text: str | bytes, path: Path, source: str = "file") -> Loade
             add(*_split_msg_path(loc, _clean_pydantic_msg(err["msg"])))
     else:
         for loc, size in _oversize_strings(manifest):
-            add(loc, f"{size} bytes: longer than the {MAX_ARG_STRLEN - 1} bytes the kernel "
-                     "passes in one argument or variable")  # fmt: skip
+            add(
+                loc,
+                f"{size} bytes: longer than the {MAX_ARG_STRLEN - 1} bytes the kernel "
+                "passes in one argument or variable",
+            )
     problems = [text for _line, text in sorted(found, key=lambda f: f[0])]
     if problems:
         more = len(problems) - MAX_PROBLEMS

@@ -340,9 +340,11 @@ def _denied(path: str, user: _NativeUser, bits: int) -> str | None:
 
 
 def _check_user_access(
-    argv: Sequence[str], workdir: str | None, user: _NativeUser,
+    argv: Sequence[str],
+    workdir: str | None,
+    user: _NativeUser,
     show: Mapping[str, str] | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Refuse a plan whose executable, workdir or path arguments the user cannot reach.
 
     ``show`` maps a path holding a secret parameter to its shown form (for the message).
@@ -763,9 +765,11 @@ def _expand_command(
 
 
 def _expand_env(
-    env: Mapping[str, EnvValue], values: Mapping[str, str], is_set: set[str],
+    env: Mapping[str, EnvValue],
+    values: Mapping[str, str],
+    is_set: set[str],
     secret_params: set[str],
-) -> list[EnvVar]:  # fmt: skip
+) -> list[EnvVar]:
     """A manifest's env, templates filled; an optional entry only when its parameter is set."""
     out = []
     for name, item in env.items():
@@ -773,9 +777,12 @@ def _expand_env(
             continue
         template = item if isinstance(item, str) else item.value
         out.append(
-            EnvVar(name=name, value=_substitute(template, values),
-                   secret=_secret_env(name, template, secret_params))
-        )  # fmt: skip
+            EnvVar(
+                name=name,
+                value=_substitute(template, values),
+                secret=_secret_env(name, template, secret_params),
+            )
+        )
     return out
 
 

@@ -553,9 +553,11 @@ def of_home(home: str, root: str | None = None) -> dict[str, RunCgroup]:
         return {}
     prefix = home + "-"
     found: dict[str, dict[str, str]] = {}
-    bases = {"unified": root} if version == "v2" else {
-        c: os.path.join(root, c) for c in ("pids", "memory", "cpu")
-    }  # fmt: skip
+    bases = (
+        {"unified": root}
+        if version == "v2"
+        else {c: os.path.join(root, c) for c in ("pids", "memory", "cpu")}
+    )
     for key, base in bases.items():
         parent = os.path.join(base, PARENT)
         with contextlib.suppress(OSError):

@@ -153,9 +153,12 @@ class CommandProbe:
     events = READ
 
     def __init__(
-        self, argv: list[str], env: dict[str, str] | None, timeout: float,
+        self,
+        argv: list[str],
+        env: dict[str, str] | None,
+        timeout: float,
         preexec: Callable[[], None] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.argv = argv
         self.env = env
         self.timeout = timeout
@@ -220,9 +223,11 @@ Probe = HttpProbe | TcpProbe | CommandProbe
 
 
 def make_probe(
-    health: dict[str, Any], host: str, env: dict[str, str] | None,
+    health: dict[str, Any],
+    host: str,
+    env: dict[str, str] | None,
     preexec: Callable[[], None] | None = None,
-) -> Probe:  # fmt: skip
+) -> Probe:
     """A fresh probe for the plan's health section (plain JSON data); a command probe runs
     ``preexec`` in its child before exec."""
     if health["kind"] == "http":

@@ -123,8 +123,9 @@ class Dumper:
     def _dump(self, proto: str, family: int, states: int, out: list[Listener]) -> None:
         self.seq += 1
         body = _REQ.pack(family, _PROTO[proto], 0, 0, states)
-        head = _HDR.pack(_HDR.size + len(body), SOCK_DIAG_BY_FAMILY,
-                         NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0)  # fmt: skip
+        head = _HDR.pack(
+            _HDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0
+        )
         self.sock.send(head + body)
         view = memoryview(self.buf)
         while True:
@@ -146,9 +147,10 @@ class Dumper:
                     if kind == SOCK_DIAG_BY_FAMILY and length >= _HDR.size + _MSG.size:
                         f = _MSG.unpack_from(view, off + _HDR.size)
                         out.append(
-                            Listener(proto, _address(f[0], f[6]),
-                                     int.from_bytes(f[4], "big"), f[14])
-                        )  # fmt: skip
+                            Listener(
+                                proto, _address(f[0], f[6]), int.from_bytes(f[4], "big"), f[14]
+                            )
+                        )
                 off += (length + 3) & ~3
             if n == 0:
                 return
