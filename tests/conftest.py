@@ -164,18 +164,17 @@ def end_home(runner: Las) -> None:
 
 
 def _stop_podman_services_of(tmp_path: Path) -> None:
-    """End the podman API services that las started for this test (runtime/enginestore.py):
+    """End the podman API services that las started for this test (engines/podmanapi.py):
     each test has its own XDG_CONFIG_HOME, which podman reads, so its own service (else it
     would run on for 5 idle minutes). Found by their pid files in the engine scratch
     directory, and told apart by the XDG_CONFIG_HOME in their environment: only this
     test's, by pid; never by pattern."""
-    from localaistack.runtime.engines import podmanapi as enginestore
-    from localaistack.runtime.engines import scratch_dir
+    from localaistack.runtime.engines import podmanapi, scratch_dir
 
     mine = f"XDG_CONFIG_HOME={tmp_path / 'xdg-config'}".encode()
     directory = Path(scratch_dir())
     for pidfile in directory.glob("podman-*.sock.pid"):
-        pid = enginestore._service_pid(str(pidfile)[: -len(".pid")])
+        pid = podmanapi._service_pid(str(pidfile)[: -len(".pid")])
         if pid is None:
             continue
         try:

@@ -94,11 +94,6 @@ def run_bounded(env: dict[str, str], *args: str, cwd: Path | None = None) -> Chi
     )
 
 
-@pytest.fixture
-def env(las_env: dict[str, str]) -> dict[str, str]:
-    return {**las_env, "LAS_PLAN_CACHE": "0"}
-
-
 def assert_refused(child: Child, named: str, code: int = 1) -> None:
     """Non-zero exit, a message naming the file (and a hint), no traceback, within bounds."""
     assert "Traceback" not in child.err, child.err
@@ -206,10 +201,10 @@ ALL_KINDS = sorted([*STRUCTURE, *RAW])
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_validate_refuses_bad_manifest_bytes(
-    env: dict[str, str], tmp_path: Path, kind: str
+    las_env: dict[str, str], tmp_path: Path, kind: str
 ) -> None:
     path = write_bad(tmp_path, kind)
-    child = run_bounded(env, "validate", str(path))
+    child = run_bounded(las_env, "validate", str(path))
     assert_refused(child, str(path))
     assert EXPECT[kind] in child.err, child.err
     assert "1 of 1 manifest(s) invalid" in child.err
@@ -217,38 +212,38 @@ def test_validate_refuses_bad_manifest_bytes(
 
 @pytest.mark.parametrize("kind", ["laughs-lists", "deep-flow", "random-bytes", "utf-16-bom"])
 def test_plan_and_run_refuse_bad_manifest_bytes(
-    las: Las, env: dict[str, str], tmp_path: Path, kind: str
+    las: Las, las_env: dict[str, str], tmp_path: Path, kind: str
 ) -> None:
     path = write_bad(tmp_path, kind)
-    plan = run_bounded(env, "plan", str(path), "--hardware", str(CPU_PROFILE))
+    plan = run_bounded(las_env, "plan", str(path), "--hardware", str(CPU_PROFILE))
     assert_refused(plan, str(path))
-    run = run_bounded(env, "run", "-d", str(path))
+    run = run_bounded(las_env, "run", "-d", str(path))
     assert_refused(run, str(path))
-    ps = run_bounded(env, "ps", "--all", "--json")
+    ps = run_bounded(las_env, "ps", "--all", "--json")
     assert ps.code == 0, ps.err
     assert json.loads(ps.out) == [], "nothing half-started"
 
 
-def test_bad_user_catalog_manifest_is_bounded(env: dict[str, str], las_env: dict[str, str]) -> None:
+def test_bad_user_catalog_manifest_is_bounded(las_env: dict[str, str]) -> None:
     """$LAS_HOME/modules: a bomb there is listed as invalid, and refused by name."""
     modules = Path(las_env["LAS_HOME"]) / "modules"
     modules.mkdir(parents=True)
     (modules / "bomb.yaml").write_text(laughs_lists().replace("victim", "bomb"))
     (modules / "deep.yaml").write_text(deep_flow().replace("victim", "deep"))
-    listed = run_bounded(env, "modules", "--json")
+    listed = run_bounded(las_env, "modules", "--json")
     assert listed.code == 0 and "Traceback" not in listed.err, listed.err
     assert listed.cpu < CPU_LIMIT_S and listed.rss_kb < RSS_LIMIT_KB
     errors = {m["name"]: m.get("error", "") for m in json.loads(listed.out)}
     assert "more than 20000 values" in errors["bomb"]
     assert "nested more than 64 levels" in errors["deep"]
     for name in ("bomb", "deep"):
-        child = run_bounded(env, "plan", name, "--hardware", str(CPU_PROFILE))
+        child = run_bounded(las_env, "plan", name, "--hardware", str(CPU_PROFILE))
         assert_refused(child, str(modules / f"{name}.yaml"))
 
 
 @pytest.mark.parametrize("size", ["just-over", "50MB-sparse", "dev-zero"])
 def test_oversize_manifest_is_refused_before_reading(
-    env: dict[str, str], tmp_path: Path, size: str
+    las_env: dict[str, str], tmp_path: Path, size: str
 ) -> None:
     if size == "dev-zero":
         path = Path("/dev/zero")
@@ -260,18 +255,18 @@ def test_oversize_manifest_is_refused_before_reading(
             with path.open("wb") as f:
                 f.write(VALID.encode())
                 f.truncate(50 * 1000 * 1000)  # 50 MB on disk (sparse): it is never read
-    child = run_bounded(env, "validate", str(path))
+    child = run_bounded(las_env, "validate", str(path))
     assert_refused(child, str(path))
     assert "larger than the limit of 1.0 MiB" in child.err
-    plan = run_bounded(env, "plan", str(path), "--hardware", str(CPU_PROFILE))
+    plan = run_bounded(las_env, "plan", str(path), "--hardware", str(CPU_PROFILE))
     assert_refused(plan, str(path))
 
 
-def test_a_manifest_of_exactly_the_limit_is_read(env: dict[str, str], tmp_path: Path) -> None:
+def test_a_manifest_of_exactly_the_limit_is_read(las_env: dict[str, str], tmp_path: Path) -> None:
     path = tmp_path / "at-limit.yaml"
     path.write_text(VALID + "#" * ((1 << 20) - len(VALID) - 1) + "\n")
     assert path.stat().st_size == 1 << 20
-    child = run_bounded(env, "validate", str(path))
+    child = run_bounded(las_env, "validate", str(path))
     assert child.code == 0, child.err
     assert child.cpu < CPU_LIMIT_S and child.rss_kb < RSS_LIMIT_KB
 
@@ -280,7 +275,7 @@ def test_a_manifest_of_exactly_the_limit_is_read(env: dict[str, str], tmp_path: 
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
-def test_plan_refuses_bad_policy_bytes(env: dict[str, str], tmp_path: Path, kind: str) -> None:
+def test_plan_refuses_bad_policy_bytes(las_env: dict[str, str], tmp_path: Path, kind: str) -> None:
     manifest = tmp_path / "victim.yaml"
     manifest.write_text(VALID)
     policy = tmp_path / f"policy-{kind}.yaml"
@@ -289,7 +284,7 @@ def test_plan_refuses_bad_policy_bytes(env: dict[str, str], tmp_path: Path, kind
     else:
         policy.write_text(policy_of(STRUCTURE[kind]()))
     child = run_bounded(
-        env, "plan", str(manifest), "--policy", str(policy), "--hardware", str(CPU_PROFILE)
+        las_env, "plan", str(manifest), "--policy", str(policy), "--hardware", str(CPU_PROFILE)
     )
     assert_refused(child, str(policy))
     assert EXPECT[kind] in child.err, child.err
@@ -297,7 +292,7 @@ def test_plan_refuses_bad_policy_bytes(env: dict[str, str], tmp_path: Path, kind
 
 @pytest.mark.parametrize("kind", ["laughs-merge", "deep-block-map", "latin-1", "nul-only"])
 def test_run_refuses_bad_home_policy(
-    las: Las, env: dict[str, str], las_env: dict[str, str], tmp_path: Path, kind: str
+    las: Las, las_env: dict[str, str], tmp_path: Path, kind: str
 ) -> None:
     manifest = tmp_path / "victim.yaml"
     manifest.write_text(VALID)
@@ -305,20 +300,20 @@ def test_run_refuses_bad_home_policy(
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     bad = write_bad(tmp_path, kind)
     (home / "policy.yaml").write_bytes(bad.read_bytes())
-    child = run_bounded(env, "run", "-d", str(manifest))
+    child = run_bounded(las_env, "run", "-d", str(manifest))
     assert_refused(child, str(home / "policy.yaml"))
-    ps = run_bounded(env, "ps", "--all", "--json")
+    ps = run_bounded(las_env, "ps", "--all", "--json")
     assert json.loads(ps.out) == [], "nothing half-started"
 
 
 @pytest.mark.parametrize("size", ["just-over", "dev-zero"])
-def test_oversize_policy(env: dict[str, str], tmp_path: Path, size: str) -> None:
+def test_oversize_policy(las_env: dict[str, str], tmp_path: Path, size: str) -> None:
     manifest = tmp_path / "victim.yaml"
     manifest.write_text(VALID)
     policy = Path("/dev/zero") if size == "dev-zero" else tmp_path / "big-policy.yaml"
     if size == "just-over":
         policy.write_text("allowed_modes: [native]\n" + "#" * (1 << 20) + "\n")
-    child = run_bounded(env, "plan", str(manifest), "--policy", str(policy))
+    child = run_bounded(las_env, "plan", str(manifest), "--policy", str(policy))
     assert_refused(child, str(policy))
     assert "larger than the limit" in child.err
 
@@ -339,12 +334,14 @@ HW_BAD: dict[str, Callable[[], bytes]] = {
 
 
 @pytest.mark.parametrize("kind", sorted(HW_BAD))
-def test_plan_refuses_bad_hardware_profile(env: dict[str, str], tmp_path: Path, kind: str) -> None:
+def test_plan_refuses_bad_hardware_profile(
+    las_env: dict[str, str], tmp_path: Path, kind: str
+) -> None:
     manifest = tmp_path / "victim.yaml"
     manifest.write_text(VALID)
     profile = tmp_path / f"hw-{kind}.json"
     profile.write_bytes(HW_BAD[kind]())
-    child = run_bounded(env, "plan", str(manifest), "--hardware", str(profile))
+    child = run_bounded(las_env, "plan", str(manifest), "--hardware", str(profile))
     assert_refused(child, str(profile))
 
 
@@ -497,10 +494,10 @@ def test_validate_refuses_what_no_process_can_take(
 
 
 def test_validate_refuses_every_field_case_in_one_bounded_run(
-    env: dict[str, str], tmp_path: Path
+    las_env: dict[str, str], tmp_path: Path
 ) -> None:
     paths = [field_case_file(tmp_path, c[0], c[1]) for c in FIELD_CASES]
-    child = run_bounded(env, "validate", *map(str, paths))
+    child = run_bounded(las_env, "validate", *map(str, paths))
     assert_refused(child, str(paths[0]))
     for path, (_case, _changes, field, phrase) in zip(paths, FIELD_CASES, strict=True):
         check_field_error(path, child.errors(), field, phrase)
@@ -508,7 +505,9 @@ def test_validate_refuses_every_field_case_in_one_bounded_run(
     assert "\0" not in child.err
 
 
-def test_validate_lists_every_field_problem_at_once(env: dict[str, str], tmp_path: Path) -> None:
+def test_validate_lists_every_field_problem_at_once(
+    las_env: dict[str, str], tmp_path: Path
+) -> None:
     path = tmp_path / "many.yaml"
     path.write_text(
         "name: many\n"
@@ -519,7 +518,7 @@ def test_validate_lists_every_field_problem_at_once(env: dict[str, str], tmp_pat
         "  health: {tcp: {port: http}, interval: 0}\n"
         "  stop: {timeout: 48h}\n"
     )
-    child = run_bounded(env, "validate", str(path))
+    child = run_bounded(las_env, "validate", str(path))
     assert_refused(child, str(path))
     errors = child.errors()
     for line, field in (
@@ -535,7 +534,7 @@ def test_validate_lists_every_field_problem_at_once(env: dict[str, str], tmp_pat
         )
 
 
-def test_valid_bounds_are_accepted(env: dict[str, str], tmp_path: Path) -> None:
+def test_valid_bounds_are_accepted(las_env: dict[str, str], tmp_path: Path) -> None:
     """The edges of the documented bounds are valid."""
     path = tmp_path / "edges.yaml"
     path.write_text(
@@ -548,7 +547,7 @@ def test_valid_bounds_are_accepted(env: dict[str, str], tmp_path: Path) -> None:
         "  restart: {backoff: 0, window: 168h, reset_after: 1ms}\n"
         "  stop: {timeout: 1h}\n"
     )
-    child = run_bounded(env, "validate", str(path))
+    child = run_bounded(las_env, "validate", str(path))
     assert child.code == 0, child.err
 
 
@@ -590,7 +589,7 @@ def test_set_value_with_nul_is_refused_at_plan_time(tmp_path: Path, param: str, 
 
 @pytest.mark.parametrize("workdir", ["data", "./sub/../data"])
 def test_relative_workdir_resolves_against_the_manifest(
-    las: Las, env: dict[str, str], las_env: dict[str, str], tmp_path: Path, workdir: str
+    las: Las, las_env: dict[str, str], tmp_path: Path, workdir: str
 ) -> None:
     """The workload runs in the manifest's directory's ``data``, wherever las is called from."""
     moddir = tmp_path / "module"
@@ -626,7 +625,7 @@ def test_relative_workdir_resolves_against_the_manifest(
     )
     plan = subprocess.run(
         [sys.executable, "-m", "localaistack", "plan", str(manifest), "--json"],
-        env=env,
+        env=las_env,
         cwd=elsewhere,
         capture_output=True,
         text=True,
@@ -636,7 +635,7 @@ def test_relative_workdir_resolves_against_the_manifest(
     assert json.loads(plan.stdout)["native"]["workdir"] == str(moddir / "data")
     run = subprocess.run(
         [sys.executable, "-m", "localaistack", "run", str(manifest)],
-        env=env,
+        env=las_env,
         cwd=elsewhere,
         capture_output=True,
         text=True,
@@ -650,7 +649,7 @@ def test_relative_workdir_resolves_against_the_manifest(
 # --- control characters in messages are printed escaped ------------------------------------
 
 
-def test_fail_prints_control_characters_escaped(env: dict[str, str]) -> None:
+def test_fail_prints_control_characters_escaped(las_env: dict[str, str]) -> None:
     """A message or hint with a NUL, ESC, CR or a bidi override reaches the terminal as
     escapes, never as the raw bytes."""
     code = (
@@ -658,7 +657,9 @@ def test_fail_prints_control_characters_escaped(env: dict[str, str]) -> None:
         "from localaistack.errors import PolicyError\n"
         "fail(PolicyError('bad \\x00 value \\x1b[2J', hint='use \\x00 or \\r\\u202e not'))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=las_env, capture_output=True, timeout=60
+    )
     assert proc.returncode == 1
     err = proc.stderr
     for raw in (b"\x00", b"\x1b", b"\r", "\u202e".encode()):
@@ -668,15 +669,15 @@ def test_fail_prints_control_characters_escaped(env: dict[str, str]) -> None:
 
 
 def test_paths_with_control_characters_are_printed_escaped(
-    env: dict[str, str], tmp_path: Path
+    las_env: dict[str, str], tmp_path: Path
 ) -> None:
     path = tmp_path / "evil\x1b[31m\rname.yaml"
-    child = run_bounded(env, "validate", str(path), str(tmp_path / "gone\x07.yaml"))
+    child = run_bounded(las_env, "validate", str(path), str(tmp_path / "gone\x07.yaml"))
     assert child.code == 1
     assert "\x1b" not in child.err and "\r" not in child.err and "\x07" not in child.err
     assert "evil\\x1b[31m\\rname.yaml: no such file" in child.err
     assert "gone\\x07.yaml: no such file" in child.err
     path.write_text(VALID.replace("victim", "ok"))
-    child = run_bounded(env, "validate", str(path))
+    child = run_bounded(las_env, "validate", str(path))
     assert child.code == 0, child.err
     assert "\x1b" not in child.out and "evil\\x1b[31m\\rname.yaml: ok" in child.out

@@ -152,8 +152,8 @@ def analyse(
         if raw.startswith("/"):
             return raw
         if workdir is None:
-            # Relative to the cwd of whoever runs las: a plan used again elsewhere (the
-            # plan cache) would run another file than the one checked.
+            # Relative to the cwd of whoever runs las: the stored plan started again from
+            # elsewhere (`las start`) would run another file than the one checked.
             raise PlanningError(
                 f"cannot pin {raw!r}: a relative path without a workdir depends on where las runs",
                 hint="name it by its absolute path, or set runtime.native.workdir",
