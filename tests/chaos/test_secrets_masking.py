@@ -193,7 +193,16 @@ def exercise(las: Las, root: Path, values: tuple[str, ...]) -> dict[str, str]:
     ):
         ok("after failure: " + " ".join(cmd), *cmd)
     ok("rm", "rm", "masq")
-    return {name: normalise(text, root) for name, text in out.items()}
+    shown = {name: normalise(text, root) for name, text in out.items()}
+    return {name: by_source(text) if "logs " in name else text for name, text in shown.items()}
+
+
+def by_source(log: str) -> str:
+    """A log's las notes, then the workload's lines, each in its own order: the two are
+    written independently (a probe's result and the workload's output race)."""
+    lines = log.splitlines(keepends=True)
+    ours = [x for x in lines if " las " in x]
+    return "".join(ours) + "--\n" + "".join(x for x in lines if " las " not in x)
 
 
 @pytest.fixture(scope="module")
