@@ -13,6 +13,11 @@ Tables (schema version in ``meta``; migrations in ``MIGRATIONS``, applied in ord
 
 Every write is a short transaction. ``BEGIN IMMEDIATE`` takes the write lock up front, so
 read-check-write sequences (name taken? port promised?) are atomic across processes.
+
+All SQL of las is here: the ``Store``'s methods read, the functions below take the open
+``Transaction`` and read or write inside it. What they return are typed records
+(store/records.py), never SQLite rows; a SQLite error leaves as a ``StoreError`` that names
+its cause (``store_error``).
 """
 
 from __future__ import annotations
@@ -250,8 +255,9 @@ def _query_one(c: sqlite3.Connection, sql: str, params: Any = ()) -> sqlite3.Row
 class _Conn(sqlite3.Connection):
     """A connection whose errors reach callers as a ``StoreError`` naming the cause.
 
-    Constraint violations stay ``sqlite3.IntegrityError`` (callers test for them), and
-    misuse stays ``sqlite3.ProgrammingError``.
+    Constraint violations stay ``sqlite3.IntegrityError`` (the writes below test for
+    them), and misuse stays ``sqlite3.ProgrammingError``; ``Store.transaction`` turns
+    either into a ``StoreError`` if it reaches the caller.
     """
 
     db_path = ""
