@@ -6,7 +6,6 @@ Errors are ``LasError``s, rendered by the click group (cli/app.py).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +88,7 @@ def report_start(rt: Any, result: Any) -> None:
             f"{result.name}: run {result.run_id} {result.state}: {result.reason}",
             hint=f"`las logs {result.name}` shows its output ({result.log_path})",
         )
-    plan = json.loads(rt.require_instance(result.name).plan)
+    plan = rt.require_instance(result.name).plan_data()
     ports = ", ".join(f"{b['name']}: {b['host_ip']}:{b['host_port']}" for b in plan["ports"])
     what = f"container {result.container}" if result.container else f"pid {result.pid}"
     line = f"{result.name}  run {result.run_id}  {result.state}  {what}"

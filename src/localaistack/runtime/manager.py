@@ -8,7 +8,6 @@ else is read.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from datetime import UTC, datetime
@@ -396,7 +395,7 @@ class Runtime:
         run = self.current_run(name)
         if run is None or run.state not in ACTIVE_STATES:
             return run
-        plan = json.loads(self.require_instance(name).plan)
+        plan = self.require_instance(name).plan_data()
         plan_timeout = float(plan["stop"]["timeout"])
         ended, unrecorded = self.supervisors.stop(run, timeout, plan_timeout)
         if unrecorded is not None:
@@ -466,7 +465,7 @@ class Runtime:
             if not all_ and state not in ACTIVE_STATES:
                 continue
             active = state in ACTIVE_STATES
-            plan = json.loads(inst.plan)
+            plan = inst.plan_data()
             out.append(
                 {
                     "name": inst.name,

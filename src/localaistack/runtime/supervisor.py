@@ -147,7 +147,7 @@ class Supervisor:
         # values come from the instance's secrets file. What this process writes is composed
         # from the shown plan; only what it quotes from elsewhere is masked by value (hide).
         hidden = secrets.read(os.path.dirname(os.path.abspath(store.path)), self.instance)
-        stored = json.loads(inst.plan)
+        stored = inst.plan_data()
         self.secrets: list[str] = list(hidden["values"]) if hidden else []
         self.shown: dict[str, Any] = secrets.repaired(stored, hidden)
         self.plan: dict[str, Any] = secrets.reveal(stored, hidden)

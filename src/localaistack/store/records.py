@@ -8,7 +8,8 @@ secret values masked), ``Run.handle`` the handle's JSON envelope (``decode_handl
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import json
+from typing import Any, NamedTuple
 
 
 class Instance(NamedTuple):
@@ -22,6 +23,11 @@ class Instance(NamedTuple):
     current_run: str | None
     admitted_at: float | None
     admitted_over: str | None
+
+    def plan_data(self) -> dict[str, Any]:
+        """The stored plan as JSON data (secret values masked: store/secrets.py)."""
+        data: dict[str, Any] = json.loads(self.plan)
+        return data
 
 
 class Run(NamedTuple):
