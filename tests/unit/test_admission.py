@@ -246,8 +246,8 @@ def test_overcommit_allow_admits_and_records_it(store: Store) -> None:
     assert store.instance("llm2") is not None
     assert len(notes) == 1
     assert notes[0].startswith("overcommitted (policy overcommit: allow): llm2 asks for 5.0GiB")
-    (ev,) = [e for e in store.events() if e["type"] == "overcommit"]
-    assert ev["instance"] == "llm2" and "held by llm1" in ev["message"]
+    (ev,) = [e for e in store.events() if e.type == "overcommit"]
+    assert ev.instance == "llm2" and "held by llm1" in ev.message
     with store.transaction() as c:
         assert sum(r.gpus[g.uuid] for r in reservations(c)) == 10 * GIB
 

@@ -129,3 +129,54 @@ def test_store_errors_name_their_cause(tmp_path: Path) -> None:
         store_error(sqlite_error(11, "database disk image is malformed"), path).cause == "corrupt"
     )
     assert store_error(sqlite_error(5, "database is locked"), path).cause == "busy"
+
+
+def test_the_store_hands_out_typed_records_and_store_errors(tmp_path: Path) -> None:
+    import json
+    import sqlite3
+
+    import pytest
+
+    from localaistack.errors import StoreError
+    from localaistack.store.db import (
+        Store,
+        create_run,
+        get_run,
+        insert_instance,
+        run_state,
+        set_run_state,
+        translate,
+    )
+    from localaistack.store.records import Event, Instance, InstanceRun, Run, Transition
+
+    plan = json.dumps({"ports": [], "gpus": [], "resources": {}})
+    store = Store(tmp_path / "state.db")
+    with store.transaction() as tx:
+        assert insert_instance(tx, "one", "mod", "native", plan)
+        assert insert_instance(tx, "two", "mod", "native", plan)
+        create_run(tx, run_id="r1", instance="one", backend="native", boot_id="b",
+                   log_path="/l", reason="requested")  # fmt: skip
+        set_run_state(tx, "r1", "running", "started", pid=42)
+        assert run_state(tx, "r1") == "running" and run_state(tx, "nope") is None
+        assert get_run(tx, "r1") == store.run("r1")
+    inst = store.instance("one")
+    assert isinstance(inst, Instance) and inst.current_run == "r1" and inst.plan == plan
+    run = store.run("r1")
+    assert isinstance(run, Run) and (run.state, run.pid, run.attempt) == ("running", 42, 1)
+    assert store.runs_of("one") == [run] and store.active_runs() == [run]
+    assert [(i.name, r) for i, r in store.instances_with_runs()] == [("one", run), ("two", None)]
+    assert all(isinstance(x, InstanceRun) for x in store.instances_with_runs())
+    assert [(t.from_state, t.to_state) for t in store.transitions_of("r1")] == [
+        (None, "starting"),
+        ("starting", "running"),
+    ]
+    assert all(isinstance(t, Transition) for t in store.transitions_of("r1"))
+    events = store.events()
+    assert all(isinstance(e, Event) for e in events) and events[-1].type == "running"
+    assert store.backends_used() == {"native"}
+    # A SQLite error in a transaction, or met outside the store, leaves as a StoreError.
+    with pytest.raises(StoreError), store.transaction() as tx:
+        raise sqlite3.OperationalError("disk I/O error")
+    assert translate(sqlite3.DatabaseError("x"), tmp_path / "state.db") is not None
+    assert translate(ValueError("x"), tmp_path / "state.db") is None
+    store.close()

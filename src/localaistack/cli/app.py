@@ -30,14 +30,13 @@ class LasGroup(click.Group):
         except Exception as err:
             # A SQLite error that escaped the store's own wrapping (a damaged page met
             # while rows are fetched): a StoreError naming the cause, not a traceback.
-            import sqlite3
-
-            if not isinstance(err, sqlite3.Error):
-                raise
-            from localaistack.store.db import store_error
+            from localaistack.store.db import translate
             from localaistack.store.paths import las_home
 
-            fail(store_error(err, str(las_home() / "state.db"), "reading"))
+            store_err = translate(err, las_home() / "state.db")
+            if store_err is None:
+                raise
+            fail(store_err)
 
 
 @click.group(cls=LasGroup, context_settings={"help_option_names": ["-h", "--help"]})

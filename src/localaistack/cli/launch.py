@@ -6,7 +6,6 @@ Errors are ``LasError``s, rendered by the click group (cli/app.py).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +71,12 @@ def interrupted(rt: Any, name: str) -> Interrupted:
         run = rt.current_run(name)
     except LasError:
         run = None
-    if run is None or run["state"] not in ACTIVE_STATES:
+    if run is None or run.state not in ACTIVE_STATES:
         clear_admission(rt, name)
         return Interrupted(f"interrupted: {name} was not started")
     return Interrupted(
-        f"interrupted: {name} goes on starting in the background (run {run['run_id']}, "
-        f"{run['state']}); las only stopped waiting for it",
+        f"interrupted: {name} goes on starting in the background (run {run.run_id}, "
+        f"{run.state}); las only stopped waiting for it",
         hint=f"`las stop {name}` stops it; `las ps` and `las logs {name}` show how it goes",
     )
 
@@ -89,7 +88,7 @@ def report_start(rt: Any, result: Any) -> None:
             f"{result.name}: run {result.run_id} {result.state}: {result.reason}",
             hint=f"`las logs {result.name}` shows its output ({result.log_path})",
         )
-    plan = json.loads(rt.require_instance(result.name)["plan"])
+    plan = rt.require_instance(result.name).plan_data()
     ports = ", ".join(f"{b['name']}: {b['host_ip']}:{b['host_port']}" for b in plan["ports"])
     what = f"container {result.container}" if result.container else f"pid {result.pid}"
     line = f"{result.name}  run {result.run_id}  {result.state}  {what}"

@@ -7,7 +7,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,6 +15,9 @@ from localaistack.cli.launch import interrupted, report_start, run_instance
 from localaistack.cli.output import table, warn
 from localaistack.cli.planning import plan_options
 from localaistack.errors import InstanceConflict, UsageError
+
+if TYPE_CHECKING:
+    from localaistack.store.records import Run
 
 
 def _runtime() -> Any:
@@ -143,7 +146,7 @@ def _start_waiting(rt: Any, name: str, detach: bool) -> Any:
 def _stop_line(name: str, row: Any) -> str:
     if row is None:
         return f"{name}: has no run"
-    return f"{name}: {row['state']} ({row['reason']})"
+    return f"{name}: {row.state} ({row.reason})"
 
 
 STOP_TIMEOUT_HELP = (
@@ -282,19 +285,19 @@ def ps(all_: bool, as_json: bool) -> None:
     )
 
 
-def _run_dict(row: Any) -> dict[str, Any]:
+def _run_dict(row: Run) -> dict[str, Any]:
     return {
-        "run_id": row["run_id"],
-        "attempt": row["attempt"],
-        "state": row["state"],
-        "exit_code": row["exit_code"],
-        "signal": row["signal"],
-        "reason": row["reason"],
-        "pid": row["pid"],
-        "started_at": _ts(row["started_at"]) or None,
-        "finished_at": _ts(row["finished_at"]) or None,
-        "log_path": row["log_path"],
-        "lines_dropped": row["lines_dropped"],
+        "run_id": row.run_id,
+        "attempt": row.attempt,
+        "state": row.state,
+        "exit_code": row.exit_code,
+        "signal": row.signal,
+        "reason": row.reason,
+        "pid": row.pid,
+        "started_at": _ts(row.started_at) or None,
+        "finished_at": _ts(row.finished_at) or None,
+        "log_path": row.log_path,
+        "lines_dropped": row.lines_dropped,
     }
 
 
@@ -314,15 +317,15 @@ def inspect(name: str, as_json: bool) -> None:
         inst = rt.require_instance(name)
         plan = rt.plan_of(name)
         runs = rt.run_rows(name)
-        transitions = {r["run_id"]: rt.store.transitions_of(r["run_id"]) for r in runs}
-        current_row = next((r for r in runs if r["run_id"] == inst["current_run"]), None)
+        transitions = {r.run_id: rt.store.transitions_of(r.run_id) for r in runs}
+        current_row = next((r for r in runs if r.run_id == inst.current_run), None)
         limits = rt.limits(plan, current_row)
         security = rt.security(plan)
     finally:
         rt.close()
-    current = next((r for r in runs if r["run_id"] == inst["current_run"]), None)
+    current = next((r for r in runs if r.run_id == inst.current_run), None)
     last_lines: list[str] = []
-    if current is not None and current["state"] == "failed":
+    if current is not None and current.state == "failed":
         hidden = secrets.read(rt.home, name) or {"values": []}  # the workload may print them
         last_lines = [
             (
@@ -330,33 +333,33 @@ def inspect(name: str, as_json: bool) -> None:
                 if rec.stream == "L"
                 else secrets.mask(line, hidden["values"])  # the workload's output, quoted
             ).rstrip("\n")
-            for rec in tail_records(Path(current["log_path"]), 20)
+            for rec in tail_records(Path(current.log_path), 20)
             for line in [format_record(rec, False).decode("utf-8", "replace")]
         ]
     data = {
         "name": name,
-        "module": inst["module"],
-        "mode": inst["mode"],
-        "state": current["state"] if current else "created",
-        "reason": current["reason"] if current else None,
-        "health": current["health"] if current else "unknown",
+        "module": inst.module,
+        "mode": inst.mode,
+        "state": current.state if current else "created",
+        "reason": current.reason if current else None,
+        "health": current.health if current else "unknown",
         "probes": [
             {**pr, "at": _ts(pr["at"])}
-            for pr in (json.loads(current["probes"]) if current and current["probes"] else [])
+            for pr in (json.loads(current.probes) if current and current.probes else [])
         ],
-        "created_at": _ts(inst["created_at"]),
+        "created_at": _ts(inst.created_at),
         "plan": masked_plan_dict(plan),
         "runs": [
             {
                 **_run_dict(r),
                 "transitions": [
                     {
-                        "from": t["from_state"],
-                        "to": t["to_state"],
-                        "at": _ts(t["at"]),
-                        "reason": t["reason"],
+                        "from": t.from_state,
+                        "to": t.to_state,
+                        "at": _ts(t.at),
+                        "reason": t.reason,
                     }
-                    for t in transitions[r["run_id"]]
+                    for t in transitions[r.run_id]
                 ],
             }
             for r in runs
@@ -368,7 +371,7 @@ def inspect(name: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    click.echo(f"Instance {name} ({inst['module']}, {inst['mode']}): {data['state']}")
+    click.echo(f"Instance {name} ({inst.module}, {inst.mode}): {data['state']}")
     if data["reason"]:
         click.echo(f"  reason: {data['reason']}")
     click.echo(f"  health: {data['health']}")
@@ -428,10 +431,10 @@ def logs(name: str, follow: bool, tail: int | None, run_id: str | None, timestam
         rt.reconcile(read_only=True)
         _warnings(rt)
         row = rt.find_run(name, run_id)
-        path = Path(row["log_path"])
+        path = Path(row.log_path)
         out = sys.stdout.buffer
         if follow:
-            current = str(row["run_id"])
+            current = str(row.run_id)
             records = follow_records(path, stop=lambda: not rt.is_active(current), tail=tail)
         elif tail is not None:
             records = iter(tail_records(path, tail))
@@ -465,25 +468,22 @@ def events(follow: bool, as_json: bool, tail: int | None) -> None:
         rows = rt.store.events(0, tail)
         while True:
             for ev in rows:
-                last = ev["id"]
+                last = ev.id
                 if as_json:
                     click.echo(
                         json.dumps(
                             {
-                                "id": ev["id"],
-                                "at": _ts(ev["at"]),
-                                "instance": ev["instance"],
-                                "run_id": ev["run_id"],
-                                "type": ev["type"],
-                                "message": ev["message"],
+                                "id": ev.id,
+                                "at": _ts(ev.at),
+                                "instance": ev.instance,
+                                "run_id": ev.run_id,
+                                "type": ev.type,
+                                "message": ev.message,
                             }
                         )
                     )
                 else:
-                    click.echo(
-                        f"{_ts(ev['at'])}  {ev['instance'] or '-':<16} {ev['type']:<10} "
-                        f"{ev['message']}"
-                    )
+                    click.echo(f"{_ts(ev.at)}  {ev.instance or '-':<16} {ev.type:<10} {ev.message}")
             if not follow:
                 break
             sys.stdout.flush()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -35,15 +34,17 @@ from localaistack.errors import AdmissionRefused, InstanceConflict
 from localaistack.plan import ExecutionPlan
 from localaistack.store.db import (
     ACTIVE_STATES,
-    Reservation,
     Store,
+    Transaction,
     add_event,
+    current_run_state,
     insert_instance,
-    managed_processes,
+    instance_exists,
     mark_admitted,
     promised_ports,
     reservations,
 )
+from localaistack.store.records import Reservation
 from localaistack.units import format_size
 
 if TYPE_CHECKING:
@@ -277,7 +278,7 @@ def live_usage(
     live = LiveUsage()
     pids, containers = set(managed_pids), set(managed_containers)
     if store is not None:
-        more_pids, more_containers = managed_processes(store.conn)
+        more_pids, more_containers = store.managed_processes()
         pids |= more_pids
         containers |= more_containers
     scanned: dict[int, _Proc] | None = None
@@ -595,7 +596,7 @@ def _other_gpus_with_room(
 
 
 def _admit_resources(
-    c: sqlite3.Connection,
+    c: Transaction,
     name: str,
     plan: ExecutionPlan,
     cap: Capacity | None,
@@ -621,7 +622,7 @@ def _admit_resources(
 
 
 def _record(
-    c: sqlite3.Connection,
+    c: Transaction,
     name: str,
     out: _Outcome | None,
     details: dict[str, Any],
@@ -663,8 +664,7 @@ def admit_new(
         PlanningError: from ``make_plan``.
     """
     with store.transaction() as c:
-        existing = c.execute("SELECT name FROM instances WHERE name=?", (name,)).fetchone()
-        if existing is not None:
+        if instance_exists(c, name):
             raise _name_taken(c, name)
         taken = promised_ports(c)
         chosen: set[int] = set()
@@ -687,19 +687,14 @@ def admit_new(
 def gpu_held(store: Store) -> dict[str, int]:
     """VRAM the ledger holds per GPU uuid (for the planner's choice of GPUs)."""
     held: dict[str, int] = {}
-    for r in reservations(store.conn):
+    for r in store.reservations():
         for uuid, amount in r.gpus.items():
             held[uuid] = held.get(uuid, 0) + amount
     return held
 
 
-def _name_taken(c: sqlite3.Connection, name: str) -> InstanceConflict:
-    row = c.execute(
-        """SELECT r.state FROM instances i LEFT JOIN runs r ON r.run_id = i.current_run
-           WHERE i.name=?""",
-        (name,),
-    ).fetchone()
-    state = (row[0] if row else None) or "created"
+def _name_taken(c: Transaction, name: str) -> InstanceConflict:
+    state = current_run_state(c, name) or "created"
     if state in ACTIVE_STATES:
         return InstanceConflict(
             f"instance {name!r} is already {state}",
@@ -732,14 +727,10 @@ def readmit(
         ResourcesRefused: the memory is not free (an ``AdmissionRefused``).
     """
     with store.transaction() as c:
-        row = c.execute(
-            """SELECT r.state FROM instances i JOIN runs r ON r.run_id = i.current_run
-               WHERE i.name=?""",
-            (name,),
-        ).fetchone()
-        if row is not None and row[0] in ACTIVE_STATES:
+        state = current_run_state(c, name)
+        if state in ACTIVE_STATES:
             raise InstanceConflict(
-                f"instance {name!r} is already {row[0]}",
+                f"instance {name!r} is already {state}",
                 hint=f"`las stop {name}` first, or `las restart {name}`",
             )
         _check_ports(name, plan, promised_ports(c, exclude=name))

@@ -8,9 +8,7 @@ else is read.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,12 +35,16 @@ from localaistack.store.db import (
     Store,
     add_event,
     create_run,
+    delete_instance,
+    get_instance,
+    get_run,
     handle_state,
     home_label,
     no_space,
     set_run_state,
 )
 from localaistack.store.paths import ensure_home, private_dir
+from localaistack.store.records import Instance, Run
 
 if TYPE_CHECKING:
     from localaistack.plan import ExecutionPlan
@@ -177,12 +179,12 @@ class Runtime:
         outlived = []  # runs whose backend lets them outlive their supervisor
         with self.store.transaction() as c:
             for r in suspects:
-                row = c.execute("SELECT * FROM runs WHERE run_id=?", (r["run_id"],)).fetchone()
-                if row is None or row["state"] not in ACTIVE_STATES or self._alive(row):
+                row = get_run(c, r.run_id)
+                if row is None or row.state not in ACTIVE_STATES or self._alive(row):
                     continue  # it ended properly, or came alive, since the first look
                 found += 1
-                recoverable = backends.get(row["backend"]).capabilities.recover
-                if recoverable and row["handle"] and row["boot_id"] == self._boot:
+                recoverable = backends.get(row.backend).capabilities.recover
+                if recoverable and row.handle and row.boot_id == self._boot:
                     outlived.append(row)
                 else:
                     self.supervisors.mark_lost(c, row, self._boot)
@@ -190,32 +192,32 @@ class Runtime:
             self._recover(row)
         return found
 
-    def _recover(self, run: sqlite3.Row) -> None:
+    def _recover(self, run: Run) -> None:
         """A run that outlived its supervisor: a new supervisor re-attaches to it (through
         its backend's ``recover``) while it runs; else its exit, or why it cannot be told
         (``RecoveryFailed``: then the run gets a synthetic exit, failed and lost)."""
-        plan = self.stored_plan(run["instance"])
+        plan = self.stored_plan(run.instance)
         ctx = RunContext(
-            run_id=str(run["run_id"]),
-            instance=str(run["instance"]),
+            run_id=str(run.run_id),
+            instance=str(run.instance),
             plan=plan,
             shown=plan,
             db_path=str(self.store.path),
             shim_pid=os.getpid(),
             own_pids=set(),
         )
-        backend = backends.create(str(run["backend"]), ctx)
+        backend = backends.create(str(run.backend), ctx)
         try:
-            status = backend.recover(Handle.load(run["handle"], str(run["backend"])))
+            status = backend.recover(Handle.load(run.handle, str(run.backend)))
         except RecoveryFailed as exc:
-            self.fail_run(run["run_id"], f"lost: its supervisor died and {exc.message}")
+            self.fail_run(run.run_id, f"lost: its supervisor died and {exc.message}")
             return
         if status.running:
-            since = _last_log_time(run["log_path"]) or _iso(float(run["started_at"] or time.time()))
-            pending = self.supervisors.claim(run, ("--adopt", str(run["run_id"]), "--since", since))
+            since = _last_log_time(run.log_path) or _iso(float(run.started_at or time.time()))
+            pending = self.supervisors.claim(run, ("--adopt", str(run.run_id), "--since", since))
             if pending is None:
                 return  # another las command re-adopted it meanwhile
-            self.record_event(run["instance"], "re-adopted", f"{status.detail} still runs; "
+            self.record_event(run.instance, "re-adopted", f"{status.detail} still runs; "
                               f"a new supervisor follows it (logs since {since})")  # fmt: skip
             self.supervisors.start(run, pending=pending)
             return
@@ -225,12 +227,12 @@ class Runtime:
         reason = (f"exited with code {code} while its supervisor was gone (output after the "
                   "supervisor died is not in the log)")  # fmt: skip
         with self.store.transaction() as c:
-            set_run_state(c, run["run_id"], "stopped" if ok else "failed", reason, exit_code=code)
+            set_run_state(c, run.run_id, "stopped" if ok else "failed", reason, exit_code=code)
 
-    def _alive(self, run: sqlite3.Row) -> bool:
-        if run["backend"] in backends.REGISTRY:
+    def _alive(self, run: Run) -> bool:
+        if run.backend in backends.REGISTRY:
             return self.supervisors.is_alive(run, self._boot)  # every run has a supervisor
-        raise NotSupported(f"unknown backend {run['backend']!r} for run {run['run_id']}")
+        raise NotSupported(f"unknown backend {run.backend!r} for run {run.run_id}")
 
     def sweep_orphans(self, grace: float | None = None) -> list[str]:
         """Containers labelled for this LAS_HOME that no active run points to.
@@ -242,11 +244,10 @@ class Runtime:
 
         if grace is None:
             grace = float(os.environ.get("LAS_ORPHAN_GRACE", ORPHAN_GRACE))
-        used = [r[0] for r in self.store.conn.execute(
-            "SELECT DISTINCT backend FROM runs WHERE backend != 'native'")]  # fmt: skip
+        used = sorted(self.store.backends_used() - {"native"})
         if not used:
             return []
-        active = {r["run_id"] for r in self.store.active_runs()}
+        active = {r.run_id for r in self.store.active_runs()}
         label = home_label(self.store.path)
         notes = []
         for name in used:
@@ -271,23 +272,23 @@ class Runtime:
 
     # --- lookups -------------------------------------------------------------------------
 
-    def require_instance(self, name: str) -> sqlite3.Row:
+    def require_instance(self, name: str) -> Instance:
         row = self.store.instance(name)
         if row is None:
-            known = [r["name"] for r in self.store.instances()]
+            known = [r.name for r in self.store.instances()]
             raise InstanceNotFound(
                 f"no instance named {name!r}",
                 hint=("instances: " + ", ".join(known)) if known else "see `las ps --all`",
             )
         return row
 
-    def current_run(self, name: str) -> sqlite3.Row | None:
+    def current_run(self, name: str) -> Run | None:
         inst = self.require_instance(name)
-        return self.store.run(inst["current_run"]) if inst["current_run"] else None
+        return self.store.run(inst.current_run) if inst.current_run else None
 
     def stored_plan(self, name: str) -> dict[str, Any]:
         """The instance's plan as stored (as shown: secrets masked), as JSON data."""
-        return secrets.stored_plan(self.home, name, self.require_instance(name)["plan"])
+        return secrets.stored_plan(self.home, name, self.require_instance(name).plan)
 
     def plan_of(self, name: str) -> ExecutionPlan:
         from localaistack.plan import ExecutionPlan
@@ -332,37 +333,35 @@ class Runtime:
         message = self.supervisors.start(
             run, wait_healthy=wait_healthy and has_health, pending=pending
         )
-        current = self.require_instance(name)["current_run"] or run_id  # restarts move it
+        current = self.require_instance(name).current_run or run_id  # restarts move it
         final = self.store.run(current)
         assert final is not None
-        container = backends.get(final["backend"]).container_id(handle_state(final["handle"]))
+        container = backends.get(final.backend).container_id(handle_state(final.handle))
         return StartResult(
             name,
             current,
-            str(message.get("state", final["state"])),
-            message.get("pid") or final["pid"],
-            message.get("reason") or final["reason"],
-            str(run["log_path"]),
+            str(message.get("state", final.state)),
+            message.get("pid") or final.pid,
+            message.get("reason") or final.reason,
+            str(run.log_path),
             container[:12] if container else None,
         )
 
     def _create_run(
         self, name: str, run_id: str, plan_data: dict[str, Any], pending: Pending | None
-    ) -> sqlite3.Row:
+    ) -> Run:
         backend = backends.name_for(plan_data)
         log_path = private_dir(self.home, "logs", name) / f"{run_id}.log"
         sup_pid, sup_start = (pending.pid, pending.start) if pending else (None, None)
         with self.store.transaction() as c:
-            inst = c.execute("SELECT * FROM instances WHERE name=?", (name,)).fetchone()
+            inst = get_instance(c, name)
             if inst is None:
                 raise InstanceNotFound(f"no instance named {name!r}")
-            if inst["current_run"]:
-                cur = c.execute(
-                    "SELECT state FROM runs WHERE run_id=?", (inst["current_run"],)
-                ).fetchone()
-                if cur is not None and cur["state"] in ACTIVE_STATES:
+            if inst.current_run:
+                cur = get_run(c, inst.current_run)
+                if cur is not None and cur.state in ACTIVE_STATES:
                     raise InstanceConflict(
-                        f"instance {name!r} is already {cur['state']}",
+                        f"instance {name!r} is already {cur.state}",
                         hint=f"`las stop {name}` first, or `las restart {name}`",
                     )
             me = os.getpid()
@@ -376,7 +375,7 @@ class Runtime:
 
     def stop(
         self, name: str, timeout: float | None = None, notes: list[str] | None = None
-    ) -> sqlite3.Row | None:
+    ) -> Run | None:
         """Stop the instance's active run; returns the run as recorded at the end.
 
         Idempotent: an instance that is not running is left as it is. A store that cannot
@@ -391,12 +390,12 @@ class Runtime:
         problems: list[str] = []
         try:
             self.reconcile()
-        except (StoreError, sqlite3.Error) as exc:
+        except StoreError as exc:
             problems.append(_why(exc))
         run = self.current_run(name)
-        if run is None or run["state"] not in ACTIVE_STATES:
+        if run is None or run.state not in ACTIVE_STATES:
             return run
-        plan = json.loads(self.require_instance(name)["plan"])
+        plan = self.require_instance(name).plan_data()
         plan_timeout = float(plan["stop"]["timeout"])
         ended, unrecorded = self.supervisors.stop(run, timeout, plan_timeout)
         if unrecorded is not None:
@@ -408,10 +407,10 @@ class Runtime:
                 )
         try:
             self.reconcile()
-        except (StoreError, sqlite3.Error) as exc:
+        except StoreError as exc:
             problems.append(_why(exc))
-        row = self.store.run(run["run_id"])
-        if row is None or row["state"] not in ACTIVE_STATES:
+        row = self.store.run(run.run_id)
+        if row is None or row.state not in ACTIVE_STATES:
             return row
         if ended and problems:
             raise StoreError(
@@ -422,9 +421,9 @@ class Runtime:
             )
         waited = timeout if timeout is not None else plan_timeout
         raise ExecutionError(
-            f"{name} is still {row['state']}: run {row['run_id']} did not end within "
+            f"{name} is still {row.state}: run {row.run_id} did not end within "
             f"{min(waited, STOP_TIMEOUT_MAX):g}s (the stop timeout) and the margin "
-            f"after it; its supervisor is pid {row['sup_pid']}",
+            f"after it; its supervisor is pid {row.sup_pid}",
             hint=f"`las stop {name} --timeout 0` kills it now; `las ps` shows when it has ended",
         )
 
@@ -432,16 +431,15 @@ class Runtime:
         """Forget an instance (its logs stay unless ``purge``); refuses a running one."""
         self.reconcile()
         run = self.current_run(name)
-        if run is not None and run["state"] in ACTIVE_STATES:
+        if run is not None and run.state in ACTIVE_STATES:
             if not force:
                 raise InstanceConflict(
-                    f"instance {name!r} is {run['state']}",
+                    f"instance {name!r} is {run.state}",
                     hint=f"`las stop {name}` first, or `las rm -f {name}`",
                 )
             self.stop(name)
         with self.store.transaction() as c:
-            c.execute("DELETE FROM runs WHERE instance=?", (name,))
-            c.execute("DELETE FROM instances WHERE name=?", (name,))
+            delete_instance(c, name)
             add_event(
                 c, "removed", f"instance removed{' with its logs' if purge else ''}", instance=name
             )
@@ -462,24 +460,24 @@ class Runtime:
         except StoreError as exc:  # its event could not be written: removal is retried
             self._warn_not_updated(exc)
         out = []
-        for row in self.store.instances_with_runs():
-            state = row["state"] or "created"
+        for inst, run in self.store.instances_with_runs():
+            state = run.state if run is not None else "created"
             if not all_ and state not in ACTIVE_STATES:
                 continue
             active = state in ACTIVE_STATES
-            plan = json.loads(row["plan"])
+            plan = inst.plan_data()
             out.append(
                 {
-                    "name": row["name"],
-                    "module": row["module"],
-                    "mode": row["mode"],
+                    "name": inst.name,
+                    "module": inst.module,
+                    "mode": inst.mode,
                     "state": state,
-                    "health": (row["health"] or "unknown") if active else "",
-                    "pid": row["pid"] if state in ACTIVE_STATES else None,
-                    "run_id": row["run_id"],
-                    "started_at": row["started_at"],
-                    "finished_at": row["finished_at"],
-                    "reason": row["reason"],
+                    "health": (run.health or "unknown") if run is not None and active else "",
+                    "pid": run.pid if run is not None and active else None,
+                    "run_id": run.run_id if run is not None else None,
+                    "started_at": run.started_at if run is not None else None,
+                    "finished_at": run.finished_at if run is not None else None,
+                    "reason": run.reason if run is not None else None,
                     "ports": [
                         f"{p['host_ip']}:{p['host_port']}->{p['name']}" for p in plan["ports"]
                     ],
@@ -504,7 +502,7 @@ class Runtime:
         from localaistack.runtime import cgroups
 
         label = home_label(self.store.path)
-        active = {str(r["run_id"]) for r in self.store.active_runs()}
+        active = {str(r.run_id) for r in self.store.active_runs()}
         out: list[dict[str, Any]] = []
         now = time.time()
         for run_id, cg in sorted(cgroups.of_home(label).items()):
@@ -514,7 +512,7 @@ class Runtime:
             if not pids:
                 continue
             row = self.store.run(run_id)
-            if row is not None and row["finished_at"] and now - float(row["finished_at"]) < 5:
+            if row is not None and row.finished_at and now - float(row.finished_at) < 5:
                 continue  # its supervisor recorded the end and is emptying the cgroup now
             out.append(self._unknown_row(run_id, "native", pids[0], f"{len(pids)} process(es) "
                                          f"in cgroup {cg.path}", row))  # fmt: skip
@@ -523,12 +521,12 @@ class Runtime:
         return out
 
     def _unknown_row(
-        self, run_id: str, mode: str, pid: int | None, what: str, row: sqlite3.Row | None
+        self, run_id: str, mode: str, pid: int | None, what: str, row: Run | None
     ) -> dict[str, Any]:
-        known = f"its run is recorded {row['state']}" if row is not None else "no record knows it"
+        known = f"its run is recorded {row.state}" if row is not None else "no record knows it"
         return {
             "name": f"?{run_id}",
-            "module": str(row["instance"]) if row is not None else "?",
+            "module": str(row.instance) if row is not None else "?",
             "mode": mode,
             "state": "orphaned",
             "health": "",
@@ -548,7 +546,7 @@ class Runtime:
         # (a fresh database: a lost home's containers may be anywhere). Asking costs an
         # engine call or two (~0.1 s each), so `ps --all` of a home that only ran native
         # workloads asks none.
-        used = {str(r[0]) for r in self.store.conn.execute("SELECT DISTINCT backend FROM runs")}
+        used = self.store.backends_used()
         out = []
         for name in ("podman", "docker"):
             if (used and name not in used) or not which(name):
@@ -616,21 +614,21 @@ class Runtime:
         raise InstanceNotFound(f"no workload with no record is known as ?{run_id}",
                                hint="see `las ps --all`")  # fmt: skip
 
-    def run_rows(self, name: str) -> list[sqlite3.Row]:
+    def run_rows(self, name: str) -> list[Run]:
         self.require_instance(name)
         return self.store.runs_of(name)
 
-    def find_run(self, name: str, run_id: str | None) -> sqlite3.Row:
+    def find_run(self, name: str, run_id: str | None) -> Run:
         """The named run of an instance (a unique prefix is enough), or its current run."""
         runs = self.run_rows(name)
         if not runs:
             raise InstanceNotFound(f"instance {name!r} has no runs yet", hint=f"`las start {name}`")
         if run_id is None:
             inst = self.require_instance(name)
-            return next(r for r in runs if r["run_id"] == inst["current_run"])
-        matches = [r for r in runs if str(r["run_id"]).startswith(run_id)]
+            return next(r for r in runs if r.run_id == inst.current_run)
+        matches = [r for r in runs if str(r.run_id).startswith(run_id)]
         if len(matches) != 1:
-            ids = ", ".join(r["run_id"] for r in runs)
+            ids = ", ".join(r.run_id for r in runs)
             raise UsageError(
                 f"{'no' if not matches else 'more than one'} run of {name!r} matches {run_id!r}",
                 hint=f"runs: {ids}",
@@ -640,11 +638,11 @@ class Runtime:
     def is_active(self, run_id: str) -> bool:
         self.reconcile(read_only=True)
         row = self.store.run(run_id)
-        return row is not None and row["state"] in ACTIVE_STATES
+        return row is not None and row.state in ACTIVE_STATES
 
-    def limits(self, plan: ExecutionPlan, run: sqlite3.Row | None) -> dict[str, str]:
+    def limits(self, plan: ExecutionPlan, run: Run | None) -> dict[str, str]:
         """What enforces each limit of the plan, in words (its backend's)."""
-        state = handle_state(run["handle"] if run is not None else None)
+        state = handle_state(run.handle if run is not None else None)
         return backends.get(backends.name_of(plan)).describe_limits(plan, state)
 
     @staticmethod

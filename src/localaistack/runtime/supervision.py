@@ -25,7 +25,6 @@ import json
 import os
 import select
 import signal
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,17 @@ from typing import Any
 from localaistack.errors import StartFailed, StoreError
 from localaistack.runtime import backends, cgroups, procs
 from localaistack.runtime.spawn import Pending, spawn_supervisor
-from localaistack.store.db import FINAL_STATES, Store, add_event, handle_state, set_run_state
+from localaistack.store.db import (
+    FINAL_STATES,
+    Store,
+    Transaction,
+    add_event,
+    claim_supervisor,
+    handle_state,
+    request_stop,
+    set_run_state,
+)
+from localaistack.store.records import Run
 
 READY_TIMEOUT = 30.0
 # How much longer than the stop timeout we wait for the supervisor; plus the backend's
@@ -114,7 +123,7 @@ class Supervisors:
 
     def start(
         self,
-        run: sqlite3.Row,
+        run: Run,
         *,
         wait_healthy: bool = False,
         ready_timeout: float = READY_TIMEOUT,
@@ -136,7 +145,7 @@ class Supervisors:
             StartFailed: when the supervisor itself cannot be started or dies before
                 reporting; the run is recorded as failed first.
         """
-        run_id = str(run["run_id"])
+        run_id = str(run.run_id)
         if pending is None:
             pending = self.claim(run, extra_args)
             if pending is None:
@@ -176,7 +185,7 @@ class Supervisors:
             raise StartFailed(reason, hint=f"see {sup_log}")
         return message
 
-    def claim(self, run: sqlite3.Row, extra_args: tuple[str, ...] = ()) -> Pending | None:
+    def claim(self, run: Run, extra_args: tuple[str, ...] = ()) -> Pending | None:
         """Spawn a supervisor for ``run`` and record it as the run's, unless the run's
         supervisor changed since ``run`` was read (another las command claimed it first:
         the new supervisor is let go, and None returned). Give the result to ``start``.
@@ -187,7 +196,7 @@ class Supervisors:
         Raises:
             StartFailed: the supervisor cannot be started (the run is recorded failed).
         """
-        run_id = str(run["run_id"])
+        run_id = str(run.run_id)
         try:
             pending = self.spawn(run_id, extra_args)
         except StartFailed as exc:
@@ -195,11 +204,9 @@ class Supervisors:
                 set_run_state(c, run_id, "failed", exc.message)
             raise
         with self.store.transaction() as c:
-            claimed = c.execute(
-                "UPDATE runs SET sup_pid=?, sup_start=? WHERE run_id=? AND sup_pid IS ? "
-                "AND sup_start IS ?",
-                (pending.pid, pending.start, run_id, run["sup_pid"], run["sup_start"]),
-            ).rowcount
+            claimed = claim_supervisor(
+                c, run_id, pending.pid, pending.start, was=(run.sup_pid, run.sup_start)
+            )
         if not claimed:
             self.cancel(pending)
             return None
@@ -215,9 +222,7 @@ class Supervisors:
 
     # --- stop --------------------------------------------------------------------------
 
-    def stop(
-        self, run: sqlite3.Row, timeout: float | None, plan_timeout: float
-    ) -> tuple[bool, str | None]:
+    def stop(self, run: Run, timeout: float | None, plan_timeout: float) -> tuple[bool, str | None]:
         """Ask the supervisor to stop the workload and wait until the run has ended.
 
         The request is recorded first (its deadline: now + ``timeout``, or the plan's; the
@@ -232,22 +237,22 @@ class Supervisors:
         request could not be recorded, or None). Stopping an ended run does nothing. If the
         supervisor is gone, the run is reconciled instead (by the caller).
         """
-        run_id = str(run["run_id"])
+        run_id = str(run.run_id)
         effective = min(timeout if timeout is not None else plan_timeout, STOP_TIMEOUT_MAX)
         unrecorded = self._record_stop(run_id, effective)
-        sup_pid, sup_start = run["sup_pid"], run["sup_start"]
+        sup_pid, sup_start = run.sup_pid, run.sup_start
         if sup_pid is None:
             # Still starting: the supervisor has not been recorded yet; wait briefly for it.
             deadline = time.monotonic() + 5.0
             while time.monotonic() < deadline:
                 row = self.store.run(run_id)
-                if row is None or row["sup_pid"] is not None:
+                if row is None or row.sup_pid is not None:
                     break
                 time.sleep(0.02)
             row = self.store.run(run_id)
-            if row is None or row["sup_pid"] is None:
+            if row is None or row.sup_pid is None:
                 return True, unrecorded
-            sup_pid, sup_start = row["sup_pid"], row["sup_start"]
+            sup_pid, sup_start = row.sup_pid, row.sup_start
         if not procs.is_same_process(sup_pid, sup_start):
             return True, unrecorded
         try:
@@ -261,7 +266,7 @@ class Supervisors:
                 signal.pidfd_send_signal(pidfd, signal.SIGTERM)
             except ProcessLookupError:
                 return True, unrecorded  # it exited just now: reconciled by the caller
-            margin = STOP_GRACE_EXTRA + backends.get(run["backend"]).capabilities.stop_margin
+            margin = STOP_GRACE_EXTRA + backends.get(run.backend).capabilities.stop_margin
             if unrecorded is not None and timeout is not None:
                 # The supervisor cannot read this timeout: it is told when it has passed.
                 if self._wait_ended(pidfd, run_id, effective, True):
@@ -280,25 +285,11 @@ class Supervisors:
         """Record a stop request unless an earlier deadline is recorded already; why it
         could not be recorded, or None. Waits at most STOP_RECORD_WAIT for the store."""
         now = time.time()
-        conn = self.store.conn
-        busy = conn.execute("PRAGMA busy_timeout").fetchone()[0]
         try:
-            conn.execute(f"PRAGMA busy_timeout={int(STOP_RECORD_WAIT * 1000)}")
-            with self.store.transaction() as c:
-                c.execute(
-                    "UPDATE runs SET stop_requested=?, stop_timeout=? WHERE run_id=? AND ("
-                    "stop_requested IS NULL OR stop_timeout IS NULL "
-                    "OR stop_requested + stop_timeout > ?)",
-                    (now, timeout, run_id, now + timeout),
-                )
-        except (sqlite3.Error, StoreError) as exc:
-            if conn.in_transaction:  # a failed COMMIT leaves it open
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            return str(exc.message if isinstance(exc, StoreError) else exc)
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute(f"PRAGMA busy_timeout={int(busy)}")
+            with self.store.waiting_at_most(STOP_RECORD_WAIT), self.store.transaction() as c:
+                request_stop(c, run_id, timeout, now)
+        except StoreError as exc:
+            return exc.message
         return None
 
     def _wait_ended(self, pidfd: int, run_id: str, seconds: float, unwritable: bool) -> bool:
@@ -318,32 +309,32 @@ class Supervisors:
     def _ended(self, run_id: str, unwritable: bool) -> bool:
         try:
             row = self.store.run(run_id)
-        except (sqlite3.Error, StoreError):
+        except StoreError:
             return False
-        if row is None or row["state"] in FINAL_STATES:
+        if row is None or row.state in FINAL_STATES:
             return True
         # Where the supervisor is the run's parent (the run dies with it): its pid tells.
-        outlives = backends.get(row["backend"]).capabilities.recover
-        if not unwritable or outlives or row["pid"] is None:
+        outlives = backends.get(row.backend).capabilities.recover
+        if not unwritable or outlives or row.pid is None:
             return False
-        if procs.is_same_process(int(row["pid"]), row["pid_start"]):
+        if procs.is_same_process(int(row.pid), row.pid_start):
             return False
         cgroup = cgroups.existing(run_id)
         return cgroup is None or not cgroup.pids()
 
     # --- reconcile -----------------------------------------------------------------------
 
-    def is_alive(self, run: sqlite3.Row, boot: str) -> bool:
+    def is_alive(self, run: Run, boot: str) -> bool:
         """Whether the run is still watched by a live supervisor (cheap: /proc reads)."""
-        if run["boot_id"] != boot:
+        if run.boot_id != boot:
             return False
-        if run["sup_pid"] is not None:
-            return procs.is_same_process(run["sup_pid"], run["sup_start"])
-        if procs.is_same_process(run["owner_pid"], run["owner_start"]):
+        if run.sup_pid is not None:
+            return procs.is_same_process(run.sup_pid, run.sup_start)
+        if procs.is_same_process(run.owner_pid, run.owner_start):
             return True
-        return bool(time.time() - float(run["created_at"]) < ORPHAN_START_GRACE)
+        return bool(time.time() - float(run.created_at) < ORPHAN_START_GRACE)
 
-    def mark_lost(self, c: sqlite3.Connection, run: sqlite3.Row, boot: str) -> None:
+    def mark_lost(self, c: Transaction, run: Run, boot: str) -> None:
         """Record a run whose supervisor is gone, ending whatever is left of its workload.
 
         What is left: its cgroup's members (only this run's processes ever join it); where
@@ -351,21 +342,21 @@ class Supervisors:
         that left the process group have no parent-death signal), and their descendants;
         and the workload's process group. The reason says how many were killed, and when.
         """
-        run_id = str(run["run_id"])
+        run_id = str(run.run_id)
         killed = 0
         cgroup = cgroups.existing(run_id)
         not_removed: list[str] = []
         if cgroup is not None:
             killed += cgroup.kill_all()
             not_removed = cgroup.remove()
-        if run["boot_id"] != boot:
+        if run.boot_id != boot:
             reason = "lost: the machine rebooted (boot id changed) while the run was active"
             set_run_state(c, run_id, "failed", reason)
             return
-        killed += _kill_recorded(run["handle"])
-        if run["pid"] is not None:
-            killed += procs.kill_group(int(run["pid"]), signal.SIGKILL, run["pid_start"])
-        if run["sup_pid"] is None:
+        killed += _kill_recorded(run.handle)
+        if run.pid is not None:
+            killed += procs.kill_group(int(run.pid), signal.SIGKILL, run.pid_start)
+        if run.sup_pid is None:
             reason = "lost: las exited before the supervisor was started"
         else:
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -375,11 +366,11 @@ class Supervisors:
                 if killed
                 else "the workload died with it"
             )
-            reason = f"lost: the supervisor (pid {run['sup_pid']}) died unexpectedly; {what}"
+            reason = f"lost: the supervisor (pid {run.sup_pid}) died unexpectedly; {what}"
         if not_removed:
             reason += f"; cgroup not removed: {', '.join(not_removed)}"
         set_run_state(c, run_id, "failed", reason)
-        add_event(c, "reconciled", reason, instance=str(run["instance"]), run_id=run_id)
+        add_event(c, "reconciled", reason, instance=str(run.instance), run_id=run_id)
 
 
 def _kill_recorded(handle: str | None) -> int:

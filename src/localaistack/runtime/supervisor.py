@@ -48,7 +48,6 @@ import os
 import re
 import selectors
 import signal
-import sqlite3
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -70,10 +69,14 @@ from localaistack.store import secrets
 from localaistack.store.db import (
     FINAL_STATES,
     Store,
+    Transaction,
     add_event,
     create_run,
+    run_state,
     set_run_handle,
+    set_run_health,
     set_run_pid,
+    set_run_reason,
     set_run_state,
 )
 
@@ -136,21 +139,21 @@ class Supervisor:
         run = self.store.run(run_id)
         if run is None:
             raise SystemExit(f"supervisor: no run {run_id} in {store.path}")
-        inst = self.store.instance(run["instance"])
+        inst = self.store.instance(run.instance)
         assert inst is not None
-        self.instance = str(inst["name"])
-        self.boot_id = str(run["boot_id"])
+        self.instance = str(inst.name)
+        self.boot_id = str(run.boot_id)
         # The stored plan is the plan as shown (its secrets masked where they sit): the real
         # values come from the instance's secrets file. What this process writes is composed
         # from the shown plan; only what it quotes from elsewhere is masked by value (hide).
         hidden = secrets.read(os.path.dirname(os.path.abspath(store.path)), self.instance)
-        stored = json.loads(inst["plan"])
+        stored = inst.plan_data()
         self.secrets: list[str] = list(hidden["values"]) if hidden else []
         self.shown: dict[str, Any] = secrets.repaired(stored, hidden)
         self.plan: dict[str, Any] = secrets.reveal(stored, hidden)
         self.health_spec: dict[str, Any] | None = self.plan.get("health")
         self.restart: dict[str, Any] = self.plan["restart"]
-        self.attempt = Attempt(run_id, str(run["log_path"]))
+        self.attempt = Attempt(run_id, str(run.log_path))
         self.me = os.getpid()
         self.me_start = procs.start_time(self.me)
         self.stop_requested = False
@@ -168,7 +171,7 @@ class Supervisor:
         self.health_failure: str | None = None  # why we stopped it (start timeout, unhealthy)
         self.sel = selectors.DefaultSelector()
         self.reported_running = False
-        self.backend_name = str(run["backend"])  # runtime/backends: the registry's name
+        self.backend_name = str(run.backend)  # runtime/backends: the registry's name
         self.backend: Backend | None = None  # the current run's, while it is started
         self.caps = backends.get(self.backend_name).capabilities
         self.adopt: str | None = None  # re-attach to the run's stored handle (--adopt)
@@ -239,7 +242,7 @@ class Supervisor:
         at = time.time()
         final = state in FINAL_STATES
 
-        def action(c: sqlite3.Connection) -> None:
+        def action(c: Transaction) -> None:
             why = reason
             if final and why is not None and self.store_trouble:
                 why += f"; recorded late: {self.store_trouble}"
@@ -272,7 +275,7 @@ class Supervisor:
                     add_event(c, "store-late", f"state changes from {since} UTC on were "
                               f"recorded late: {self.store_trouble}", instance=self.instance,
                               run_id=self.run_id)  # fmt: skip
-        except (sqlite3.Error, StoreError) as exc:
+        except StoreError as exc:
             if self.store_trouble is None:
                 self.store_trouble = str(exc)
                 self.trouble_since = time.time()
@@ -523,7 +526,7 @@ class Supervisor:
                 return backend.start()
             self.adopt = None
             row = self.store.run(self.run_id)
-            backend.recover(Handle.load(row["handle"] if row else None, self.backend_name))
+            backend.recover(Handle.load(row.handle if row else None, self.backend_name))
             return backend.current()
         except StartFailed as exc:
             self._start_failed(exc.message)
@@ -857,12 +860,9 @@ class Supervisor:
         history = json.dumps([r.as_dict() for r in self.health.history])
         message = f"{new}: {result.message} ({result.latency * 1000:.1f} ms)"
 
-        def write(c: sqlite3.Connection) -> None:
-            c.execute(
-                "UPDATE runs SET health=?, probes=? WHERE run_id=?", (new, history, self.run_id)
-            )
-            if new == "healthy" and old != "healthy":
-                c.execute("UPDATE runs SET healthy_at=? WHERE run_id=?", (time.time(), self.run_id))
+        def write(c: Transaction) -> None:
+            became = time.time() if new == "healthy" and old != "healthy" else None
+            set_run_health(c, self.run_id, new, history, healthy_at=became)
             if new != old:
                 add_event(c, "health", message, instance=self.instance, run_id=self.run_id)
 
@@ -897,9 +897,7 @@ class Supervisor:
                 f"{self.failures[0]}; last: {self.failures[-1]})"
             )
             self._write(
-                lambda c: c.execute(
-                    "UPDATE runs SET reason=? WHERE run_id=?", (reason, self.run_id)
-                ),
+                lambda c: set_run_reason(c, self.run_id, reason),
                 "budget",
             )
             self._write(
@@ -980,13 +978,13 @@ class Supervisor:
         left = asked
         try:
             row = self.store.run(self.run_id)
-        except (sqlite3.Error, StoreError):
+        except StoreError:
             row = None  # the store is unreadable: the plan's timeout
-        if row is not None and row["stop_timeout"] is not None:
-            asked = float(row["stop_timeout"])
+        if row is not None and row.stop_timeout is not None:
+            asked = float(row.stop_timeout)
             left = asked
-            if row["stop_requested"] is not None:  # it counts from the request
-                left = min(asked, float(row["stop_requested"]) + asked - time.time())
+            if row.stop_requested is not None:  # it counts from the request
+                left = min(asked, float(row.stop_requested) + asked - time.time())
         if math.isnan(left) or math.isnan(asked):  # never from las, which refuses it
             left = asked = 0.0
         bound = min(max(0.0, left), STOP_TIMEOUT_MAX)
@@ -1204,10 +1202,10 @@ def _wait_for_go(fd: int, store: Store, run_id: str) -> bool:
         if go.readline().strip() == b"go":
             return True
     with store.transaction() as c:
-        row = c.execute("SELECT state FROM runs WHERE run_id=?", (run_id,)).fetchone()
-        if row is not None and row[0] == "starting":
+        state = run_state(c, run_id)
+        if state == "starting":
             set_run_state(c, run_id, "failed", "lost: las exited before the run was started")
-    if row is None:  # nothing was recorded: leave no trace (this log file included)
+    if state is None:  # nothing was recorded: leave no trace (this log file included)
         run_dir = os.path.join(os.path.dirname(os.path.abspath(store.path)), "runs", run_id)
         with contextlib.suppress(OSError):
             for name in os.listdir(run_dir):

@@ -13,6 +13,11 @@ Tables (schema version in ``meta``; migrations in ``MIGRATIONS``, applied in ord
 
 Every write is a short transaction. ``BEGIN IMMEDIATE`` takes the write lock up front, so
 read-check-write sequences (name taken? port promised?) are atomic across processes.
+
+All SQL of las is here: the ``Store``'s methods read, the functions below take the open
+``Transaction`` and read or write inside it. What they return are typed records
+(store/records.py), never SQLite rows; a SQLite error leaves as a ``StoreError`` that names
+its cause (``store_error``).
 """
 
 from __future__ import annotations
@@ -25,12 +30,28 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pathlib costs the long-lived supervisor memory
     from pathlib import Path
 
 from localaistack.errors import StoreError
+from localaistack.store.records import (
+    EVENT_COLUMNS,
+    INSTANCE_COLUMNS,
+    RUN_COLUMNS,
+    TRANSITION_COLUMNS,
+    Event,
+    Instance,
+    InstanceRun,
+    Reservation,
+    Run,
+    Transition,
+)
+
+# The open write transaction that ``Store.transaction`` yields: callers pass it to the
+# write functions below, and run no SQL of their own.
+Transaction = sqlite3.Connection
 
 ACTIVE_STATES = ("starting", "running", "stopping")
 FINAL_STATES = ("stopped", "failed")
@@ -207,11 +228,36 @@ def corrupt_hint(path: str) -> str:
     )
 
 
+def translate(exc: BaseException, path: str | Path, doing: str = "reading") -> StoreError | None:
+    """The ``StoreError`` for a SQLite error that escaped the store (None: not one)."""
+    if isinstance(exc, StoreError):
+        return exc
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    return store_error(exc, str(path), doing)
+
+
+def _query(c: sqlite3.Connection, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+    """All rows of a read, errors while fetching included as a ``StoreError``."""
+    try:
+        return c.execute(sql, params).fetchall()
+    except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+        raise
+    except sqlite3.DatabaseError as exc:
+        raise store_error(exc, getattr(c, "db_path", ""), "reading") from exc
+
+
+def _query_one(c: sqlite3.Connection, sql: str, params: Any = ()) -> sqlite3.Row | None:
+    rows = _query(c, sql, params)
+    return rows[0] if rows else None
+
+
 class _Conn(sqlite3.Connection):
     """A connection whose errors reach callers as a ``StoreError`` naming the cause.
 
-    Constraint violations stay ``sqlite3.IntegrityError`` (callers test for them), and
-    misuse stays ``sqlite3.ProgrammingError``.
+    Constraint violations stay ``sqlite3.IntegrityError`` (the writes below test for
+    them), and misuse stays ``sqlite3.ProgrammingError``; ``Store.transaction`` turns
+    either into a ``StoreError`` if it reaches the caller.
     """
 
     db_path = ""
@@ -421,17 +467,22 @@ class Store:
                 os.chmod(side, 0o600)
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error)."""
+    def transaction(self) -> Iterator[Transaction]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error).
+
+        A SQLite error inside it reaches the caller as a ``StoreError``.
+        """
         if self.unwritable is not None:
             raise self.unwritable
         self.conn.execute("BEGIN IMMEDIATE")  # errors: StoreError naming the cause (_Conn)
         try:
             yield self.conn
-        except BaseException:
+        except BaseException as exc:
             # SQLite may have rolled back itself already (a full disk, an I/O error).
             with contextlib.suppress(sqlite3.Error, StoreError):
                 self.conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise store_error(exc, str(self.path)) from exc
             raise
         try:
             self.conn.execute("COMMIT")
@@ -440,64 +491,124 @@ class Store:
                 self.conn.execute("ROLLBACK")
             raise
 
+    @contextmanager
+    def waiting_at_most(self, seconds: float) -> Iterator[None]:
+        """Inside the block, wait at most ``seconds`` for another process's write lock
+        (instead of the ``timeout`` the store was opened with)."""
+        busy = int(_query(self.conn, "PRAGMA busy_timeout")[0][0])
+        try:
+            self.conn.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
+            yield
+        finally:
+            if self.conn.in_transaction:  # a failed COMMIT leaves it open
+                with contextlib.suppress(sqlite3.Error, StoreError):
+                    self.conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error, StoreError):
+                self.conn.execute(f"PRAGMA busy_timeout={busy}")
+
     # --- reads -------------------------------------------------------------------------
 
-    def instance(self, name: str) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self.conn.execute(
-            "SELECT * FROM instances WHERE name=?", (name,)
-        ).fetchone()
-        return row
+    def instance(self, name: str) -> Instance | None:
+        return get_instance(self.conn, name)
 
-    def instances(self) -> list[sqlite3.Row]:
-        return self.conn.execute("SELECT * FROM instances ORDER BY name").fetchall()
+    def instances(self) -> list[Instance]:
+        sql = f"SELECT {INSTANCE_COLUMNS} FROM instances ORDER BY name"
+        return [Instance._make(r) for r in _query(self.conn, sql)]
 
-    def instances_with_runs(self) -> list[sqlite3.Row]:
-        """Each instance joined with its current run (``ps``'s single query)."""
-        return self.conn.execute(
-            """SELECT i.name, i.module, i.mode, i.plan, i.created_at, r.*
-               FROM instances i LEFT JOIN runs r ON r.run_id = i.current_run
-               ORDER BY i.name"""
-        ).fetchall()
+    def instances_with_runs(self) -> list[InstanceRun]:
+        """Each instance with its current run (``ps``'s single query)."""
+        cols = ", ".join([f"i.{c}" for c in Instance._fields] + [f"r.{c}" for c in Run._fields])
+        rows = _query(
+            self.conn,
+            f"SELECT {cols} FROM instances i LEFT JOIN runs r ON r.run_id = i.current_run "
+            "ORDER BY i.name",
+        )
+        n = len(Instance._fields)
+        return [
+            InstanceRun(Instance._make(r[:n]), None if r[n] is None else Run._make(r[n:]))
+            for r in rows
+        ]
 
-    def run(self, run_id: str) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self.conn.execute(
-            "SELECT * FROM runs WHERE run_id=?", (run_id,)
-        ).fetchone()
-        return row
+    def run(self, run_id: str) -> Run | None:
+        return get_run(self.conn, run_id)
 
-    def runs_of(self, instance: str) -> list[sqlite3.Row]:
-        return self.conn.execute(
-            "SELECT * FROM runs WHERE instance=? ORDER BY attempt", (instance,)
-        ).fetchall()
+    def runs_of(self, instance: str) -> list[Run]:
+        sql = f"SELECT {RUN_COLUMNS} FROM runs WHERE instance=? ORDER BY attempt"
+        return [Run._make(r) for r in _query(self.conn, sql, (instance,))]
 
-    def active_runs(self) -> list[sqlite3.Row]:
-        return self.conn.execute(
-            "SELECT * FROM runs WHERE state IN ('starting','running','stopping')"
-        ).fetchall()
+    def active_runs(self) -> list[Run]:
+        sql = f"SELECT {RUN_COLUMNS} FROM runs WHERE state IN ('starting','running','stopping')"
+        return [Run._make(r) for r in _query(self.conn, sql)]
 
-    def transitions_of(self, run_id: str) -> list[sqlite3.Row]:
-        return self.conn.execute(
-            "SELECT * FROM transitions WHERE run_id=? ORDER BY id", (run_id,)
-        ).fetchall()
+    def backends_used(self) -> set[str]:
+        """The backends of this home's runs, past and present."""
+        return {str(r[0]) for r in _query(self.conn, "SELECT DISTINCT backend FROM runs")}
 
-    def events(self, after_id: int = 0, limit: int | None = None) -> list[sqlite3.Row]:
+    def transitions_of(self, run_id: str) -> list[Transition]:
+        sql = f"SELECT {TRANSITION_COLUMNS} FROM transitions WHERE run_id=? ORDER BY id"
+        return [Transition._make(r) for r in _query(self.conn, sql, (run_id,))]
+
+    def events(self, after_id: int = 0, limit: int | None = None) -> list[Event]:
         """Events after ``after_id``, oldest first; with ``limit``, only the newest ones."""
         if limit is not None:
-            return self.conn.execute(
-                "SELECT * FROM (SELECT * FROM events WHERE id > ? ORDER BY id DESC LIMIT ?) "
-                "ORDER BY id",
+            rows = _query(
+                self.conn,
+                f"SELECT {EVENT_COLUMNS} FROM (SELECT * FROM events WHERE id > ? "
+                "ORDER BY id DESC LIMIT ?) ORDER BY id",
                 (after_id, int(limit)),
-            ).fetchall()
-        return self.conn.execute(
-            "SELECT * FROM events WHERE id > ? ORDER BY id", (after_id,)
-        ).fetchall()
+            )
+        else:
+            sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id"
+            rows = _query(self.conn, sql, (after_id,))
+        return [Event._make(r) for r in rows]
+
+    def managed_processes(self) -> tuple[set[int], set[str]]:
+        """``managed_processes`` outside a transaction."""
+        return managed_processes(self.conn)
+
+    def reservations(self, *, exclude: str | None = None) -> list[Reservation]:
+        """``reservations`` outside a transaction."""
+        return reservations(self.conn, exclude=exclude)
+
+
+# --- reads inside a transaction (the write lock held: what they return stays so) -------
+
+
+def get_instance(c: Transaction, name: str) -> Instance | None:
+    row = _query_one(c, f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE name=?", (name,))
+    return None if row is None else Instance._make(row)
+
+
+def get_run(c: Transaction, run_id: str) -> Run | None:
+    row = _query_one(c, f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id=?", (run_id,))
+    return None if row is None else Run._make(row)
+
+
+def run_state(c: Transaction, run_id: str) -> str | None:
+    """The run's state (None: no such run)."""
+    row = _query_one(c, "SELECT state FROM runs WHERE run_id=?", (run_id,))
+    return None if row is None else str(row[0])
+
+
+def current_run_state(c: Transaction, name: str) -> str | None:
+    """The state of the instance's current run (None: no such instance, or no run)."""
+    row = _query_one(
+        c,
+        "SELECT r.state FROM instances i JOIN runs r ON r.run_id = i.current_run WHERE i.name=?",
+        (name,),
+    )
+    return None if row is None else str(row[0])
+
+
+def instance_exists(c: Transaction, name: str) -> bool:
+    return _query_one(c, "SELECT 1 FROM instances WHERE name=?", (name,)) is not None
 
 
 # --- writes (each called inside a transaction) -----------------------------------------
 
 
 def add_event(
-    c: sqlite3.Connection,
+    c: Transaction,
     type_: str,
     message: str,
     *,
@@ -513,7 +624,7 @@ def add_event(
 
 
 def set_run_state(
-    c: sqlite3.Connection,
+    c: Transaction,
     run_id: str,
     state: str,
     reason: str | None,
@@ -546,13 +657,13 @@ def set_run_state(
     return old
 
 
-def _home_of(c: sqlite3.Connection) -> str:
+def _home_of(c: Transaction) -> str:
     """``$LAS_HOME``: the directory of the connection's database file."""
     path = next(str(row[2]) for row in c.execute("PRAGMA database_list") if row[1] == "main")
     return os.path.dirname(path)
 
 
-def insert_instance(c: sqlite3.Connection, name: str, module: str, mode: str, plan: str) -> bool:
+def insert_instance(c: Transaction, name: str, module: str, mode: str, plan: str) -> bool:
     """Create an instance; False when the name is already taken (nothing is changed).
 
     The plan is stored with its secret values masked; the values go to the instance's
@@ -580,7 +691,7 @@ def insert_instance(c: sqlite3.Connection, name: str, module: str, mode: str, pl
     return True
 
 
-def promised_ports(c: sqlite3.Connection, exclude: str | None = None) -> set[tuple[str, int]]:
+def promised_ports(c: Transaction, exclude: str | None = None) -> set[tuple[str, int]]:
     """(host, port) pairs held by instances whose current run is active."""
     rows = c.execute(
         """SELECT i.name, i.plan FROM instances i JOIN runs r ON r.run_id = i.current_run
@@ -596,7 +707,7 @@ def promised_ports(c: sqlite3.Connection, exclude: str | None = None) -> set[tup
 
 
 def create_run(
-    c: sqlite3.Connection,
+    c: Transaction,
     *,
     run_id: str,
     instance: str,
@@ -636,6 +747,48 @@ def create_run(
     return attempt
 
 
+def delete_instance(c: Transaction, name: str) -> None:
+    """Forget an instance and all its runs."""
+    c.execute("DELETE FROM runs WHERE instance=?", (name,))
+    c.execute("DELETE FROM instances WHERE name=?", (name,))
+
+
+def claim_supervisor(
+    c: Transaction, run_id: str, pid: int, start: int | None, *, was: tuple[Any, Any]
+) -> bool:
+    """Record (pid, start) as the run's supervisor if it still is ``was`` (the one read
+    before): False when another process claimed the run meanwhile."""
+    cur = c.execute(
+        "UPDATE runs SET sup_pid=?, sup_start=? WHERE run_id=? AND sup_pid IS ? AND sup_start IS ?",
+        (pid, start, run_id, was[0], was[1]),
+    )
+    return bool(cur.rowcount)
+
+
+def request_stop(c: Transaction, run_id: str, timeout: float, at: float) -> None:
+    """Record a stop request (at ``at``, with ``timeout`` seconds of grace) unless an
+    earlier deadline is recorded already."""
+    c.execute(
+        "UPDATE runs SET stop_requested=?, stop_timeout=? WHERE run_id=? AND ("
+        "stop_requested IS NULL OR stop_timeout IS NULL "
+        "OR stop_requested + stop_timeout > ?)",
+        (at, timeout, run_id, at + timeout),
+    )
+
+
+def set_run_health(
+    c: Transaction, run_id: str, health: str, probes: str, *, healthy_at: float | None = None
+) -> None:
+    """The run's health and its last probes (JSON); ``healthy_at``: it became healthy."""
+    c.execute("UPDATE runs SET health=?, probes=? WHERE run_id=?", (health, probes, run_id))
+    if healthy_at is not None:
+        c.execute("UPDATE runs SET healthy_at=? WHERE run_id=?", (healthy_at, run_id))
+
+
+def set_run_reason(c: Transaction, run_id: str, reason: str) -> None:
+    c.execute("UPDATE runs SET reason=? WHERE run_id=?", (reason, run_id))
+
+
 # The run handle's envelope (runs.handle): {"backend", "version", "state"}; the state is
 # the backend's own (runtime/backend.py). Releases before the envelope stored the state
 # alone: read as version 0 and converted (the state was the same dict).
@@ -671,12 +824,12 @@ def handle_state(text: str | None) -> dict[str, Any]:
     return state
 
 
-def set_run_pid(c: sqlite3.Connection, run_id: str, pid: int, pid_start: int | None) -> None:
+def set_run_pid(c: Transaction, run_id: str, pid: int, pid_start: int | None) -> None:
     """The run's main process as the host sees it (a container's init, once known)."""
     c.execute("UPDATE runs SET pid=?, pid_start=? WHERE run_id=?", (pid, pid_start, run_id))
 
 
-def set_run_handle(c: sqlite3.Connection, run_id: str, handle: str) -> None:
+def set_run_handle(c: Transaction, run_id: str, handle: str) -> None:
     """A new handle of the run (its backend's state changed: the processes it recorded)."""
     c.execute("UPDATE runs SET handle=? WHERE run_id=?", (handle, run_id))
 
@@ -703,18 +856,8 @@ def home_label(db: str | Path) -> str:
 ADMISSION_HOLD = 120.0
 
 
-class Reservation(NamedTuple):
-    """What one instance holds: its plan's resources."""
-
-    instance: str
-    memory: int | None  # bytes of RAM; None: nothing reserved
-    cpus: float | None
-    gpus: dict[str, int]  # GPU uuid -> bytes of VRAM
-    state: str  # the current run's state, or "admitted" (its run is not created yet)
-
-
 def reservations(
-    c: sqlite3.Connection,
+    c: Transaction,
     *,
     exclude: str | None = None,
     now: float | None = None,
@@ -753,7 +896,7 @@ def reservations(
     return out
 
 
-def mark_admitted(c: sqlite3.Connection, name: str, at: float | None = None) -> None:
+def mark_admitted(c: Transaction, name: str, at: float | None = None) -> None:
     """Hold ``name``'s reservation until its next run is created (or ``ADMISSION_HOLD``)."""
     c.execute(
         "UPDATE instances SET admitted_at=?, admitted_over=current_run WHERE name=?",
@@ -761,12 +904,12 @@ def mark_admitted(c: sqlite3.Connection, name: str, at: float | None = None) -> 
     )
 
 
-def clear_admission(c: sqlite3.Connection, name: str) -> None:
+def clear_admission(c: Transaction, name: str) -> None:
     """Drop an admission hold at once (the start it was for failed before creating a run)."""
     c.execute("UPDATE instances SET admitted_at=NULL, admitted_over=NULL WHERE name=?", (name,))
 
 
-def managed_processes(c: sqlite3.Connection) -> tuple[set[int], set[str]]:
+def managed_processes(c: Transaction) -> tuple[set[int], set[str]]:
     """Pids (workload and supervisor) and container ids of the active runs: what las runs."""
     pids: set[int] = set()
     containers: set[str] = set()
