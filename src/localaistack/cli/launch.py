@@ -91,8 +91,7 @@ def report_start(rt: Any, result: Any) -> None:
         )
     plan = json.loads(rt.require_instance(result.name)["plan"])
     ports = ", ".join(f"{b['name']}: {b['host_ip']}:{b['host_port']}" for b in plan["ports"])
-    what = f"container {result.container}" if result.container else f"pid {result.pid}"
-    line = f"{result.name}  run {result.run_id}  {result.state}  {what}"
+    line = f"{result.name}  run {result.run_id}  {result.state}  {result.what}"
     print(line + (f"  {ports}" if ports else ""), flush=True)
 
 

@@ -676,7 +676,7 @@ class Supervisor:
                 text = handle.to_json()
                 self._write(lambda c: set_run_handle(c, self.run_id, text), "the run's processes")
         if self.listen_allowed is not None and not self.stopping:
-            self._check_listeners(self.backend.watched() | {pid})
+            self._check_listeners(self.backend.members() | {pid})
 
     def _dumper(self, netns: int | None, pid: int) -> Any:
         """The sock_diag socket of a network namespace (made once; None: it cannot be)."""
@@ -750,7 +750,7 @@ class Supervisor:
         limit = self.sample_memory
         assert limit is not None
         assert self.backend is not None
-        rss = cgroups.tree_rss(sorted(self.backend.watched()))
+        rss = cgroups.tree_rss(sorted(self.backend.members()))
         if rss > limit and not self.stopping:
             self.sampled_oom = (
                 f"out of memory (limit {format_size(limit)}; the process tree used "

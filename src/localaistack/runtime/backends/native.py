@@ -28,6 +28,7 @@ from localaistack.runtime.backend import (
     RunContext,
     RunStatus,
     Started,
+    Unrecorded,
     format_size,
 )
 from localaistack.store.db import home_label
@@ -170,6 +171,39 @@ class NativeBackend(Backend):
     def describe_security(cls, plan: ExecutionPlan) -> dict[str, Any]:
         return {"mode": "native: a host process, its own session, process group and cgroup"}
 
+    @classmethod
+    def unrecorded(cls, label: str, active: set[str], thorough: bool) -> list[Unrecorded]:
+        """The cgroups named for the home's label (``las/LABEL-RUN_ID``) that hold live
+        processes (a listing of a directory: asked whether ``thorough`` or not)."""
+        out = []
+        for run_id, cg in sorted(cgroups.of_home(label).items()):
+            pids = cg.pids()
+            if run_id in active or not pids:
+                continue
+            what = f"{len(pids)} process(es) in cgroup {cg.path}"
+            out.append(Unrecorded(run_id, cls.name, pids[0], what))
+        return out
+
+    @classmethod
+    def end_unrecorded(cls, label: str, run_id: str, timeout: float, thorough: bool) -> str | None:
+        """SIGTERM to every process of the run's cgroup, SIGKILL after ``timeout``, the
+        cgroup removed."""
+        import time
+
+        cg = cgroups.of_home(label).get(run_id)
+        if cg is None or not cg.pids():
+            return None
+        for pid in cg.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while cg.pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        killed = cg.kill_all() if cg.pids() else 0
+        cg.remove()
+        how = f"killed {killed} with SIGKILL after {timeout:g}s" if killed else "exited on SIGTERM"
+        return f"?{run_id}: stopped (a workload with no record; {how}; cgroup removed)"
+
     # --- start ---------------------------------------------------------------------------
 
     def start(self) -> Started:
@@ -286,11 +320,6 @@ class NativeBackend(Backend):
         self.known = {p: self.known.get(p) or procs.start_time(p) for p in others}
         self.state["descendants"] = sorted([p, s] for p, s in self.known.items() if s)
         return self._handle()
-
-    def watched(self) -> set[int]:
-        """The run's processes for the listener check (the cgroup's, else descendants)."""
-        cg = self.cgroup
-        return cg.members() if cg else set(procs.descendants(self.ctx.shim_pid, self.ctx.own_pids))
 
     def probe_setup(
         self, spec: dict[str, Any]
@@ -410,7 +439,6 @@ class NativeBackend(Backend):
         return RunStatus(False, self.pid, ex, f"pid {self.pid}")
 
     def recover(self, handle: Handle) -> RunStatus:
-
         raise RecoveryFailed(
             "a native workload does not outlive its supervisor (it dies with it, or las "
             "ends what is left of it)"
