@@ -84,8 +84,10 @@ def test_start_and_exit_code(las: Las, backend: str, module: ModuleMaker) -> Non
     las.ok("run", str(module("zero", "exit 0")))
     run = ended(las, "zero")
     assert (run["state"], run["exit_code"], run["reason"]) == (
-        "stopped", 0, "exited on its own with code 0"
-    )  # fmt: skip
+        "stopped",
+        0,
+        "exited on its own with code 0",
+    )
 
 
 def test_the_interface_alone(las: Las, backend: str, module: ModuleMaker) -> None:
@@ -95,10 +97,19 @@ def test_the_interface_alone(las: Las, backend: str, module: ModuleMaker) -> Non
     row = run_row(las, "alone")  # its plan, run again under another run id
     drive = Path(__file__).with_name("drive.py")
     res = subprocess.run(
-        [sys.executable, str(drive), str(las.home / "state.db"), "0123abcd4567", "alone",
-         row["plan"]],
-        capture_output=True, text=True, timeout=60, env=las.env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(drive),
+            str(las.home / "state.db"),
+            "0123abcd4567",
+            "alone",
+            row["plan"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=las.env,
+    )
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout)
     assert got["exit"]["code"] == 5 and got["exit"]["lost"] is None, got
@@ -136,6 +147,8 @@ def test_stop_honours_the_grace_then_kills(las: Las, backend: str, module: Modul
         "did not exit within the stop timeout after SIGTERM; killed with SIGKILL" in (run["reason"])
     ), run
     assert took >= 1.9, took  # the 2 s grace was given
+    # ... and then it was killed: no longer than the backend's own margin after it.
+    assert took < 2 + backends.get(backend).capabilities.stop_margin + 10, took
 
 
 def test_stop_of_a_workload_that_obeys(las: Las, backend: str, module: ModuleMaker) -> None:

@@ -72,22 +72,22 @@ class ContainerBackend(Backend):
         r, c = plan.resources, plan.container
         assert c is not None
         engine = c.engine
+        memory = f"{engine} --memory {r.memory} (swap not allowed beyond it)"
+        gpus = f"{engine} device requests for exactly the assigned GPUs"
         return {
-            "processes": f"the container ({engine}), --init as PID 1, --pids-limit "
-            f"{c.pids_limit}",
-            "memory": "none requested" if r.memory is None else
-            f"{engine} --memory {r.memory} (swap not allowed beyond it)",
+            "processes": f"the container ({engine}), --init as PID 1, --pids-limit {c.pids_limit}",
+            "memory": "none requested" if r.memory is None else memory,
             "cpus": "none requested" if r.cpus is None else f"{engine} --cpus {r.cpus}",
-            "gpus": "none: no device is passed to the container" if not plan.gpus else
-            f"{engine} device requests for exactly the assigned GPUs",
-        }  # fmt: skip
+            "gpus": gpus if plan.gpus else "none: no device is passed to the container",
+        }
 
     @classmethod
     def describe_security(cls, plan: ExecutionPlan) -> dict[str, Any]:
         c = plan.container
         assert c is not None
-        published = [f"{b.host_ip}:{b.host_port}->{b.container_port}/{b.protocol}"
-                     for b in plan.ports]  # fmt: skip
+        published = [
+            f"{b.host_ip}:{b.host_port}->{b.container_port}/{b.protocol}" for b in plan.ports
+        ]
         return {
             "engine": c.engine,
             "capabilities": {"drop": ["ALL"], "add": list(c.cap_add)},
@@ -218,8 +218,11 @@ class ContainerBackend(Backend):
         return {}
 
     def _started(self) -> Started:
-        state = {"container": self.cid, "container_name": self.container_name,
-                 "engine": self.engine.name}  # fmt: skip
+        state = {
+            "container": self.cid,
+            "container_name": self.container_name,
+            "engine": self.engine.name,
+        }
         return Started(
             Handle(self.name, HANDLE_VERSION, state), None, None, f"container {self.cid[:12]}"
         )
