@@ -11,8 +11,9 @@ depends on how the run is executed. The core, which every backend implements:
   child of the shim whose exit is the run's end, and the output pipes to read. The shim
   reaps its children itself (it is their subreaper) and passes the main one's wait status
   to ``exit_status``; ``poll_exit()`` is the same, for a caller without a reaper of its own;
-* ``stop(signal, grace)`` sends the stop signal (the grace is what the engine waits, where
-  ``capabilities.engine_stops``; else the shim calls ``kill()`` when it has passed);
+* ``stop(signal, grace)`` sends the stop signal; the shim calls ``kill()`` once the
+  grace has passed (and ``capabilities.kill_after`` more: where the backend kills at the
+  end of the grace itself, as an engine's stop does);
 * ``inspect()`` says how the run is now (a ``RunStatus``);
 * ``recover(handle)`` re-attaches to a run from its stored handle and inspects it, or
   raises ``RecoveryFailed`` with the reason (the caller then records a synthetic exit);
@@ -67,7 +68,9 @@ class Capabilities(NamedTuple):
     assigns_gpus: bool  # exactly the plan's GPUs are passed to the run
     detects_oom: bool  # an OOM kill is told apart from another SIGKILL
     output: str  # where the output comes from: "pipes" (the workload's) or "engine-logs"
-    engine_stops: bool  # the engine stops the run itself (its signal, grace, then SIGKILL)
+    # Seconds past a stop's grace before the shim calls ``kill()``: 0, or the time the
+    # backend gets to kill the run itself first (an engine's stop: signal, grace, SIGKILL).
+    kill_after: float
     sees_processes: bool  # the shim can see the run's processes (listener check, sampler)
     stop_margin: float  # seconds a stop may take beyond its timeout (the engine's part)
 
@@ -284,6 +287,11 @@ class Backend:
         return spec, dict(os.environ), None
 
     # --- without a run: before a start, for `las inspect`, for a home's leftovers ---------
+
+    @classmethod
+    def preload(cls) -> None:
+        """Import what a start needs, in a shim waiting to be told to start (the default:
+        nothing beyond the backend's module)."""
 
     @classmethod
     def preflight(cls, plan: ExecutionPlan) -> None:

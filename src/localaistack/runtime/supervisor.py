@@ -106,9 +106,6 @@ STORE_RETRY_MAX = 2.0  # the longest wait between retries (doubling up to it)
 STOP_TIMEOUT_MAX = 3600.0
 STOP_NOW = signal.SIGUSR1
 F_SETPIPE_SZ = 1031
-# A container's stop: `ENGINE stop` SIGKILLs at the stop timeout; the shim's own kill
-# comes this much later (the engine may be slow to do it).
-ENGINE_KILL_AFTER = 15.0
 
 
 class RunState:
@@ -1091,8 +1088,8 @@ class Supervisor:
         assert self.backend is not None
         self.backend.stop(sig_name, left)
         self.stop_deadline = self.kill_at = time.monotonic() + left
-        if self.caps.engine_stops:  # the engine SIGKILLs at kill_at; we kill it after that
-            self.stop_deadline = self.kill_at + ENGINE_KILL_AFTER
+        # Where the backend SIGKILLs at kill_at itself (an engine), ours comes after it.
+        self.stop_deadline = self.kill_at + self.caps.kill_after
         self._stop_note(f"las: {what}: sending {sig_name} to the process group")
         self.record("stopping", f"{what}: sending {sig_name}, SIGKILL after {timeout:g}s")
 
@@ -1230,13 +1227,10 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(args["db"])  # opened before the wait: it is on the start path after it
     go = args.get("go-fd")
     if go is not None:
-        # Also before the wait (idle time while `las` plans): what a container run needs at
-        # once after it: the engine layer, hashlib (its labels) and socket (the engine's
-        # API), so that their import is off the start path.
-        import hashlib  # noqa: F401
-        import socket  # noqa: F401
-
-        from localaistack.runtime import engines  # noqa: F401
+        # Also before the wait (idle time while `las` plans): what a start of each backend
+        # needs at once after it, so that importing it is off the start path.
+        for name in backends.REGISTRY:
+            backends.get(name).preload()
 
         if not _wait_for_go(int(go), store, args["run"]):
             store.close()

@@ -50,10 +50,11 @@ class ContainerBackend(Backend):
         assigns_gpus=True,
         detects_oom=True,
         output="engine-logs",
-        engine_stops=True,
+        # `ENGINE stop` SIGKILLs at the timeout; the shim's own `ENGINE kill` comes this
+        # much later (the engine may be slow to do it).
+        kill_after=15.0,
         sees_processes=False,
-        # `ENGINE stop` SIGKILLs at the timeout; the shim waits 15 s more before its own
-        # `ENGINE kill`, and the engine CLIs take their time to start.
+        # Beyond kill_after: the engine CLIs take their time to start.
         stop_margin=20.0,
     )
 
@@ -102,6 +103,14 @@ class ContainerBackend(Backend):
             "pull": "never",
             "engine_socket_mounted": False,
         }
+
+    @classmethod
+    def preload(cls) -> None:
+        """The engine layer, hashlib (the run's labels) and socket (the engine's API)."""
+        import hashlib  # noqa: F401
+        import socket  # noqa: F401
+
+        from localaistack.runtime import engines  # noqa: F401
 
     @classmethod
     def describe_run(cls, state: dict[str, Any], pid: int | None) -> str:

@@ -127,7 +127,7 @@ class NativeBackend(Backend):
         assigns_gpus=False,
         detects_oom=True,
         output="pipes",
-        engine_stops=False,
+        kill_after=0.0,
         sees_processes=True,
         stop_margin=0.0,
     )
