@@ -25,6 +25,7 @@ from tests.conftest import Las, pid_alive, wait_until
 from localaistack.errors import RecoveryFailed
 from localaistack.runtime import backends
 from localaistack.runtime.backend import HANDLE_VERSION, Handle, RunContext, RunStatus
+from localaistack.store.db import handle_state, home_label
 
 IDLE = "trap '' TERM; echo up; while true; do sleep 0.1; done"  # ignores SIGTERM
 SERVE = "echo up; while true; do sleep 0.1; done"  # ends on SIGTERM (after its sleep)
@@ -223,3 +224,24 @@ def test_a_handle_of_an_unknown_version(las: Las, backend: str, module: ModuleMa
     run = last_run(las, "future")  # reconciles: the handle cannot be used
     assert run["state"] == "failed", run
     assert f"has version {HANDLE_VERSION + 1}" in run["reason"], run
+
+
+def test_a_workload_no_run_records_is_found_and_ended(
+    las: Las, backend: str, module: ModuleMaker
+) -> None:
+    """``unrecorded`` finds a live run of the home that ``active`` does not name (what a
+    lost home leaves), ``end_unrecorded`` ends it; an active one is never listed."""
+    las.ok("run", str(module("unlisted", SERVE)))
+    wait_until(lambda: run_row(las, "unlisted")["pid"] is not None, 20, message="its pid")
+    row = run_row(las, "unlisted")
+    cls, label = backends.get(backend), home_label(las.home / "state.db")
+    if not cls.capabilities.recover and not handle_state(row["handle"]).get("cgroup"):
+        pytest.skip("no cgroup here: a run that dies with its shim is found by its handle")
+    run_id = str(row["run_id"])
+    assert run_id not in {u.run_id for u in cls.unrecorded(label, {run_id}, thorough=True)}
+    found = [u for u in cls.unrecorded(label, set(), thorough=True) if u.run_id == run_id]
+    assert len(found) == 1 and found[0].backend == backend, found
+    done = cls.end_unrecorded(label, run_id, 2.0, thorough=True)
+    assert done is not None and done.startswith(f"?{run_id}: stopped"), done
+    assert cls.end_unrecorded(label, run_id, 2.0, thorough=True) is None  # nothing left
+    ended(las, "unlisted")

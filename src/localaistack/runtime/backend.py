@@ -14,6 +14,7 @@ depends on how the run is executed. The core, which every backend implements:
 * ``stop(signal, grace)`` sends the stop signal; the shim calls ``kill()`` once the
   grace has passed (and ``capabilities.kill_after`` more: where the backend kills at the
   end of the grace itself, as an engine's stop does);
+* ``kill()`` SIGKILLs all of the run, now;
 * ``inspect()`` says how the run is now (a ``RunStatus``);
 * ``recover(handle)`` re-attaches to a run from its stored handle and inspects it, or
   raises ``RecoveryFailed`` with the reason (the caller then records a synthetic exit);
@@ -23,8 +24,9 @@ depends on how the run is executed. The core, which every backend implements:
 
 Then the hooks some backends need, each with a default that does nothing (see ``Backend``),
 and the class methods the runtime calls without a run: the checks before a start
-(``preflight``), what las shows of a run (``describe_*``) and the workloads of a home that
-no active run records (``unrecorded``, ``end_unrecorded``, ``sweep_orphans``).
+(``preflight``), the imports a waiting shim does ahead (``preload``), what las shows of a
+run (``describe_*``) and the workloads of a home that no active run records
+(``unrecorded``, ``end_unrecorded``, ``sweep_orphans``).
 
 The records are immutable ``NamedTuple``s rather than dataclasses: importing dataclasses
 (and inspect with it) would add to the memory of every long-lived supervisor.
