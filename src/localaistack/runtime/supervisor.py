@@ -897,9 +897,9 @@ class Supervisor:
             self.failures = [failure]
         self.restart_times = [t for t in self.restart_times if now - t < window]
         if len(self.restart_times) >= int(self.restart["max_restarts"]):
-            attempts = len(self.restart_times) + 1
+            runs = len(self.restart_times) + 1
             reason = (
-                f"restart budget exhausted after {attempts} attempts (first failure: "
+                f"restart budget exhausted after {runs} attempts (first failure: "
                 f"{self.failures[0]}; last: {self.failures[-1]})"
             )
             self._write(
