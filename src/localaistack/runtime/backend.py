@@ -315,6 +315,16 @@ class Backend:
         raise NotImplementedError
 
     @classmethod
+    def end_lost(
+        cls, run_id: str, state: dict[str, Any], pid: int | None, pid_start: int | None
+    ) -> tuple[int, list[str]]:
+        """A run whose shim died, on this boot, that is not recovered: kill what is left
+        of it (``state``: its handle's; ``pid``: its main process as recorded). How many
+        processes were killed, and what could not be removed (default: nothing to do, for
+        a backend whose runs are recovered)."""
+        return 0, []
+
+    @classmethod
     def unrecorded(cls, label: str, active: set[str], thorough: bool) -> list[Unrecorded]:
         """The live workloads this backend runs for the home of ``label`` whose run id is
         not in ``active``. ``thorough``: look where looking costs (an engine call) too."""

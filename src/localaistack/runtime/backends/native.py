@@ -4,8 +4,8 @@ affinity, and the shim samples the tree's RSS), dying with the shim (``PR_SET_PD
 its trust pins hashed again right before exec.
 
 A native run does not outlive its shim (no recovery): the next las command ends what is
-left of it (runtime/supervision.py's ``mark_lost``, from the cgroup or, without one, the
-processes recorded in the handle by ``watch``).
+left of it (``end_lost``, called by runtime/supervision.py's ``mark_lost``: from the cgroup
+or, without one, the processes recorded in the handle by ``watch``).
 """
 
 from __future__ import annotations
@@ -170,6 +170,26 @@ class NativeBackend(Backend):
     @classmethod
     def describe_security(cls, plan: ExecutionPlan) -> dict[str, Any]:
         return {"mode": "native: a host process, its own session, process group and cgroup"}
+
+    @classmethod
+    def end_lost(
+        cls, run_id: str, state: dict[str, Any], pid: int | None, pid_start: int | None
+    ) -> tuple[int, list[str]]:
+        """Its cgroup's members (only this run's processes ever join it); where it had
+        none, the processes the shim recorded in the handle (``watch``: those that left the
+        process group have no parent-death signal) and their descendants; and the
+        workload's process group."""
+        killed, not_removed = 0, []
+        cgroup = cgroups.existing(run_id)
+        if cgroup is not None:
+            killed += cgroup.kill_all()
+            not_removed = cgroup.remove()
+        recorded = state.get("descendants") or []
+        if isinstance(recorded, list):
+            killed += _kill_recorded(recorded)
+        if pid is not None:
+            killed += procs.kill_group(pid, signal.SIGKILL, pid_start)
+        return killed, not_removed
 
     @classmethod
     def unrecorded(cls, label: str, active: set[str], thorough: bool) -> list[Unrecorded]:
@@ -457,3 +477,28 @@ def _reap_orphans() -> None:
             return
         if got == 0:
             return
+
+
+def _kill_recorded(recorded: list[list[int]]) -> int:
+    """SIGKILL the processes a shim without a cgroup recorded (those still the same
+    process: pid and start time) and their descendants; returns how many."""
+    # Stop them first (a stopped process forks no more), walking again until no new one
+    # shows up, then kill them all: none re-parented to init between a walk and a kill.
+    stopped: set[int] = set()
+    for _ in range(50):
+        found = {int(p) for p, start in recorded if procs.is_same_process(int(p), int(start))}
+        for pid in list(found):
+            found.update(procs.descendants(pid))
+        new = {p for p in found - stopped if (st := procs.stat(p)) is not None and st.state != "Z"}
+        if not new:
+            break
+        for pid in new:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.add(pid)
+    killed: set[int] = set()
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+    return len(killed)
