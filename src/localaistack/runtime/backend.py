@@ -315,6 +315,12 @@ class Backend:
         raise NotImplementedError
 
     @classmethod
+    def gone(cls, run_id: str, pid: int, pid_start: int | None) -> bool:
+        """Whether nothing is left of the run, told without its shim or the store (``pid``:
+        its main process as recorded). Default: cannot be told so (False)."""
+        return False
+
+    @classmethod
     def end_lost(
         cls, run_id: str, state: dict[str, Any], pid: int | None, pid_start: int | None
     ) -> tuple[int, list[str]]:

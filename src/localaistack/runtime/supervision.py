@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from localaistack.errors import StartFailed, StoreError
-from localaistack.runtime import backends, cgroups, procs
+from localaistack.runtime import backends, procs
 from localaistack.runtime.spawn import Pending, spawn_supervisor
 from localaistack.store.db import FINAL_STATES, Store, add_event, handle_state, set_run_state
 
@@ -304,7 +304,7 @@ class Supervisors:
     def _wait_ended(self, pidfd: int, run_id: str, seconds: float, unwritable: bool) -> bool:
         """Wait up to ``seconds`` for the run to end: the supervisor exits (its pidfd is
         readable) or the store records a final state; where the store cannot be written
-        (``unwritable``), also a native run's workload and cgroup being gone."""
+        (``unwritable``), also its backend telling that nothing is left of it."""
         deadline = time.monotonic() + seconds
         while True:
             left = deadline - time.monotonic()
@@ -322,14 +322,10 @@ class Supervisors:
             return False
         if row is None or row["state"] in FINAL_STATES:
             return True
-        # Where the supervisor is the run's parent (the run dies with it): its pid tells.
-        outlives = backends.get(row["backend"]).capabilities.recover
-        if not unwritable or outlives or row["pid"] is None:
+        if not unwritable or row["pid"] is None:
             return False
-        if procs.is_same_process(int(row["pid"]), row["pid_start"]):
-            return False
-        cgroup = cgroups.existing(run_id)
-        return cgroup is None or not cgroup.pids()
+        backend = backends.get(str(row["backend"]))
+        return backend.gone(run_id, int(row["pid"]), row["pid_start"])
 
     # --- reconcile -----------------------------------------------------------------------
 

@@ -172,6 +172,15 @@ class NativeBackend(Backend):
         return {"mode": "native: a host process, its own session, process group and cgroup"}
 
     @classmethod
+    def gone(cls, run_id: str, pid: int, pid_start: int | None) -> bool:
+        """The workload's main process is gone and its cgroup (if any) is empty: the run
+        dies with its shim."""
+        if procs.is_same_process(pid, pid_start):
+            return False
+        cgroup = cgroups.existing(run_id)
+        return cgroup is None or not cgroup.pids()
+
+    @classmethod
     def end_lost(
         cls, run_id: str, state: dict[str, Any], pid: int | None, pid_start: int | None
     ) -> tuple[int, list[str]]:
