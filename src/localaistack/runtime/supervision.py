@@ -89,8 +89,6 @@ class _Lines:
 class Supervisors:
     """Starts, stops and watches runs through their supervisors."""
 
-    name = "native"
-
     def __init__(self, store: Store, home: Path) -> None:
         self.store = store
         self.home = home
