@@ -42,9 +42,17 @@ def main() -> None:
             break
     backend.detach()
     left = backend.cleanup()
-    print(json.dumps({"what": started.what, "handle": started.handle.to_json(),
-                      "exit": ex._asdict() if ex else None, "output": out.decode(),
-                      "left": left}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "what": started.what,
+                "handle": started.handle.to_json(),
+                "exit": ex._asdict() if ex else None,
+                "output": out.decode(),
+                "left": left,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

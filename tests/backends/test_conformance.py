@@ -25,6 +25,7 @@ from tests.conftest import Las, pid_alive, wait_until
 from localaistack.errors import RecoveryFailed
 from localaistack.runtime import backends
 from localaistack.runtime.backend import HANDLE_VERSION, Handle, RunContext, RunStatus
+from localaistack.store.db import handle_state, home_label
 
 IDLE = "trap '' TERM; echo up; while true; do sleep 0.1; done"  # ignores SIGTERM
 SERVE = "echo up; while true; do sleep 0.1; done"  # ends on SIGTERM (after its sleep)
@@ -84,8 +85,10 @@ def test_start_and_exit_code(las: Las, backend: str, module: ModuleMaker) -> Non
     las.ok("run", str(module("zero", "exit 0")))
     run = ended(las, "zero")
     assert (run["state"], run["exit_code"], run["reason"]) == (
-        "stopped", 0, "exited on its own with code 0"
-    )  # fmt: skip
+        "stopped",
+        0,
+        "exited on its own with code 0",
+    )
 
 
 def test_the_interface_alone(las: Las, backend: str, module: ModuleMaker) -> None:
@@ -95,10 +98,19 @@ def test_the_interface_alone(las: Las, backend: str, module: ModuleMaker) -> Non
     row = run_row(las, "alone")  # its plan, run again under another run id
     drive = Path(__file__).with_name("drive.py")
     res = subprocess.run(
-        [sys.executable, str(drive), str(las.home / "state.db"), "0123abcd4567", "alone",
-         row["plan"]],
-        capture_output=True, text=True, timeout=60, env=las.env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(drive),
+            str(las.home / "state.db"),
+            "0123abcd4567",
+            "alone",
+            row["plan"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=las.env,
+    )
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout)
     assert got["exit"]["code"] == 5 and got["exit"]["lost"] is None, got
@@ -136,6 +148,8 @@ def test_stop_honours_the_grace_then_kills(las: Las, backend: str, module: Modul
         "did not exit within the stop timeout after SIGTERM; killed with SIGKILL" in (run["reason"])
     ), run
     assert took >= 1.9, took  # the 2 s grace was given
+    # ... and then it was killed: no longer than the backend's own margin after it.
+    assert took < 2 + backends.get(backend).capabilities.stop_margin + 10, took
 
 
 def test_stop_of_a_workload_that_obeys(las: Las, backend: str, module: ModuleMaker) -> None:
@@ -210,3 +224,24 @@ def test_a_handle_of_an_unknown_version(las: Las, backend: str, module: ModuleMa
     run = last_run(las, "future")  # reconciles: the handle cannot be used
     assert run["state"] == "failed", run
     assert f"has version {HANDLE_VERSION + 1}" in run["reason"], run
+
+
+def test_a_workload_no_run_records_is_found_and_ended(
+    las: Las, backend: str, module: ModuleMaker
+) -> None:
+    """``unrecorded`` finds a live run of the home that ``active`` does not name (what a
+    lost home leaves), ``end_unrecorded`` ends it; an active one is never listed."""
+    las.ok("run", str(module("unlisted", SERVE)))
+    wait_until(lambda: run_row(las, "unlisted")["pid"] is not None, 20, message="its pid")
+    row = run_row(las, "unlisted")
+    cls, label = backends.get(backend), home_label(las.home / "state.db")
+    if not cls.capabilities.recover and not handle_state(row["handle"]).get("cgroup"):
+        pytest.skip("no cgroup here: a run that dies with its shim is found by its handle")
+    run_id = str(row["run_id"])
+    assert run_id not in {u.run_id for u in cls.unrecorded(label, {run_id}, thorough=True)}
+    found = [u for u in cls.unrecorded(label, set(), thorough=True) if u.run_id == run_id]
+    assert len(found) == 1 and found[0].backend == backend, found
+    done = cls.end_unrecorded(label, run_id, 2.0, thorough=True)
+    assert done is not None and done.startswith(f"?{run_id}: stopped"), done
+    assert cls.end_unrecorded(label, run_id, 2.0, thorough=True) is None  # nothing left
+    ended(las, "unlisted")

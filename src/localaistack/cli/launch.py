@@ -90,8 +90,7 @@ def report_start(rt: Any, result: Any) -> None:
         )
     plan = rt.require_instance(result.name).plan_data()
     ports = ", ".join(f"{b['name']}: {b['host_ip']}:{b['host_port']}" for b in plan["ports"])
-    what = f"container {result.container}" if result.container else f"pid {result.pid}"
-    line = f"{result.name}  run {result.run_id}  {result.state}  {what}"
+    line = f"{result.name}  run {result.run_id}  {result.state}  {result.what}"
     print(line + (f"  {ports}" if ports else ""), flush=True)
 
 

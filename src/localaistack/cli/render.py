@@ -68,7 +68,7 @@ def plan_lines(plan: ExecutionPlan) -> list[str]:
                 f"{' (read-only)' if v['read_only'] else ''}"
             )
     for b in plan.ports:
-        inside = f" -> container {b.container_port}" if plan.mode == "container" else ""
+        inside = f" -> container {b.container_port}" if plan.container is not None else ""
         out.append(f"  port     {b.name}: {b.host_ip}:{b.host_port}/{b.protocol}{inside}")
     h = data.get("health")
     if h:

@@ -3,7 +3,7 @@
 A backend executes one run of a plan: native processes (runtime/backends/native.py) or a
 container of an engine (runtime/backends/podman.py, docker.py). The shim owns the event
 loop, the log, health, the restart policy and stop escalation; it calls a backend for what
-depends on how the run is executed:
+depends on how the run is executed. The core, which every backend implements:
 
 * ``start()`` starts the run and returns a ``Started`` (its ``Handle`` included), or
   raises ``errors.StartFailed`` with the reason (its message: the run's reason);
@@ -11,16 +11,25 @@ depends on how the run is executed:
   child of the shim whose exit is the run's end, and the output pipes to read. The shim
   reaps its children itself (it is their subreaper) and passes the main one's wait status
   to ``exit_status``; ``poll_exit()`` is the same, for a caller without a reaper of its own;
-* ``stop(signal, grace)`` sends the stop signal (the grace is what the engine waits, where
-  ``capabilities.engine_stops``; else the shim calls ``kill()`` when it has passed);
+* ``stop(signal, grace)`` sends the stop signal; the shim calls ``kill()`` once the
+  grace has passed (and ``capabilities.kill_after`` more: where the backend kills at the
+  end of the grace itself, as an engine's stop does);
+* ``kill()`` SIGKILLs all of the run, now;
 * ``inspect()`` says how the run is now (a ``RunStatus``);
 * ``recover(handle)`` re-attaches to a run from its stored handle and inspects it, or
   raises ``RecoveryFailed`` with the reason (the caller then records a synthetic exit);
-* ``cleanup()`` removes what the run left behind (a cgroup, a container).
+* ``cleanup()`` removes what the run left behind (a cgroup, a container);
+* ``capabilities``: what the backend can do, as data, so that no caller branches on its
+  kind.
 
-What a backend can do is data (``Capabilities``), so that no caller branches on its kind.
+Then the hooks some backends need, each with a default that does nothing (see ``Backend``),
+and the class methods the runtime calls without a run: the checks before a start
+(``preflight``), the imports a waiting shim does ahead (``preload``), what las shows of a
+run (``describe_*``) and the workloads of a home that no active run records
+(``unrecorded``, ``end_unrecorded``, ``sweep_orphans``).
+
 The records are immutable ``NamedTuple``s rather than dataclasses: importing dataclasses
-(and inspect with it) would cost every long-lived supervisor about 1.6 MB.
+(and inspect with it) would add to the memory of every long-lived supervisor.
 """
 
 from __future__ import annotations
@@ -42,10 +51,12 @@ __all__ = [
     "Capabilities",
     "ExitStatus",
     "Handle",
+    "Orphan",
     "RunContext",
     "RunStatus",
     "StartFailed",
     "Started",
+    "Unrecorded",
     "describe_exit",
     "format_size",
 ]
@@ -59,7 +70,9 @@ class Capabilities(NamedTuple):
     assigns_gpus: bool  # exactly the plan's GPUs are passed to the run
     detects_oom: bool  # an OOM kill is told apart from another SIGKILL
     output: str  # where the output comes from: "pipes" (the workload's) or "engine-logs"
-    engine_stops: bool  # the engine stops the run itself (its signal, grace, then SIGKILL)
+    # Seconds past a stop's grace before the shim calls ``kill()``: 0, or the time the
+    # backend gets to kill the run itself first (an engine's stop: signal, grace, SIGKILL).
+    kill_after: float
     sees_processes: bool  # the shim can see the run's processes (listener check, sampler)
     stop_margin: float  # seconds a stop may take beyond its timeout (the engine's part)
 
@@ -167,6 +180,24 @@ class Attachment(NamedTuple):
     outputs: dict[int, str]  # fd -> stream ("O" stdout, "E" stderr)
 
 
+class Unrecorded(NamedTuple):
+    """A workload of a home that runs although no active run records it (its home was
+    removed or replaced while it ran, or its record ended while it did not)."""
+
+    run_id: str
+    backend: str
+    pid: int | None
+    what: str  # how the backend names it: "2 process(es) in cgroup ...", "podman container ..."
+
+
+class Orphan(NamedTuple):
+    """A leftover of a run that no active run points to, found by ``sweep_orphans``."""
+
+    instance: str  # the instance it was started for ("-": not known)
+    note: str  # what it is and what was done ("...; removed", "...; removed after 60s")
+    removed: bool
+
+
 class Backend:
     """The base of every backend: the interface (see the module's docstring) and defaults."""
 
@@ -176,6 +207,8 @@ class Backend:
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
         self.wait_pid: int | None = None
+
+    # --- the core: every backend implements these -----------------------------------------
 
     def start(self) -> Started:
         raise NotImplementedError
@@ -210,41 +243,22 @@ class Backend:
         raise NotImplementedError
 
     def recover(self, handle: Handle) -> RunStatus:
-        """Re-attach to the run of ``handle``; its status. RecoveryFailed: it cannot be."""
+        """Re-attach to the run of ``handle``; its status. RecoveryFailed: it cannot be
+        (the default, for a backend whose runs do not outlive their shim)."""
         raise RecoveryFailed(f"a {self.name} run cannot be recovered")
 
     def cleanup(self) -> list[str]:
         """Remove what the run left; what could not be removed (words for the reason)."""
         return []
 
-    # What las shows of a plan run by this backend (`las inspect`).
-
-    @classmethod
-    def describe_limits(cls, plan: ExecutionPlan, state: dict[str, Any]) -> dict[str, str]:
-        """What enforces each limit of ``plan``, in words; ``state``: the run's handle's."""
-        raise NotImplementedError
-
-    @classmethod
-    def describe_security(cls, plan: ExecutionPlan) -> dict[str, Any]:
-        """The isolation a run of ``plan`` gets."""
-        raise NotImplementedError
-
-    @classmethod
-    def container_id(cls, state: dict[str, Any]) -> str | None:
-        """The container a handle's state names (None: the backend runs none)."""
-        return None
-
-    # What only some backends have (the defaults: nothing of the kind).
+    # --- hooks of a run: what only some backends have (the defaults: nothing of the kind) -
 
     def detach(self) -> None:
         """End the shim's helpers of the run (a container's `logs --follow`, `wait`)."""
 
     def members(self) -> set[int]:
-        """The run's live processes the shim can see (``capabilities.sees_processes``)."""
-        return set()
-
-    def watched(self) -> set[int]:
-        """The run's processes for the shim's listener check and memory sampler."""
+        """The run's live processes the shim can see (``capabilities.sees_processes``): for
+        the listener check, the memory sampler and the end of a stop."""
         return set()
 
     def sweep(self) -> int:
@@ -264,7 +278,8 @@ class Backend:
         return None
 
     def host_pid(self) -> tuple[int, int | None] | None:
-        """The run's main process as the host sees it, once attached (None: not known)."""
+        """The run's main process as the host sees it, where ``start`` could not tell it
+        (asked once attached; None: not known)."""
         return None
 
     def probe_setup(
@@ -272,6 +287,67 @@ class Backend:
     ) -> tuple[dict[str, Any], dict[str, str], Callable[[], None] | None]:
         """A health probe's spec, environment and child setup for this backend's runs."""
         return spec, dict(os.environ), None
+
+    # --- without a run: before a start, for `las inspect`, for a home's leftovers ---------
+
+    @classmethod
+    def preload(cls) -> None:
+        """Import what a start needs, in a shim waiting to be told to start (the default:
+        nothing beyond the backend's module)."""
+
+    @classmethod
+    def preflight(cls, plan: ExecutionPlan) -> None:
+        """Checks before anything is created (StartFailed: the run could not start)."""
+
+    @classmethod
+    def describe_run(cls, state: dict[str, Any], pid: int | None) -> str:
+        """How las names a run from its handle's ``state`` ("pid 123")."""
+        return f"pid {pid}"
+
+    @classmethod
+    def describe_limits(cls, plan: ExecutionPlan, state: dict[str, Any]) -> dict[str, str]:
+        """What enforces each limit of ``plan``, in words; ``state``: the run's handle's."""
+        raise NotImplementedError
+
+    @classmethod
+    def describe_security(cls, plan: ExecutionPlan) -> dict[str, Any]:
+        """The isolation a run of ``plan`` gets."""
+        raise NotImplementedError
+
+    @classmethod
+    def gone(cls, run_id: str, pid: int, pid_start: int | None) -> bool:
+        """Whether nothing is left of the run, told without its shim or the store (``pid``:
+        its main process as recorded). Default: cannot be told so (False)."""
+        return False
+
+    @classmethod
+    def end_lost(
+        cls, run_id: str, state: dict[str, Any], pid: int | None, pid_start: int | None
+    ) -> tuple[int, list[str]]:
+        """A run whose shim died, on this boot, that is not recovered: kill what is left
+        of it (``state``: its handle's; ``pid``: its main process as recorded). How many
+        processes were killed, and what could not be removed (default: nothing to do, for
+        a backend whose runs are recovered)."""
+        return 0, []
+
+    @classmethod
+    def unrecorded(cls, label: str, active: set[str], thorough: bool) -> list[Unrecorded]:
+        """The live workloads this backend runs for the home of ``label`` whose run id is
+        not in ``active``. ``thorough``: look where looking costs (an engine call) too."""
+        return []
+
+    @classmethod
+    def end_unrecorded(cls, label: str, run_id: str, timeout: float, thorough: bool) -> str | None:
+        """End the workload ``unrecorded`` found as ``run_id`` (stop signal, then kill after
+        ``timeout``; what it leaves removed); what was done, or None: none is known here."""
+        return None
+
+    @classmethod
+    def sweep_orphans(cls, label: str, active: set[str], grace: float) -> list[Orphan]:
+        """Leftovers of runs of this home that no active run points to: each is reported,
+        and removed once older than ``grace`` seconds (default: none, for a backend whose
+        runs do not outlive their shim)."""
+        return []
 
 
 def format_size(n: int) -> str:

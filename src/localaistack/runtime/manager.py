@@ -7,7 +7,6 @@ else is read.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from datetime import UTC, datetime
@@ -20,13 +19,11 @@ from localaistack.errors import (
     InstanceNotFound,
     NotSupported,
     RecoveryFailed,
-    StartFailed,
     StoreError,
     UsageError,
 )
-from localaistack.osutil import which
 from localaistack.runtime import backends, procs
-from localaistack.runtime.backend import Handle, RunContext
+from localaistack.runtime.backend import Handle, RunContext, Unrecorded
 from localaistack.runtime.spawn import Pending, new_run_id
 from localaistack.runtime.supervision import STOP_TIMEOUT_MAX, Supervisors
 from localaistack.store import secrets
@@ -70,20 +67,6 @@ def _why(exc: Exception) -> str:
     return str(exc.message if isinstance(exc, StoreError) else exc)
 
 
-def _age(started: str) -> float | None:
-    """Seconds since an engine timestamp (RFC 3339, any fraction), or None if unreadable."""
-    try:
-        text = started.replace("Z", "+00:00")
-        if "." in text:  # engines give nanoseconds; Python takes microseconds
-            head, rest = text.split(".", 1)
-            digits = "".join(ch for ch in rest if ch.isdigit())
-            zone = rest[len(digits) :]
-            text = f"{head}.{digits[:6]}{zone}"
-        return time.time() - datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
-
-
 class StartResult(NamedTuple):
     name: str
     run_id: str
@@ -91,7 +74,7 @@ class StartResult(NamedTuple):
     pid: int | None
     reason: str | None
     log_path: str
-    container: str | None = None  # the container's id (12 digits), for a container run
+    what: str  # how its backend names the run: "pid 123", "container 0123abcd4567"
 
 
 class Runtime:
@@ -112,10 +95,14 @@ class Runtime:
 
     def _warn_unknown_at_creation(self) -> None:
         """A fresh state database, yet cgroups of this home's label hold live processes:
-        the home was lost while they ran. Say so (containers: `las ps --all` asks)."""
-        from localaistack.runtime import cgroups
-
-        live = [r for r, cg in cgroups.of_home(home_label(self.store.path)).items() if cg.pids()]
+        the home was lost while they ran. Say so (of what the backends find without cost:
+        containers are asked by `las ps --all`)."""
+        label = home_label(self.store.path)
+        live = [
+            u.run_id
+            for name in backends.REGISTRY
+            for u in backends.get(name).unrecorded(label, set(), thorough=False)
+        ]
         if live:
             self.warnings.append(
                 f"a new state database was made in {self.home}, but {len(live)} workload(s) "
@@ -235,39 +222,24 @@ class Runtime:
         raise NotSupported(f"unknown backend {run.backend!r} for run {run.run_id}")
 
     def sweep_orphans(self, grace: float | None = None) -> list[str]:
-        """Containers labelled for this LAS_HOME that no active run points to.
+        """Leftovers of this home's runs (containers) that no active run points to.
 
-        Each is reported (an event); one older than ``grace`` seconds is removed. Only
-        engines this LAS_HOME has used are asked (asking costs a few hundred ms).
+        Each is reported (an event once removed); one older than ``grace`` seconds is
+        removed. Only the backends this home has used are asked (asking an engine costs).
         """
-        from localaistack.runtime import engines
-
         if grace is None:
             grace = float(os.environ.get("LAS_ORPHAN_GRACE", ORPHAN_GRACE))
-        used = sorted(self.store.backends_used() - {"native"})
+        used = self.store.backends_used()
         if not used:
             return []
         active = {r.run_id for r in self.store.active_runs()}
         label = home_label(self.store.path)
         notes = []
-        for name in used:
-            engine = engines.Engine(name)
-            try:
-                found = engine.list_labelled("las.home", label)
-            except engines.EngineError:
-                continue
-            for st in found:
-                if st.labels.get("las.run") in active:
-                    continue
-                age = _age(st.started_at or "")
-                what = f"{name} container {st.name} ({st.id[:12]}) has no active run"
-                if age is not None and age < grace:
-                    notes.append(f"{what}; removed after {grace:g}s")
-                    continue
-                with contextlib.suppress(engines.EngineError):
-                    engine.remove(st.id)
-                notes.append(f"{what}; removed")
-                self.record_event(st.labels.get("las.instance", "-"), "orphan", f"{what}; removed")
+        for name in sorted(used & backends.REGISTRY.keys()):
+            for orphan in backends.get(name).sweep_orphans(label, active, grace):
+                notes.append(orphan.note)
+                if orphan.removed:
+                    self.record_event(orphan.instance, "orphan", orphan.note)
         return notes
 
     # --- lookups -------------------------------------------------------------------------
@@ -336,15 +308,16 @@ class Runtime:
         current = self.require_instance(name).current_run or run_id  # restarts move it
         final = self.store.run(current)
         assert final is not None
-        container = backends.get(final.backend).container_id(handle_state(final.handle))
+        pid = message.get("pid") or final.pid
+        what = backends.get(final.backend).describe_run(handle_state(final.handle), pid)
         return StartResult(
             name,
             current,
             str(message.get("state", final.state)),
-            message.get("pid") or final.pid,
+            pid,
             message.get("reason") or final.reason,
             str(run.log_path),
-            container[:12] if container else None,
+            what,
         )
 
     def _create_run(
@@ -490,79 +463,53 @@ class Runtime:
 
     # --- workloads with no record ----------------------------------------------------------
 
-    def unknown_workloads(self, engines_too: bool = True) -> list[dict[str, Any]]:
+    def unknown_workloads(self, costly: bool = True) -> list[dict[str, Any]]:
         """Workloads of this home that run although no active run records them.
 
-        Found by las's cgroups named for this home's label (``las/LABEL-RUN_ID``: native
-        runs) and by containers labelled ``las.home=LABEL``; a home removed or replaced
-        while they ran leaves such. Each is a ``ps`` row named ``?RUN_ID``, state
-        ``orphaned``; `las stop ?RUN_ID` (or `las rm -f ?RUN_ID`) ends it. Containers are
-        asked of the engines (``engines_too``; see ``_unknown_containers``).
+        Each backend finds its own (``Backend.unrecorded``: native runs by las's cgroups
+        named for this home's label, containers by their ``las.home`` label); a home
+        removed or replaced while they ran leaves such. Each is a ``ps`` row named
+        ``?RUN_ID``, state ``orphaned``; `las stop ?RUN_ID` (or `las rm -f ?RUN_ID`) ends
+        it. ``costly``: ask the backends whose asking costs (see ``_thorough``).
         """
-        from localaistack.runtime import cgroups
-
         label = home_label(self.store.path)
         active = {str(r.run_id) for r in self.store.active_runs()}
+        used = self.store.backends_used()
         out: list[dict[str, Any]] = []
         now = time.time()
-        for run_id, cg in sorted(cgroups.of_home(label).items()):
-            if run_id in active:
-                continue
-            pids = cg.pids()
-            if not pids:
-                continue
-            row = self.store.run(run_id)
-            if row is not None and row.finished_at and now - float(row.finished_at) < 5:
-                continue  # its supervisor recorded the end and is emptying the cgroup now
-            out.append(self._unknown_row(run_id, "native", pids[0], f"{len(pids)} process(es) "
-                                         f"in cgroup {cg.path}", row))  # fmt: skip
-        if engines_too:
-            out.extend(self._unknown_containers(label, active))
+        for name in backends.REGISTRY:
+            thorough = costly and self._thorough(name, used)
+            for u in backends.get(name).unrecorded(label, active, thorough):
+                row = self.store.run(u.run_id)
+                if row is not None and row.finished_at and now - float(row.finished_at) < 5:
+                    continue  # its supervisor recorded the end and is emptying it now
+                out.append(self._unknown_row(u, row))
         return out
 
-    def _unknown_row(
-        self, run_id: str, mode: str, pid: int | None, what: str, row: Run | None
-    ) -> dict[str, Any]:
+    @staticmethod
+    def _thorough(name: str, used: set[str]) -> bool:
+        """Whether to ask backend ``name`` where asking costs: when this home's runs used
+        it, or when the home has no run at all (a fresh database: a lost home's workloads
+        may be anywhere), so that `ps --all` of a home that ran only natively asks no
+        engine."""
+        return not used or name in used
+
+    def _unknown_row(self, u: Unrecorded, row: Run | None) -> dict[str, Any]:
         known = f"its run is recorded {row.state}" if row is not None else "no record knows it"
         return {
-            "name": f"?{run_id}",
+            "name": f"?{u.run_id}",
             "module": str(row.instance) if row is not None else "?",
-            "mode": mode,
+            "mode": u.backend,
             "state": "orphaned",
             "health": "",
-            "pid": pid,
-            "run_id": run_id,
+            "pid": u.pid,
+            "run_id": u.run_id,
             "started_at": None,
             "finished_at": None,
-            "reason": f"runs although {known} ({what}); `las stop ?{run_id}` ends it",
+            "reason": f"runs although {known} ({u.what}); `las stop ?{u.run_id}` ends it",
             "ports": [],
             "gpus": [],
         }
-
-    def _unknown_containers(self, label: str, active: set[str]) -> list[dict[str, Any]]:
-        from localaistack.runtime import engines
-
-        # The engines this home's runs used; all installed ones when it has no run at all
-        # (a fresh database: a lost home's containers may be anywhere). Asking costs an
-        # engine call or two (~0.1 s each), so `ps --all` of a home that only ran native
-        # workloads asks none.
-        used = self.store.backends_used()
-        out = []
-        for name in ("podman", "docker"):
-            if (used and name not in used) or not which(name):
-                continue
-            try:
-                found = engines.Engine(name).list_labelled("las.home", label)
-            except engines.EngineError:
-                continue
-            for st in found:
-                run_id = st.labels.get("las.run", "")
-                if not st.running or not run_id or run_id in active:
-                    continue
-                row = self.store.run(run_id)
-                what = f"{name} container {st.name} ({st.id[:12]})"
-                out.append(self._unknown_row(run_id, name, st.pid or None, what, row))
-        return out
 
     def unknown_ref(self, ref: str) -> str | None:
         """The run id that ``ref`` (``?RUN_ID``, or a run id no instance is named) names
@@ -575,44 +522,21 @@ class Runtime:
         return run_id if any(u["run_id"] == run_id for u in self.unknown_workloads()) else None
 
     def end_unknown(self, run_id: str, timeout: float | None = None) -> str:
-        """End a workload with no record (``unknown_workloads``): SIGTERM to every process
-        of its cgroup, SIGKILL after ``timeout`` (default 10 s), the cgroup removed; a
-        container is stopped by its engine (same timeout) and removed. Returns what was done.
-        """
-        import signal
-
-        from localaistack.runtime import cgroups, engines
-
+        """End a workload with no record (``unknown_workloads``) through the backend that
+        runs it: the stop signal, a kill after ``timeout`` (default 10 s), what it leaves
+        removed. Returns what was done."""
         wait = 10.0 if timeout is None else timeout
         label = home_label(self.store.path)
-        cg = cgroups.of_home(label).get(run_id)
-        if cg is not None and cg.pids():
-            for pid in cg.pids():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + wait
-            while cg.pids() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            killed = cg.kill_all() if cg.pids() else 0
-            cg.remove()
-            how = f"killed {killed} with SIGKILL after {wait:g}s" if killed else "exited on SIGTERM"
-            return f"?{run_id}: stopped (a workload with no record; {how}; cgroup removed)"
-        for u in self._unknown_containers(label, set()):
-            if u["run_id"] != run_id:
-                continue
-            engine = engines.Engine(u["mode"])
-            for st in engine.list_labelled("las.run", run_id):
-                if st.labels.get("las.home") != label:
-                    continue
-                try:
-                    engine.stop(st.id, wait)
-                    engine.remove(st.id)
-                except engines.EngineError as exc:
-                    raise StartFailed(f"cannot end container {st.id[:12]}: {exc.message}",
-                                      hint=exc.hint) from exc  # fmt: skip
-                return f"?{run_id}: stopped and removed {u['mode']} container {st.name}"
-        raise InstanceNotFound(f"no workload with no record is known as ?{run_id}",
-                               hint="see `las ps --all`")  # fmt: skip
+        used = self.store.backends_used()
+        for name in backends.REGISTRY:
+            done = backends.get(name).end_unrecorded(
+                label, run_id, wait, self._thorough(name, used)
+            )
+            if done is not None:
+                return done
+        raise InstanceNotFound(
+            f"no workload with no record is known as ?{run_id}", hint="see `las ps --all`"
+        )
 
     def run_rows(self, name: str) -> list[Run]:
         self.require_instance(name)
@@ -651,35 +575,13 @@ class Runtime:
         return backends.get(backends.name_of(plan)).describe_security(plan)
 
     def preflight(self, plan: ExecutionPlan) -> None:
-        """Checks that need the engine, before anything is created.
+        """Its backend's checks, before anything is created (a container's: its engine
+        answers, has the image, the volumes' sources exist).
 
         Raises:
-            StartFailed: the image is missing, the engine is unusable, or a volume source
-                does not exist.
+            StartFailed: the run could not start.
         """
-        c = plan.container
-        if c is None:
-            return
-        for v in c.volumes:
-            if not os.path.exists(v.source):
-                raise StartFailed(f"volume source {v.source} does not exist",
-                                  hint="create it, or fix the parameter that names it")  # fmt: skip
-        from localaistack.runtime import engines as enginestore
-
-        if which(c.engine) and enginestore.image_listed(c.engine, os.environ, c.image):
-            return  # found without the engine's CLI (and without importing engines.py)
-        from localaistack.runtime import engines
-
-        engine = engines.Engine(c.engine, global_args=c.engine_args)
-        try:
-            present = engine.image_exists(c.image)
-        except engines.EngineError as exc:
-            raise StartFailed(exc.message, hint=exc.hint) from exc
-        if not present:
-            raise StartFailed(
-                f"image {c.image} is not present in {c.engine}; las never pulls at run time",
-                hint=f"get it with `{c.engine} pull {c.image}` (or build/import it), then retry",
-            )
+        backends.get(backends.name_of(plan)).preflight(plan)
 
     def record_event(self, name: str, type_: str, message: str) -> None:
         with self.store.transaction() as c:

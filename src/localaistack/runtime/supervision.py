@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from localaistack.errors import StartFailed, StoreError
-from localaistack.runtime import backends, cgroups, procs
+from localaistack.runtime import backends, procs
 from localaistack.runtime.spawn import Pending, spawn_supervisor
 from localaistack.store.db import (
     FINAL_STATES,
@@ -97,8 +97,6 @@ class _Lines:
 
 class Supervisors:
     """Starts, stops and watches runs through their supervisors."""
-
-    name = "native"
 
     def __init__(self, store: Store, home: Path) -> None:
         self.store = store
@@ -295,7 +293,7 @@ class Supervisors:
     def _wait_ended(self, pidfd: int, run_id: str, seconds: float, unwritable: bool) -> bool:
         """Wait up to ``seconds`` for the run to end: the supervisor exits (its pidfd is
         readable) or the store records a final state; where the store cannot be written
-        (``unwritable``), also a native run's workload and cgroup being gone."""
+        (``unwritable``), also its backend telling that nothing is left of it."""
         deadline = time.monotonic() + seconds
         while True:
             left = deadline - time.monotonic()
@@ -313,14 +311,10 @@ class Supervisors:
             return False
         if row is None or row.state in FINAL_STATES:
             return True
-        # Where the supervisor is the run's parent (the run dies with it): its pid tells.
-        outlives = backends.get(row.backend).capabilities.recover
-        if not unwritable or outlives or row.pid is None:
+        if not unwritable or row.pid is None:
             return False
-        if procs.is_same_process(int(row.pid), row.pid_start):
-            return False
-        cgroup = cgroups.existing(run_id)
-        return cgroup is None or not cgroup.pids()
+        backend = backends.get(str(row.backend))
+        return backend.gone(run_id, int(row.pid), row.pid_start)
 
     # --- reconcile -----------------------------------------------------------------------
 
@@ -337,25 +331,21 @@ class Supervisors:
     def mark_lost(self, c: Transaction, run: Run, boot: str) -> None:
         """Record a run whose supervisor is gone, ending whatever is left of its workload.
 
-        What is left: its cgroup's members (only this run's processes ever join it); where
-        it had no cgroup, the processes its supervisor recorded in the run's handle (those
-        that left the process group have no parent-death signal), and their descendants;
-        and the workload's process group. The reason says how many were killed, and when.
+        What is left is its backend's to end (``Backend.end_lost``). The reason says how
+        many processes were killed, and when.
         """
         run_id = str(run.run_id)
-        killed = 0
-        cgroup = cgroups.existing(run_id)
-        not_removed: list[str] = []
-        if cgroup is not None:
-            killed += cgroup.kill_all()
-            not_removed = cgroup.remove()
         if run.boot_id != boot:
             reason = "lost: the machine rebooted (boot id changed) while the run was active"
             set_run_state(c, run_id, "failed", reason)
             return
-        killed += _kill_recorded(run.handle)
-        if run.pid is not None:
-            killed += procs.kill_group(int(run.pid), signal.SIGKILL, run.pid_start)
+        try:
+            state = handle_state(run.handle)
+        except (ValueError, AttributeError, TypeError):
+            state = {}
+        pid = int(run.pid) if run.pid is not None else None
+        backend = backends.get(str(run.backend))
+        killed, not_removed = backend.end_lost(run_id, state, pid, run.pid_start)
         if run.sup_pid is None:
             reason = "lost: las exited before the supervisor was started"
         else:
@@ -371,32 +361,3 @@ class Supervisors:
             reason += f"; cgroup not removed: {', '.join(not_removed)}"
         set_run_state(c, run_id, "failed", reason)
         add_event(c, "reconciled", reason, instance=str(run.instance), run_id=run_id)
-
-
-def _kill_recorded(handle: str | None) -> int:
-    """SIGKILL the processes a supervisor without a cgroup recorded (those still the same
-    process: pid and start time) and their descendants; returns how many."""
-    try:
-        recorded = handle_state(handle).get("descendants") or []
-    except (ValueError, AttributeError, TypeError):
-        return 0
-    # Stop them first (a stopped process forks no more), walking again until no new one
-    # shows up, then kill them all: none re-parented to init between a walk and a kill.
-    stopped: set[int] = set()
-    for _ in range(50):
-        found = {int(p) for p, start in recorded if procs.is_same_process(int(p), int(start))}
-        for pid in list(found):
-            found.update(procs.descendants(pid))
-        new = {p for p in found - stopped if (st := procs.stat(p)) is not None and st.state != "Z"}
-        if not new:
-            break
-        for pid in new:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGSTOP)
-                stopped.add(pid)
-    killed: set[int] = set()
-    for pid in stopped:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-            killed.add(pid)
-    return len(killed)

@@ -27,7 +27,7 @@ column: runtime/backends/, the interface in runtime/backend.py); everything else
   process die;
 * stop the run when its home is lost (its state database removed or replaced, looked at
   every second: ``_check_home``), since no las command could see it any more;
-* when the plan asks for restarts, start the next attempt (a run of its own) after a
+* when the plan asks for restarts, start the next run (a new run id) after a
   bounded, growing backoff.
 
 ``--adopt RUN_ID --since TIME`` re-attaches to a run whose supervisor died, through the
@@ -109,13 +109,10 @@ STORE_RETRY_MAX = 2.0  # the longest wait between retries (doubling up to it)
 STOP_TIMEOUT_MAX = 3600.0
 STOP_NOW = signal.SIGUSR1
 F_SETPIPE_SZ = 1031
-# A container's stop: `ENGINE stop` SIGKILLs at the stop timeout; the shim's own kill
-# comes this much later (the engine may be slow to do it).
-ENGINE_KILL_AFTER = 15.0
 
 
-class Attempt:
-    """One run (attempt) of the workload under this supervisor."""
+class RunState:
+    """The run this supervisor executes now (a restart is a new run, with a new one)."""
 
     def __init__(self, run_id: str, log_path: str) -> None:
         self.run_id = run_id
@@ -126,7 +123,7 @@ class Attempt:
         self.healthy_since: float | None = None  # monotonic
 
     def __repr__(self) -> str:
-        return f"<Attempt run={self.run_id} pid={self.pid}>"
+        return f"<RunState run={self.run_id} pid={self.pid}>"
 
 
 class Supervisor:
@@ -153,7 +150,7 @@ class Supervisor:
         self.plan: dict[str, Any] = secrets.reveal(stored, hidden)
         self.health_spec: dict[str, Any] | None = self.plan.get("health")
         self.restart: dict[str, Any] = self.plan["restart"]
-        self.attempt = Attempt(run_id, str(run.log_path))
+        self.current = RunState(run_id, str(run.log_path))
         self.me = os.getpid()
         self.me_start = procs.start_time(self.me)
         self.stop_requested = False
@@ -162,7 +159,7 @@ class Supervisor:
         self.stop_deadline: float | None = None
         self.kill_at = 0.0  # while stopping: when SIGKILL is due (monotonic)
         self.last_lines: dict[str, bytes] = {}
-        self.failures: list[str] = []  # reasons of the failed attempts, in order
+        self.failures: list[str] = []  # reasons of the failed runs, in order
         self.restart_times: list[float] = []  # monotonic times of restarts in the window
         self.health = Health(self.health_spec)
         self.probe: probes.Probe | None = None
@@ -193,15 +190,15 @@ class Supervisor:
         self.retry_wait = STORE_RETRY_FIRST
 
     def __repr__(self) -> str:
-        return f"<Supervisor instance={self.instance} {self.attempt!r} stopping={self.stopping}>"
+        return f"<Supervisor instance={self.instance} {self.current!r} stopping={self.stopping}>"
 
     @property
     def run_id(self) -> str:
-        return self.attempt.run_id
+        return self.current.run_id
 
     @property
     def pid(self) -> int | None:
-        return self.attempt.pid
+        return self.current.pid
 
     # --- reporting ---------------------------------------------------------------------
 
@@ -272,22 +269,30 @@ class Supervisor:
                     action(c)
                 if self.store_trouble:
                     since = time.strftime("%H:%M:%S", time.gmtime(self.trouble_since))
-                    add_event(c, "store-late", f"state changes from {since} UTC on were "
-                              f"recorded late: {self.store_trouble}", instance=self.instance,
-                              run_id=self.run_id)  # fmt: skip
+                    add_event(
+                        c,
+                        "store-late",
+                        f"state changes from {since} UTC on were "
+                        f"recorded late: {self.store_trouble}",
+                        instance=self.instance,
+                        run_id=self.run_id,
+                    )
         except StoreError as exc:
             if self.store_trouble is None:
                 self.store_trouble = str(exc)
                 self.trouble_since = time.time()
-                self._say(f"las: could not record {self.deferred[0][1]}: {exc}; retrying "
-                          f"every {STORE_RETRY_MAX:g}s at most until it can")  # fmt: skip
+                self._say(
+                    f"las: could not record {self.deferred[0][1]}: {exc}; retrying "
+                    f"every {STORE_RETRY_MAX:g}s at most until it can"
+                )
             else:
                 self.retry_wait = min(self.retry_wait * 2, STORE_RETRY_MAX)
             self.next_store_retry = time.monotonic() + self.retry_wait
             return False
         if self.store_trouble:
-            self._say(f"las: recorded {len(self.deferred)} state change(s) late "
-                      f"({self.store_trouble})")  # fmt: skip
+            self._say(
+                f"las: recorded {len(self.deferred)} state change(s) late ({self.store_trouble})"
+            )
         self.deferred.clear()
         self.store_trouble = None
         self.next_store_retry = None
@@ -305,7 +310,7 @@ class Supervisor:
     def _home_lost(self) -> str | None:
         """Why this supervisor's home is gone (its database removed or replaced), or None.
 
-        One ``stat``, a few microseconds: the event loop calls it every ``HOME_CHECK_EVERY``.
+        One ``stat``: the event loop calls it every ``HOME_CHECK_EVERY``.
         """
         if self.home_lost is not None:
             return self.home_lost
@@ -314,9 +319,10 @@ class Supervisor:
         except FileNotFoundError:
             home = os.path.dirname(self.db_path)
             self.home_lost = (
-                f"its LAS_HOME {home} was removed" if not os.path.isdir(home)
+                f"its LAS_HOME {home} was removed"
+                if not os.path.isdir(home)
                 else f"its state database {self.db_path} was removed"
-            )  # fmt: skip
+            )
         except OSError:
             return None  # cannot tell (a permission change): not a reason to stop
         else:
@@ -347,7 +353,7 @@ class Supervisor:
         self.sigfd = rfd
         self.sel.register(rfd, selectors.EVENT_READ, "signal")
         while True:
-            failure = self.run_attempt()
+            failure = self.run_once()
             if failure is None:
                 return 0
             delay = self.restart_delay(failure)
@@ -356,14 +362,14 @@ class Supervisor:
             if not self.wait_to_restart(delay, failure):
                 return 0
 
-    def run_attempt(self) -> str | None:
+    def run_once(self) -> str | None:
         """Start the workload, supervise it until it ends, record the end.
 
         Returns the failure's reason when the plan's restart policy asks for a restart,
         else None (the end is final).
         """
         logs = self.plan["logs"]
-        self.writer = LogWriter(self.attempt.log_path, max_size=logs["max_size"], keep=logs["keep"])
+        self.writer = LogWriter(self.current.log_path, max_size=logs["max_size"], keep=logs["keep"])
         self.stopping = self.killed = False
         self.stop_deadline = None
         self.health_failure = None
@@ -395,19 +401,19 @@ class Supervisor:
         if started is None:
             return None  # could not start: recorded; a workload that cannot start is not restarted
         self.backend = backend
-        self.attempt.pid, self.attempt.pid_start = started.pid, started.pid_start
+        self.current.pid, self.current.pid_start = started.pid, started.pid_start
         attached: Attachment | None = None
         if self.caps.output == "pipes":  # the workload's own pipes: read from the start
             attached = backend.attach()
             self._watch(attached.outputs)
-        self.attempt.started = time.monotonic()
+        self.current.started = time.monotonic()
         self.health.reset()
         fields: dict[str, Any] = {"health": self.health.state}
         self.record(
             "running",
             f"started {started.what}",
-            pid=self.attempt.pid,
-            pid_start=self.attempt.pid_start,
+            pid=self.current.pid,
+            pid_start=self.current.pid_start,
             started_at=time.time(),
             sup_pid=self.me,
             sup_start=self.me_start,
@@ -418,7 +424,7 @@ class Supervisor:
             self.reported_running = True
             waits_for_health = self.health_spec is not None
             self.report_ready(
-                {"state": "running", "pid": self.attempt.pid}, close=not waits_for_health
+                {"state": "running", "pid": self.current.pid}, close=not waits_for_health
             )
         if attached is None:
             # Helpers (the engine's `logs --follow` and `wait`) once `las run` was told.
@@ -557,7 +563,7 @@ class Supervisor:
         if found is None:
             return
         pid, start = found
-        self.attempt.pid, self.attempt.pid_start = pid, start
+        self.current.pid, self.current.pid_start = pid, start
         self._write(lambda c: set_run_pid(c, self.run_id, pid, start), "the run's pid")
 
     def _watch(self, streams: dict[int, str]) -> None:
@@ -659,7 +665,7 @@ class Supervisor:
         self.next_watch = time.monotonic() + WATCH_FIRST
 
     def _listen_setup(self) -> None:
-        """At the first check (off the start path: importing socket costs ~4 ms)."""
+        """At the first check: off the start path (importing socket is not free)."""
         from localaistack.runtime import sockdiag
 
         self.sockdiag = sockdiag
@@ -679,7 +685,7 @@ class Supervisor:
                 text = handle.to_json()
                 self._write(lambda c: set_run_handle(c, self.run_id, text), "the run's processes")
         if self.listen_allowed is not None and not self.stopping:
-            self._check_listeners(self.backend.watched() | {pid})
+            self._check_listeners(self.backend.members() | {pid})
 
     def _dumper(self, netns: int | None, pid: int) -> Any:
         """The sock_diag socket of a network namespace (made once; None: it cannot be)."""
@@ -753,7 +759,7 @@ class Supervisor:
         limit = self.sample_memory
         assert limit is not None
         assert self.backend is not None
-        rss = cgroups.tree_rss(sorted(self.backend.watched()))
+        rss = cgroups.tree_rss(sorted(self.backend.members()))
         if rss > limit and not self.stopping:
             self.sampled_oom = (
                 f"out of memory (limit {format_size(limit)}; the process tree used "
@@ -769,7 +775,7 @@ class Supervisor:
     def start_deadline(self) -> float | None:
         if self.health_spec is None or self.health.state != "starting" or self.stopping:
             return None
-        return self.attempt.started + float(self.health_spec["start_timeout"])
+        return self.current.started + float(self.health_spec["start_timeout"])
 
     # --- health ------------------------------------------------------------------------
 
@@ -824,9 +830,9 @@ class Supervisor:
         if new != old or self.health.phase_changed:
             self.health.phase_changed = False
             if new == "healthy":
-                self.attempt.healthy_since = time.monotonic()
+                self.current.healthy_since = time.monotonic()
             elif new == "unhealthy":
-                self.attempt.healthy_since = None
+                self.current.healthy_since = None
             self._record_health(old, new, result)
             if new == "healthy" and old == "starting":
                 self.report_ready({"state": "healthy"})
@@ -836,7 +842,7 @@ class Supervisor:
             self._unhealthy_stop(f"unhealthy: {result.message}")
             return
         self.next_probe = time.monotonic() + self.health.next_delay(
-            time.monotonic() - self.attempt.started
+            time.monotonic() - self.current.started
         )
 
     def _shown_probe_message(self, message: str) -> str:
@@ -878,22 +884,22 @@ class Supervisor:
     # --- restarts ----------------------------------------------------------------------
 
     def restart_delay(self, failure: str) -> float | None:
-        """Seconds to wait before the next attempt, or None when the budget is spent."""
+        """Seconds to wait before the next run, or None when the budget is spent."""
         now = time.monotonic()
         self.failures.append(failure)
         window = float(self.restart.get("window", 600.0))
         reset_after = float(self.restart.get("reset_after", 300.0))
-        since = self.attempt.healthy_since
+        since = self.current.healthy_since
         if since is None and self.health_spec is None:
-            since = self.attempt.started  # no probe: running counts as healthy
+            since = self.current.started  # no probe: running counts as healthy
         if since is not None and now - since >= reset_after:
             self.restart_times.clear()  # it was stable long enough: a fresh budget
             self.failures = [failure]
         self.restart_times = [t for t in self.restart_times if now - t < window]
         if len(self.restart_times) >= int(self.restart["max_restarts"]):
-            attempts = len(self.restart_times) + 1
+            runs = len(self.restart_times) + 1
             reason = (
-                f"restart budget exhausted after {attempts} attempts (first failure: "
+                f"restart budget exhausted after {runs} attempts (first failure: "
                 f"{self.failures[0]}; last: {self.failures[-1]})"
             )
             self._write(
@@ -916,7 +922,7 @@ class Supervisor:
     def wait_to_restart(self, delay: float, failure: str) -> bool:
         """Create the next run, wait the backoff, and return True to start it (False: stop)."""
         run_id = os.urandom(6).hex()  # the same form as las's uuid4().hex[:12]
-        log_path = os.path.join(os.path.dirname(self.attempt.log_path), f"{run_id}.log")
+        log_path = os.path.join(os.path.dirname(self.current.log_path), f"{run_id}.log")
         n = len(self.restart_times) + 1
         reason = (
             f"restart {n} of at most {self.restart['max_restarts']} in {delay:.2f}s "
@@ -936,7 +942,7 @@ class Supervisor:
             ),
             "restart",
         )
-        self.attempt = Attempt(run_id, log_path)
+        self.current = RunState(run_id, log_path)
         self.restart_times.append(time.monotonic())
         deadline = time.monotonic() + delay
         while not self.stop_requested:
@@ -1080,8 +1086,8 @@ class Supervisor:
         assert self.backend is not None
         self.backend.stop(sig_name, left)
         self.stop_deadline = self.kill_at = time.monotonic() + left
-        if self.caps.engine_stops:  # the engine SIGKILLs at kill_at; we kill it after that
-            self.stop_deadline = self.kill_at + ENGINE_KILL_AFTER
+        # Where the backend SIGKILLs at kill_at itself (an engine), ours comes after it.
+        self.stop_deadline = self.kill_at + self.caps.kill_after
         self._stop_note(f"las: {what}: sending {sig_name} to the process group")
         self.record("stopping", f"{what}: sending {sig_name}, SIGKILL after {timeout:g}s")
 
@@ -1108,7 +1114,7 @@ class Supervisor:
 
 
 class Health:
-    """The health state machine of one attempt (no I/O: the supervisor does that).
+    """The health state machine of one run (no I/O: the supervisor does that).
 
     ``unknown`` when no probe is declared. Otherwise ``starting`` until the first success
     (probing after 20 ms, backing off to every 50 ms for the first 10 s, then up to
@@ -1219,13 +1225,10 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(args["db"])  # opened before the wait: it is on the start path after it
     go = args.get("go-fd")
     if go is not None:
-        # Also before the wait (idle time while `las` plans): what a container run needs at
-        # once after it, the engine layer, hashlib (its labels) and socket (the engine's
-        # API; ~4 ms for its enums alone), ~15 ms and a few hundred kB together.
-        import hashlib  # noqa: F401
-        import socket  # noqa: F401
-
-        from localaistack.runtime import engines  # noqa: F401
+        # Also before the wait (idle time while `las` plans): what a start of each backend
+        # needs at once after it, so that importing it is off the start path.
+        for name in backends.REGISTRY:
+            backends.get(name).preload()
 
         if not _wait_for_go(int(go), store, args["run"]):
             store.close()

@@ -25,9 +25,11 @@ from localaistack.runtime.backend import (
     Capabilities,
     ExitStatus,
     Handle,
+    Orphan,
     RunContext,
     RunStatus,
     Started,
+    Unrecorded,
 )
 from localaistack.store.db import home_label
 
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from localaistack.plan import ExecutionPlan
+    from localaistack.runtime import engines
 
 
 class ContainerBackend(Backend):
@@ -47,10 +50,11 @@ class ContainerBackend(Backend):
         assigns_gpus=True,
         detects_oom=True,
         output="engine-logs",
-        engine_stops=True,
+        # `ENGINE stop` SIGKILLs at the timeout; the shim's own `ENGINE kill` comes this
+        # much later (the engine may be slow to do it).
+        kill_after=15.0,
         sees_processes=False,
-        # `ENGINE stop` SIGKILLs at the timeout; the shim waits 15 s more before its own
-        # `ENGINE kill`, and the engine CLIs take their time to start.
+        # Beyond kill_after: the engine CLIs take their time to start.
         stop_margin=20.0,
     )
 
@@ -69,22 +73,22 @@ class ContainerBackend(Backend):
         r, c = plan.resources, plan.container
         assert c is not None
         engine = c.engine
+        memory = f"{engine} --memory {r.memory} (swap not allowed beyond it)"
+        gpus = f"{engine} device requests for exactly the assigned GPUs"
         return {
-            "processes": f"the container ({engine}), --init as PID 1, --pids-limit "
-            f"{c.pids_limit}",
-            "memory": "none requested" if r.memory is None else
-            f"{engine} --memory {r.memory} (swap not allowed beyond it)",
+            "processes": f"the container ({engine}), --init as PID 1, --pids-limit {c.pids_limit}",
+            "memory": "none requested" if r.memory is None else memory,
             "cpus": "none requested" if r.cpus is None else f"{engine} --cpus {r.cpus}",
-            "gpus": "none: no device is passed to the container" if not plan.gpus else
-            f"{engine} device requests for exactly the assigned GPUs",
-        }  # fmt: skip
+            "gpus": gpus if plan.gpus else "none: no device is passed to the container",
+        }
 
     @classmethod
     def describe_security(cls, plan: ExecutionPlan) -> dict[str, Any]:
         c = plan.container
         assert c is not None
-        published = [f"{b.host_ip}:{b.host_port}->{b.container_port}/{b.protocol}"
-                     for b in plan.ports]  # fmt: skip
+        published = [
+            f"{b.host_ip}:{b.host_port}->{b.container_port}/{b.protocol}" for b in plan.ports
+        ]
         return {
             "engine": c.engine,
             "capabilities": {"drop": ["ALL"], "add": list(c.cap_add)},
@@ -101,16 +105,133 @@ class ContainerBackend(Backend):
         }
 
     @classmethod
-    def container_id(cls, state: dict[str, Any]) -> str | None:
-        return str(state["container"]) if state.get("container") else None
+    def preload(cls) -> None:
+        """The engine layer, hashlib (the run's labels) and socket (the engine's API)."""
+        import hashlib  # noqa: F401
+        import socket  # noqa: F401
+
+        from localaistack.runtime import engines  # noqa: F401
+
+    @classmethod
+    def describe_run(cls, state: dict[str, Any], pid: int | None) -> str:
+        cid = str(state.get("container") or "")
+        return f"container {cid[:12]}" if cid else f"pid {pid}"
+
+    @classmethod
+    def preflight(cls, plan: ExecutionPlan) -> None:
+        """The volumes' sources exist, the engine answers and has the image (las never
+        pulls at run time)."""
+        from localaistack.osutil import which
+        from localaistack.runtime import engines
+
+        c = plan.container
+        assert c is not None
+        for v in c.volumes:
+            if not os.path.exists(v.source):
+                raise StartFailed(
+                    f"volume source {v.source} does not exist",
+                    hint="create it, or fix the parameter that names it",
+                )
+        if which(c.engine) and engines.image_listed(c.engine, os.environ, c.image):
+            return  # found in the engine's image store, without its CLI
+        engine = engines.Engine(c.engine, global_args=c.engine_args)
+        try:
+            present = engine.image_exists(c.image)
+        except engines.EngineError as exc:
+            raise StartFailed(exc.message, hint=exc.hint) from exc
+        if not present:
+            raise StartFailed(
+                f"image {c.image} is not present in {c.engine}; las never pulls at run time",
+                hint=f"get it with `{c.engine} pull {c.image}` (or build/import it), then retry",
+            )
+
+    @classmethod
+    def _labelled(cls, key: str, value: str) -> list[engines.ContainerState]:
+        """The engine's containers labelled ``key=value``; none when the engine is not
+        installed or cannot be asked."""
+        from localaistack.osutil import which
+        from localaistack.runtime import engines
+
+        if not which(cls.name):
+            return []
+        try:
+            return engines.Engine(cls.name).list_labelled(key, value)
+        except engines.EngineError:
+            return []
+
+    @classmethod
+    def unrecorded(cls, label: str, active: set[str], thorough: bool) -> list[Unrecorded]:
+        """Running containers labelled ``las.home=LABEL`` (asked only when ``thorough``:
+        an engine call)."""
+        if not thorough:
+            return []
+        out = []
+        for st in cls._labelled("las.home", label):
+            run_id = st.labels.get("las.run", "")
+            if not st.running or not run_id or run_id in active:
+                continue
+            what = f"{cls.name} container {st.name} ({st.id[:12]})"
+            out.append(Unrecorded(run_id, cls.name, st.pid or None, what))
+        return out
+
+    @classmethod
+    def end_unrecorded(cls, label: str, run_id: str, timeout: float, thorough: bool) -> str | None:
+        """The engine stops the container (its stop signal, SIGKILL after ``timeout``) and
+        removes it."""
+        from localaistack.runtime import engines
+
+        if not any(u.run_id == run_id for u in cls.unrecorded(label, set(), thorough)):
+            return None
+        engine = engines.Engine(cls.name)
+        for st in engine.list_labelled("las.run", run_id):
+            if st.labels.get("las.home") != label:
+                continue
+            try:
+                engine.stop(st.id, timeout)
+                engine.remove(st.id)
+            except engines.EngineError as exc:
+                raise StartFailed(
+                    f"cannot end container {st.id[:12]}: {exc.message}", hint=exc.hint
+                ) from exc
+            return f"?{run_id}: stopped and removed {cls.name} container {st.name}"
+        return None
+
+    @classmethod
+    def sweep_orphans(cls, label: str, active: set[str], grace: float) -> list[Orphan]:
+        """Containers labelled ``las.home=LABEL`` whose run is not active (its shim died
+        before it could remove it, or the run ended while the engine was down)."""
+        from localaistack.runtime import engines
+
+        engine = engines.Engine(cls.name)
+        try:
+            found = engine.list_labelled("las.home", label)
+        except engines.EngineError:
+            return []
+        out = []
+        for st in found:
+            if st.labels.get("las.run") in active:
+                continue
+            age = _age(st.started_at or "")
+            what = f"{cls.name} container {st.name} ({st.id[:12]}) has no active run"
+            instance = st.labels.get("las.instance", "-")
+            if age is not None and age < grace:
+                out.append(Orphan(instance, f"{what}; removed after {grace:g}s", False))
+                continue
+            with contextlib.suppress(engines.EngineError):
+                engine.remove(st.id)
+            out.append(Orphan(instance, f"{what}; removed", True))
+        return out
 
     def extra_run_options(self) -> dict[str, Any]:
         """Options of ``engines.ContainerRunSpec`` this engine adds (podman: ulimits)."""
         return {}
 
     def _started(self) -> Started:
-        state = {"container": self.cid, "container_name": self.container_name,
-                 "engine": self.engine.name}  # fmt: skip
+        state = {
+            "container": self.cid,
+            "container_name": self.container_name,
+            "engine": self.engine.name,
+        }
         return Started(
             Handle(self.name, HANDLE_VERSION, state), None, None, f"container {self.cid[:12]}"
         )
@@ -313,3 +434,20 @@ class ContainerBackend(Backend):
             with contextlib.suppress(engines.EngineError):
                 self.engine.remove(self.cid)
         return []
+
+
+def _age(started: str) -> float | None:
+    """Seconds since an engine timestamp (RFC 3339, any fraction), or None if unreadable."""
+    import time
+    from datetime import datetime
+
+    try:
+        text = started.replace("Z", "+00:00")
+        if "." in text:  # engines give nanoseconds; Python takes microseconds
+            head, rest = text.split(".", 1)
+            digits = "".join(ch for ch in rest if ch.isdigit())
+            zone = rest[len(digits) :]
+            text = f"{head}.{digits[:6]}{zone}"
+        return time.time() - datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None

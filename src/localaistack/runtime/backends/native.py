@@ -4,8 +4,8 @@ affinity, and the shim samples the tree's RSS), dying with the shim (``PR_SET_PD
 its trust pins hashed again right before exec.
 
 A native run does not outlive its shim (no recovery): the next las command ends what is
-left of it (runtime/supervision.py's ``mark_lost``, from the cgroup or, without one, the
-processes recorded in the handle by ``watch``).
+left of it (``end_lost``, called by runtime/supervision.py's ``mark_lost``: from the cgroup
+or, without one, the processes recorded in the handle by ``watch``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from localaistack.runtime.backend import (
     RunContext,
     RunStatus,
     Started,
+    Unrecorded,
     format_size,
 )
 from localaistack.store.db import home_label
@@ -126,7 +127,7 @@ class NativeBackend(Backend):
         assigns_gpus=False,
         detects_oom=True,
         output="pipes",
-        engine_stops=False,
+        kill_after=0.0,
         sees_processes=True,
         stop_margin=0.0,
     )
@@ -169,6 +170,68 @@ class NativeBackend(Backend):
     @classmethod
     def describe_security(cls, plan: ExecutionPlan) -> dict[str, Any]:
         return {"mode": "native: a host process, its own session, process group and cgroup"}
+
+    @classmethod
+    def gone(cls, run_id: str, pid: int, pid_start: int | None) -> bool:
+        """The workload's main process is gone and its cgroup (if any) is empty: the run
+        dies with its shim."""
+        if procs.is_same_process(pid, pid_start):
+            return False
+        cgroup = cgroups.existing(run_id)
+        return cgroup is None or not cgroup.pids()
+
+    @classmethod
+    def end_lost(
+        cls, run_id: str, state: dict[str, Any], pid: int | None, pid_start: int | None
+    ) -> tuple[int, list[str]]:
+        """Its cgroup's members (only this run's processes ever join it); where it had
+        none, the processes the shim recorded in the handle (``watch``: those that left the
+        process group have no parent-death signal) and their descendants; and the
+        workload's process group."""
+        killed, not_removed = 0, []
+        cgroup = cgroups.existing(run_id)
+        if cgroup is not None:
+            killed += cgroup.kill_all()
+            not_removed = cgroup.remove()
+        recorded = state.get("descendants") or []
+        if isinstance(recorded, list):
+            killed += _kill_recorded(recorded)
+        if pid is not None:
+            killed += procs.kill_group(pid, signal.SIGKILL, pid_start)
+        return killed, not_removed
+
+    @classmethod
+    def unrecorded(cls, label: str, active: set[str], thorough: bool) -> list[Unrecorded]:
+        """The cgroups named for the home's label (``las/LABEL-RUN_ID``) that hold live
+        processes (a listing of a directory: asked whether ``thorough`` or not)."""
+        out = []
+        for run_id, cg in sorted(cgroups.of_home(label).items()):
+            pids = cg.pids()
+            if run_id in active or not pids:
+                continue
+            what = f"{len(pids)} process(es) in cgroup {cg.path}"
+            out.append(Unrecorded(run_id, cls.name, pids[0], what))
+        return out
+
+    @classmethod
+    def end_unrecorded(cls, label: str, run_id: str, timeout: float, thorough: bool) -> str | None:
+        """SIGTERM to every process of the run's cgroup, SIGKILL after ``timeout``, the
+        cgroup removed."""
+        import time
+
+        cg = cgroups.of_home(label).get(run_id)
+        if cg is None or not cg.pids():
+            return None
+        for pid in cg.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while cg.pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        killed = cg.kill_all() if cg.pids() else 0
+        cg.remove()
+        how = f"killed {killed} with SIGKILL after {timeout:g}s" if killed else "exited on SIGTERM"
+        return f"?{run_id}: stopped (a workload with no record; {how}; cgroup removed)"
 
     # --- start ---------------------------------------------------------------------------
 
@@ -286,11 +349,6 @@ class NativeBackend(Backend):
         self.known = {p: self.known.get(p) or procs.start_time(p) for p in others}
         self.state["descendants"] = sorted([p, s] for p, s in self.known.items() if s)
         return self._handle()
-
-    def watched(self) -> set[int]:
-        """The run's processes for the listener check (the cgroup's, else descendants)."""
-        cg = self.cgroup
-        return cg.members() if cg else set(procs.descendants(self.ctx.shim_pid, self.ctx.own_pids))
 
     def probe_setup(
         self, spec: dict[str, Any]
@@ -410,7 +468,6 @@ class NativeBackend(Backend):
         return RunStatus(False, self.pid, ex, f"pid {self.pid}")
 
     def recover(self, handle: Handle) -> RunStatus:
-
         raise RecoveryFailed(
             "a native workload does not outlive its supervisor (it dies with it, or las "
             "ends what is left of it)"
@@ -429,3 +486,28 @@ def _reap_orphans() -> None:
             return
         if got == 0:
             return
+
+
+def _kill_recorded(recorded: list[list[int]]) -> int:
+    """SIGKILL the processes a shim without a cgroup recorded (those still the same
+    process: pid and start time) and their descendants; returns how many."""
+    # Stop them first (a stopped process forks no more), walking again until no new one
+    # shows up, then kill them all: none re-parented to init between a walk and a kill.
+    stopped: set[int] = set()
+    for _ in range(50):
+        found = {int(p) for p, start in recorded if procs.is_same_process(int(p), int(start))}
+        for pid in list(found):
+            found.update(procs.descendants(pid))
+        new = {p for p in found - stopped if (st := procs.stat(p)) is not None and st.state != "Z"}
+        if not new:
+            break
+        for pid in new:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.add(pid)
+    killed: set[int] = set()
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+    return len(killed)
