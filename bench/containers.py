@@ -4,7 +4,9 @@
 
 Both start the same image with the same flags (las's secure defaults: the peer runs the
 exact argv las's engine layer builds), alternating; removal is not timed. `las` runs as a
-user's does: a new process each time, its plan kept from a first, untimed `las run`.
+user's does: a new process each time, after a first, untimed `las run` (which keeps the
+hardware probe). No goal: a new `las` process plans and admits on every run; the warm path
+is a runtime service (issue #19).
 """
 
 from __future__ import annotations
@@ -76,9 +78,8 @@ def bench_engine(root: Path, name: str, reps: int) -> list[Row]:
         engine.remove(f"bench-peer-{i}")
         return took
 
-    las_start(-1)  # the plan is made and kept
+    las_start(-1)  # the hardware probe is made and kept
     xs, ys = alternate_all([las_start, engine_start], reps)
-    ratio = sorted(xs)[len(xs) // 2] / sorted(ys)[len(ys) // 2]
     what = "same image and flags; las includes planning, admission and its supervisor"
     return [
         Row(
@@ -87,9 +88,8 @@ def bench_engine(root: Path, name: str, reps: int) -> list[Row]:
             xs,
             f"{name} run -d",
             ys,
-            "<= 1.2x",
-            ratio <= 1.2,
-            note=f"{what}; a new `las` process each time, its plan kept",
+            note=f"{what}; a new `las` process each time (it plans and admits), the "
+            "hardware probe kept; no goal (the warm path is a runtime service)",
         ),
     ]
 

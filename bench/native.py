@@ -227,8 +227,9 @@ def bench_start(las: LasBench, sup: SupervisordBench, reps: int) -> list[Row]:
             ys,
             "<= 1.0x supervisorctl",
             ratio <= 1.0,
-            note="a new `las` process each time (a Python and click), its plan kept from the "
-            "warm-up round, and a new supervisor process",
+            note="a new `las` process each time (a Python, click and the pydantic models of "
+            "manifest, policy and plan), planned and admitted each time with the hardware "
+            "probe kept from the warm-up round, and a new supervisor process",
         ),
         Row(
             "start until running (CLI included)",
