@@ -154,8 +154,15 @@ def test_the_store_hands_out_typed_records_and_store_errors(tmp_path: Path) -> N
     with store.transaction() as tx:
         assert insert_instance(tx, "one", "mod", "native", plan)
         assert insert_instance(tx, "two", "mod", "native", plan)
-        create_run(tx, run_id="r1", instance="one", backend="native", boot_id="b",
-                   log_path="/l", reason="requested")  # fmt: skip
+        create_run(
+            tx,
+            run_id="r1",
+            instance="one",
+            backend="native",
+            boot_id="b",
+            log_path="/l",
+            reason="requested",
+        )
         set_run_state(tx, "r1", "running", "started", pid=42)
         assert run_state(tx, "r1") == "running" and run_state(tx, "nope") is None
         assert get_run(tx, "r1") == store.run("r1")

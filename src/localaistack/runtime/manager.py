@@ -204,15 +204,20 @@ class Runtime:
             pending = self.supervisors.claim(run, ("--adopt", str(run.run_id), "--since", since))
             if pending is None:
                 return  # another las command re-adopted it meanwhile
-            self.record_event(run.instance, "re-adopted", f"{status.detail} still runs; "
-                              f"a new supervisor follows it (logs since {since})")  # fmt: skip
+            self.record_event(
+                run.instance,
+                "re-adopted",
+                f"{status.detail} still runs; a new supervisor follows it (logs since {since})",
+            )
             self.supervisors.start(run, pending=pending)
             return
         backend.cleanup()
         code = status.exit.code if status.exit else None
         ok = code == 0
-        reason = (f"exited with code {code} while its supervisor was gone (output after the "
-                  "supervisor died is not in the log)")  # fmt: skip
+        reason = (
+            f"exited with code {code} while its supervisor was gone (output after the "
+            "supervisor died is not in the log)"
+        )
         with self.store.transaction() as c:
             set_run_state(c, run.run_id, "stopped" if ok else "failed", reason, exit_code=code)
 
@@ -338,10 +343,19 @@ class Runtime:
                         hint=f"`las stop {name}` first, or `las restart {name}`",
                     )
             me = os.getpid()
-            create_run(c, run_id=run_id, instance=name, backend=backend, boot_id=self._boot,
-                       log_path=str(log_path), reason="requested", owner_pid=me,
-                       owner_start=procs.start_time(me),
-                       sup_pid=sup_pid, sup_start=sup_start)  # fmt: skip
+            create_run(
+                c,
+                run_id=run_id,
+                instance=name,
+                backend=backend,
+                boot_id=self._boot,
+                log_path=str(log_path),
+                reason="requested",
+                owner_pid=me,
+                owner_start=procs.start_time(me),
+                sup_pid=sup_pid,
+                sup_start=sup_start,
+            )
         run = self.store.run(run_id)
         assert run is not None
         return run

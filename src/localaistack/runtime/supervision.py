@@ -166,8 +166,10 @@ class Supervisors:
                 while final is not None and final.get("state") == "running":
                     final = reader.next(None)
                 if final is None:
-                    final = {"state": "failed", "reason": "the supervisor exited before "
-                             "reporting health"}  # fmt: skip
+                    final = {
+                        "state": "failed",
+                        "reason": "the supervisor exited before reporting health",
+                    }
                 message = {**final, "pid": message.get("pid")}
         finally:
             os.close(pending.ready_fd)

@@ -734,16 +734,35 @@ def create_run(
         """INSERT INTO runs (run_id, instance, attempt, backend, state, reason, boot_id,
            log_path, owner_pid, owner_start, sup_pid, sup_start, created_at)
            VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)""",
-        (run_id, instance, attempt, backend, "starting", reason, boot_id, log_path,
-         owner_pid, owner_start, sup_pid, sup_start, now),
-    )  # fmt: skip
+        (
+            run_id,
+            instance,
+            attempt,
+            backend,
+            "starting",
+            reason,
+            boot_id,
+            log_path,
+            owner_pid,
+            owner_start,
+            sup_pid,
+            sup_start,
+            now,
+        ),
+    )
     c.execute("UPDATE instances SET current_run=? WHERE name=?", (run_id, instance))
     c.execute(
         "INSERT INTO transitions (run_id, from_state, to_state, at, reason) VALUES (?,?,?,?,?)",
         (run_id, None, "starting", now, reason),
     )
-    add_event(c, "starting", f"run {run_id} (attempt {attempt}): {reason}", instance=instance,
-              run_id=run_id, at=now)  # fmt: skip
+    add_event(
+        c,
+        "starting",
+        f"run {run_id} (attempt {attempt}): {reason}",
+        instance=instance,
+        run_id=run_id,
+        at=now,
+    )
     return attempt
 
 

@@ -75,15 +75,23 @@ def home_error(exc: OSError, path: str) -> StoreError:
     import errno
 
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StoreError(f"disk full (ENOSPC) writing {path}: free space and retry",
-                          hint="free space on the filesystem that holds LAS_HOME",
-                          cause="full")  # fmt: skip
+        return StoreError(
+            f"disk full (ENOSPC) writing {path}: free space and retry",
+            hint="free space on the filesystem that holds LAS_HOME",
+            cause="full",
+        )
     if exc.errno == errno.EROFS:
-        return StoreError(f"read-only filesystem: cannot write {path}",
-                          hint="remount it read-write, or set LAS_HOME elsewhere",
-                          cause="readonly")  # fmt: skip
+        return StoreError(
+            f"read-only filesystem: cannot write {path}",
+            hint="remount it read-write, or set LAS_HOME elsewhere",
+            cause="readonly",
+        )
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return StoreError(f"permission denied writing {path}",
-                          hint="use a LAS_HOME you own", cause="permission")  # fmt: skip
-    return StoreError(f"cannot write {path}: {exc.strerror or exc}",
-                      hint="check the disk and LAS_HOME", cause="io")  # fmt: skip
+        return StoreError(
+            f"permission denied writing {path}", hint="use a LAS_HOME you own", cause="permission"
+        )
+    return StoreError(
+        f"cannot write {path}: {exc.strerror or exc}",
+        hint="check the disk and LAS_HOME",
+        cause="io",
+    )
