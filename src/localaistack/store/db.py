@@ -6,8 +6,9 @@ Tables (schema version in ``meta``; migrations in ``MIGRATIONS``, applied in ord
 
 * ``instances``: one row per named instance, with the plan it runs (JSON, secret values
   masked: they live in ``$LAS_HOME/secrets/``, see store/secrets.py) and its current run;
-* ``runs``: one row per attempt: state, reason, exit, workload and supervisor identity
-  (pid + process start time + boot id, never pid alone), log path;
+* ``runs``: one row per run (``attempt``: its number among the instance's runs): state,
+  reason, exit, workload and supervisor identity (pid + process start time + boot id,
+  never pid alone), log path;
 * ``transitions``: every state change of a run, with time and reason;
 * ``events``: the append-only event log that ``las events`` shows.
 
@@ -720,9 +721,9 @@ def create_run(
     sup_pid: int | None = None,
     sup_start: int | None = None,
 ) -> int:
-    """Insert the next attempt of ``instance`` as ``starting`` and make it current.
+    """Insert the next run of ``instance`` as ``starting`` and make it current.
 
-    Returns the attempt number.
+    Returns its number among the instance's runs (the ``attempt`` column).
     """
     now = time.time()
     attempt = int(
