@@ -190,3 +190,15 @@ def child_setup(parent_pid: int, creds: tuple[int, int, list[int]] | None = None
     # The parent may have died before the line above took effect: die now, not later.
     if os.getppid() != parent_pid:
         os._exit(127)
+
+
+def reap_children() -> None:
+    """Reap every child of this process that has exited (a subreaper's orphans), without
+    waiting for the others."""
+    while True:
+        try:
+            got, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if got == 0:
+            return

@@ -462,12 +462,12 @@ class Supervisor:
                     self._read(key.fd, streams)
                 elif key.data == "signal":
                     self._signals()
-            self._reap_orphans()
+            procs.reap_children()
         for fd, stream in list(streams.items()):
             self.writer.flush_partial(stream)
             self.sel.unregister(fd)
         backend.detach()
-        self._reap_orphans()
+        procs.reap_children()
         ex = backend.exit_status(status)
         state, reason, code, sig = self._end_reason(ex)
         if leftovers:
@@ -952,7 +952,7 @@ class Supervisor:
             for key, _ in self.sel.select(left):
                 if key.data == "signal":
                     self._signals()
-            self._reap_orphans()
+            procs.reap_children()
         self.record("stopped", "stopped while waiting to restart")
         self.report_ready({"state": "stopped", "reason": "stopped while waiting to restart"})
         return False
@@ -1029,7 +1029,7 @@ class Supervisor:
             return
         deadline = self.stop_deadline
         while time.monotonic() < deadline:
-            self._reap_orphans()
+            procs.reap_children()
             members = self.backend.members()
             if not any((st := procs.stat(p)) is not None and st.state != "Z" for p in members):
                 return
@@ -1102,15 +1102,6 @@ class Supervisor:
                 return status
             if got == pid:
                 status = st
-
-    def _reap_orphans(self) -> None:
-        while True:
-            try:
-                got, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if got == 0:
-                return
 
 
 class Health:

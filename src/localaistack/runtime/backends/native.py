@@ -417,7 +417,7 @@ class NativeBackend(Backend):
         deadline = time.monotonic() + SWEEP_LIMIT
         while True:
             n = self._kill_members()
-            _reap_orphans()
+            procs.reap_children()
             if n == 0:
                 break
             if time.monotonic() > deadline:
@@ -476,16 +476,6 @@ class NativeBackend(Backend):
     def cleanup(self) -> list[str]:
         cg, self.cgroup = self.cgroup, None
         return cg.remove() if cg else []
-
-
-def _reap_orphans() -> None:
-    while True:
-        try:
-            got, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if got == 0:
-            return
 
 
 def _kill_recorded(recorded: list[list[int]]) -> int:
