@@ -34,6 +34,7 @@ The records are immutable ``NamedTuple``s rather than dataclasses: importing dat
 
 from __future__ import annotations
 
+import abc
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
@@ -198,7 +199,7 @@ class Orphan(NamedTuple):
     removed: bool
 
 
-class Backend:
+class Backend(abc.ABC):
     """The base of every backend: the interface (see the module's docstring) and defaults."""
 
     name: ClassVar[str]
@@ -210,19 +211,19 @@ class Backend:
 
     # --- the core: every backend implements these -----------------------------------------
 
-    def start(self) -> Started:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def start(self) -> Started: ...
 
+    @abc.abstractmethod
     def current(self) -> Started:
         """The run as started (or recovered)."""
-        raise NotImplementedError
 
-    def attach(self, since: str | None = None) -> Attachment:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def attach(self, since: str | None = None) -> Attachment: ...
 
+    @abc.abstractmethod
     def exit_status(self, wait_status: int) -> ExitStatus:
         """The run's exit, once ``wait_pid`` has ended with ``wait_status``."""
-        raise NotImplementedError
 
     def poll_exit(self) -> ExitStatus | None:
         """Non-blocking: the run's exit if ``wait_pid`` has ended (reaping it), else None."""
@@ -233,14 +234,14 @@ class Backend:
             return ExitStatus(lost=f"lost: pid {self.wait_pid} is not a child of this process")
         return None if got == 0 else self.exit_status(status)
 
-    def stop(self, signal_name: str, grace: float) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def stop(self, signal_name: str, grace: float) -> None: ...
 
-    def kill(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def kill(self) -> None: ...
 
-    def inspect(self) -> RunStatus:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def inspect(self) -> RunStatus: ...
 
     def recover(self, handle: Handle) -> RunStatus:
         """Re-attach to the run of ``handle``; its status. RecoveryFailed: it cannot be
@@ -255,6 +256,7 @@ class Backend:
 
     def detach(self) -> None:
         """End the shim's helpers of the run (a container's `logs --follow`, `wait`)."""
+        return None  # the default: nothing to do
 
     def members(self) -> set[int]:
         """The run's live processes the shim can see (``capabilities.sees_processes``): for
@@ -294,10 +296,12 @@ class Backend:
     def preload(cls) -> None:
         """Import what a start needs, in a shim waiting to be told to start (the default:
         nothing beyond the backend's module)."""
+        return None  # the default: nothing to do
 
     @classmethod
     def preflight(cls, plan: ExecutionPlan) -> None:
         """Checks before anything is created (StartFailed: the run could not start)."""
+        return None  # the default: nothing to do
 
     @classmethod
     def describe_run(cls, state: dict[str, Any], pid: int | None) -> str:
@@ -305,14 +309,14 @@ class Backend:
         return f"pid {pid}"
 
     @classmethod
+    @abc.abstractmethod
     def describe_limits(cls, plan: ExecutionPlan, state: dict[str, Any]) -> dict[str, str]:
         """What enforces each limit of ``plan``, in words; ``state``: the run's handle's."""
-        raise NotImplementedError
 
     @classmethod
+    @abc.abstractmethod
     def describe_security(cls, plan: ExecutionPlan) -> dict[str, Any]:
         """The isolation a run of ``plan`` gets."""
-        raise NotImplementedError
 
     @classmethod
     def gone(cls, run_id: str, pid: int, pid_start: int | None) -> bool:
