@@ -60,6 +60,10 @@ class Result:
         return json.loads(self.out)
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Las:
     """Runs the real `las` CLI as a subprocess against the test's LAS_HOME."""
 
@@ -82,12 +86,16 @@ class Las:
         return res
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
+        """`las ARGS` in the background, as from an interactive shell: Ctrl-C (SIGINT)
+        reaches it even when this test run was started where SIGINT is ignored (a
+        background job of a non-interactive shell)."""
         return subprocess.Popen(
             [sys.executable, "-m", "localaistack", *args],
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_sigint_default,  # noqa: PLW1509 (the tests start no threads)
         )
 
     def ok(self, *args: str, timeout: float = 60) -> Result:

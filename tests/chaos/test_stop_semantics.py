@@ -314,13 +314,7 @@ def test_ctrl_c_while_run_waits_for_health(
     las: Las, module_factory: Callable[..., Path], tmp_path: Path
 ) -> None:
     path = _slow_to_health(module_factory, tmp_path, "slow")
-    client = subprocess.Popen(
-        [sys.executable, "-m", "localaistack", "run", str(path)],
-        env=las.env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    client = las.popen("run", str(path))
     try:
         wait_until(
             lambda: las.ps().get("slow", {}).get("state") == "running",

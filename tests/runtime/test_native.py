@@ -47,6 +47,42 @@ def test_run_ps_logs_stop(las: Las, module_factory: ModuleFactory) -> None:
     assert las("stop", "w").code == 0
 
 
+IGNORED = (
+    "import signal; print('ignored:', [s.name for s in "
+    "(signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTERM) "
+    "if signal.getsignal(s) == signal.SIG_IGN]); print('blocked:', "
+    "sorted(s.name for s in signal.pthread_sigmask(signal.SIG_BLOCK, ())))"
+)
+
+
+def _ignoring_and_blocking() -> None:
+    """What a shell's background job, ``nohup`` and a careless parent leave to las."""
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])
+
+
+def test_the_workload_starts_with_default_signals(las: Las, module_factory: ModuleFactory) -> None:
+    # `las run` started where SIGINT, SIGQUIT and SIGHUP are ignored and SIGUSR2 blocked:
+    # none of it may reach the workload (a stop signal it ignores would never stop it).
+    path = module_factory(
+        "sigs", [sys.executable, "-u", "-c", IGNORED + "; import time; time.sleep(300)"]
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "localaistack", "run", "-d", str(path)],
+        env=las.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_ignoring_and_blocking,
+    )
+    assert res.returncode == 0, res.stderr
+    wait_until(lambda: "blocked:" in las.ok("logs", "sigs").out, message="the workload's line")
+    out = las.ok("logs", "sigs").out
+    assert "ignored: []\n" in out and "blocked: []\n" in out, out
+    assert las.ok("stop", "sigs").out.startswith("sigs: stopped")
+
+
 def test_exit_code_is_recorded_as_failed(las: Las, module_factory: ModuleFactory) -> None:
     path = module_factory("exit3", workload("--exit", "3"))
     las("run", str(path))  # may report running or failed: the exit races the report

@@ -8,6 +8,7 @@ repeats after a reboot.
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
@@ -141,8 +142,6 @@ def descendants(pid: int, skip: set[int] | frozenset[int] = frozenset()) -> list
 
 def signal_name(num: int) -> str:
     try:
-        import signal
-
         return signal.Signals(num).name
     except ValueError:
         return f"signal {num}"
@@ -187,9 +186,25 @@ def child_setup(parent_pid: int, creds: tuple[int, int, list[int]] | None = None
     prctl(PR_SET_PDEATHSIG, 9)  # SIGKILL
     prctl(PR_SET_NO_NEW_PRIVS, 1)  # no setuid/file-capability escalation, ever
     os.umask(0o077)  # files the workload creates are private unless it says otherwise
+    reset_signals()
     # The parent may have died before the line above took effect: die now, not later.
     if os.getppid() != parent_pid:
         os._exit(127)
+
+
+def reset_signals() -> None:
+    """Every signal at its default disposition and none blocked, as systemd and the
+    container engines start a process: a signal ignored by whoever started las (a shell's
+    background job ignores SIGINT and SIGQUIT, ``nohup`` SIGHUP) would otherwise stay
+    ignored across exec, and a stop signal could never reach the workload."""
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):  # reserved by the C library (32, 33)
+            continue
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 def reap_children() -> None:

@@ -438,14 +438,17 @@ class Engine:
     def remove(self, cid: str, force: bool = True) -> None:
         """Remove the container; with ``force`` a running one is killed first (no grace).
 
-        Idempotent: no error if it does not exist.
+        Idempotent: no error if it does not exist, or if another caller is removing it
+        already (the supervisor of its run and `las stop ?RUN_ID` may race).
 
         Raises:
             EngineError: the engine is not usable, or (without ``force``) it is running.
         """
         args = ["rm", *(self.rm_force if force else ())]
         proc = self.cli.call([*args, cid], what=f"{self.name} rm")
-        if proc.returncode != 0 and not failures.not_found(proc.stderr):
+        if proc.returncode == 0:
+            return
+        if not (failures.not_found(proc.stderr) or failures.being_removed(proc.stderr)):
             raise self.cli.failure(proc, f"{self.name} rm {cid}")
 
     def wait(self, cid: str, timeout: float) -> int | None:

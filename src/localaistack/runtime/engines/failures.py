@@ -40,6 +40,13 @@ def not_found(stderr: str) -> bool:
     return any(s in low for s in NOT_FOUND)
 
 
+def being_removed(stderr: str) -> bool:
+    """Whether the engine's error says that another caller is removing the container
+    already (docker: "removal of container ... is already in progress")."""
+    low = stderr.lower()
+    return "removal of container" in low and "already in progress" in low
+
+
 def only_not_found(stderr: str) -> bool:
     """Whether every error line (warnings aside) says "no such container"."""
     return not_found(stderr) and all(

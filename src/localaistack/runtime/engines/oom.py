@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from localaistack.runtime.engines.spec import ContainerState, format_bytes
 
-OOM_SETTLE = 1.0  # how long final_state() waits for docker to record OOMKilled
+# How long final_state() waits for docker to record OOMKilled (it comes from a separate
+# event, later on a loaded machine); only an exit 137 under a memory limit waits.
+OOM_SETTLE = 3.0
 
 
 def oom_detected(
