@@ -86,6 +86,8 @@ class PlanRequest:
     # VRAM the ledger holds per GPU uuid for other instances (admitted or running), which
     # the driver may not show as used yet: a model still loading. The choice counts it.
     gpu_held: Mapping[str, int] | None = None
+    # The user's restart policy (`las run --restart`); None: the manifest's.
+    restart: str | None = None
 
 
 @dataclass

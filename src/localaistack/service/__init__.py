@@ -1,0 +1,1 @@
+"""`las serve`: the runtime's operations over HTTP (the API, events, metrics)."""
