@@ -1,1 +1,0 @@
-"""The operations over HTTP: a client of `las serve` (written in issue #19, H2b)."""
