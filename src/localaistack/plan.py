@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
@@ -171,14 +171,22 @@ class Resources(_Record):
     vram: int = 0
 
 
+RestartPolicyName = Literal["never", "on-failure", "always", "unless-stopped"]
+RESTART_POLICIES: tuple[str, ...] = get_args(RestartPolicyName)
+
+
 class RestartSpec(_Record):
-    """When the supervisor starts a failed workload again (never, unless asked for).
+    """When the supervisor starts a workload again (never, unless asked for).
+
+    ``on-failure``: after a failure; ``always``: also after a clean exit, and when las serve
+    starts; ``unless-stopped``: as always, but not at las serve's start after a `las stop`.
+    An explicit `las stop` ends every policy's restarts.
 
     At most ``max_restarts`` within ``window`` seconds, waiting ``backoff`` * 2^n (with
     jitter) before each; ``reset_after`` seconds of stable health give a fresh budget.
     """
 
-    policy: Literal["never", "on-failure"] = "never"
+    policy: RestartPolicyName = "never"
     max_restarts: int = 3
     backoff: float = 1.0
     on_unhealthy: bool = False

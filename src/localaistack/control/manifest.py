@@ -382,7 +382,7 @@ class ResourcesSection(_Strict):
 
 
 class RestartSection(_Strict):
-    policy: Literal["never", "on-failure"] = "never"
+    policy: Literal["never", "on-failure", "always", "unless-stopped"] = "never"
     max_restarts: int = Field(default=3, ge=0, strict=True)
     backoff: float = 1.0
     on_unhealthy: bool = False

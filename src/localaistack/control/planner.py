@@ -39,6 +39,7 @@ from localaistack.errors import (
 from localaistack.masking import MASK, mask
 from localaistack.plan import (
     MODES,
+    RESTART_POLICIES,
     ContainerSpec,
     Decision,
     EngineName,
@@ -57,6 +58,7 @@ from localaistack.plan import (
     ProbeKind,
     Rejected,
     Resources,
+    RestartPolicyName,
     RestartSpec,
     ShownText,
     StopSpec,
@@ -1271,15 +1273,28 @@ def make_plan(
             failure_threshold=h.failure_threshold,
         )
 
+    chosen: str = rt.restart.policy
+    asked_by = "the manifest"
+    overridden: tuple[Rejected, ...] = ()
+    if request.restart is not None and request.restart != chosen:
+        if request.restart not in RESTART_POLICIES:
+            raise UsageError(
+                f"unknown restart policy {request.restart!r}",
+                hint="one of: " + ", ".join(RESTART_POLICIES),
+            )
+        overridden = (Rejected(option=chosen, reason="the manifest's, overridden by the user"),)
+        chosen, asked_by = request.restart, "the user (--restart)"
+    elif request.restart is not None:
+        asked_by = "the user (--restart) and the manifest"
     restart = RestartSpec(
-        policy=rt.restart.policy,
+        policy=cast(RestartPolicyName, chosen),  # a manifest's or one of RESTART_POLICIES
         max_restarts=rt.restart.max_restarts,
         backoff=rt.restart.backoff,
         on_unhealthy=rt.restart.on_unhealthy,
         window=rt.restart.window,
         reset_after=rt.restart.reset_after,
     )
-    wants_restart = rt.restart.policy != "never" or rt.restart.on_unhealthy
+    wants_restart = chosen != "never" or rt.restart.on_unhealthy
     if wants_restart and policy.restarts == "deny":
         restart = RestartSpec(policy="never", on_unhealthy=False)
         decisions.append(
@@ -1287,17 +1302,27 @@ def make_plan(
                 topic="restart",
                 choice="never",
                 reason=f"policy restarts: deny ({policy.source}); failures are reported only",
-                rejected=(Rejected(option=rt.restart.policy, reason="asked for by the manifest"),),
+                rejected=(Rejected(option=chosen, reason=f"asked for by {asked_by}"),),
             )
         )
     elif wants_restart:
-        what = rt.restart.policy + (" and on unhealthy" if rt.restart.on_unhealthy else "")
+        what = chosen + (" and on unhealthy" if rt.restart.on_unhealthy else "")
         decisions.append(
             Decision(
                 topic="restart",
                 choice=what,
-                reason=f"asked for by the manifest: at most "
+                reason=f"asked for by {asked_by}: at most "
                 f"{rt.restart.max_restarts} within {rt.restart.window:g}s",
+                rejected=overridden,
+            )
+        )
+    elif overridden:
+        decisions.append(
+            Decision(
+                topic="restart",
+                choice="never",
+                reason=f"asked for by {asked_by}",
+                rejected=overridden,
             )
         )
     res = rt.resources

@@ -480,13 +480,24 @@ class Supervisor:
         dropped = self.writer.dropped_lines  # the workload's lines (not our final note)
         if dropped:
             reason += f"; {dropped} log line(s) could not be written"
+        policy = self.restart["policy"]
+        # always/unless-stopped: also after a clean exit (Docker's semantics); never after a
+        # `las stop` or a policy violation (it would do it again).
         restart = (
-            state == "failed"
-            and not self.stop_requested
+            not self.stop_requested
             and self.violation is None
             and (
-                self.restart["policy"] == "on-failure"
-                or (self.health_failure is not None and self.restart.get("on_unhealthy"))
+                (state == "failed" and policy in ("on-failure", "always", "unless-stopped"))
+                or (
+                    state == "stopped"
+                    and not self.stopping
+                    and policy in ("always", "unless-stopped")
+                )
+                or (
+                    state == "failed"
+                    and self.health_failure is not None
+                    and bool(self.restart.get("on_unhealthy"))
+                )
             )
         )
         self._note(f"las: {reason}")
