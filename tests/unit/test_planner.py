@@ -834,3 +834,43 @@ def test_preferred_install_variant_next_to_an_executable_mode() -> None:
     p = plan(loaded, "cpu-only")
     assert p.mode == "container"
     assert decision(p, "mode").reason == "the policy's default mode (test-policy.yaml)"
+
+
+def _restart_plan(asked: str | None, in_manifest: str, **pol: Any) -> ExecutionPlan:
+    loaded = manifest(runtime={"restart": {"policy": in_manifest}})
+    return make_plan(
+        loaded,
+        profile("cpu-only"),
+        policy(trusted_native=[loaded.manifest.name], **pol),
+        PlanRequest(restart=asked),
+        port_of,
+        which=which,
+        environ=ENVIRON,
+        euid=1000,
+    )
+
+
+def test_the_users_restart_policy_overrides_the_manifests() -> None:
+    p = _restart_plan("always", "never")
+    assert p.restart.policy == "always"
+    d = decision(p, "restart")
+    assert d.choice == "always"
+    assert "--restart" in d.reason
+    assert [r.option for r in d.rejected] == ["never"]
+
+
+def test_the_manifests_restart_policy_is_the_default() -> None:
+    p = _restart_plan(None, "unless-stopped")
+    assert p.restart.policy == "unless-stopped"
+    assert "the manifest" in decision(p, "restart").reason
+
+
+def test_restarts_deny_wins_over_the_users_policy() -> None:
+    p = _restart_plan("always", "never", restarts="deny")
+    assert p.restart.policy == "never"
+    assert "restarts: deny" in decision(p, "restart").reason
+
+
+def test_an_unknown_restart_policy_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="unknown restart policy 'sometimes'"):
+        _restart_plan("sometimes", "never")
