@@ -160,7 +160,8 @@ class BearerAuth:
                 detail,
                 hint="send Authorization: Bearer <the token in $LAS_HOME/api-token>"
                 " (the client reads LAS_TOKEN, else that file)",
-            )
+            ),
+            separators=(",", ":"),
         ).encode()
         await send(
             {
@@ -298,10 +299,11 @@ def setup_logging() -> None:
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
     formatter.converter = time.gmtime
     handler.setFormatter(formatter)
-    for name in ("las", "uvicorn"):
+    # uvicorn's own lines (started, shutting down: one per listener) only from warnings up.
+    for name, level in (("las", logging.INFO), ("uvicorn", logging.WARNING)):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
-        logger.setLevel(logging.INFO)
+        logger.setLevel(level)
         logger.propagate = False
 
 
@@ -344,6 +346,7 @@ def serve(
 
     listeners: list[tuple[ASGIApp, socket.socket, str]] = []
     unix_sock = bind_unix(socket_path)
+    unix_ino = os.fstat(unix_sock.fileno()).st_ino  # to remove it at the end, if still ours
     try:
         listeners.append((app, unix_sock, f"unix:{socket_path}"))
         if tcp_addr is not None and token is not None:
@@ -356,7 +359,7 @@ def serve(
         for _, sock, _ in listeners:
             sock.close()
         with contextlib.suppress(OSError):
-            if os.lstat(socket_path).st_ino == os.fstat(unix_sock.fileno()).st_ino:
+            if os.lstat(socket_path).st_ino == unix_ino:
                 socket_path.unlink()
         unix_sock.close()
 
