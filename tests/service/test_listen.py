@@ -208,7 +208,10 @@ def test_ready_is_notified_to_systemd(
             path = module_factory("env", workload("--env", "NOTIFY_SOCKET"))
             with svc.client() as c:
                 assert c.post("/v1/instances", json={"module": str(path)}).status_code == 201
-                out = c.get("/v1/instances/env/logs").text
+                out = wait_until(
+                    lambda: "ready" in (text := c.get("/v1/instances/env/logs").text) and text,
+                    message="the workload's output",
+                )
             assert "NOTIFY_SOCKET=<unset>" in out
         finally:
             svc.stop()

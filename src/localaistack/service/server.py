@@ -346,7 +346,7 @@ def serve(
 
     listeners: list[tuple[ASGIApp, socket.socket, str]] = []
     unix_sock = bind_unix(socket_path)
-    unix_ino = os.fstat(unix_sock.fileno()).st_ino  # to remove it at the end, if still ours
+    bound = os.lstat(socket_path)  # to remove the file at the end, if it is still ours
     try:
         listeners.append((app, unix_sock, f"unix:{socket_path}"))
         if tcp_addr is not None and token is not None:
@@ -359,7 +359,8 @@ def serve(
         for _, sock, _ in listeners:
             sock.close()
         with contextlib.suppress(OSError):
-            if os.lstat(socket_path).st_ino == unix_ino:
+            now = os.lstat(socket_path)
+            if (now.st_dev, now.st_ino) == (bound.st_dev, bound.st_ino):
                 socket_path.unlink()
         unix_sock.close()
 
