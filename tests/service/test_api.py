@@ -23,8 +23,11 @@ PORTS = [{"name": "http", "port": 8080}]
 PROBLEM = "application/problem+json"
 
 
-def healthsrv(module_factory: ModuleFactory, tmp_path: Path, name: str = "web") -> Path:
-    """A native module: an HTTP server with a health probe (ready at once)."""
+def healthsrv(
+    module_factory: ModuleFactory, tmp_path: Path, name: str = "web", start_timeout: str = "20s"
+) -> Path:
+    """A native module: an HTTP server with a health probe (ready at once; its control
+    file ``NAME.control`` says otherwise)."""
     control = tmp_path / f"{name}.control"
     command = [sys.executable, str(PROGRAMS / "healthsrv.py"), "${host}", "${ports.http}"]
     return module_factory(
@@ -33,7 +36,7 @@ def healthsrv(module_factory: ModuleFactory, tmp_path: Path, name: str = "web") 
         ports=PORTS,
         health={
             "http": {"port": "http", "path": "/health"},
-            "start_timeout": "20s",
+            "start_timeout": start_timeout,
             "interval": "300ms",
             "timeout": "500ms",
         },
@@ -127,7 +130,7 @@ def test_lifecycle(
     res = client.post("/v1/instances", json={"module": str(path)})
     assert res.status_code == 201, res.text
     started = res.json()
-    assert started["name"] == "web" and started["state"] == "running", started
+    assert started["name"] == "web" and started["state"] == "healthy", started
     assert started["pid"] and pid_alive(started["pid"])
     assert las.ps()["web"]["health"] == "healthy"  # the run answered once healthy
 
@@ -173,12 +176,12 @@ def test_lifecycle(
     assert not pid_alive(started["pid"])
 
     res = client.post("/v1/instances/web/start", json={})
-    assert res.status_code == 200 and res.json()["state"] == "running", res.text
+    assert res.status_code == 200 and res.json()["state"] == "healthy", res.text
     second = res.json()["run_id"]
     assert second != started["run_id"]
 
     res = client.post("/v1/instances/web/restart")  # no body: the defaults
-    assert res.status_code == 200 and res.json()["state"] == "running", res.text
+    assert res.status_code == 200 and res.json()["state"] == "healthy", res.text
     third = res.json()
     assert third["run_id"] not in (started["run_id"], second)
     assert las.ps()["web"]["run_id"] == third["run_id"]
@@ -201,14 +204,18 @@ def test_lifecycle(
 
 
 def test_a_failed_start_is_201_with_its_reason(
-    las: Las, client: httpx.Client, module_factory: ModuleFactory
+    las: Las, client: httpx.Client, module_factory: ModuleFactory, tmp_path: Path
 ) -> None:
-    path = module_factory("quits", workload("--exit", "3"))
+    path = healthsrv(module_factory, tmp_path, "never", start_timeout="1s")
+    (tmp_path / "never.control").write_text("503")
     res = client.post("/v1/instances", json={"module": str(path)})
     assert res.status_code == 201, res.text
     out = res.json()
-    assert out["state"] == "failed" and "3" in (out["reason"] or ""), out
-    assert las.state("quits") == "failed"
+    assert out["state"] == "failed", out
+    assert out["reason"].startswith("did not become healthy within 1s"), out
+    assert las.state("never") == "failed"
+    res = client.get("/v1/instances/never/logs")  # its output is kept
+    assert res.status_code == 200 and b"healthsrv on" in res.content
 
 
 BAD_BODIES: list[tuple[str, bytes | str, str]] = [
@@ -334,7 +341,7 @@ def test_an_exited_supervisor_is_reaped(
     path = module_factory("brief", workload("--lines", "3", "--exit-after-lines"))
     res = client.post("/v1/instances", json={"module": str(path), "detach": True})
     assert res.status_code == 201, res.text
-    wait_until(lambda: las.state("brief") == "exited", timeout=15, message="the run's end")
+    wait_until(lambda: las.state("brief") == "stopped", timeout=15, message="the run's end")
     sup = _supervisor_pid(las, "brief")
     # reaped within a second or so: gone from /proc, never left a zombie of the service
     wait_until(lambda: _state_of(sup) is None, timeout=10, message=f"supervisor {sup} reaped")
