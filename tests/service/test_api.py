@@ -218,6 +218,20 @@ def test_a_failed_start_is_201_with_its_reason(
     assert res.status_code == 200 and b"healthsrv on" in res.content
 
 
+def test_warnings_travel_in_a_header(
+    las: Las, client: httpx.Client, module_factory: ModuleFactory
+) -> None:
+    path = module_factory(
+        "big", workload(), resources={"memory": "64TiB"}, policy={"overcommit": "allow"}
+    )
+    res = client.post("/v1/instances", json={"module": str(path)})
+    assert res.status_code == 201, res.text
+    warnings = json.loads(res.headers["las-warnings"])
+    assert any(w.startswith("overcommitted (policy overcommit: allow)") for w in warnings)
+    assert res.headers["las-warnings"].isascii()
+    assert "las-warnings" not in client.get("/v1/instances").headers  # none: no header
+
+
 BAD_BODIES: list[tuple[str, bytes | str, str]] = [
     ("malformed JSON", '{"module": "x",', "not valid JSON"),
     ("not JSON at all", "module=x", "not valid JSON"),

@@ -12,6 +12,8 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -218,3 +220,38 @@ def test_ready_is_notified_to_systemd(
         assert "STOPPING=1" in receiver.recv(4096).decode()
     finally:
         receiver.close()
+
+
+def test_a_stop_does_not_wait_forever_for_a_follow(
+    las: Las, service: Service, module_factory: ModuleFactory
+) -> None:
+    path = module_factory("talks", workload())
+    with service.client() as c:
+        res = c.post("/v1/instances", json={"module": str(path)})
+    assert res.status_code == 201, res.text
+    pid = res.json()["pid"]
+    opened = threading.Event()
+    ended: list[str] = []
+
+    def follow() -> None:
+        try:
+            with (
+                service.client() as c,
+                c.stream("GET", "/v1/instances/talks/logs", params={"follow": "true"}) as r,
+            ):
+                opened.set()
+                for _ in r.iter_bytes():
+                    pass
+            ended.append("ended")
+        except httpx.HTTPError as exc:  # cut when the service goes: also an end
+            ended.append(type(exc).__name__)
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    assert opened.wait(15)
+    t0 = time.monotonic()
+    assert service.stop(signal.SIGTERM, timeout=30) == 0, service.log_text()
+    assert time.monotonic() - t0 < 15  # the grace for requests in flight is 5s
+    reader.join(10)
+    assert ended, "the follow did not end with the service"
+    assert pid_alive(pid) and las.state("talks") == "running"
