@@ -203,6 +203,33 @@ def test_lifecycle(
     assert "Traceback" not in service.log_text()
 
 
+def test_a_long_log_is_the_cli_log(
+    las: Las, service: Service, client: httpx.Client, module_factory: ModuleFactory
+) -> None:
+    path = module_factory("chatty", workload("--lines", "30000", "--exit-after-lines"))
+    assert client.post("/v1/instances", json={"module": str(path)}).status_code == 201
+    wait_until(lambda: las.state("chatty") == "stopped", timeout=30, message="all written")
+    res = client.get("/v1/instances/chatty/logs")
+    assert res.status_code == 200
+    assert res.content == las.ok("logs", "chatty").out.encode()
+    assert res.content.count(b"\n") >= 30000
+    for query, args in [
+        ({"tail": "5"}, ["--tail", "5"]),
+        ({"tail": "0"}, ["--tail", "0"]),
+        ({"timestamps": "true", "tail": "3"}, ["--timestamps", "--tail", "3"]),
+    ]:
+        res = client.get("/v1/instances/chatty/logs", params=query)
+        assert res.content == las.ok("logs", "chatty", *args).out.encode(), query
+    run_id = las.inspect("chatty")["runs"][0]["run_id"]
+    res = client.get("/v1/instances/chatty/logs", params={"run": run_id, "tail": "2"})
+    assert res.status_code == 200 and res.content.startswith(b"line 029999"), res.content
+    assert res.content.endswith(b"las: exited on its own with code 0\n")
+    status, _, body = curl(service, "http://las/v1/instances/chatty/logs?tail=2")
+    assert status == 200 and body.encode() == las.ok("logs", "chatty", "--tail", "2").out.encode()
+    res = client.get("/v1/instances/chatty/logs", params={"run": "nosuchrun"})
+    assert 400 <= res.status_code < 500 and res.headers["content-type"] == PROBLEM
+
+
 def test_a_failed_start_is_201_with_its_reason(
     las: Las, client: httpx.Client, module_factory: ModuleFactory, tmp_path: Path
 ) -> None:

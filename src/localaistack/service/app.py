@@ -241,6 +241,7 @@ class _LogPump:
     thread stops at the next chunk (a follow of a silent run: when it writes or ends)."""
 
     DEPTH = 64
+    BLOCK = 64 * 1024
 
     def __init__(self, ops_factory: Callable[[], Operations], kwargs: dict[str, Any]) -> None:
         self.ops_factory = ops_factory
@@ -298,9 +299,21 @@ class _LogPump:
                 self.warnings = list(ops.warnings)
             if not self._put("open"):
                 return
+            # Followed output goes out as it comes; a finished log in blocks of ~64 KiB.
+            block = 0 if self.kwargs.get("follow") else self.BLOCK
+            parts: list[bytes] = []
+            size = 0
             for chunk in stream:
-                if self.cancelled.is_set() or not self._put("data", chunk):
+                if self.cancelled.is_set():
                     return
+                parts.append(chunk)
+                size += len(chunk)
+                if size >= block:
+                    if not self._put("data", b"".join(parts)):
+                        return
+                    parts, size = [], 0
+            if parts and not self._put("data", b"".join(parts)):
+                return
             self._put("end")
         except BaseException as exc:
             self._put("error", exc)
