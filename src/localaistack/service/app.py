@@ -75,11 +75,12 @@ def create_app(
     home: Path,
     ops_factory: Callable[[], Operations],
     *,
-    record_request: Callable[[str, str, int, float], None] | None = None,
+    record_request: Callable[[str, str | None, int, float], None] | None = None,
 ) -> FastAPI:
     """The API for the runtime of ``home``; ``ops_factory`` makes the ``Operations`` of one
     request (in production ``lambda: LocalOperations(home)``). ``record_request(method,
-    route, status, seconds)`` is called once per request (the metrics)."""
+    route, status, seconds)`` is called once per request (the metrics; ``route`` is the
+    route's template, None when none matched)."""
     app = FastAPI(
         title="LocalAIStack runtime",
         version=__version__,
@@ -455,7 +456,7 @@ class _Guard:
         self,
         app: ASGIApp,
         home: Path,
-        record_request: Callable[[str, str, int, float], None] | None = None,
+        record_request: Callable[[str, str | None, int, float], None] | None = None,
     ) -> None:
         self.app, self.home = app, home
         self.record_request = record_request
@@ -509,7 +510,7 @@ class _Guard:
             log.info("%s %s %d %.0fms", scope["method"], scope["path"], status[0], seconds * 1000)
             if self.record_request is not None:
                 route = scope.get("route")
-                template = getattr(route, "path", None) or "(unmatched)"
+                template = getattr(route, "path", None)  # None: no route matched
                 try:
                     self.record_request(scope["method"], template, status[0], seconds)
                 except Exception:
