@@ -142,6 +142,30 @@ def test_the_socket_mode(las: Las, service: Service) -> None:
         assert st.st_uid == os.geteuid()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the group's socket is root's")
+def test_as_root_the_socket_is_shared_with_the_group_las(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localaistack.service import server
+
+    other = next(g for g in grp.getgrall() if g.gr_gid != 0)  # stands in for `las`
+    asked: list[str] = []
+
+    def getgrnam(name: str) -> grp.struct_group:
+        asked.append(name)
+        return other
+
+    monkeypatch.setattr(server.grp, "getgrnam", getgrnam)
+    path = tmp_path / "shared.sock"
+    sock = server.bind_unix(path)
+    try:
+        st = path.lstat()
+        assert asked == ["las"]
+        assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == other.gr_gid
+    finally:
+        sock.close()
+
+
 def test_a_stale_socket_is_replaced_and_a_live_one_refused(
     las: Las, las_env: dict[str, str]
 ) -> None:
