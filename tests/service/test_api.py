@@ -323,8 +323,12 @@ def test_bad_inputs_are_4xx_problems(
     status, headers, raw = curl(service, "-X", "POST", "http://las/v1/instances", "-d", "{")
     assert status == 422 and headers["content-type"] == PROBLEM
     assert json.loads(raw)["type"] == "urn:localaistack:problem:usage-error"
+    # a name cannot forge a line of the service's log
+    res = client.get("/v1/instances/x%0A2026-01-01T00:00:00Z INFO GET /forged 200 1ms")
+    assert 400 <= res.status_code < 500
     assert las.ps() == {}  # nothing of it started anything
     log = service.log_text()
+    assert not [line for line in log.splitlines() if "/forged" in line and "x%0A" not in line]
     assert "Traceback" not in log and " 500 " not in log
 
 

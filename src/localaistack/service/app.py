@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import quote
 
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -447,6 +448,12 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
+def shown_path(scope: Scope) -> str:
+    """The request's path for a log line: percent-encoded, so that a name sent with a
+    newline or a control character cannot forge or garble a line (never the query)."""
+    return quote(scope.get("path", ""), safe="/:@!$&'()*+,;=-._~")
+
+
 class _Guard:
     """The outermost layer of the app: the ``Las-Warnings`` header, one log line per
     request (method, path, status, milliseconds: no query, no header, no body), the
@@ -488,15 +495,17 @@ class _Guard:
                 log.error(
                     "%s %s: failed after the response started",
                     scope["method"],
-                    scope["path"],
+                    shown_path(scope),
                     exc_info=exc,
                 )
             elif store_err is not None:
-                log.error("%s %s: %s", scope["method"], scope["path"], store_err, exc_info=exc)
+                log.error("%s %s: %s", scope["method"], shown_path(scope), store_err, exc_info=exc)
                 code, body = problem_of(store_err)
                 await problem_response(code, body)(scope, receive, sending)
             else:
-                log.error("%s %s: unexpected error", scope["method"], scope["path"], exc_info=exc)
+                log.error(
+                    "%s %s: unexpected error", scope["method"], shown_path(scope), exc_info=exc
+                )
                 body = plain_problem(
                     500,
                     "Internal error",
@@ -507,7 +516,8 @@ class _Guard:
                 await problem_response(500, body)(scope, receive, sending)
         finally:
             seconds = time.monotonic() - t0
-            log.info("%s %s %d %.0fms", scope["method"], scope["path"], status[0], seconds * 1000)
+            ms = seconds * 1000
+            log.info("%s %s %d %.0fms", scope["method"], shown_path(scope), status[0], ms)
             if self.record_request is not None:
                 route = scope.get("route")
                 template = getattr(route, "path", None)  # None: no route matched

@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from localaistack.errors import PolicyViolation, StoreError, UsageError
 from localaistack.ops.api import Operations
 from localaistack.ops.problems import MEDIA_TYPE, plain_problem
+from localaistack.service.app import shown_path
 
 log = logging.getLogger("las.serve")
 
@@ -175,7 +176,8 @@ class BearerAuth:
             }
         )
         await send({"type": "http.response.body", "body": body})
-        log.info("%s %s 401 %.0fms", scope["method"], scope["path"], (time.monotonic() - t0) * 1000)
+        ms = (time.monotonic() - t0) * 1000
+        log.info("%s %s 401 %.0fms", scope["method"], shown_path(scope), ms)
 
 
 # --- the sockets --------------------------------------------------------------------------
