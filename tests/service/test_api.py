@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,35 @@ def test_a_long_log_is_the_cli_log(
     assert status == 200 and body.encode() == las.ok("logs", "chatty", "--tail", "2").out.encode()
     res = client.get("/v1/instances/chatty/logs", params={"run": "nosuchrun"})
     assert 400 <= res.status_code < 500 and res.headers["content-type"] == PROBLEM
+
+
+def test_a_waiting_run_does_not_hold_up_other_requests(
+    las: Las, service: Service, module_factory: ModuleFactory, tmp_path: Path
+) -> None:
+    path = healthsrv(module_factory, tmp_path, "slow")
+    (tmp_path / "slow.control").write_text("ready-after 3")
+    results: list[httpx.Response] = []
+
+    def run() -> None:
+        with service.client() as c:
+            results.append(c.post("/v1/instances", json={"module": str(path)}))
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    with service.client() as c:
+        wait_until(lambda: "slow" in las.ps(), message="the run recorded")
+        # while it waits for healthy: the others are answered, each at once
+        for _ in range(5):
+            t0 = time.monotonic()
+            assert c.get("/v1/health").status_code == 200
+            rows = c.get("/v1/instances").json()
+            assert time.monotonic() - t0 < 2
+        assert [r["health"] for r in rows] == ["starting"] and runner.is_alive()
+        # the same name again, meanwhile: a conflict, not a second instance
+        assert_problem(c.post("/v1/instances", json={"module": str(path)}), 409)
+    runner.join(30)
+    assert results and results[0].status_code == 201, results
+    assert results[0].json()["state"] == "healthy"
 
 
 def test_a_failed_start_is_201_with_its_reason(
