@@ -4,6 +4,7 @@ native workloads (tests/programs) started, stopped and read through it."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -16,8 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.conftest import PROGRAMS, Las, pid_alive, wait_until, workload
+from tests.conftest import PROGRAMS, REPO, Las, pid_alive, wait_until, workload
 from tests.service.conftest import Service, start_service
+
+from localaistack.ops.api import Operations
 
 ModuleFactory = Callable[..., Path]
 PORTS = [{"name": "http", "port": 8080}]
@@ -455,3 +458,86 @@ def test_sigkill_of_the_service_leaves_the_workload(
         assert las.state("keeps") == "running"
     finally:
         again.stop(signal.SIGKILL)
+
+
+class _Broken(Operations):
+    """An ``Operations`` with bugs, for the app's last resort (served by `serve` in a
+    process of its own, below). Each close is a line in ``$LAS_TEST_CLOSED``."""
+
+    def close(self) -> None:
+        with open(os.environ["LAS_TEST_CLOSED"], "a") as f:
+            f.write("closed\n")
+
+    def hardware(self) -> dict[str, Any]:
+        raise RuntimeError("a bug, with a secret: hunter2")
+
+    def modules(self) -> list[dict[str, Any]]:
+        raise sqlite3.OperationalError("database is locked")  # escaped the store's wrapping
+
+    def ps(self, all_: bool = False) -> list[Any]:
+        return [{"name": "not a summary"}]  # a wrong shape: the response model refuses it
+
+    def logs(self, name: str, **_: Any) -> Iterator[bytes]:
+        def broken() -> Iterator[bytes]:
+            yield b"first\n"
+            raise RuntimeError("the log broke off")
+
+        return broken()
+
+    def plan(self, *a: Any, **k: Any) -> Any: ...
+    def run(self, *a: Any, **k: Any) -> Any: ...
+    def start(self, *a: Any, **k: Any) -> Any: ...
+    def restart(self, *a: Any, **k: Any) -> Any: ...
+    def stop(self, *a: Any, **k: Any) -> Any: ...
+    def remove(self, *a: Any, **k: Any) -> Any: ...
+    def inspect(self, *a: Any, **k: Any) -> Any: ...
+    def events(self, *a: Any, **k: Any) -> Any: ...
+
+
+SERVE_BROKEN = """
+import sys
+from pathlib import Path
+from localaistack.service.server import serve
+from tests.service.test_api import _Broken
+home = Path(sys.argv[1])
+serve(home, home / "las.sock", None, ops_factory=_Broken)
+"""
+
+
+def test_a_bug_is_a_500_problem_logged_with_its_traceback(
+    las_env: dict[str, str], tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    closed = tmp_path / "closed"
+    log = tmp_path / "serve.log"
+    env = {**las_env, "LAS_TEST_CLOSED": str(closed)}
+    env["PYTHONPATH"] += os.pathsep + str(REPO)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SERVE_BROKEN, str(home)],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    svc = Service(proc, home / "las.sock", log, env)
+    try:
+        wait_until(lambda: "listening on" in svc.log_text(), timeout=30, message="listening")
+        with svc.client() as c:
+            res = c.get("/v1/hardware")
+            body = assert_problem(res, 500, "internal-error")
+            assert "RuntimeError" in body["detail"] and "hunter2" not in res.text
+            res = c.get("/v1/modules")  # a raw SQLite error is the store's: 503
+            body = assert_problem(res, 503, "store-error")
+            assert "cause" in body and body["exit_code"] == 5
+            assert_problem(c.get("/v1/instances"), 500, "internal-error")
+            with pytest.raises(httpx.HTTPError), c.stream("GET", "/v1/instances/x/logs") as r:
+                assert r.status_code == 200
+                r.read()  # cut off: not ended as if it were complete
+            assert c.get("/v1/health").status_code == 200  # and it serves on
+    finally:
+        assert svc.stop() == 0
+    # each request's Operations closed, the stream's included
+    assert closed.read_text().count("closed") == 4
+    text = svc.log_text()
+    assert text.count("Traceback") == 4 and "hunter2" in text  # the details: in the log
