@@ -121,8 +121,9 @@ def _routes(
     ops_factory: Callable[[], Operations],
 ) -> None:
     @app.get("/v1/health", response_model=ServiceHealth, tags=["service"])
-    def health() -> ServiceHealth:
-        """The service answers (nothing else is checked)."""
+    async def health() -> ServiceHealth:
+        """The service answers (nothing else is checked; on the event loop, so it answers
+        even while every worker thread waits on a run)."""
         return ServiceHealth(status="ok", version=__version__)
 
     @app.get("/v1/hardware", response_model=dict[str, Any], tags=["control"])
