@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,39 +73,47 @@ def event_info(ev: Event) -> EventInfo:
     )
 
 
-class _End:
-    """Put in a subscriber's queue: the stream ends (``reason`` says why)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
 class _Subscriber:
-    """One subscription's queue, fed on its own event loop."""
+    """One subscription's queue of batches (each batch shared by every subscriber), fed
+    on the subscriber's own event loop. ``pending``: the events queued and not yet
+    taken; a batch that would take it over ``size`` ends the subscription, unless the
+    subscriber had taken everything before (a burst never ends one that keeps up)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
         self.loop = loop
-        self.queue: asyncio.Queue[EventInfo | _End] = asyncio.Queue(size + 1)  # +1: the end
         self.size = size
+        self.batches: deque[list[EventInfo]] = deque()
+        self.pending = 0
+        self.wake = asyncio.Event()
         self.ended: str | None = None
 
-    # Both run on ``self.loop`` (scheduled by the hub's thread).
+    # offer and end run on ``self.loop`` (scheduled by the hub's thread, or by close).
     def offer(self, batch: list[EventInfo]) -> None:
         if self.ended is not None:
             return
-        for ev in batch:
-            if self.queue.qsize() >= self.size:
-                self.end(f"more than {self.size} events behind")
-                return
-            self.queue.put_nowait(ev)
+        if self.pending and self.pending + len(batch) > self.size:
+            self.end(f"more than {self.size} events behind")
+            return
+        self.batches.append(batch)
+        self.pending += len(batch)
+        self.wake.set()
 
     def end(self, reason: str) -> None:
         if self.ended is not None:
             return
         self.ended = reason
-        while not self.queue.empty():  # dropped: the client resumes from the store
-            self.queue.get_nowait()
-        self.queue.put_nowait(_End(reason))
+        self.batches.clear()  # dropped: the client resumes from the store
+        self.pending = 0
+        self.wake.set()
+
+    async def next_batch(self) -> list[EventInfo] | None:
+        """The next batch; None once ended."""
+        while not self.batches:
+            if self.ended is not None:
+                return None
+            self.wake.clear()
+            await self.wake.wait()
+        return self.batches.popleft()
 
 
 class EventHub:
@@ -231,14 +240,18 @@ class EventHub:
                 last = ev.id
                 yield ev
             while True:
-                item = await sub.queue.get()
-                if isinstance(item, _End):
-                    log.info("event subscription after %d ended: %s", last, item.reason)
+                batch = await sub.next_batch()
+                if batch is None:
+                    log.info("event subscription after %d ended: %s", last, sub.ended)
                     return
-                if item.id <= last:  # also in the backlog
-                    continue
-                last = item.id
-                yield item
+                for ev in batch:
+                    if sub.ended is not None:
+                        break
+                    sub.pending = max(0, sub.pending - 1)
+                    if ev.id <= last:  # also in the backlog
+                        continue
+                    last = ev.id
+                    yield ev
         finally:
             with self._lock:
                 self._subs.discard(sub)
