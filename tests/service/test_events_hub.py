@@ -413,8 +413,34 @@ def test_sse_bad_last_event_id_is_a_400_problem(server: Server) -> None:
             assert body["type"] == "urn:localaistack:problem:bad-request"
             assert body["status"] == 400 and body["exit_code"] == 2
             assert "Last-Event-ID" in body["detail"] and "Traceback" not in r.text
-        r = c.get("/v1/events/stream", params={"after": "-3"})
-        assert r.status_code == 400 and "after=-3" in r.json()["detail"]
+        for after in ("-3", str(2**63)):
+            r = c.get("/v1/events/stream", params={"after": after})
+            assert r.status_code == 400 and f"after={after}" in r.json()["detail"]
+
+
+def test_sse_an_empty_last_event_id_is_none(server: Server, db: Path) -> None:
+    add_here(db, "one")
+    add_here(db, "two")
+    with server.client() as c:
+        headers = {"Last-Event-ID": ""}
+        with c.stream("GET", "/v1/events/stream", params={"after": "1"}, headers=headers) as r:
+            assert r.status_code == 200
+            events, _ = read_sse(r.iter_lines(), 1)
+    assert [e["id"] for e in events] == ["2"]
+
+
+def test_sse_a_store_that_cannot_be_read_ends_the_stream_cleanly(
+    hub: EventHub, server: Server, db: Path
+) -> None:
+    add_here(db, "one")
+    db.write_bytes(b"")  # damaged under the running hub: StoreError "empty" on open
+    with server.client() as c, c.stream("GET", "/v1/events/stream") as r:
+        assert r.status_code == 200
+        lines = list(r.iter_lines())  # ends: no hang, no broken chunked body
+    errors = [line for line in lines if line.startswith(": error:")]
+    assert len(errors) == 1 and "empty" in errors[0], lines
+    assert "Traceback" not in "\n".join(lines)
+    wait_until(lambda: hub.subscribers == 0, timeout=10, message="the subscription ended")
 
 
 def test_sse_streams_end_when_the_hub_closes(hub: EventHub, server: Server, db: Path) -> None:

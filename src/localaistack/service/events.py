@@ -55,6 +55,7 @@ PING_SECONDS = 15.0
 SEND_TIMEOUT = 30.0  # a client that takes no bytes for this long is dropped
 _WAKE = 0.2  # the longest the watcher thread waits before it looks at the stop flag
 _RETRY = 1.0  # seconds between attempts while the store cannot be read
+_MAX_ID = 2**63 - 1  # SQLite's largest integer
 
 
 def iso(ts: float) -> str:
@@ -282,23 +283,27 @@ def sse_frame(ev: EventInfo) -> bytes:
     return f"id: {ev.id}\nevent: {kind}\ndata: {data}\n\n".encode()
 
 
-def _frames(events: AsyncIterator[EventInfo]) -> AsyncIterator[bytes]:
-    async def gen() -> AsyncIterator[bytes]:
-        try:
-            async for ev in events:
-                yield sse_frame(ev)
-        finally:
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-    return gen()
+async def _frames(events: AsyncIterator[EventInfo]) -> AsyncIterator[bytes]:
+    """The SSE frames of a subscription. The response has begun (200) when the store is
+    first read: a store that cannot be read ends the stream with an ``: error`` comment
+    (the client retries with ``Last-Event-ID``), never a traceback."""
+    try:
+        async for ev in events:
+            yield sse_frame(ev)
+    except Exception as exc:
+        log.warning("event stream ended: %s", exc)
+        line = str(exc).replace("\r", " ").replace("\n", " ")
+        yield f": error: {line}\n\n".encode()
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def parse_event_id(value: str) -> int | None:
     """A ``Last-Event-ID`` (or ``after``) as an event id; None: not one."""
     text = value.strip()
-    if not text.isascii() or not text.isdigit() or len(text) > 18:
+    if not text.isascii() or not text.isdigit() or len(text) > 18:  # < 2**63
         return None
     return int(text)
 
@@ -318,15 +323,17 @@ def sse_response(
 
     header = request.headers.get("last-event-id")
     start = after
-    if header is not None:
+    if header is not None and header.strip():  # an empty one: none (as EventSource does)
         start = parse_event_id(header)
         if start is None:
             return _bad_request(
                 f"Last-Event-ID {header[:40]!r} is not an event id",
                 "send the id of the last event received (a number), or no header",
             )
-    if start is not None and start < 0:
-        return _bad_request(f"after={start} is not an event id", "after is 0 or more")
+    if start is not None and not 0 <= start <= _MAX_ID:
+        return _bad_request(
+            f"after={start} is not an event id", f"after is between 0 and {_MAX_ID}"
+        )
     return EventSourceResponse(
         _frames(hub.subscribe(start or 0)),
         ping=ping,
