@@ -306,14 +306,14 @@ def test_a_damaged_store_is_a_clear_error_at_start(tmp_path: Path) -> None:
 class Server:
     """The hub's stream served by uvicorn on a unix socket, in a thread of this process."""
 
-    def __init__(self, hub: EventHub, sock: Path) -> None:
+    def __init__(self, hub: EventHub, sock: Path, grace: int = 5) -> None:
         async def stream(request: Request) -> Response:
             after = request.query_params.get("after")
             return sse_response(hub, request, int(after) if after else None, ping=0.3)
 
         app = Starlette(routes=[Route("/v1/events/stream", stream)])
         config = uvicorn.Config(
-            app, uds=str(sock), log_level="warning", lifespan="off", timeout_graceful_shutdown=5
+            app, uds=str(sock), log_level="warning", lifespan="off", timeout_graceful_shutdown=grace
         )
         self.sock = sock
         self.server = uvicorn.Server(config)
@@ -454,3 +454,34 @@ def test_sse_streams_end_when_the_hub_closes(hub: EventHub, server: Server, db: 
             rest = list(lines)  # the stream ends (no hang: the client's timeout is 20 s)
             assert all(line == "" or line.startswith(":") for line in rest)
     assert hub.subscribers == 0
+
+
+def test_a_server_stopping_with_open_streams_stops_at_once_with_the_hub_closed(
+    hub: EventHub, db: Path, tmp_path: Path
+) -> None:
+    """As `las serve` stops: should_exit set, hub.close(0) from the loop's side. The open
+    streams end at once, not after uvicorn's graceful timeout (30 s here)."""
+    add_here(db, "one")
+    srv = Server(hub, tmp_path / "g.sock", grace=30).__enter__()
+    clients = [srv.client() for _ in range(3)]
+    streams = [c.stream("GET", "/v1/events/stream") for c in clients]
+    readers = []  # kept: a dropped line iterator closes its connection
+    try:
+        for st in streams:
+            readers.append(st.__enter__().iter_lines())
+            assert read_sse(readers[-1], 1)[0][0]["id"] == "1"
+        assert hub.subscribers == 3
+        began = time.monotonic()
+        srv.server.should_exit = True
+        hub.close(timeout=0)
+        srv.thread.join(10)
+        assert not srv.thread.is_alive()
+        assert time.monotonic() - began < 5
+    finally:
+        for st in streams:
+            with contextlib.suppress(httpx.HTTPError):
+                st.__exit__(None, None, None)
+        for c in clients:
+            c.close()
+        srv.server.should_exit = True
+        srv.thread.join(10)

@@ -207,6 +207,7 @@ def test_http_requests_by_route_template(tmp_path: Path) -> None:
     m.record_request("GET", "/v1/instances/{name}", 404, 0.001)
     m.record_request("POST", "/v1/instances", 201, 2.0)
     m.record_request("BREW", None, 405, 0.0)  # no route matched, an unknown method
+    m.record_request("BREW", "(unmatched)", 405, 0.0)
     s, types = scrape(m)
     assert types["las_http_requests"] == "counter"
     assert types["las_http_request_duration_seconds"] == "histogram"
@@ -214,7 +215,7 @@ def test_http_requests_by_route_template(tmp_path: Path) -> None:
     assert value(s, req, method="GET", route="/v1/instances/{name}", status="200") == 2
     assert value(s, req, method="GET", route="/v1/instances/{name}", status="404") == 1
     assert value(s, req, method="POST", route="/v1/instances", status="201") == 1
-    assert value(s, req, method="other", route="unmatched", status="405") == 1
+    assert value(s, req, method="other", route="unmatched", status="405") == 2
     assert len(s[req]) == 4
     dur = "las_http_request_duration_seconds"
     get = {"method": "GET", "route": "/v1/instances/{name}"}

@@ -164,7 +164,12 @@ class EventHub:
             raise self._failure
 
     def close(self, timeout: float = 5.0) -> None:
-        """End every subscription and the thread (waits at most ``timeout`` seconds)."""
+        """End every subscription and the thread (waits at most ``timeout`` seconds for
+        the thread; 0: not at all, as from the event loop's own signal handler).
+
+        Call it as soon as the server begins to stop, not after: uvicorn waits for open
+        responses (an event stream never ends by itself) before it shuts down, and
+        sse-starlette notices a stop only through uvicorn's own signal handling."""
         self._stop.set()
         with self._lock:
             self.closed = True
@@ -173,7 +178,7 @@ class EventHub:
             _call_on(sub.loop, sub.end, "the service is shutting down")
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
-            if self._thread.is_alive():
+            if self._thread.is_alive() and timeout > 0:
                 log.warning("the event watcher thread did not end within %gs", timeout)
 
     # --- the watcher thread ------------------------------------------------------------

@@ -355,9 +355,10 @@ class ServiceMetrics:
 
     def record_request(self, method: str, route: str | None, status: int, seconds: float) -> None:
         """Count one answered request. ``route``: the route's template (``/v1/instances/
-        {name}``), never the raw path; None or "" for a path no route matched."""
+        {name}``), never the raw path; anything else (None, "", "(unmatched)"): a path no
+        route matched, counted as ``unmatched``."""
         method = method.upper() if method.upper() in METHODS else "other"
-        route = route or "unmatched"
+        route = route if route and route.startswith("/") else "unmatched"
         self._requests.labels(method, route, str(int(status))).inc()
         self._duration.labels(method, route).observe(max(0.0, seconds))
 
