@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from tests.conftest import wait_until
+from tests.conftest import Las, wait_until
 
 from localaistack.errors import StoreError
 from localaistack.ops.api import EventInfo
@@ -485,3 +485,13 @@ def test_a_server_stopping_with_open_streams_stops_at_once_with_the_hub_closed(
             c.close()
         srv.server.should_exit = True
         srv.thread.join(10)
+
+
+def test_sse_data_is_the_line_las_events_json_prints(
+    las: Las, server: Server, db: Path, las_env: dict[str, str]
+) -> None:
+    finish(write_events(las_env, db, 3, "same"))
+    with server.client() as c, c.stream("GET", "/v1/events/stream") as r:
+        events, _ = read_sse(r.iter_lines(), 3)
+    cli = las.ok("events", "--json").out.splitlines()
+    assert [e["data"] for e in events] == cli
