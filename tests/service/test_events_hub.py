@@ -166,24 +166,33 @@ def test_commits_of_another_process_reach_a_subscriber(
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("use_inotify", [True, False], ids=["inotify", "polling"])
 def test_fifty_subscribers_get_every_event_in_order(
-    hub: EventHub, db: Path, las_env: dict[str, str]
+    db: Path, las_env: dict[str, str], use_inotify: bool
 ) -> None:
-    n = 200
+    """Three processes write at once; 50 subscribers each get every event, in id order."""
+    hub = EventHub(db, use_inotify=use_inotify)
+    hub.start()
+    n = 70
 
     async def main() -> None:
         its = [hub.subscribe(0) for _ in range(50)]
-        tasks = [asyncio.create_task(take(it, n, timeout=60)) for it in its]
+        tasks = [asyncio.create_task(take(it, 3 * n, timeout=60)) for it in its]
         await until(lambda: hub.subscribers == 50, message="50 subscribers")
-        writer = write_events(las_env, db, n, "fan", pace=0.001)
+        writers = [write_events(las_env, db, n, f"w{i}", pace=0.001) for i in range(3)]
         got = await asyncio.gather(*tasks)
-        await asyncio.to_thread(finish, writer)
+        for w in writers:
+            await asyncio.to_thread(finish, w)
         want = stored(db)
-        assert len(want) == n
+        assert len(want) == 3 * n
+        assert [e.id for e in want] == sorted(e.id for e in want)
         for events in got:
             assert events == want
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        hub.close()
 
 
 def test_resume_from_an_id_while_events_keep_coming(

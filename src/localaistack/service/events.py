@@ -125,9 +125,10 @@ class EventHub:
     thread, within about ``_WAKE`` seconds plus one store read.
     """
 
-    def __init__(self, db: Path, *, queue_size: int = QUEUE_SIZE) -> None:
+    def __init__(self, db: Path, *, queue_size: int = QUEUE_SIZE, use_inotify: bool = True) -> None:
         self.db = Path(db)
         self.queue_size = queue_size
+        self.use_inotify = use_inotify  # False: ChangeWatcher polls (as where no inotify)
         self._lock = threading.Lock()
         self._subs: set[_Subscriber] = set()
         self._stop = threading.Event()
@@ -184,7 +185,7 @@ class EventHub:
     # --- the watcher thread ------------------------------------------------------------
 
     def _run(self) -> None:
-        watcher = ChangeWatcher(self.db)
+        watcher = ChangeWatcher(self.db, use_inotify=self.use_inotify)
         try:
             watcher.__enter__()  # before the newest id is read: no commit falls between
             store = Store(self.db)
