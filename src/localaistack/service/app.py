@@ -51,6 +51,8 @@ from localaistack.ops.api import (
     StopRequest,
 )
 from localaistack.ops.problems import MEDIA_TYPE, plain_problem, problem_of
+from localaistack.service.events import EventHub, sse_response
+from localaistack.service.metrics import ServiceMetrics
 
 log = logging.getLogger("las.serve")
 
@@ -76,12 +78,13 @@ def create_app(
     home: Path,
     ops_factory: Callable[[], Operations],
     *,
-    record_request: Callable[[str, str | None, int, float], None] | None = None,
+    hub: EventHub | None = None,
+    metrics: ServiceMetrics | None = None,
 ) -> FastAPI:
     """The API for the runtime of ``home``; ``ops_factory`` makes the ``Operations`` of one
-    request (in production ``lambda: LocalOperations(home)``). ``record_request(method,
-    route, status, seconds)`` is called once per request (the metrics; ``route`` is the
-    route's template, None when none matched)."""
+    request (in production ``lambda: LocalOperations(home)``). With ``hub`` (started and
+    closed by the caller) ``GET /v1/events/stream`` is served; with ``metrics``, ``GET
+    /metrics``, and every request is counted there."""
     app = FastAPI(
         title="LocalAIStack runtime",
         version=__version__,
@@ -103,9 +106,14 @@ def create_app(
                 ops.close()
 
     _routes(app, call, ops_factory)
+    if hub is not None:
+        _stream_route(app, hub)
+    if metrics is not None:
+        _metrics_route(app, metrics)
     _handlers(app)
     app.add_middleware(_BodyLimit, limit=MAX_BODY)
-    app.add_middleware(_Guard, home=home, record_request=record_request)
+    record = metrics.record_request if metrics is not None else None
+    app.add_middleware(_Guard, home=home, record_request=record)
     return app
 
 
@@ -232,6 +240,32 @@ def _routes(
     ) -> list[EventInfo]:
         """Events after id ``after`` (``tail``: only the last N of them)."""
         return call(request, lambda ops: list(ops.events(after=after, tail=tail)))  # type: ignore[no-any-return]
+
+
+def _stream_route(app: FastAPI, hub: EventHub) -> None:
+    @app.get(
+        "/v1/events/stream",
+        response_class=Response,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "the events"}},
+        tags=["events"],
+    )
+    async def event_stream(request: Request, after: int | None = None) -> Response:
+        """The events above ``after`` (a ``Last-Event-ID`` header wins over it), then each
+        new one as it is committed (Server-Sent Events, a ``: ping`` every 15 s)."""
+        return sse_response(hub, request, after)
+
+
+def _metrics_route(app: FastAPI, metrics: ServiceMetrics) -> None:
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}},
+        tags=["service"],
+    )
+    def prometheus() -> Response:
+        """The runtime's metrics in Prometheus' text format (docs/metrics.md)."""
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
 
 class _LogPump:

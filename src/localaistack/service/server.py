@@ -41,6 +41,7 @@ from localaistack.errors import PolicyViolation, StoreError, UsageError
 from localaistack.ops.api import Operations
 from localaistack.ops.problems import MEDIA_TYPE, plain_problem
 from localaistack.service.app import shown_path
+from localaistack.service.events import EventHub
 
 log = logging.getLogger("las.serve")
 
@@ -302,7 +303,8 @@ def setup_logging() -> None:
     formatter.converter = time.gmtime
     handler.setFormatter(formatter)
     # uvicorn's own lines (started, shutting down: one per listener) only from warnings up.
-    for name, level in (("las", logging.INFO), ("uvicorn", logging.WARNING)):
+    levels = (("las", logging.INFO), ("localaistack", logging.INFO), ("uvicorn", logging.WARNING))
+    for name, level in levels:
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level)
@@ -342,7 +344,26 @@ def serve(
         def ops_factory() -> Operations:
             return LocalOperations(home)
 
-    app = create_app(home, ops_factory)
+    from localaistack.service.metrics import ServiceMetrics
+
+    hub = EventHub(home / "state.db")
+    hub.start()  # a store that cannot be read: its StoreError, before anything listens
+    metrics = ServiceMetrics(home)
+    try:
+        app = create_app(home, ops_factory, hub=hub, metrics=metrics)
+        _listen_and_serve(app, socket_path, tcp_addr, token, hub)
+    finally:
+        hub.close()
+        metrics.close()
+
+
+def _listen_and_serve(
+    app: ASGIApp,
+    socket_path: Path,
+    tcp_addr: tuple[str, int] | None,
+    token: str | None,
+    hub: EventHub,
+) -> None:
     # The notify socket is the service's: a supervisor (and its workload) must not inherit it.
     notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
 
@@ -356,7 +377,7 @@ def serve(
             host, port = tcp_sock.getsockname()[:2]
             shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             listeners.append((BearerAuth(app, token), tcp_sock, f"http://{shown}"))
-        asyncio.run(_main(listeners, notify_socket))
+        asyncio.run(_main(listeners, notify_socket, lambda: hub.close(timeout=0)))
     finally:
         for _, sock, _ in listeners:
             sock.close()
@@ -367,7 +388,11 @@ def serve(
         unix_sock.close()
 
 
-async def _main(listeners: list[tuple[ASGIApp, socket.socket, str]], notify: str | None) -> None:
+async def _main(
+    listeners: list[tuple[ASGIApp, socket.socket, str]],
+    notify: str | None,
+    on_stop: Callable[[], None],
+) -> None:
     from localaistack.runtime.spawn import reap_children
 
     servers = [
@@ -392,6 +417,7 @@ async def _main(listeners: list[tuple[ASGIApp, socket.socket, str]], notify: str
         signals[0] += 1
         if signals[0] == 1:
             log.info("%s: stopping (workloads keep running)", signal.Signals(signum).name)
+            on_stop()  # the event streams end now: uvicorn waits for open responses
             if notify:
                 sd_notify("STOPPING=1", notify)
         else:
