@@ -263,6 +263,66 @@ def test_a_waiting_run_does_not_hold_up_other_requests(
     assert results[0].json()["state"] == "healthy"
 
 
+def _sse_events(lines: Iterator[str], until: Callable[[dict[str, Any]], bool]) -> list[Any]:
+    """The events of an SSE stream (``event``, ``id``, parsed ``data``) up to one ``until``
+    accepts."""
+    got: list[Any] = []
+    frame: dict[str, Any] = {}
+    for line in lines:
+        if not line:
+            if "data" in frame:
+                got.append(frame)
+                if until(frame):
+                    return got
+            frame = {}
+        elif not line.startswith(":"):
+            key, _, value = line.partition(": ")
+            frame[key] = json.loads(value) if key == "data" else value
+    return got
+
+
+def test_event_stream_and_metrics(
+    las: Las, service: Service, client: httpx.Client, module_factory: ModuleFactory
+) -> None:
+    path = module_factory("seen", workload())
+    with (
+        service.client() as c,
+        c.stream("GET", "/v1/events/stream", params={"after": "0"}) as stream,
+    ):
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        res = client.post("/v1/instances", json={"module": str(path)})
+        assert res.status_code == 201, res.text
+        frames = _sse_events(
+            stream.iter_lines(),
+            lambda f: f["event"] == "running" and f["data"]["instance"] == "seen",
+        )
+    kinds = [f["event"] for f in frames if f["data"]["instance"] == "seen"]
+    assert kinds[0] == "created" and kinds[-1] == "running"
+    assert [f["data"] for f in frames] == client.get("/v1/events").json()[: len(frames)]
+    assert all(f["id"] == str(f["data"]["id"]) for f in frames)
+    # resume after the first: Last-Event-ID wins over ?after
+    first = frames[0]["id"]
+    with (
+        service.client() as c,
+        c.stream(
+            "GET", "/v1/events/stream", params={"after": "0"}, headers={"Last-Event-ID": first}
+        ) as stream,
+    ):
+        again = _sse_events(stream.iter_lines(), lambda f: f["id"] == frames[-1]["id"])
+    assert [f["id"] for f in again] == [f["id"] for f in frames[1:]]
+
+    res = client.get("/metrics")
+    assert res.status_code == 200 and res.headers["content-type"].startswith("text/plain")
+    text = res.text
+    assert 'las_http_requests_total{method="POST",route="/v1/instances",status="201"} 1.0' in text
+    assert 'route="/v1/events/stream"' in text
+    client.get("/v1/instances/seen")
+    again_text = client.get("/metrics").text
+    assert 'route="/v1/instances/{name}",status="200"' in again_text  # the template, not the name
+    assert 'route="/v1/instances/seen"' not in again_text
+
+
 def test_a_failed_start_is_201_with_its_reason(
     las: Las, client: httpx.Client, module_factory: ModuleFactory, tmp_path: Path
 ) -> None:

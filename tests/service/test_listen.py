@@ -279,3 +279,30 @@ def test_a_stop_does_not_wait_forever_for_a_follow(
     reader.join(10)
     assert ended, "the follow did not end with the service"
     assert pid_alive(pid) and las.state("talks") == "running"
+
+
+def test_a_stop_with_an_event_stream_open_is_prompt(las: Las, service: Service) -> None:
+    opened = threading.Event()
+    ended: list[str] = []
+
+    def listen() -> None:
+        try:
+            with (
+                service.client() as c,
+                c.stream("GET", "/v1/events/stream") as r,
+            ):
+                opened.set()
+                for _ in r.iter_lines():
+                    pass
+            ended.append("ended")
+        except httpx.HTTPError as exc:
+            ended.append(type(exc).__name__)
+
+    reader = threading.Thread(target=listen, daemon=True)
+    reader.start()
+    assert opened.wait(15)
+    t0 = time.monotonic()
+    assert service.stop(signal.SIGTERM, timeout=30) == 0, service.log_text()
+    assert time.monotonic() - t0 < 3  # the hub ends its streams at once: no grace spent
+    reader.join(10)
+    assert ended == ["ended"]  # the stream ended, not cut
