@@ -238,7 +238,7 @@ def test_a_waiting_run_does_not_hold_up_other_requests(
     las: Las, service: Service, module_factory: ModuleFactory, tmp_path: Path
 ) -> None:
     path = healthsrv(module_factory, tmp_path, "slow")
-    (tmp_path / "slow.control").write_text("ready-after 3")
+    (tmp_path / "slow.control").write_text("ready-after 5")
     results: list[httpx.Response] = []
 
     def run() -> None:

@@ -303,6 +303,6 @@ def test_a_stop_with_an_event_stream_open_is_prompt(las: Las, service: Service) 
     assert opened.wait(15)
     t0 = time.monotonic()
     assert service.stop(signal.SIGTERM, timeout=30) == 0, service.log_text()
-    assert time.monotonic() - t0 < 3  # the hub ends its streams at once: no grace spent
+    assert time.monotonic() - t0 < 4.5  # the hub ends its streams at once: not the 5s grace
     reader.join(10)
     assert ended == ["ended"]  # the stream ended, not cut
