@@ -382,6 +382,10 @@ def test_bad_inputs_are_4xx_problems(
     # a wrong type in a query, in the body of a lifecycle call
     assert_problem(client.get("/v1/instances", params={"all": "maybe"}), 422, "usage-error")
     assert_problem(client.get("/v1/events", params={"tail": "-1"}), 422)
+    for query in ({"after": str(2**63)}, {"tail": str(2**63)}, {"after": "1e3"}):
+        assert_problem(client.get("/v1/events", params=query), 422)  # not SQLite's overflow
+    assert_problem(client.get("/v1/instances/x/logs", params={"tail": str(2**64)}), 422)
+    assert_problem(client.get("/v1/events/stream", params={"after": str(2**63)}), 400)
     assert_problem(client.get("/v1/instances/x/logs", params={"tail": "many"}), 422)
     res = client.post("/v1/instances/x/stop", json={"timeout": "soon"})
     assert "body.timeout" in assert_problem(res, 422)["detail"]
