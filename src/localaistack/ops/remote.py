@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import httpcore
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -162,6 +164,52 @@ def _reason(exc: Exception) -> str:
     return text[0].lower() + text[1:]
 
 
+class _UnixBackend(httpcore.SyncBackend):
+    """httpcore's network backend, but a unix socket that cannot connect is closed: httpcore
+    1.0 leaves it to the garbage collector (a ResourceWarning, an open descriptor until
+    then), once per attempt, and a followed event stream retries."""
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        from httpcore._backends.sync import SyncStream  # httpcore's own, for its keep-alive
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+            sock.settimeout(timeout)
+            sock.connect(path)
+        except TimeoutError as exc:
+            sock.close()
+            raise httpcore.ConnectTimeout(exc) from exc
+        except OSError as exc:
+            sock.close()
+            raise httpcore.ConnectError(exc) from exc
+        return SyncStream(sock)
+
+
+def _unix_transport(path: str) -> httpx.HTTPTransport:
+    """httpx's transport on the unix socket ``path``, its pool on ``_UnixBackend``."""
+    transport = httpx.HTTPTransport(uds=path)
+    try:
+        from httpcore._backends.sync import SyncStream  # noqa: F401 (there: use it)
+    except ImportError:  # pragma: no cover (another httpcore: its own backend, leak and all)
+        return transport
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5)
+    transport._pool = httpcore.ConnectionPool(  # as HTTPTransport makes it, on our backend
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        uds=path,
+        network_backend=_UnixBackend(),
+    )
+    return transport
+
+
 class RemoteOperations(Operations):
     """The operations of the service at ``host`` (``parse_host``'s forms).
 
@@ -188,7 +236,7 @@ class RemoteOperations(Operations):
             if bearer is not None:
                 headers["Authorization"] = f"Bearer {bearer}"
         transport = (
-            httpx.HTTPTransport(uds=self.address.socket)
+            _unix_transport(self.address.socket)
             if self.address.socket is not None
             else httpx.HTTPTransport()
         )
