@@ -177,6 +177,7 @@ def test_a_problem_with_no_error_class_is_a_usage_error(fake: Fake) -> None:
         (500, {}, {"text": ""}),
         (422, {}, {"json": {"detail": [{"loc": ["body", "x"], "msg": "field required"}]}}),
         (404, {}, {"json": ["not", "a", "problem"]}),
+        (404, {}, {"json": {"detail": "Not Found"}}),  # FastAPI's own, not a problem
     ],
 )
 def test_an_answer_that_is_not_a_problem_is_an_error_saying_so(

@@ -347,7 +347,11 @@ class RemoteOperations(Operations):
             body = response.json()
         except ValueError:
             body = None
-        if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        if (
+            isinstance(body, dict)
+            and isinstance(body.get("detail"), str)
+            and isinstance(body.get("type", body.get("title")), str)
+        ):  # a problem (RFC 9457); FastAPI's own {"detail": "Not Found"} is not one
             return problems.error_of(response.status_code, body)
         text = " ".join(response.text.split())[:200] if response.content else ""
         shown = f" ({text})" if text else ""
@@ -438,12 +442,18 @@ class RemoteOperations(Operations):
     # --- lifecycle -------------------------------------------------------------------------
 
     @staticmethod
-    def _interrupted(name: str, doing: str = "starting") -> Interrupted:
+    def _interrupted(name: str | None, doing: str = "starting") -> Interrupted:
+        """What a Ctrl-C while the service starts ``name`` means: it goes on (the service
+        is another process); only this client stopped waiting."""
+        if name is None:  # a manifest path: its name is the manifest's
+            return Interrupted(
+                f"interrupted: the instance goes on {doing} in the service; las only stopped "
+                "waiting for it",
+                hint="`las ps` shows it and its name; `las stop NAME` stops it",
+            )
         return Interrupted(
             f"interrupted: {name} goes on {doing} in the service; las only stopped waiting for it",
-            hint=f"`las stop {name}` stops it; `las ps` and `las logs {name}` show how it goes"
-            if name != "the instance"
-            else "`las ps` shows it and its name; `las stop NAME` stops it",
+            hint=f"`las stop {name}` stops it; `las ps` and `las logs {name}` show how it goes",
         )
 
     def run(self, req: RunRequest, policy_file: Path | None = None) -> StartOutcome:
@@ -454,7 +464,7 @@ class RemoteOperations(Operations):
         )
         if name is None and catalog:
             name = req.module  # a catalog name: the instance's default name
-        return self._waiting("/v1/instances", req, self._interrupted(name or "the instance"))
+        return self._waiting("/v1/instances", req, self._interrupted(name))
 
     def start(self, name: str, detach: bool = False) -> StartOutcome:
         return self._waiting(
