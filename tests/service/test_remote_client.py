@@ -4,6 +4,7 @@ canned problem bodies, warnings, log chunks and event streams that break off."""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
@@ -603,3 +604,116 @@ def test_sse_parsing() -> None:
         "data: cut off",  # no blank line: never dispatched
     ]
     assert list(sse_events(iter(lines))) == [("7", '{\n"a": 1}'), (None, "x")]
+
+
+# --- against a real `las serve`: the same answers as in process --------------------------------
+
+REAL = pytest.mark.skipif(
+    importlib.util.find_spec("localaistack.ops.local") is None
+    or importlib.util.find_spec("localaistack.service.server") is None,
+    reason="needs ops/local.py and `las serve` (service/server.py)",
+)
+
+
+def healthsrv(module_factory: Callable[..., Path], tmp_path: Path, name: str = "web") -> Path:
+    """A native module: an HTTP server with a health probe."""
+    command = [sys.executable, str(PROGRAMS / "healthsrv.py"), "${host}", "${ports.http}"]
+    return module_factory(
+        name,
+        [*command, str(tmp_path / f"{name}.control")],
+        ports=[{"name": "http", "port": 8080}],
+        health={
+            "http": {"port": "http", "path": "/health"},
+            "start_timeout": "20s",
+            "interval": "300ms",
+            "timeout": "500ms",
+        },
+    )
+
+
+def same_error(remote: Callable[[], object], local: Callable[[], object]) -> errors.LasError:
+    """Both raise: the same class, words, hint and exit code."""
+    with pytest.raises(errors.LasError) as r:
+        remote()
+    with pytest.raises(errors.LasError) as lo:
+        local()
+    got, want = r.value, lo.value
+    assert (type(got), got.message, got.hint, got.exit_code) == (
+        type(want),
+        want.message,
+        want.hint,
+        want.exit_code,
+    )
+    return got
+
+
+@REAL
+def test_a_real_service_answers_as_in_process(
+    las: Las, service: Any, module_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    from localaistack.ops.local import LocalOperations
+
+    path = healthsrv(module_factory, tmp_path)
+    with RemoteOperations(service.url) as ops, LocalOperations(las.home) as local:
+        assert ops.hardware().keys() == local.hardware().keys()
+        assert ops.modules() == local.modules()
+        assert (
+            ops.plan(PlanRequestBody(module=str(path))).module
+            == local.plan(PlanRequestBody(module=str(path))).module
+        )  # not the whole plan: each picks a free port of its own
+        same_error(
+            lambda: ops.plan(PlanRequestBody(module=str(path), mode="container")),
+            lambda: local.plan(PlanRequestBody(module=str(path), mode="container")),
+        )
+
+        started = ops.run(RunRequest(module=str(path)))
+        assert (started.name, started.state) == ("web", "healthy")
+        assert ops.ps() == local.ps()
+        assert ops.inspect("web") == local.inspect("web")
+        conflict = same_error(
+            lambda: ops.run(RunRequest(module=str(path))),
+            lambda: local.run(RunRequest(module=str(path))),
+        )
+        assert isinstance(conflict, errors.InstanceConflict)
+        for name in ("?nope", "caf\u00e9", "a b"):  # (a "/": Starlette routes it decoded)
+            same_error(lambda n=name: ops.inspect(n), lambda n=name: local.inspect(n))  # type: ignore[misc]
+        same_error(lambda: ops.logs("nope"), lambda: local.logs("nope"))
+        wait_until(lambda: b"healthy" in b"".join(local.logs("web")), 20, message="log line")
+        assert b"".join(ops.logs("web", timestamps=True)) == b"".join(
+            local.logs("web", timestamps=True)
+        )
+        assert list(ops.events()) == list(local.events())
+        assert list(ops.events(after=1, tail=2)) == list(local.events(after=1, tail=2))
+
+        stopped = ops.stop("web", 5)
+        assert stopped.state == "stopped"
+        assert ops.restart("web", 5).state == "healthy"
+        ops.stop("web", 5)
+        assert ops.remove("web").name == "web"
+        assert ops.ps(all_=True) == local.ps(all_=True) == []
+        assert ops.warnings == []
+
+
+@REAL
+def test_a_real_service_over_tcp_takes_the_token_of_its_home(
+    las: Las, las_env: dict[str, str]
+) -> None:
+    import re
+
+    from tests.service.conftest import start_service
+
+    svc = start_service(las_env, las.home, "--listen", "127.0.0.1:0")
+    try:
+        found = wait_until(
+            lambda: re.search(r"listening on (http://\S+)", svc.log_text()), 20, message="TCP"
+        )
+        url = found.group(1)
+        with RemoteOperations(url, home=las.home) as ops:
+            assert ops.ps() == []
+        for token in (None, "wrong"):
+            with RemoteOperations(url, token=token) as ops, pytest.raises(errors.UsageError) as e:
+                ops.ps()
+            assert e.value.exit_code == 2 and "token" in e.value.message
+            assert "wrong" not in e.value.message + str(e.value.hint)
+    finally:
+        svc.stop()
