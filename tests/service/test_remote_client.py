@@ -8,6 +8,7 @@ import importlib.util
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 from tests.conftest import PROFILES, PROGRAMS, Las, wait_until, workload
+from tests.service.conftest import Service, start_service
 
 from localaistack import errors
 from localaistack.ops import problems
@@ -649,7 +651,7 @@ def same_error(remote: Callable[[], object], local: Callable[[], object]) -> err
 
 @REAL
 def test_a_real_service_answers_as_in_process(
-    las: Las, service: Any, module_factory: Callable[..., Path], tmp_path: Path
+    las: Las, service: Service, module_factory: Callable[..., Path], tmp_path: Path
 ) -> None:
     from localaistack.ops.local import LocalOperations
 
@@ -698,10 +700,6 @@ def test_a_real_service_answers_as_in_process(
 def test_a_real_service_over_tcp_takes_the_token_of_its_home(
     las: Las, las_env: dict[str, str]
 ) -> None:
-    import re
-
-    from tests.service.conftest import start_service
-
     svc = start_service(las_env, las.home, "--listen", "127.0.0.1:0")
     try:
         found = wait_until(
@@ -717,3 +715,31 @@ def test_a_real_service_over_tcp_takes_the_token_of_its_home(
             assert "wrong" not in e.value.message + str(e.value.hint)
     finally:
         svc.stop()
+
+
+@REAL
+@pytest.mark.skipif(
+    importlib.util.find_spec("localaistack.service.events") is None,
+    reason="needs the event stream (service/events.py)",
+)
+def test_a_followed_stream_resumes_across_a_service_restart(
+    las: Las, service: Service, module_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    from localaistack.ops.local import LocalOperations
+
+    path = healthsrv(module_factory, tmp_path)
+    with RemoteOperations(service.url) as ops:
+        ops.run(RunRequest(module=str(path), detach=True))
+        seen = list(ops.events())
+        stream = ops.events(after=seen[-1].id, follow=True)
+        service.stop()
+        las.ok("stop", "web")  # its events are committed while no service runs
+        again = start_service(service.env, las.home)
+        try:
+            with LocalOperations(las.home) as local:
+                want = list(local.events(after=seen[-1].id))
+            assert [e.type for e in want][-2:] == ["stopping", "stopped"]
+            assert list(itertools.islice(stream, len(want))) == want  # no gap, no duplicate
+            stream.close()  # type: ignore[attr-defined]
+        finally:
+            again.stop()
