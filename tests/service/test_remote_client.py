@@ -368,6 +368,21 @@ def test_a_socket_nobody_serves_is_service_unavailable(fake: Fake) -> None:
     assert "refused" in got.value.message
 
 
+def test_a_socket_that_accepts_no_more_is_service_unavailable() -> None:
+    where = Path(tempfile.mkdtemp(prefix="las-full-"))
+    path = where / "las.sock"
+    try:
+        with socket.socket(socket.AF_UNIX) as srv, socket.socket(socket.AF_UNIX) as queued:
+            srv.bind(str(path))
+            srv.listen(0)  # one connection may wait; nobody accepts it
+            queued.connect(str(path))
+            ops = RemoteOperations(f"unix://{path}")
+            with ops, pytest.raises(errors.ServiceUnavailable, match="overloaded or stuck"):
+                ops.ps()
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
 def test_no_answer_in_time_and_a_connection_closed_are_service_unavailable(fake: Fake) -> None:
     fake.route("GET", "/v1/instances", hang=True)
     fake.route("GET", "/v1/modules", close=True)

@@ -6,9 +6,10 @@ service named by ``--host`` / ``LAS_HOST``: ``unix:///ABS/PATH.sock`` (its socke
 same ``LasError``s, rebuilt from the service's problem bodies (``problems.error_of``); a
 service that cannot be reached is a ``ServiceUnavailable`` (exit 6).
 
-Timeouts: connecting is bounded (5 s); an answer is awaited ``timeout`` seconds (30 by
-default), except where the operation itself waits: run/start/restart (until healthy), stop
-and a forced remove (until the run has ended), and a followed log (until the run ends). A
+Timeouts: connecting is bounded (5 s, or ``timeout`` if less); an answer is awaited
+``timeout`` seconds (30 by default), except where the operation itself waits:
+run/start/restart (until healthy), stop and a forced remove (until the run has ended), and
+a followed log (until the run ends). A
 followed event stream is read with a deadline of 60 s between bytes (the service sends a
 comment every 15 s); a stream that breaks off is reopened from the last event seen.
 
@@ -256,9 +257,12 @@ class RemoteOperations(Operations):
 
     # --- transport -------------------------------------------------------------------------
 
-    @staticmethod
-    def _timeout(read: float | None) -> httpx.Timeout:
-        return httpx.Timeout(CONNECT_TIMEOUT, read=read, write=CONNECT_TIMEOUT * 6)
+    @property
+    def _connect_timeout(self) -> float:
+        return min(CONNECT_TIMEOUT, self.timeout)
+
+    def _timeout(self, read: float | None) -> httpx.Timeout:
+        return httpx.Timeout(self._connect_timeout, read=read, write=max(self.timeout, 30.0))
 
     def _send(
         self,
@@ -305,7 +309,8 @@ class RemoteOperations(Operations):
         where = self.address.shown
         if isinstance(exc, httpx.ConnectTimeout):
             return ServiceUnavailable(
-                f"cannot reach the service at {where}: no connection in {CONNECT_TIMEOUT:g} s",
+                f"cannot reach the service at {where}: no connection in "
+                f"{self._connect_timeout:g} s",
                 hint=_UNAVAILABLE_HINT,
             )
         if isinstance(exc, httpx.ConnectError):
@@ -316,6 +321,8 @@ class RemoteOperations(Operations):
                     "the socket is for its owner and the group `las`: join that group "
                     "(scripts/setup-user), or run las as the service's user"
                 )
+            if "temporarily unavailable" in why:  # EAGAIN: the socket's backlog is full
+                why += " (it accepts no more connections: overloaded or stuck)"
             return ServiceUnavailable(f"cannot reach the service at {where}: {why}", hint=hint)
         if isinstance(exc, httpx.ReadTimeout):
             waited = self.timeout if read is None else read
