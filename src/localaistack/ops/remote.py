@@ -9,9 +9,9 @@ service that cannot be reached is a ``ServiceUnavailable`` (exit 6).
 Timeouts: connecting is bounded (5 s, or ``timeout`` if less); an answer is awaited
 ``timeout`` seconds (30 by default), except where the operation itself waits:
 run/start/restart (until healthy), stop and a forced remove (until the run has ended), and
-a followed log (until the run ends). A
-followed event stream is read with a deadline of 60 s between bytes (the service sends a
-comment every 15 s); a stream that breaks off is reopened from the last event seen.
+a followed log (until the run ends). A followed event stream is read with a deadline of
+60 s between bytes (the service sends a comment every 15 s); a stream that breaks off is
+reopened from the last event seen.
 
 Imports only the operations' models, the error tree and httpx (an import-linter contract).
 """
