@@ -449,7 +449,15 @@ def test_plan_sends_the_hardware_profile_and_rebuilds_the_plan(
         plan = ops.plan(req)
     assert plan.plan_id == shown["plan_id"]  # the plan `las plan` showed, id and all
     assert plan.module.name == "sec"
-    (asked,) = fake.requests()
+    assert ops.warnings == []
+    fake.route("POST", "/v1/plans", json={**shown, "plan_id": "0123456789abcdef"})
+    with RemoteOperations(fake.url) as ops:
+        assert ops.plan(req).plan_id == shown["plan_id"]
+    assert ops.warnings == [
+        f"the plan's id is {plan.plan_id} here, 0123456789abcdef in the service: "
+        "the client and the service may be different versions of las"
+    ]
+    asked = fake.requests()[0]
     assert json.loads(asked["body"]) == {
         "module": str(mod),
         "mode": None,
