@@ -631,6 +631,38 @@ def test_sse_parsing() -> None:
     assert list(sse_events(iter(lines))) == [("7", '{\n"a": 1}'), (None, "x")]
 
 
+# --- the CLI through the client ----------------------------------------------------------------
+
+
+def test_the_cli_with_las_host_reports_the_service_errors_and_warnings(
+    las: Las, fake: Fake, tmp_path: Path
+) -> None:
+    status, body = problems.problem_of(
+        errors.InstanceNotFound("no instance named 'web'", hint="instances: db")
+    )
+    fake.route(
+        "GET",
+        "/v1/instances/web",
+        status=status,
+        json=body,
+        headers={**PROBLEM, "Las-Warnings": json.dumps(["state of db not recorded"])},
+    )
+    remote = Las(las.home, {**las.env, "LAS_HOST": fake.url})
+    res = remote("inspect", "web")
+    assert res.code == 4
+    assert res.err.splitlines() == [
+        "warning: state of db not recorded",
+        "error: no instance named 'web'",
+        "hint: instances: db",
+    ]
+    gone = Las(las.home, {**las.env, "LAS_HOST": f"unix://{tmp_path}/none.sock"})("ps")
+    assert gone.code == 6 and "error: cannot reach the service at unix://" in gone.err
+    bad = Las(las.home, {**las.env, "LAS_HOST": "localhost:8080"})("ps")
+    assert bad.code == 2 and "--host / LAS_HOST 'localhost:8080'" in bad.err
+    flag = las("--host", fake.url, "inspect", "web")  # --host as LAS_HOST
+    assert flag.code == 4 and "no instance named 'web'" in flag.err
+
+
 # --- against a real `las serve`: the same answers as in process --------------------------------
 
 REAL = pytest.mark.skipif(
