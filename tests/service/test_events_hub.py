@@ -24,7 +24,8 @@ from tests.conftest import Las, wait_until
 
 from localaistack.errors import StoreError
 from localaistack.ops.api import EventInfo
-from localaistack.service.events import EventHub, iso, sse_response
+from localaistack.ops.local import iso
+from localaistack.service.events import EventHub, sse_response
 from localaistack.store.db import Store, add_event
 
 # Writes N events, each in its own transaction, through the store API; "pace" seconds apart.

@@ -35,7 +35,6 @@ import logging
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +42,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from localaistack.ops.api import EventInfo
+from localaistack.ops.local import event_info
 from localaistack.ops.problems import MEDIA_TYPE, plain_problem
 from localaistack.store.db import Store
-from localaistack.store.records import Event
 from localaistack.store.watch import ChangeWatcher
 
 log = logging.getLogger(__name__)
@@ -56,22 +55,6 @@ SEND_TIMEOUT = 30.0  # a client that takes no bytes for this long is dropped
 _WAKE = 0.2  # the longest the watcher thread waits before it looks at the stop flag
 _RETRY = 1.0  # seconds between attempts while the store cannot be read
 _MAX_ID = 2**63 - 1  # SQLite's largest integer
-
-
-def iso(ts: float) -> str:
-    """A time as `las events --json` prints it: ISO 8601 UTC, milliseconds."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
-
-
-def event_info(ev: Event) -> EventInfo:
-    return EventInfo(
-        id=ev.id,
-        at=iso(ev.at),
-        instance=ev.instance,
-        run_id=ev.run_id,
-        type=ev.type,
-        message=ev.message,
-    )
 
 
 class _Subscriber:
