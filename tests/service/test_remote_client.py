@@ -4,7 +4,6 @@ canned problem bodies, warnings, log chunks and event streams that break off."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
@@ -665,13 +664,6 @@ def test_the_cli_with_las_host_reports_the_service_errors_and_warnings(
 
 # --- against a real `las serve`: the same answers as in process --------------------------------
 
-REAL = pytest.mark.skipif(
-    importlib.util.find_spec("localaistack.ops.local") is None
-    or importlib.util.find_spec("localaistack.service.server") is None,
-    reason="needs ops/local.py and `las serve` (service/server.py)",
-)
-
-
 def healthsrv(module_factory: Callable[..., Path], tmp_path: Path, name: str = "web") -> Path:
     """A native module: an HTTP server with a health probe."""
     command = [sys.executable, str(PROGRAMS / "healthsrv.py"), "${host}", "${ports.http}"]
@@ -704,7 +696,6 @@ def same_error(remote: Callable[[], object], local: Callable[[], object]) -> err
     return got
 
 
-@REAL
 def test_a_real_service_answers_as_in_process(
     las: Las, service: Service, module_factory: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -751,7 +742,6 @@ def test_a_real_service_answers_as_in_process(
         assert ops.warnings == []
 
 
-@REAL
 def test_a_real_service_over_tcp_takes_the_token_of_its_home(
     las: Las, las_env: dict[str, str]
 ) -> None:
@@ -772,11 +762,6 @@ def test_a_real_service_over_tcp_takes_the_token_of_its_home(
         svc.stop()
 
 
-@REAL
-@pytest.mark.skipif(
-    importlib.util.find_spec("localaistack.service.events") is None,
-    reason="needs the event stream (service/events.py)",
-)
 def test_a_followed_stream_resumes_across_a_service_restart(
     las: Las, service: Service, module_factory: Callable[..., Path], tmp_path: Path
 ) -> None:
