@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
-from localaistack.cli import control_commands, lifecycle
+from localaistack.cli import control_commands, lifecycle, system_commands
 from localaistack.cli.output import fail
 from localaistack.errors import LasError
 
@@ -49,7 +49,7 @@ def cli() -> None:
     """
 
 
-for _command in (*control_commands.COMMANDS, *lifecycle.COMMANDS):
+for _command in (*control_commands.COMMANDS, *lifecycle.COMMANDS, *system_commands.COMMANDS):
     cli.add_command(_command)
 
 
