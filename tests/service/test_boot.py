@@ -286,3 +286,19 @@ def test_a_refused_start_is_a_failed_run_with_its_reason(
     # The port is free again: the next service start starts it (always: it is down).
     (again,) = service_start(las)
     assert again.state == "running" and las.state("web") == "running"
+
+
+def test_a_policy_that_now_denies_restarts_refuses_them(
+    las: Las, module_factory: ModuleFactory
+) -> None:
+    import yaml
+
+    las.ok("run", str(restarting(module_factory, "svc", "always")), "-d")
+    las.ok("stop", "svc")
+    policy_file = las.home / "policy.yaml"
+    policy = yaml.safe_load(policy_file.read_text())
+    policy_file.write_text(yaml.safe_dump({**policy, "restarts": "deny"}))
+    (refused,) = service_start(las)
+    assert refused.state == "failed" and refused.reason is not None
+    assert "not started: policy restarts: deny" in refused.reason
+    assert las.ps()["svc"]["reason"] == refused.reason

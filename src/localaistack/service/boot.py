@@ -17,10 +17,11 @@ restarted)". The boot id under which the service last started is kept in the sto
 (``meta``: ``service_boot_id``); without one (the first service start of the home) the last
 run's boot id tells whether the machine rebooted since.
 
-A start that is refused (admission, a policy that forbids it now, a plan that no longer
-fits) or fails is never a silent skip: the instance gets a new run, ``failed`` at once with
-the refusal as its reason (what `las ps -a` and `inspect` show; no supervisor ran it, so it
-has no log), and an ``autostart-failed`` event. A start that raced another `las` (the
+A start that is refused (admission; a policy that forbids it now, ``restarts: deny``
+included; a plan that no longer fits) is never a silent skip: the instance gets a new run,
+``failed`` at once with the refusal as its reason (what `las ps -a` and `inspect` show; no
+supervisor ran it, so it has no log), and an ``autostart-failed`` event. A start that failed
+once started is its own run, plus that event. A start that raced another `las` (the
 instance became active meanwhile) is left to that one.
 """
 
@@ -32,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from localaistack.errors import LasError
+from localaistack.errors import LasError, PolicyViolation
 from localaistack.ops.api import Operations
 from localaistack.runtime import backends, procs
 from localaistack.runtime.manager import Runtime
@@ -136,6 +137,7 @@ def _start_one(
     rt.record_event(name, "autostart", f"{why}: restart policy {policy}, {ended}: starting it")
     log.info("%s: %s: starting it (restart policy %s)", name, why, policy)
     try:
+        _check_policy(rt.home)
         with ops_factory() as ops:
             outcome = ops.start(name, detach=True)
             for warning in ops.warnings:
@@ -153,6 +155,24 @@ def _start_one(
         )
         log.warning("%s: run %s %s: %s", name, outcome.run_id, outcome.state, outcome.reason)
     return Autostart(name, policy, why, outcome.state, outcome.run_id, outcome.reason)
+
+
+def _check_policy(home: Path) -> None:
+    """A policy that forbids restarts now (``restarts: deny``, set after the plan was made)
+    forbids these starts too.
+
+    Raises:
+        PolicyViolation: it does.
+        PolicyError: the policy file is invalid.
+    """
+    from localaistack.control.policy import load_policy
+
+    policy = load_policy(None, home)
+    if policy.restarts == "deny":
+        raise PolicyViolation(
+            f"policy restarts: deny ({policy.source}): instances are not started again "
+            "by their restart policy"
+        )
 
 
 def _refused(rt: Runtime, inst: Instance, policy: str, why: str, message: str) -> Autostart:
