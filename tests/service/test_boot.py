@@ -302,3 +302,62 @@ def test_a_policy_that_now_denies_restarts_refuses_them(
     assert refused.state == "failed" and refused.reason is not None
     assert "not started: policy restarts: deny" in refused.reason
     assert las.ps()["svc"]["reason"] == refused.reason
+
+
+def test_las_serve_starts_them_after_a_reboot_and_its_stop_touches_none(
+    las: Las, module_factory: ModuleFactory, old_boot: OldBoot, las_env: dict[str, str]
+) -> None:
+    from tests.service.conftest import start_service
+
+    old_boot.service_start()
+    for name, policy in [("always", "always"), ("unless", "unless-stopped"), ("off", "never")]:
+        old_boot.las_ok("run", str(restarting(module_factory, name, policy)), "-d")
+    before = old_boot.ps()
+    power_off(las, [i["pid"] for i in before.values() if i["pid"]])
+
+    svc = start_service(las_env, las.home)  # ready: it listens once they were started
+    try:
+        after = las.ps()
+        assert after["always"]["state"] == "running" and after["unless"]["state"] == "running"
+        assert after["off"]["state"] == "failed"
+        why = f"service start after a reboot (boot id {old_boot.id} -> {this_boot()})"
+        autostarts = events(las, "autostart")
+        assert sorted(e["instance"] for e in autostarts) == ["always", "unless"]
+        assert all(e["message"].startswith(why) for e in autostarts)
+        with svc.client() as client:  # the service sees them as the CLI does
+            rows = {i["name"]: i for i in client.get("/v1/instances").json()}
+        assert rows["always"]["run_id"] == after["always"]["run_id"]
+    finally:
+        assert svc.stop() in (0, -signal.SIGTERM)
+    # Stopping the service stops no workload; started again, it finds them running.
+    for name in ("always", "unless"):
+        assert pid_alive(after[name]["pid"])
+    svc = start_service(las_env, las.home)
+    try:
+        again = las.ps()
+        assert again["always"]["run_id"] == after["always"]["run_id"]
+        assert again["unless"]["run_id"] == after["unless"]["run_id"]
+        assert len(events(las, "autostart")) == 2
+    finally:
+        svc.stop()
+
+
+def test_las_serve_restarted_starts_an_always_instance_that_was_stopped(
+    las: Las, module_factory: ModuleFactory, las_env: dict[str, str]
+) -> None:
+    from tests.service.conftest import start_service
+
+    start_service(las_env, las.home).stop()  # its first start in this home
+    las.ok("run", str(restarting(module_factory, "always", "always")), "-d")
+    las.ok("run", str(restarting(module_factory, "unless", "unless-stopped")), "-d")
+    las.ok("stop", "always")
+    las.ok("stop", "unless")
+    svc = start_service(las_env, las.home)
+    try:
+        assert las.state("always") == "running"
+        assert las.state("unless") == "stopped"
+        (event,) = events(las, "autostart")
+        assert event["instance"] == "always"
+        assert event["message"].startswith("service start (service restarted): restart policy")
+    finally:
+        svc.stop()

@@ -51,7 +51,7 @@ from localaistack.store.db import (
 from localaistack.store.paths import private_dir
 from localaistack.store.records import Instance, Run
 
-log = logging.getLogger("localaistack.service.boot")
+log = logging.getLogger("las.serve.boot")  # under `las serve`'s logger (service/server.py)
 
 BOOT_KEY = "service_boot_id"
 AUTOSTART_POLICIES = ("always", "unless-stopped")
