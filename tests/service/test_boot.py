@@ -361,3 +361,19 @@ def test_las_serve_restarted_starts_an_always_instance_that_was_stopped(
         assert event["message"].startswith("service start (service restarted): restart policy")
     finally:
         svc.stop()
+
+
+def test_the_service_boot_id_is_kept_in_the_store(las: Las) -> None:
+    from localaistack.store.db import Store, get_meta, set_meta
+
+    las.ok("ps")  # a home with a fresh state database
+    store = Store(las.home / "state.db")
+    try:
+        assert get_meta(store.conn, "service_boot_id") is None
+        assert service_start(las) == []
+        assert get_meta(store.conn, "service_boot_id") == this_boot()
+        with pytest.raises(ValueError), store.transaction() as c:
+            set_meta(c, "schema_version", "0")  # the migrations' alone
+        assert get_meta(store.conn, "schema_version") not in (None, "0")
+    finally:
+        store.close()
