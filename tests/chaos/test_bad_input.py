@@ -558,8 +558,9 @@ def test_valid_bounds_are_accepted(las_env: dict[str, str], tmp_path: Path) -> N
 def test_set_value_with_nul_is_refused_at_plan_time(tmp_path: Path, param: str, value: str) -> None:
     """argv cannot carry a NUL, but `--set` also comes from other callers (the API): the
     planner refuses it with a clear error and a hint."""
-    from localaistack.cli.planning import planner_for
+    from localaistack.control.hardware import load_profile
     from localaistack.errors import UsageError
+    from localaistack.ops.planning import planner_for
 
     path = tmp_path / "sets.yaml"
     path.write_text(
@@ -576,8 +577,9 @@ def test_set_value_with_nul_is_refused_at_plan_time(tmp_path: Path, param: str, 
     )
     policy = tmp_path / "policy.yaml"
     policy.write_text("trusted_native: [sets]\nnative_allow_root: [sets]\n")
-    sets = (f"{param}={value}",)
-    planner = planner_for(str(path), "native", sets, CPU_PROFILE, policy, environ={})
+    sets = {param: value}
+    profile = load_profile(CPU_PROFILE)
+    planner = planner_for(tmp_path, str(path), "native", sets, profile, policy, environ={})
     with pytest.raises(UsageError) as exc:
         planner(lambda _host, _name: 8080)
     assert f"parameter {param!r} contains a NUL byte" in exc.value.message

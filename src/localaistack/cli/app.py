@@ -1,9 +1,9 @@
 """``las``: the LocalAIStack runtime's command line, one click application.
 
 ``cli`` is the group; the commands are defined in control_commands.py (they plan) and
-lifecycle.py (they run), which import only the helpers below them (planning.py, launch.py,
-render.py, output.py), never this module. Commands parse their arguments, call the control
-layer (to plan) and the runtime (to execute), and format what comes back.
+lifecycle.py (they run), which import only the helpers below them (session.py, planning.py,
+render.py, output.py), never this module. Commands parse their arguments, call the
+operations (ops/: in process, or a `las serve` named by --host) and format what comes back.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import click
 
 from localaistack.cli import control_commands, lifecycle, system_commands
 from localaistack.cli.output import fail
+from localaistack.cli.session import HOST_KEY
 from localaistack.errors import LasError
 
 
@@ -41,12 +42,21 @@ class LasGroup(click.Group):
 
 @click.group(cls=LasGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="localaistack", prog_name="las")
-def cli() -> None:
+@click.option(
+    "--host",
+    envvar="LAS_HOST",
+    metavar="URL",
+    help="Work through the `las serve` at URL (unix:///PATH or http://HOST:PORT) instead of "
+    "on $LAS_HOME directly; env LAS_HOST. validate, trust, serve and system stay local.",
+)
+@click.pass_context
+def cli(ctx: click.Context, host: str | None) -> None:
     """LocalAIStack runtime: plan and run AI modules natively or in containers.
 
     State, logs, user modules and policy live in $LAS_HOME (default: /var/lib/localaistack
     for root, ~/.local/state/localaistack otherwise).
     """
+    ctx.meta[HOST_KEY] = host or None
 
 
 for _command in (*control_commands.COMMANDS, *lifecycle.COMMANDS, *system_commands.COMMANDS):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from localaistack.cli.output import shown
-from localaistack.cli.planning import parse_sets, plan_options, planner_for
+from localaistack.cli.planning import parse_sets, plan_options
+from localaistack.cli.session import session
 from localaistack.errors import UsageError
 
 
@@ -16,11 +18,15 @@ from localaistack.errors import UsageError
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
 @click.option("--save", type=click.Path(path_type=Path), help="Save the profile to FILE.")
 def hw(as_json: bool, save: Path | None) -> None:
-    """Show this machine's hardware profile (CPU, RAM, GPUs, engines, cgroups)."""
+    """Show this machine's hardware profile (CPU, RAM, GPUs, engines, cgroups).
+
+    With --host, the service's machine's.
+    """
     from localaistack.cli.render import hardware_lines
     from localaistack.control import hardware
 
-    profile = hardware.detect_hardware()
+    with session() as ops:
+        profile = hardware.HardwareProfile.model_validate(ops.hardware())
     if save:
         hardware.save_profile(profile, save)
     if as_json:
@@ -39,45 +45,23 @@ def modules(as_json: bool) -> None:
     import json
 
     from localaistack.cli.output import table
-    from localaistack.control.catalog import catalog_entries
-    from localaistack.store.paths import las_home
 
-    entries = catalog_entries(las_home())
-    rows, data = [], []
-    for e in entries:
-        if e.loaded:
-            m = e.loaded.manifest
-            modes = ", ".join(m.runtime.executable_modes) or (
-                "not executable (" + ", ".join(m.runtime.install_variants) + ")"
-            )
-            rows.append([m.name, m.version, m.category, modes, e.source, m.description])
-            data.append(
-                {
-                    "name": m.name,
-                    "version": m.version,
-                    "category": m.category,
-                    "modes": list(m.runtime.executable_modes),
-                    "install_variants": list(m.runtime.install_variants),
-                    "source": e.source,
-                    "path": str(e.path),
-                    "description": m.description,
-                }
-            )
-        else:
-            rows.append([e.path.stem, "-", "-", "invalid manifest", e.source, str(e.path)])
-            data.append(
-                {
-                    "name": e.path.stem,
-                    "source": e.source,
-                    "path": str(e.path),
-                    "error": e.error.message if e.error else "",
-                }
-            )
+    with session() as ops:
+        data = ops.modules()
     if as_json:
         click.echo(json.dumps(data, indent=2))
-    else:
-        rows = [[shown(str(cell)) for cell in row] for row in rows]  # a name or description
-        click.echo(table(["name", "version", "category", "modes", "source", "description"], rows))
+        return
+    rows = []
+    for m in data:
+        if "error" in m:
+            rows.append([m["name"], "-", "-", "invalid manifest", m["source"], m["path"]])
+            continue
+        modes = ", ".join(m["modes"]) or (
+            "not executable (" + ", ".join(m["install_variants"]) + ")"
+        )
+        rows.append([m["name"], m["version"], m["category"], modes, m["source"], m["description"]])
+    rows = [[shown(str(cell)) for cell in row] for row in rows]  # a name or description
+    click.echo(table(["name", "version", "category", "modes", "source", "description"], rows))
 
 
 @click.command()
@@ -133,12 +117,29 @@ def plan(
     Ports shown are free now; `las run` allocates them again when it starts.
     """
     from localaistack.cli.render import plan_json, plan_lines
+    from localaistack.ops.api import PlanRequestBody
 
-    p = planner_for(module, mode, sets, hardware_file, policy_file)(None)
+    req = PlanRequestBody(
+        module=module,
+        mode=mode,
+        set=parse_sets(sets),
+        hardware=_saved_profile(hardware_file),
+    )
+    with session() as ops:
+        p = ops.plan(req, policy_file)
     if as_json:
         click.echo(plan_json(p))
     else:
         click.echo("\n".join(plan_lines(p)))
+
+
+def _saved_profile(path: Path | None) -> dict[str, Any] | None:
+    """A saved profile's data, read and checked here (errors name the file), to plan for."""
+    if path is None:
+        return None
+    from localaistack.control.hardware import load_profile
+
+    return load_profile(path).model_dump(mode="json")
 
 
 @click.command()

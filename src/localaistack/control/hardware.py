@@ -760,14 +760,25 @@ def load_profile(path: str | os.PathLike[str]) -> HardwareProfile:
         problem = exc.problem.removeprefix("not valid JSON: ")
         msg = f"hardware profile {p} is not valid JSON: {problem}"
         raise HardwareProfileError(msg, hint) from None
+    return profile_from_data(data, str(p))
+
+
+def profile_from_data(data: object, source: str) -> HardwareProfile:
+    """A saved profile's JSON data (read from the file ``source``, or sent in a request to
+    `las serve`) as a profile whose ``source`` is ``source``.
+
+    Raises:
+        HardwareProfileError: when the data is not a valid profile.
+    """
+    hint = "write one with `las hw --save FILE`"
     if not isinstance(data, dict):
-        msg = f"hardware profile {p} must be a JSON object, not {type(data).__name__}"
+        msg = f"hardware profile {source} must be a JSON object, not {type(data).__name__}"
         raise HardwareProfileError(msg, hint)
-    data["source"] = str(p)
+    data = {**data, "source": source}
     try:
         return HardwareProfile.model_validate(data)
     except ValidationError as exc:
-        msg = f"hardware profile {p} is invalid: {_format_errors(exc)}"
+        msg = f"hardware profile {source} is invalid: {_format_errors(exc)}"
         raise HardwareProfileError(msg, hint) from None
 
 
