@@ -377,3 +377,24 @@ def test_the_service_boot_id_is_kept_in_the_store(las: Las) -> None:
         assert get_meta(store.conn, "schema_version") not in (None, "0")
     finally:
         store.close()
+
+
+def test_a_start_that_fails_is_its_failed_run_and_an_event(
+    las: Las, module_factory: ModuleFactory, tmp_path: Path
+) -> None:
+    program = tmp_path / "server.sh"
+    program.write_text("#!/bin/sh\nexec sleep 600\n")
+    program.chmod(0o755)
+    path = module_factory("gone", [str(program)], restart={"policy": "always", "max_restarts": 1})
+    las.ok("run", str(path), "-d")
+    las.ok("stop", "gone")
+    program.unlink()  # what it runs is gone by the next service start
+    (failed,) = service_start(las)
+    assert failed.state == "failed" and failed.reason
+    row = las.ps()["gone"]
+    assert row["state"] == "failed" and row["run_id"] == failed.run_id
+    assert str(program) in row["reason"]
+    (event,) = events(las, "autostart-failed")
+    assert event["instance"] == "gone"
+    assert event["message"].startswith("service start (its first in this home): run ")
+    assert failed.reason in event["message"]
