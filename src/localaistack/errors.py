@@ -22,7 +22,8 @@ CLI uses. Anything that is not a ``LasError`` reaching the CLI is a bug.
     │   ├── RecoveryFailed                    a persisted handle cannot be reattached
     │   └── NotSupported                      this backend cannot do that
     ├── Interrupted                  exit 130 Ctrl-C while a command waited
-    └── StoreError                   exit 5   the state database or LAS_HOME is unusable
+    ├── StoreError                   exit 5   the state database or LAS_HOME is unusable
+    └── ServiceUnavailable           exit 6   the service (--host / LAS_HOST) cannot be reached
 """
 
 from __future__ import annotations
@@ -134,3 +135,11 @@ class StoreError(LasError):
     def __init__(self, message: str, hint: str | None = None, cause: str = "other") -> None:
         super().__init__(message, hint)
         self.cause = cause
+
+
+class ServiceUnavailable(LasError):
+    """Raised by a client of `las serve` when the service named by ``--host`` / ``LAS_HOST``
+    cannot be reached (no socket, connection refused, no answer in time, connection lost).
+    It never travels as a problem: only a client raises it."""
+
+    exit_code = 6

@@ -31,7 +31,7 @@ def session() -> Iterator[Operations]:
     ops: Operations
     url = host()
     if url:
-        from localaistack.ops.remote import RemoteOperations  # type: ignore[import-not-found]
+        from localaistack.ops.remote import RemoteOperations
 
         ops = RemoteOperations(url, home=las_home())
     else:
