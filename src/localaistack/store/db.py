@@ -605,6 +605,13 @@ def instance_exists(c: Transaction, name: str) -> bool:
     return _query_one(c, "SELECT 1 FROM instances WHERE name=?", (name,)) is not None
 
 
+def get_meta(c: Transaction, key: str) -> str | None:
+    """A value las keeps about the home itself in ``meta`` (None: never set), such as
+    ``service_boot_id``: the boot id under which `las serve` last started (service/boot.py)."""
+    row = _query_one(c, "SELECT value FROM meta WHERE key=?", (key,))
+    return None if row is None else str(row[0])
+
+
 # --- writes (each called inside a transaction) -----------------------------------------
 
 
@@ -656,6 +663,13 @@ def set_run_state(
         )
         add_event(c, state, reason or state, instance=str(row[1]), run_id=run_id, at=now)
     return old
+
+
+def set_meta(c: Transaction, key: str, value: str) -> None:
+    """Set a ``meta`` value (``get_meta``); the schema version is the migrations' alone."""
+    if key == "schema_version":
+        raise ValueError("the schema version is set by the migrations only")
+    c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
 
 def _home_of(c: Transaction) -> str:
