@@ -166,6 +166,45 @@ def test_as_root_the_socket_is_shared_with_the_group_las(
         sock.close()
 
 
+def _group_las() -> int | None:
+    try:
+        return grp.getgrnam("las").gr_gid
+    except KeyError:
+        return None
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or _group_las() is None, reason="needs root and the group las"
+)
+def test_a_member_of_the_group_las_reaches_a_root_service(
+    las: Las, las_env: dict[str, str], open_dir: Path
+) -> None:
+    """As root, a socket outside the (0700) home, in a directory las creates 0750 for the
+    group las: a user in that group reaches it, a user not in it does not."""
+    sock = open_dir / "run" / "las.sock"
+    svc = start_service(las_env, las.home, socket=sock)
+    try:
+        assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o750
+        assert sock.parent.stat().st_gid == _group_las()
+        curl = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", str(sock)]
+        member = subprocess.run(
+            ["runuser", "-u", "nobody", "-g", "las", "--", *curl, "http://las/v1/health"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert member.stdout == "200", member
+        outsider = subprocess.run(
+            ["runuser", "-u", "nobody", "--", *curl, "http://las/v1/health"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert outsider.stdout != "200" and outsider.returncode != 0, outsider
+    finally:
+        svc.stop()
+
+
 def test_a_stale_socket_is_replaced_and_a_live_one_refused(
     las: Las, las_env: dict[str, str]
 ) -> None:

@@ -664,6 +664,7 @@ def test_the_cli_with_las_host_reports_the_service_errors_and_warnings(
 
 # --- against a real `las serve`: the same answers as in process --------------------------------
 
+
 def healthsrv(module_factory: Callable[..., Path], tmp_path: Path, name: str = "web") -> Path:
     """A native module: an HTTP server with a health probe."""
     command = [sys.executable, str(PROGRAMS / "healthsrv.py"), "${host}", "${ports.http}"]

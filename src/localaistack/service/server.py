@@ -194,6 +194,25 @@ def _socket_mode() -> tuple[int, int | None]:
     return 0o600, None
 
 
+def _make_socket_dir(directory: Path, gid: int | None) -> None:
+    """Create the socket's directory if it is missing: 0700, or, where the socket is the
+    group's (``gid``), 0750 and that group's, so that its members can reach the socket
+    (``$LAS_HOME`` itself stays 0700: as root, `las serve --socket
+    /run/localaistack/las.sock` is how a group member reaches it)."""
+    if directory.exists():
+        return
+    try:
+        directory.mkdir(mode=0o700, parents=True)
+        if gid is not None:
+            os.chown(directory, -1, gid)
+            os.chmod(directory, 0o750)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create the socket's directory {directory}: {exc.strerror}",
+            hint="choose another --socket",
+        ) from exc
+
+
 def bind_unix(path: Path) -> socket.socket:
     """A listening unix socket at ``path``, its mode set before anyone can connect.
 
@@ -226,6 +245,7 @@ def bind_unix(path: Path) -> socket.socket:
         finally:
             probe.close()
     mode, gid = _socket_mode()
+    _make_socket_dir(path.parent, gid)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)  # the socket is born 0600; opened to the group below, if at all
     try:
@@ -351,10 +371,24 @@ def serve(
     metrics = ServiceMetrics(home)
     try:
         app = create_app(home, ops_factory, hub=hub, metrics=metrics)
-        _listen_and_serve(app, socket_path, tcp_addr, token, hub)
+        factory = ops_factory
+        _listen_and_serve(
+            app, socket_path, tcp_addr, token, hub, before=lambda: _autostart(home, factory)
+        )
     finally:
         hub.close()
         metrics.close()
+
+
+def _autostart(home: Path, ops_factory: Callable[[], Operations]) -> None:
+    """The restart policies at a service start (service/boot.py). A store that cannot be
+    used at all is logged, and the service serves all the same (its answers say why)."""
+    from localaistack.service.boot import restart_at_start
+
+    try:
+        restart_at_start(home, ops_factory)  # it logs each start, and each refusal
+    except StoreError as exc:
+        log.error("restart policies not applied at this start: %s", exc.message)
 
 
 def _listen_and_serve(
@@ -363,6 +397,7 @@ def _listen_and_serve(
     tcp_addr: tuple[str, int] | None,
     token: str | None,
     hub: EventHub,
+    before: Callable[[], None] = lambda: None,
 ) -> None:
     # The notify socket is the service's: a supervisor (and its workload) must not inherit it.
     notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
@@ -371,6 +406,7 @@ def _listen_and_serve(
     unix_sock = bind_unix(socket_path)
     bound = os.lstat(socket_path)  # to remove the file at the end, if it is still ours
     try:
+        before()  # with the socket held: a second service refused before it starts anything
         listeners.append((app, unix_sock, f"unix:{socket_path}"))
         if tcp_addr is not None and token is not None:
             tcp_sock = bind_tcp(*tcp_addr)
