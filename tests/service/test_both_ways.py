@@ -68,6 +68,9 @@ def test_errors(cli: Las, module_factory: ModuleFactory, tmp_path: Path) -> None
     bad_timeout = cli("stop", "nope", "--timeout", "5000")
     assert bad_timeout.code == 2 and "--timeout 5000 is not a number" in bad_timeout.err
 
+    huge = cli("events", "--tail", str(2**64))  # beyond SQLite's integers
+    assert huge.code == 2 and "tail" in huge.err
+
 
 def test_logs_follow_until_the_run_ends(cli: Las, module_factory: ModuleFactory) -> None:
     path = module_factory(

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from localaistack.store.records import Event, Run
 
 
+_MAX_ID = 2**63 - 1  # SQLite's largest integer: event ids and counts are below it
+
+
 def iso(value: float | None) -> str | None:
     """A stored time as the CLI and the API show it: ISO 8601 UTC, milliseconds."""
     if value is None:
@@ -472,10 +475,10 @@ class LocalOperations(Operations):
     def events(
         self, *, after: int = 0, tail: int | None = None, follow: bool = False
     ) -> Iterator[EventInfo]:
-        if tail is not None and tail < 0:
-            raise UsageError("--tail must not be negative")
-        if after < 0:
-            raise UsageError("after must not be negative")
+        if tail is not None and not 0 <= tail <= _MAX_ID:
+            raise UsageError(f"--tail must be a number of events from 0 to {_MAX_ID}")
+        if not 0 <= after <= _MAX_ID:
+            raise UsageError(f"after must be an event id from 0 to {_MAX_ID}")
         rt = self.rt
         rt.reconcile(read_only=True)
         self._flush()
