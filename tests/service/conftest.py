@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -73,7 +74,7 @@ def start_service(
     while True:
         if proc.poll() is not None:
             raise AssertionError(f"las serve exited {proc.returncode}:\n{svc.log_text()}")
-        if sock.exists():
+        if _accepts(sock):  # httpx leaks its socket when a connect fails: test it first
             try:
                 with svc.client(timeout=5) as c:
                     if c.get("/v1/health").status_code == 200:
@@ -84,6 +85,16 @@ def start_service(
             svc.stop(signal.SIGKILL)
             raise AssertionError(f"las serve not ready in {deadline}s:\n{svc.log_text()}")
         time.sleep(0.05)
+
+
+def _accepts(path: Path) -> bool:
+    """Whether something listens on the unix socket ``path`` (connects, then closes)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
-from localaistack.cli import control_commands, lifecycle
+from localaistack.cli import control_commands, lifecycle, serve_command
 from localaistack.cli.output import fail
 from localaistack.cli.session import HOST_KEY
 from localaistack.errors import LasError
@@ -59,7 +59,7 @@ def cli(ctx: click.Context, host: str | None) -> None:
     ctx.meta[HOST_KEY] = host or None
 
 
-for _command in (*control_commands.COMMANDS, *lifecycle.COMMANDS):
+for _command in (*control_commands.COMMANDS, *lifecycle.COMMANDS, *serve_command.COMMANDS):
     cli.add_command(_command)
 
 

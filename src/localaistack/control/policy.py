@@ -15,7 +15,7 @@ Two formats are read:
     default_mode: container
     container_engine: auto            # auto | podman | docker
     trusted_native: [llama.cpp, {module: vllm, sha256: "...", files: {...}, argv_sha256: "..."}]
-    network: {host: 127.0.0.1, expose: {open-webui: 0.0.0.0}}
+    network: {host: 127.0.0.1, expose: {open-webui: 0.0.0.0}, api_expose: []}
     overcommit: deny                  # deny | allow
     restarts: allow                   # allow | deny: may manifests ask for restarts?
     containers:                       # beyond the secure defaults, per module
@@ -121,8 +121,17 @@ def _check_address(v: str) -> str:
 class NetworkPolicy(_Strict):
     host: str = "127.0.0.1"
     expose: dict[str, str] = {}
+    # Addresses besides loopback that `las serve --listen` may bind (the HTTP API).
+    api_expose: list[str] = []
 
     _host = field_validator("host")(_check_address)
+
+    @field_validator("api_expose")
+    @classmethod
+    def _api_expose(cls, v: list[str]) -> list[str]:
+        for addr in v:
+            _check_address(addr)
+        return v
 
     @field_validator("expose")
     @classmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,8 +105,47 @@ def _python_env() -> dict[str, str]:
 
 def _spawn_python(argv: list[str], env: dict[str, str], log_fd: int | None) -> int:
     """Start ``argv`` (this Python) in a session of its own, its input /dev/null, its
-    output and errors to ``log_fd`` (None: this process's). Raises OSError."""
+    output and errors to ``log_fd`` (None: this process's). Raises OSError. The child is
+    registered for ``reap_children``."""
     actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
     if log_fd is not None:
         actions += [(os.POSIX_SPAWN_DUP2, log_fd, 1), (os.POSIX_SPAWN_DUP2, log_fd, 2)]
-    return os.posix_spawn(sys.executable, argv, env, file_actions=actions, setsid=True)
+    pid = os.posix_spawn(sys.executable, argv, env, file_actions=actions, setsid=True)
+    with _children_lock:
+        _children[pid] = start_time(pid)
+    return pid
+
+
+# The children ``_spawn_python`` started and not reaped here yet (pid -> start time): a
+# long-lived process (`las serve`) reaps them (``reap_children``) so that an exited
+# supervisor leaves no zombie.
+_children: dict[int, int | None] = {}
+_children_lock = threading.Lock()
+
+
+def reap_children() -> int:
+    """Reap each registered child that has exited (``waitpid(pid, WNOHANG)`` for those
+    pids only: never ``waitpid(-1)``, which would take the exit status of a child that
+    ``subprocess`` or another caller waits for); how many were reaped. A child reaped by
+    someone else meanwhile (``Supervisors.cancel``) is forgotten, and so is a pid that now
+    names another process (its start time differs: a child of someone else's, reused)."""
+    reaped = 0
+    with _children_lock:
+        children = list(_children.items())
+    for pid, start in children:
+        done = True
+        now = start_time(pid)
+        if now is None or (start is not None and now != start):
+            pass  # gone, or the pid was reused: not ours to wait for
+        else:
+            try:
+                got, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass  # reaped by someone else
+            else:
+                done = got == pid
+                reaped += done
+        if done:
+            with _children_lock:
+                _children.pop(pid, None)
+    return reaped
