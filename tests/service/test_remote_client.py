@@ -449,7 +449,15 @@ def test_plan_sends_the_hardware_profile_and_rebuilds_the_plan(
         plan = ops.plan(req)
     assert plan.plan_id == shown["plan_id"]  # the plan `las plan` showed, id and all
     assert plan.module.name == "sec"
-    (asked,) = fake.requests()
+    assert ops.warnings == []
+    fake.route("POST", "/v1/plans", json={**shown, "plan_id": "0123456789abcdef"})
+    with RemoteOperations(fake.url) as ops:
+        assert ops.plan(req).plan_id == shown["plan_id"]
+    assert ops.warnings == [
+        f"the plan's id is {plan.plan_id} here, 0123456789abcdef in the service: "
+        "the client and the service may be different versions of las"
+    ]
+    asked = fake.requests()[0]
     assert json.loads(asked["body"]) == {
         "module": str(mod),
         "mode": None,
@@ -621,6 +629,38 @@ def test_sse_parsing() -> None:
         "data: cut off",  # no blank line: never dispatched
     ]
     assert list(sse_events(iter(lines))) == [("7", '{\n"a": 1}'), (None, "x")]
+
+
+# --- the CLI through the client ----------------------------------------------------------------
+
+
+def test_the_cli_with_las_host_reports_the_service_errors_and_warnings(
+    las: Las, fake: Fake, tmp_path: Path
+) -> None:
+    status, body = problems.problem_of(
+        errors.InstanceNotFound("no instance named 'web'", hint="instances: db")
+    )
+    fake.route(
+        "GET",
+        "/v1/instances/web",
+        status=status,
+        json=body,
+        headers={**PROBLEM, "Las-Warnings": json.dumps(["state of db not recorded"])},
+    )
+    remote = Las(las.home, {**las.env, "LAS_HOST": fake.url})
+    res = remote("inspect", "web")
+    assert res.code == 4
+    assert res.err.splitlines() == [
+        "warning: state of db not recorded",
+        "error: no instance named 'web'",
+        "hint: instances: db",
+    ]
+    gone = Las(las.home, {**las.env, "LAS_HOST": f"unix://{tmp_path}/none.sock"})("ps")
+    assert gone.code == 6 and "error: cannot reach the service at unix://" in gone.err
+    bad = Las(las.home, {**las.env, "LAS_HOST": "localhost:8080"})("ps")
+    assert bad.code == 2 and "--host / LAS_HOST 'localhost:8080'" in bad.err
+    flag = las("--host", fake.url, "inspect", "web")  # --host as LAS_HOST
+    assert flag.code == 4 and "no instance named 'web'" in flag.err
 
 
 # --- against a real `las serve`: the same answers as in process --------------------------------

@@ -434,9 +434,9 @@ class RemoteOperations(Operations):
                 f"the service at {self.address.shown} answered /v1/plans with no plan",
                 hint=_VERSION_HINT,
             )
-        data.pop("plan_id", None)  # `las plan --json` adds it; the plan computes it
+        said = data.pop("plan_id", None)  # `las plan --json` adds it; the plan computes it
         try:  # JSON mode: the plan is strict (a tuple is a JSON array, not a Python list)
-            return ExecutionPlan.model_validate_json(json.dumps(data))
+            plan = ExecutionPlan.model_validate_json(json.dumps(data))
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "the plan"
@@ -445,6 +445,11 @@ class RemoteOperations(Operations):
                 f"does not understand: {where}: {first['msg']}",
                 hint=_VERSION_HINT,
             ) from None
+        if isinstance(said, str) and said != plan.plan_id:
+            self.warnings.append(
+                f"the plan's id is {plan.plan_id} here, {said} in the service: {_VERSION_HINT}"
+            )
+        return plan
 
     # --- lifecycle -------------------------------------------------------------------------
 
