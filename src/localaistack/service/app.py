@@ -57,6 +57,7 @@ from localaistack.service.metrics import ServiceMetrics
 log = logging.getLogger("las.serve")
 
 MAX_BODY = 1024 * 1024  # request bodies over this: 413
+MAX_INT = 2**63 - 1  # SQLite's largest integer: a larger id or count is a 422, not a 500
 WARNINGS_HEADER = "Las-Warnings"
 _WARNINGS_KEY = "las_warnings"  # in scope["state"]: what the request's Operations warned
 
@@ -218,7 +219,7 @@ def _routes(
         request: Request,
         name: str,
         follow: bool = False,
-        tail: Annotated[int | None, Query(ge=0)] = None,
+        tail: Annotated[int | None, Query(ge=0, le=MAX_INT)] = None,
         run: str | None = None,
         timestamps: bool = False,
     ) -> Response:
@@ -235,8 +236,8 @@ def _routes(
     @app.get("/v1/events", response_model=list[EventInfo], tags=["events"])
     def events(
         request: Request,
-        after: Annotated[int, Query(ge=0)] = 0,
-        tail: Annotated[int | None, Query(ge=0)] = None,
+        after: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+        tail: Annotated[int | None, Query(ge=0, le=MAX_INT)] = None,
     ) -> list[EventInfo]:
         """Events after id ``after`` (``tail``: only the last N of them)."""
         return call(request, lambda ops: list(ops.events(after=after, tail=tail)))  # type: ignore[no-any-return]
