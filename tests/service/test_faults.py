@@ -270,37 +270,76 @@ class Reader:
         self._t.join(5)
         assert self.proc.stderr is not None
         self.err = self.proc.stderr.read()
+        self.close()
         return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._t.join(5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def test_sigkill_with_open_streams(
-    las: Las, service: Service, remote_las: Las, module_factory: ModuleFactory, tmp_path: Path
+    las: Las,
+    service: Service,
+    remote_las: Las,
+    las_env: dict[str, str],
+    module_factory: ModuleFactory,
+    tmp_path: Path,
 ) -> None:
     path = module_factory("talker", workload("--lines", "5"))
-    run = remote_las.ok("run", str(path), "--json").json()
-    pid = run["pid"]
+    remote_las.ok("run", str(path))
+    pid = las.ps()["talker"]["pid"]
+    assert pid and pid_alive(pid)
     logs = Reader(remote_las.popen("logs", "-f", "talker"))
-    events = Reader(remote_las.popen("events", "-f"))
+    events = Reader(remote_las.popen("events", "-f", "--json"))
+    again: Service | None = None
     try:
         wait_until(lambda: "line 000004" in logs.text(), timeout=30, message="the logs")
         wait_until(lambda: "talker" in events.text(), timeout=30, message="the events")
         assert logs.proc.poll() is None and events.proc.poll() is None
         service.stop(signal.SIGKILL)
-        for reader, what in ((logs, "logs -f"), (events, "events -f")):
-            code = reader.wait(20)
-            assert "Traceback" not in reader.err, (what, reader.err)
-            # an error naming the service (exit 6), or a clean end: never a hang
-            assert code in (0, 6), (what, code, reader.err)
-            if code == 6:
-                assert reader.err.startswith("error: "), (what, reader.err)
+
+        # `logs -f`: an error naming the service (exit 6) or a clean end, at once
+        code = logs.wait(15)
+        assert "Traceback" not in logs.err, logs.err
+        assert code in (0, 6), (code, logs.err)
+        if code == 6:
+            assert logs.err.startswith("error: "), logs.err
+        print(f"logs -f after the SIGKILL: exit {code} {logs.err.strip()!r}")
+
+        # `events -f` reopens its stream: a service started again within the client's
+        # timeout (30 s) is followed on, from the last event seen (no gap, no duplicate)
+        assert events.proc.poll() is None
+        again = start_service(las_env, las.home)
+        other = module_factory("other", workload())
+        with again.client() as c:
+            res = c.post("/v1/instances", json={"module": str(other)})
+            assert res.status_code == 201, res.text
+            stored = c.get("/v1/events").json()
+        wait_until(lambda: len(events.out) >= len(stored), timeout=30, message="the new events")
+        assert [json.loads(line) for line in events.out] == stored
+        # killed again and not back: `events -f` gives up after the client's timeout
+        again.stop(signal.SIGKILL)
+        code = events.wait(30 + 20)
+        assert "Traceback" not in events.err, events.err
+        assert code == 6, (code, events.err)
+        assert events.err.startswith("error: the event stream from"), events.err
+        print(f"events -f, the service gone: exit {code} {events.err.strip()!r}")
     finally:
         for reader in (logs, events):
-            if reader.proc.poll() is None:
-                reader.proc.kill()
-                reader.proc.wait(10)
-    # the workload is untouched
+            reader.close()
+        if again is not None:
+            again.stop(signal.SIGKILL)
+    # the workloads are untouched
     assert pid_alive(pid)
-    assert las.ps()["talker"]["state"] == "running" and las.ps()["talker"]["pid"] == pid
+    rows = las.ps()
+    assert rows["talker"]["state"] == "running" and rows["talker"]["pid"] == pid
+    assert rows["other"]["state"] == "running"
 
 
 # --- c: many clients at once ----------------------------------------------------------------
