@@ -349,26 +349,24 @@ FOLLOWERS = 50
 RUNS = 20
 
 
-def _rss_kib(pid: int) -> int:
+def _status(pid: int, key: str) -> int:
+    """A number of /proc/PID/status (``VmRSS``: KiB, ``Threads``)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
+    raise AssertionError(f"no {key} for {pid}")
 
 
-async def _follow(
-    client: httpx.AsyncClient, seen: list[dict[str, Any]], done: asyncio.Event
-) -> None:
-    """Follow the event stream from the start, each event into ``seen``, until ``done``."""
+def _rss_kib(pid: int) -> int:
+    return _status(pid, "VmRSS")
+
+
+async def _follow(client: httpx.AsyncClient, seen: list[dict[str, Any]]) -> None:
+    """Follow the event stream from the start, each event into ``seen``, until cancelled."""
     async with client.stream("GET", "/v1/events/stream", params={"after": 0}) as res:
         assert res.status_code == 200, await res.aread()
         frame: dict[str, str] = {}
-        lines = res.aiter_lines()
-        while not done.is_set():
-            try:
-                line = await asyncio.wait_for(lines.__anext__(), timeout=0.5)
-            except TimeoutError:
-                continue
+        async for line in res.aiter_lines():
             if line == "":
                 if "data" in frame:
                     data = json.loads(frame["data"])
@@ -378,6 +376,7 @@ async def _follow(
             elif not line.startswith(":"):
                 key, _, value = line.partition(":")
                 frame[key] = value.removeprefix(" ")
+    raise AssertionError("the event stream ended")
 
 
 def test_many_followers_and_concurrent_runs(
@@ -391,6 +390,7 @@ def test_many_followers_and_concurrent_runs(
         assert c.post("/v1/instances/first/stop", json={"timeout": 5}).status_code == 200
     rss_before = _rss_kib(pid)
     peak = [rss_before]
+    threads = [_status(pid, "Threads")]
     names = [f"tiny-{i:02d}" for i in range(RUNS)]
 
     async def main() -> tuple[list[list[dict[str, Any]]], list[httpx.Response], float]:
@@ -400,9 +400,9 @@ def test_many_followers_and_concurrent_runs(
         async with httpx.AsyncClient(
             transport=transport, base_url="http://las", timeout=timeout, limits=limits
         ) as client:
-            done = asyncio.Event()
             seen: list[list[dict[str, Any]]] = [[] for _ in range(FOLLOWERS)]
-            followers = [asyncio.create_task(_follow(client, s, done)) for s in seen]
+            followers = [asyncio.create_task(_follow(client, s)) for s in seen]
+            runs: list[asyncio.Task[httpx.Response]] = []
 
             async def watch(condition: Callable[[], bool], what: str, timeout: float) -> None:
                 end = time.monotonic() + timeout
@@ -410,15 +410,15 @@ def test_many_followers_and_concurrent_runs(
                     for f in followers:
                         if f.done():
                             f.result()  # a follower's failure, raised here
-                            raise AssertionError("a follower ended")
                     assert time.monotonic() < end, f"timed out after {timeout}s: {what}"
                     peak[0] = max(peak[0], _rss_kib(pid))
+                    threads[0] = max(threads[0], _status(pid, "Threads"))
                     await asyncio.sleep(0.05)
 
             try:
                 await watch(lambda: all(seen), "every follower's first event", 60)
                 t0 = time.monotonic()
-                runs = [
+                runs += [
                     asyncio.create_task(
                         client.post("/v1/instances", json={"module": str(path), "name": n})
                     )
@@ -436,10 +436,9 @@ def test_many_followers_and_concurrent_runs(
 
                 await watch(all_seen, "every created event at every follower", 60)
             finally:
-                done.set()
-                await asyncio.gather(*followers, return_exceptions=True)
-        for f in followers:
-            f.result()
+                for task in (*followers, *runs):
+                    task.cancel()
+                await asyncio.gather(*followers, *runs, return_exceptions=True)
         return seen, answered, elapsed
 
     seen, answered, elapsed = asyncio.run(main())
@@ -460,7 +459,7 @@ def test_many_followers_and_concurrent_runs(
     print(
         f"\n{RUNS} runs answered in {elapsed:.1f}s with {FOLLOWERS} followers; service RSS"
         f" {rss_before / 1024:.0f} MiB before, peak {peak[0] / 1024:.0f} MiB,"
-        f" {rss_after / 1024:.0f} MiB after"
+        f" {rss_after / 1024:.0f} MiB after; at most {threads[0]} threads"
     )
     assert peak[0] - rss_before < 150 * 1024, (rss_before, peak[0])
     assert "Traceback" not in service.log_text()
