@@ -49,7 +49,6 @@ class Api:
     svc: Service
     url: str
     token: str
-    home: Path
     las: Las
 
     @property
@@ -105,7 +104,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
             message="the TCP listener's log line",
         )
         token = (home / "api-token").read_text().strip()
-        yield Api(svc, found.group(1), token, home, las)
+        yield Api(svc, found.group(1), token, las)
     finally:
         svc.stop()
         end_home(las)
