@@ -45,6 +45,10 @@ class ChangeWatcher:
         self._store: Store | None = None
         self._inotify: Any = None
         self._version = 0
+        # Until when a wake by the -wal goes on checking (kept across waits: the events of
+        # a burst of commits may all be read at the first wake, before the last of them is
+        # published).
+        self._settle_until = 0.0
 
     @property
     def polling(self) -> bool:
@@ -96,7 +100,6 @@ class ChangeWatcher:
         deadline = time.monotonic() + max(0.0, timeout)
         if self._changed():
             return True
-        settle_until = 0.0
         while True:
             now = time.monotonic()
             if now >= deadline:
@@ -104,9 +107,9 @@ class ChangeWatcher:
             if self._inotify is None:
                 time.sleep(min(_POLL, deadline - now))
             else:
-                step = 0.002 if now < settle_until else _SLICE
+                step = 0.002 if now < self._settle_until else _SLICE
                 if self._read_events(min(step, deadline - now)):
-                    settle_until = time.monotonic() + _SETTLE
+                    self._settle_until = time.monotonic() + _SETTLE
             if self._changed():
                 return True
 
