@@ -145,6 +145,30 @@ def _supervisors_of(home: Path) -> list[int]:
     ]
 
 
+def run_supervisors_of(home: Path) -> list[int]:
+    """The supervisors of ``home``'s runs: those of `_supervisors_of` but a spare of `las
+    serve` (spawned ahead for the next start, it waits for a run no row records yet)."""
+    from localaistack.store.db import Store
+
+    if not (home / "state.db").exists():
+        return []
+    out = []
+    store = Store(home / "state.db")
+    try:
+        for pid in _supervisors_of(home):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            run_id = argv[argv.index(b"--run") + 1].decode() if b"--run" in argv else ""
+            if store.run(run_id) is not None:
+                out.append(pid)
+    finally:
+        store.close()
+    return out
+
+
 @pytest.fixture
 def las(tmp_path: Path, las_env: dict[str, str]) -> Iterator[Las]:
     """The CLI, with every supervisor this test started stopped at the end."""

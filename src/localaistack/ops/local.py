@@ -30,6 +30,7 @@ from localaistack.plan import ExecutionPlan
 
 if TYPE_CHECKING:
     from localaistack.runtime.manager import Runtime
+    from localaistack.runtime.supervision import SparePool
     from localaistack.store.records import Event, Run
 
 
@@ -73,7 +74,10 @@ class LocalOperations(Operations):
     """
 
     def __init__(
-        self, home: Path | None = None, on_warning: Callable[[str], None] | None = None
+        self,
+        home: Path | None = None,
+        on_warning: Callable[[str], None] | None = None,
+        spares: SparePool | None = None,
     ) -> None:
         super().__init__()
         if home is None:
@@ -82,6 +86,7 @@ class LocalOperations(Operations):
             home = las_home()
         self.home = home
         self.on_warning = on_warning
+        self.spares = spares  # `las serve`'s supervisor spawned ahead (runtime/supervision.py)
         self._rt: Runtime | None = None
 
     def __repr__(self) -> str:
@@ -94,7 +99,7 @@ class LocalOperations(Operations):
         if self._rt is None:
             from localaistack.runtime.manager import Runtime
 
-            self._rt = Runtime(self.home)
+            self._rt = Runtime(self.home, spares=self.spares)
             self._flush()  # a new home that finds a lost one's workloads running says so
         return self._rt
 

@@ -25,7 +25,7 @@ from localaistack.errors import (
 from localaistack.runtime import backends, procs
 from localaistack.runtime.backend import Handle, RunContext, Unrecorded
 from localaistack.runtime.spawn import Pending, new_run_id
-from localaistack.runtime.supervision import STOP_TIMEOUT_MAX, Supervisors
+from localaistack.runtime.supervision import STOP_TIMEOUT_MAX, SparePool, Supervisors
 from localaistack.store import secrets
 from localaistack.store.db import (
     ACTIVE_STATES,
@@ -80,10 +80,13 @@ class StartResult(NamedTuple):
 class Runtime:
     """Executes plans for named instances. Holds one store connection."""
 
-    def __init__(self, home: Path, store: Store | None = None) -> None:
+    def __init__(
+        self, home: Path, store: Store | None = None, spares: SparePool | None = None
+    ) -> None:
         self.home = ensure_home(home)
         self.store = store or Store(self.home / "state.db")
         self.supervisors = Supervisors(self.store, self.home)
+        self.spares = spares  # a long-lived caller's supervisors spawned ahead (las serve)
         self._boot = procs.boot_id()
         # What a read-only command could not do (state not updated: disk full...), for the
         # CLI to print on stderr.
@@ -277,7 +280,8 @@ class Runtime:
     def prepare_start(self) -> Pending:
         """A supervisor for the next ``start``, started now so that it gets ready while the
         caller plans and admits. Give it to ``start``, or to ``cancel_start``."""
-        return self.supervisors.spawn(new_run_id())
+        spare = self.spares.take() if self.spares is not None else None
+        return spare or self.supervisors.spawn(new_run_id())
 
     def cancel_start(self, pending: Pending) -> None:
         """The supervisor from ``prepare_start`` exits without running anything."""
@@ -297,6 +301,8 @@ class Runtime:
             InstanceConflict: the instance has an active run (started twice concurrently,
                 or already running).
         """
+        if pending is None and self.spares is not None:
+            pending = self.spares.take()
         try:
             self.reconcile()
             plan_data = self.stored_plan(name)
@@ -307,9 +313,13 @@ class Runtime:
                 self.cancel_start(pending)
             raise
         has_health = plan_data.get("health") is not None
-        message = self.supervisors.start(
-            run, wait_healthy=wait_healthy and has_health, pending=pending
-        )
+        try:
+            message = self.supervisors.start(
+                run, wait_healthy=wait_healthy and has_health, pending=pending
+            )
+        finally:
+            if self.spares is not None:
+                self.spares.refill()  # for the next start, now that this one is done
         current = self.require_instance(name).current_run or run_id  # restarts move it
         final = self.store.run(current)
         assert final is not None

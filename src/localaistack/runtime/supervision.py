@@ -31,7 +31,7 @@ from typing import Any
 
 from localaistack.errors import StartFailed, StoreError
 from localaistack.runtime import backends, procs
-from localaistack.runtime.spawn import Pending, spawn_supervisor
+from localaistack.runtime.spawn import Pending, new_run_id, spawn_supervisor
 from localaistack.store.db import (
     FINAL_STATES,
     Store,
@@ -93,6 +93,79 @@ class _Lines:
         line, self.buf = self.buf.split(b"\n", 1)
         result: dict[str, Any] = json.loads(line)
         return result
+
+
+class SparePool:
+    """One supervisor spawned ahead of need, for a long-lived caller (`las serve`): a new
+    supervisor is a new Python that takes longer to get ready than planning and admission
+    take, so a start that finds a spare waiting skips that. It waits on its go pipe as
+    any pending supervisor does (``spawn``), and exits if the pool is closed or this
+    process dies. Thread-safe: one pool serves every request of the service.
+
+    Only a spare of the same database file (same device and inode as when it was spawned)
+    is handed out: a home whose database was replaced gets a fresh one.
+    """
+
+    def __init__(self, db: Path, home: Path) -> None:
+        import threading
+
+        self.db, self.home = Path(db), Path(home)
+        self._lock = threading.Lock()
+        self._spare: tuple[Pending, tuple[int, int]] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<SparePool {self.db}>"
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.db)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def take(self) -> Pending | None:
+        """The spare supervisor, if one waits and is alive, for this database; else None."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        pending, identity = spare
+        if identity == self._identity() and procs.is_same_process(pending.pid, pending.start):
+            return pending
+        _let_go(pending)
+        return None
+
+    def refill(self) -> None:
+        """Spawn a spare if none waits (a failure to spawn leaves none: the next start
+        spawns its own, and says why if it cannot)."""
+        with self._lock:
+            if self._spare is not None or self._closed:
+                return
+            identity = self._identity()
+            if identity is None:
+                return
+            try:
+                pending = spawn_supervisor(self.db, self.home, new_run_id())
+            except StartFailed:
+                return
+            self._spare = (pending, identity)
+
+    def close(self) -> None:
+        """Let the spare go (it exits without running anything)."""
+        with self._lock:
+            self._closed = True
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            _let_go(spare[0])
+
+
+def _let_go(pending: Pending) -> None:
+    """Close a pending supervisor's pipes: it exits without running anything (and removes
+    its run directory); reaped by whoever reaps this process's children."""
+    for fd in (pending.go_fd, pending.ready_fd):
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 class Supervisors:

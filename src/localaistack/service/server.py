@@ -358,11 +358,17 @@ def serve(
         policy = load_policy(None, home)
         check_listen_allowed(tcp_addr[0], policy.network.api_expose, policy.source)
         token = ensure_token(home)
+    spares = None
     if ops_factory is None:
         from localaistack.ops.local import LocalOperations
+        from localaistack.runtime.supervision import SparePool
+
+        # A supervisor spawned ahead for the next start: it is a new Python, slower to get
+        # ready than planning and admission are (docs/api.md, "Start latency").
+        spares = SparePool(home / "state.db", home)
 
         def ops_factory() -> Operations:
-            return LocalOperations(home)
+            return LocalOperations(home, spares=spares)
 
     from localaistack.service.metrics import ServiceMetrics
 
@@ -372,12 +378,18 @@ def serve(
     try:
         app = create_app(home, ops_factory, hub=hub, metrics=metrics)
         factory = ops_factory
-        _listen_and_serve(
-            app, socket_path, tcp_addr, token, hub, before=lambda: _autostart(home, factory)
-        )
+
+        def before() -> None:
+            _autostart(home, factory)
+            if spares is not None:
+                spares.refill()
+
+        _listen_and_serve(app, socket_path, tcp_addr, token, hub, before=before)
     finally:
         hub.close()
         metrics.close()
+        if spares is not None:
+            spares.close()
 
 
 def _autostart(home: Path, ops_factory: Callable[[], Operations]) -> None:
