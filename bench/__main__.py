@@ -1,7 +1,7 @@
 """Every benchmark in one run: `python -m bench [--quick] [--write-docs]`.
 
-Runs the native, planning, container and llama.cpp benchmarks (each side by side with its peer),
-prints one table, saves the raw numbers under bench/results/ (git-ignored), and with
+Runs the native, planning, container, llama.cpp and service benchmarks (each side by side
+with its peer), prints one table, saves the raw numbers under bench/results/ (git-ignored), and with
 --write-docs writes docs/benchmarks.md: the table as measured, the machine, the date, and
 the hand-written analysis from bench/analysis.md (which holds no figures).
 """
@@ -12,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from bench import containers, llama, native, planning
+from bench import containers, llama, native, planning, serve
 from bench.harness import Row, machine, save, table
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     t0 = time.monotonic()
     rows: list[Row] = []
-    for part in (native, planning, containers, llama):
+    for part in (native, planning, containers, llama, serve):
         rows += part.collect(args.quick)
     took = time.monotonic() - t0
     m = machine()

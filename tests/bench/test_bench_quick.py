@@ -46,6 +46,10 @@ def test_bench_quick_runs_every_benchmark_and_reports(tmp_path: Path) -> None:
         "crash loop: starts per minute",
         "bare subprocess.Popen",
         "log capture through a pipe read by the parent",
+        "native start until running (through the API)",
+        "state change committed -> SSE client",
+        "GET /v1/instances with",
+        "idle service RSS",
     ):
         assert metric in out, out
     line = next(x for x in out.splitlines() if x.startswith("raw numbers: "))

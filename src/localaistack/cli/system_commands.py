@@ -84,7 +84,7 @@ def unit_text(home: Path) -> str:
         # native workloads) live in this unit's cgroup however they setsid; the default
         # (control-group) would SIGTERM every one of them, and a supervisor's SIGTERM is a
         # stop of its workload: a service restart must never touch a workload
-        # (docs/serve-design.md). What is left at shutdown gets systemd's final SIGTERM
+        # (docs/api.md). What is left at shutdown gets systemd's final SIGTERM
         # then, which the supervisors take as a stop not asked by `las stop`:
         # unless-stopped instances come back at the next boot.
         "KillMode=process",

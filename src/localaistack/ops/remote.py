@@ -1,4 +1,4 @@
-"""The operations over HTTP: a client of `las serve` (docs/serve-design.md).
+"""The operations over HTTP: a client of `las serve` (docs/api.md).
 
 ``RemoteOperations(host)`` does what ``LocalOperations`` does in process, by asking the
 service named by ``--host`` / ``LAS_HOST``: ``unix:///ABS/PATH.sock`` (its socket) or

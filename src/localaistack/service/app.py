@@ -1,4 +1,4 @@
-"""The HTTP API of `las serve` (docs/serve-design.md): one route per operation, each a thin
+"""The HTTP API of `las serve` (docs/api.md): one route per operation, each a thin
 call of an ``Operations`` made for the request and closed after it.
 
 Every answer that is not a success is a problem body (RFC 9457, ops/problems.py): a

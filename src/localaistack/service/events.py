@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 1024  # events a subscriber may lag behind before it is ended
 PING_SECONDS = 15.0
 SEND_TIMEOUT = 30.0  # a client that takes no bytes for this long is dropped
-_WAKE = 0.2  # the longest the watcher thread waits before it looks at the stop flag
+_WAKE = 1.0  # the longest the watcher thread waits before it looks at the stop flag
 _RETRY = 1.0  # seconds between attempts while the store cannot be read
 _MAX_ID = 2**63 - 1  # SQLite's largest integer
 
