@@ -31,6 +31,7 @@ from localaistack.store.db import (
     ACTIVE_STATES,
     Store,
     add_event,
+    clear_admission,
     create_run,
     delete_instance,
     get_instance,
@@ -38,6 +39,7 @@ from localaistack.store.db import (
     handle_state,
     home_label,
     no_space,
+    pending_admissions,
     set_run_state,
 )
 from localaistack.store.paths import ensure_home, private_dir
@@ -162,6 +164,7 @@ class Runtime:
             self.warnings.append(text)
 
     def _reconcile(self) -> int:
+        self._undo_abandoned_admissions()
         suspects = [r for r in self.store.active_runs() if not self._alive(r)]
         if not suspects:
             return 0
@@ -181,6 +184,35 @@ class Runtime:
         for row in outlived:
             self._recover(row)
         return found
+
+    def _undo_abandoned_admissions(self) -> None:
+        """A process that admitted an instance and died before creating its run (a `las run`
+        or a `las serve` killed between the two transactions): a new instance it created
+        is removed, an existing one's hold released, as if the request never happened."""
+        dead = [
+            (name, has_runs)
+            for name, has_runs, pid, start in self.store.pending_admissions()
+            if not procs.is_same_process(pid, start)
+        ]
+        if not dead:
+            return
+        with self.store.transaction() as c:
+            still = {name: (pid, start) for name, _, pid, start in pending_admissions(c)}
+            for name, has_runs in dead:
+                if name not in still or procs.is_same_process(*still[name]):
+                    continue  # its run was created, or another process admitted it since
+                if has_runs:
+                    clear_admission(c, name)
+                    continue
+                delete_instance(c, name)
+                secrets.remove(self.home, name)
+                add_event(
+                    c,
+                    "removed",
+                    f"instance removed: the las process (pid {still[name][0]}) that created "
+                    "it exited before starting it; nothing ran",
+                    instance=name,
+                )
 
     def _recover(self, run: Run) -> None:
         """A run that outlived its supervisor: a new supervisor re-attaches to it (through

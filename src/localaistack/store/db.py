@@ -124,6 +124,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE instances ADD COLUMN admitted_at REAL;
     ALTER TABLE instances ADD COLUMN admitted_over TEXT;
     """,
+    # 4: who admitted (a process killed between admission and its run: found, and undone)
+    """
+    ALTER TABLE instances ADD COLUMN admitted_pid INTEGER;
+    ALTER TABLE instances ADD COLUMN admitted_pid_start INTEGER;
+    """,
 )
 
 
@@ -571,6 +576,10 @@ class Store:
         """``reservations`` outside a transaction."""
         return reservations(self.conn, exclude=exclude)
 
+    def pending_admissions(self) -> list[tuple[str, bool, int, int | None]]:
+        """``pending_admissions`` outside a transaction."""
+        return pending_admissions(self.conn)
+
 
 # --- reads inside a transaction (the write lock held: what they return stays so) -------
 
@@ -931,16 +940,44 @@ def reservations(
 
 
 def mark_admitted(c: Transaction, name: str, at: float | None = None) -> None:
-    """Hold ``name``'s reservation until its next run is created (or ``ADMISSION_HOLD``)."""
+    """Hold ``name``'s reservation until its next run is created (or ``ADMISSION_HOLD``),
+    recording this process (pid and start time) as the one that will create it."""
     c.execute(
-        "UPDATE instances SET admitted_at=?, admitted_over=current_run WHERE name=?",
-        (time.time() if at is None else at, name),
+        "UPDATE instances SET admitted_at=?, admitted_over=current_run, admitted_pid=?, "
+        "admitted_pid_start=? WHERE name=?",
+        (time.time() if at is None else at, os.getpid(), _own_start_time(), name),
     )
 
 
 def clear_admission(c: Transaction, name: str) -> None:
     """Drop an admission hold at once (the start it was for failed before creating a run)."""
-    c.execute("UPDATE instances SET admitted_at=NULL, admitted_over=NULL WHERE name=?", (name,))
+    c.execute(
+        "UPDATE instances SET admitted_at=NULL, admitted_over=NULL, admitted_pid=NULL, "
+        "admitted_pid_start=NULL WHERE name=?",
+        (name,),
+    )
+
+
+def pending_admissions(c: Transaction) -> list[tuple[str, bool, int, int | None]]:
+    """Admissions whose run is not created yet, and by whom: (instance, whether it has
+    any run, the admitting process's pid and start time)."""
+    rows = c.execute(
+        """SELECT i.name, EXISTS (SELECT 1 FROM runs r WHERE r.instance = i.name),
+                  i.admitted_pid, i.admitted_pid_start
+           FROM instances i
+           WHERE i.admitted_at IS NOT NULL AND i.current_run IS i.admitted_over
+             AND i.admitted_pid IS NOT NULL"""
+    ).fetchall()
+    return [(str(n), bool(has), int(pid), start) for n, has, pid, start in rows]
+
+
+def _own_start_time() -> int | None:
+    """This process's start time (clock ticks after boot, /proc/self/stat's 22nd field)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def managed_processes(c: Transaction) -> tuple[set[int], set[str]]:
