@@ -167,6 +167,20 @@ class EventInfo(_Model):
     message: str
 
 
+class Problem(_Model):
+    """An error answer of the API (RFC 9457 problem details, application/problem+json),
+    worded as the CLI's error; ``exit_code`` is the one the CLI exits with."""
+
+    type: str = Field(description="urn:localaistack:problem:<the error class, kebab-case>")
+    title: str
+    status: int
+    detail: str
+    hint: str | None
+    exit_code: int
+    problems: list[str] | None = Field(default=None, description="a manifest's problems")
+    cause: str | None = Field(default=None, description="a state store error's cause")
+
+
 class ServiceHealth(_Model):
     status: Literal["ok"]
     version: str

@@ -41,6 +41,7 @@ from localaistack.ops.api import (
     InstanceSummary,
     Operations,
     PlanRequestBody,
+    Problem,
     RemoveOutcome,
     RestartRequest,
     RunRequest,
@@ -63,9 +64,10 @@ _WARNINGS_KEY = "las_warnings"  # in scope["state"]: what the request's Operatio
 
 T = TypeVar("T")
 
+_PROBLEM_SCHEMA = {"content": {MEDIA_TYPE: {"schema": Problem.model_json_schema()}}}
 _PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    "4XX": {"description": "a problem (RFC 9457)", "content": {MEDIA_TYPE: {}}},
-    "5XX": {"description": "a problem (RFC 9457)", "content": {MEDIA_TYPE: {}}},
+    "4XX": {"description": "a problem (RFC 9457)", **_PROBLEM_SCHEMA},
+    "5XX": {"description": "a problem (RFC 9457)", **_PROBLEM_SCHEMA},
 }
 
 
