@@ -57,3 +57,22 @@ def test_las_stop_is_never_restarted(las: Las, module_factory: ModuleFactory, po
     data = las.inspect("svc")
     assert data["state"] == "stopped"
     assert len(data["runs"]) == 1
+
+
+def test_las_run_restart_overrides_the_manifest(las: Las, module_factory: ModuleFactory) -> None:
+    path = module_factory(
+        "once",
+        workload("--exit", "0"),
+        restart={"policy": "never", "max_restarts": 2, "backoff": "100ms"},
+    )
+    las("run", str(path), "--restart", "always")
+    wait_until(
+        lambda: (las.ps()["once"]["reason"] or "").startswith("restart budget exhausted"),
+        timeout=30,
+        message="restarted under the policy asked for",
+    )
+    data = las.inspect("once")
+    assert len(data["runs"]) == 3
+    assert data["plan"]["restart"]["policy"] == "always"
+    bad = las("run", str(path), "--name", "other", "--restart", "sometimes")
+    assert bad.code == 2 and "--restart" in bad.err
