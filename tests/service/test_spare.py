@@ -51,3 +51,12 @@ def test_the_spare_ends_with_the_service(las: Las, service: Service) -> None:
     wait_until(
         lambda: not runs.exists() or not any(runs.iterdir()), message="its run directory gone"
     )
+
+
+def test_a_refused_run_leaves_a_spare(las: Las, service: Service) -> None:
+    (spare,) = wait_until(lambda: _spares(las.home), message="a spare supervisor")
+    with service.client() as c:
+        r = c.post("/v1/instances", json={"module": "no-such-module"})
+        assert r.status_code == 400 and "unknown module" in r.json()["detail"], r.text
+    wait_until(lambda: not pid_alive(spare), message="the spare taken and let go")
+    wait_until(lambda: _spares(las.home), message="a new spare")

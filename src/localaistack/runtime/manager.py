@@ -318,6 +318,8 @@ class Runtime:
     def cancel_start(self, pending: Pending) -> None:
         """The supervisor from ``prepare_start`` exits without running anything."""
         self.supervisors.cancel(pending)
+        if self.spares is not None:
+            self.spares.refill()  # it may have been the spare
 
     def start(
         self, name: str, *, wait_healthy: bool = False, pending: Pending | None = None
