@@ -15,7 +15,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.harness import Row, alternate_all, run_main
 from bench.native import las_cmd, workspace
@@ -23,7 +25,10 @@ from bench.native import las_cmd, workspace
 IMAGE = "localhost/las-busybox:latest"
 
 
-def bench_engine(root: Path, name: str, reps: int) -> list[Row]:
+def engine_peer(name: str) -> Callable[[int], float] | None:
+    """The peer of a las container start: the engine's own `run -d` of the same image with
+    the exact argv las's engine layer builds (its secure defaults), timed; removal is not.
+    None (and why, on stderr) when the engine or the image is missing."""
     from localaistack.runtime.engines import (
         ContainerRunSpec,
         Engine,
@@ -35,19 +40,8 @@ def bench_engine(root: Path, name: str, reps: int) -> list[Row]:
     ok, why = engine.usable()
     if not ok or not engine.image_exists(IMAGE):
         print(f"{name}: skipped ({why if not ok else IMAGE + ' missing'})", file=sys.stderr)
-        return []
-    home = root / f"home-{name}"
-    home.mkdir(mode=0o700)
-    (home / "policy.yaml").write_text(f"container_engine: {name}\n")
-    module = root / f"sleeper-{name}.yaml"
-    module.write_text(
-        "name: csleep\nruntime:\n  modes: [container]\n"
-        f"  container: {{image: {IMAGE}, command: [sleep, '1000']}}\n"
-        "  stop: {timeout: 1s}\n"
-    )
-    env = {**os.environ, "LAS_HOME": str(home)}
-    cmd = las_cmd()
-    spec_args = {
+        return None
+    spec_args: dict[str, Any] = {
         "image": IMAGE,
         "argv": ["sleep", "1000"],
         "pids_limit": 1024,
@@ -55,6 +49,40 @@ def bench_engine(root: Path, name: str, reps: int) -> list[Row]:
         "stop_signal": "SIGTERM",
         "ulimits": suggested_ulimits() if name == "podman" else (),
     }
+
+    def engine_start(i: int) -> float:
+        argv = engine.run_args(ContainerRunSpec(name=f"bench-peer-{i}", **spec_args))
+        t0 = time.perf_counter()
+        subprocess.run(
+            argv, check=True, capture_output=True, cwd=engine.cwd, env=engine.subprocess_env()
+        )
+        took = time.perf_counter() - t0
+        engine.remove(f"bench-peer-{i}")
+        return took
+
+    return engine_start
+
+
+def sleeper_manifest(name: str) -> str:
+    """A container module of the same image and command as ``engine_peer``'s."""
+    return (
+        f"name: {name}\nruntime:\n  modes: [container]\n"
+        f"  container: {{image: {IMAGE}, command: [sleep, '1000']}}\n"
+        "  stop: {timeout: 1s}\n"
+    )
+
+
+def bench_engine(root: Path, name: str, reps: int) -> list[Row]:
+    engine_start = engine_peer(name)
+    if engine_start is None:
+        return []
+    home = root / f"home-{name}"
+    home.mkdir(mode=0o700)
+    (home / "policy.yaml").write_text(f"container_engine: {name}\n")
+    module = root / f"sleeper-{name}.yaml"
+    module.write_text(sleeper_manifest("csleep"))
+    env = {**os.environ, "LAS_HOME": str(home)}
+    cmd = las_cmd()
 
     def las_start(i: int) -> float:
         t0 = time.perf_counter()
@@ -66,16 +94,6 @@ def bench_engine(root: Path, name: str, reps: int) -> list[Row]:
         )
         took = time.perf_counter() - t0
         subprocess.run([*cmd, "rm", "-f", f"c{i}"], env=env, check=True, capture_output=True)
-        return took
-
-    def engine_start(i: int) -> float:
-        argv = engine.run_args(ContainerRunSpec(name=f"bench-peer-{i}", **spec_args))
-        t0 = time.perf_counter()
-        subprocess.run(
-            argv, check=True, capture_output=True, cwd=engine.cwd, env=engine.subprocess_env()
-        )
-        took = time.perf_counter() - t0
-        engine.remove(f"bench-peer-{i}")
         return took
 
     las_start(-1)  # the hardware probe is made and kept

@@ -23,7 +23,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from datetime import datetime
@@ -116,56 +115,24 @@ def bench_native_start(svc: Service, las: LasBench, sup: SupervisordBench, reps:
 
 
 def bench_container_start(svc: Service, las: LasBench, root: Path, reps: int) -> list[Row]:
-    from bench.containers import IMAGE
-    from localaistack.runtime.engines import (
-        ContainerRunSpec,
-        Engine,
-        suggested_global_args,
-        suggested_ulimits,
-    )
+    from bench.containers import engine_peer, sleeper_manifest
 
     rows = []
     for name in ("podman", "docker"):
-        engine = Engine(name, global_args=suggested_global_args(name))
-        ok, why = engine.usable()
-        if not ok or not engine.image_exists(IMAGE):
-            print(f"{name}: skipped ({why if not ok else IMAGE + ' missing'})", file=sys.stderr)
+        engine_run = engine_peer(name)
+        if engine_run is None:
             continue
         module = root / f"csleep-{name}.yaml"
-        module.write_text(
-            f"name: csleep-{name}\nruntime:\n  modes: [container]\n"
-            f"  container: {{image: {IMAGE}, command: [sleep, '1000']}}\n"
-            "  stop: {timeout: 1s}\n"
-        )
+        module.write_text(sleeper_manifest(f"csleep-{name}"))
         (las.home / "policy.yaml").write_text(
             f"container_engine: {name}\n" + "".join(f"{line}\n" for line in _policy_lines(las))
         )
-        spec_args = {
-            "image": IMAGE,
-            "argv": ["sleep", "1000"],
-            "pids_limit": 1024,
-            "user": "65534:65534",
-            "stop_signal": "SIGTERM",
-            "ulimits": suggested_ulimits() if name == "podman" else (),
-        }
 
         def through_api(i: int, module: Path = module, name: str = name) -> float:
             t0 = time.perf_counter()
             svc.run(str(module), f"c{name}{i}")
             took = time.perf_counter() - t0
             svc.rm(f"c{name}{i}")
-            return took
-
-        def engine_run(
-            i: int, engine: Engine = engine, spec_args: dict[str, Any] = spec_args
-        ) -> float:
-            argv = engine.run_args(ContainerRunSpec(name=f"bench-peer-{i}", **spec_args))
-            t0 = time.perf_counter()
-            subprocess.run(
-                argv, check=True, capture_output=True, cwd=engine.cwd, env=engine.subprocess_env()
-            )
-            took = time.perf_counter() - t0
-            engine.remove(f"bench-peer-{i}")
             return took
 
         through_api(-1)  # the engine's probe is made and kept
@@ -318,7 +285,6 @@ def collect(quick: bool) -> list[Row]:
             rows.append(bench_event_latency(svc, las, 3 if quick else 21))
             rows.append(bench_list(svc, las, 10 if quick else 100, 3 if quick else 21))
             rows += bench_idle(svc, 3 if quick else 30)
-            svc.client.get("/v1/instances")
         finally:
             for it in svc.client.get("/v1/instances", params={"all": "true"}).json():
                 if not it["name"].startswith("?"):
