@@ -36,8 +36,18 @@ def last_run(las: Las, name: str) -> dict[str, Any]:
     return run
 
 
-def ended(las: Las, name: str) -> dict[str, Any]:
-    wait_until(lambda: las.state(name) in ("stopped", "failed"), 30, message=f"{name} ended")
+def ended(las: Las, name: str, timeout: float = 60) -> dict[str, Any]:
+    """The last run once it has ended; on a timeout the failure shows the run's
+    transitions and output (a container engine on a loaded machine can be slow)."""
+    deadline = time.monotonic() + timeout
+    while las.state(name) not in ("stopped", "failed"):
+        if time.monotonic() > deadline:
+            run = last_run(las, name)
+            pytest.fail(
+                f"timed out after {timeout:g}s waiting for {name} to end; its run: "
+                f"{json.dumps(run['transitions'])}\n{las('logs', name).out[-2000:]}"
+            )
+        time.sleep(0.05)
     return last_run(las, name)
 
 
