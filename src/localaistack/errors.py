@@ -59,6 +59,11 @@ class ManifestError(LasError):
         self.problems = problems or []
 
 
+class ModelsError(ManifestError):
+    """Raised when models.yaml (the gateway's models) cannot be read or is invalid;
+    ``problems`` lists each finding, as a manifest's."""
+
+
 class PolicyError(LasError):
     """Raised when a policy file cannot be read or is invalid."""
 

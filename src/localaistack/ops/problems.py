@@ -103,11 +103,9 @@ def error_of(status: int, body: dict[str, Any]) -> err_mod.LasError:
         wanted = kind.removeprefix(PREFIX)
         cls = next((c for n, c in _classes().items() if kebab(n) == wanted), None)
     err: err_mod.LasError
-    if cls is err_mod.ManifestError:
+    if cls is not None and issubclass(cls, err_mod.ManifestError):
         problems = body.get("problems")
-        err = err_mod.ManifestError(
-            message, hint, [str(p) for p in problems] if isinstance(problems, list) else []
-        )
+        err = cls(message, hint, [str(p) for p in problems] if isinstance(problems, list) else [])
     elif cls is err_mod.StoreError:
         cause = body.get("cause")
         err = err_mod.StoreError(message, hint, cause if isinstance(cause, str) else "other")
