@@ -633,7 +633,7 @@ class LoadedManifest:
 # --- loading -------------------------------------------------------------------------------
 
 
-def _node_lines(root: yaml.Node | None) -> dict[tuple[str | int, ...], int]:
+def node_lines(root: yaml.Node | None) -> dict[tuple[str | int, ...], int]:
     """Map field paths to 1-based line numbers by walking the YAML node graph (bounded by
     boundedload's node count, aliases included)."""
     lines: dict[tuple[str | int, ...], int] = {}
@@ -651,7 +651,7 @@ def _node_lines(root: yaml.Node | None) -> dict[tuple[str | int, ...], int]:
     return lines
 
 
-def _line_for(lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> int | None:
+def line_for(lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> int | None:
     path = tuple(loc)
     while path:
         if path in lines:
@@ -660,7 +660,7 @@ def _line_for(lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...
     return lines.get(())
 
 
-def _fmt_loc(loc: tuple[str | int, ...]) -> str:
+def fmt_loc(loc: tuple[str | int, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -764,13 +764,13 @@ def parse_manifest(text: str | bytes, path: Path, source: str = "file") -> Loade
         raise ManifestError(
             msg, hint="a manifest is a YAML mapping (name:, runtime:, ...)", problems=[msg]
         )
-    lines = _node_lines(root)
+    lines = node_lines(root)
     found: list[tuple[int, str]] = []  # (line, problem), in the order of the file
 
     def add(loc: tuple[str | int, ...], msg: str) -> None:
-        lineno = _line_for(lines, loc)
+        lineno = line_for(lines, loc)
         at = f"{where}:{lineno}" if lineno else where
-        found.append((lineno or 0, f"{at}: {_clip(_fmt_loc(loc))}: {_clip(msg)}"))
+        found.append((lineno or 0, f"{at}: {_clip(fmt_loc(loc))}: {_clip(msg)}"))
 
     for loc in nul_paths(data):
         add(

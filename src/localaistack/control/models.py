@@ -34,7 +34,7 @@ from localaistack.control.boundedload import (
     nul_paths,
     read_limited,
 )
-from localaistack.control.manifest import _fmt_loc, _line_for, _node_lines
+from localaistack.control.manifest import fmt_loc, line_for, node_lines
 from localaistack.errors import ModelsError
 from localaistack.units import parse_duration
 
@@ -140,13 +140,13 @@ def parse_models(text: str | bytes, source: str) -> Models:
             f"found {type(data).__name__}",
             hint=HINT,
         )
-    lines = _node_lines(root)
+    lines = node_lines(root)
     problems: list[str] = []
 
     def problem(loc: tuple[str | int, ...], msg: str) -> None:
-        line = _line_for(lines, loc)
+        line = line_for(lines, loc)
         where = f"{source}:{line}" if line else source
-        problems.append(_clip(f"{where}: {_fmt_loc(loc)}: {msg}"))
+        problems.append(_clip(f"{where}: {fmt_loc(loc)}: {msg}"))
 
     for loc in nul_paths(data):
         problem(loc, "contains a NUL character (\\0)")
